@@ -1,0 +1,26 @@
+//! pepler-cuda: PEPLER (personalized prompt learning for explainable recommendation) on GPT-2,
+//! with a CPU reference backend and CUDA kernels that also run on an emulated device.
+//!
+//! Module map (one job each):
+//! - `device`:   the CUDA device (cudarc) and the emulated device behind one interface.
+//! - `kernels`:  typed launch wrappers, one file per `kernels/<name>.cu`.
+//! - `ops`:      CPU reference implementations, one file per op (`ops::layernorm` is the
+//!               reference for `kernels/layernorm.cu`).
+//! - `backend`:  the `Backend` trait the model is written against, and its implementations.
+//! - `model`:    GPT-2 + PEPLER written once: parameters, HF safetensors I/O, forward/backward.
+//! - `optim`:    AdamW with per-tensor trainable flags.
+//! - `tokenizer`, `data`, `metrics`, `train`, `generate`: the PEPLER pipeline.
+//! - `parity`:   PyTorch reference dumps and the one tolerance table.
+
+pub mod backend;
+pub mod data;
+pub mod device;
+pub mod generate;
+pub mod kernels;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod parity;
+pub mod tokenizer;
+pub mod train;

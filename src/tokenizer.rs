@@ -1,0 +1,1 @@
+//! GPT-2 BPE tokenizer with PEPLER's added tokens.
