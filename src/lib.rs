@@ -13,6 +13,7 @@
 //! - `parity`:   PyTorch reference dumps and the one tolerance table.
 
 pub mod backend;
+pub mod cli;
 pub mod data;
 pub mod device;
 pub mod generate;

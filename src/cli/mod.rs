@@ -1,0 +1,3 @@
+//! The `pepler-cuda` command line: one module per subcommand, each with its clap `Args` and `run`.
+
+pub mod check_parity;

@@ -1,0 +1,1 @@
+//! The kernels build.rs embedded (fatbin from nvcc, when one was found).

@@ -1,0 +1,1 @@
+//! FFI to the emulated kernels compiled for the host (kernels/emu).
