@@ -38,7 +38,6 @@ else
 fi
 
 echo "== cargo build (kernels: nvcc fatbin + emulated)"
-cargo build --all-targets 2>&1 | grep -E "warning: pepler-cuda@|error|Finished" || true
 cargo build --all-targets
 
 echo "== cargo test"
