@@ -1,1 +1,5 @@
-//! See the module map in lib.rs.
+//! GPT-2 + PEPLER written once against a `Backend`: config, parameters, HF safetensors I/O,
+//! forward/backward. One `pub mod` line per file; add yours below.
+
+pub mod config;
+pub mod params;
