@@ -1,1 +1,5 @@
-//! See the module map in lib.rs.
+//! Training PEPLER: strategies (sequential tuning, prompt-only, full), rating regularisation,
+//! early stopping, checkpoints and the run log.
+
+pub mod early_stop;
+pub mod run_log;

@@ -1,0 +1,222 @@
+//! What a training run leaves behind besides checkpoints: `metrics.jsonl` (one JSON object per epoch)
+//! and `loss_curve.svg` (train and validation loss per epoch), both rewritten after every epoch so an
+//! interrupted run still has them. On `--resume` the existing records are read back first.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// One epoch's numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// "prompt" (stage 1 of sequential tuning), "full", ...
+    pub stage: String,
+    /// Epoch within the stage, from 1.
+    pub epoch: u32,
+    /// Optimizer steps since the start of the run.
+    pub global_step: u64,
+    pub train_loss: f64,
+    pub train_text_loss: f64,
+    pub train_rating_loss: Option<f64>,
+    pub val_loss: f64,
+    pub val_text_loss: f64,
+    pub val_rating_loss: Option<f64>,
+    pub tokens_per_s: f64,
+    pub seconds: f64,
+    /// The validation loss was the best so far and a checkpoint was written.
+    pub improved: bool,
+}
+
+pub struct RunLog {
+    metrics_path: PathBuf,
+    plot_path: PathBuf,
+    records: Vec<EpochRecord>,
+}
+
+impl RunLog {
+    pub const METRICS_FILE: &'static str = "metrics.jsonl";
+    pub const PLOT_FILE: &'static str = "loss_curve.svg";
+
+    /// Starts a log in `dir`. With `resume`, earlier records in `dir/metrics.jsonl` are kept.
+    pub fn open(dir: &Path, resume: bool) -> Result<Self> {
+        let metrics_path = dir.join(Self::METRICS_FILE);
+        let mut records = Vec::new();
+        if resume && metrics_path.exists() {
+            let text = fs::read_to_string(&metrics_path)
+                .with_context(|| format!("reading {}", metrics_path.display()))?;
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let rec: EpochRecord = serde_json::from_str(line).with_context(|| {
+                    format!(
+                        "{}: line {} is not an epoch record",
+                        metrics_path.display(),
+                        i + 1
+                    )
+                })?;
+                records.push(rec);
+            }
+        }
+        let log = Self {
+            metrics_path,
+            plot_path: dir.join(Self::PLOT_FILE),
+            records,
+        };
+        log.write_all()?;
+        Ok(log)
+    }
+
+    pub fn records(&self) -> &[EpochRecord] {
+        &self.records
+    }
+
+    /// Drops records after `global_step` (a resumed run repeats the epochs after its checkpoint).
+    pub fn truncate_after_step(&mut self, global_step: u64) -> Result<()> {
+        self.records.retain(|r| r.global_step <= global_step);
+        self.write_all()
+    }
+
+    pub fn append(&mut self, rec: EpochRecord) -> Result<()> {
+        self.records.push(rec);
+        self.write_all()
+    }
+
+    fn write_all(&self) -> Result<()> {
+        let mut text = String::new();
+        for r in &self.records {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        write_atomic(&self.metrics_path, text.as_bytes())?;
+        self.plot()
+    }
+
+    fn plot(&self) -> Result<()> {
+        let svg = render_loss_curve(&self.records)
+            .with_context(|| format!("drawing {}", self.plot_path.display()))?;
+        write_atomic(&self.plot_path, svg.as_bytes())
+    }
+}
+
+/// Writes `bytes` to `path` through `<path>.tmp` and a rename, so readers never see half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().and_then(|e| e.to_str()).unwrap_or("")
+    ));
+    let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all().ok();
+    drop(f);
+    fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}
+
+/// Train and validation loss against the epoch number across all stages, as an SVG document.
+pub fn render_loss_curve(records: &[EpochRecord]) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (720, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let losses = records
+            .iter()
+            .flat_map(|r| [r.train_loss, r.val_loss])
+            .filter(|v| v.is_finite());
+        let (lo, hi) = losses.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+        let (lo, hi) = if lo.is_finite() {
+            (lo * 0.95, hi * 1.05 + 1e-9)
+        } else {
+            (0.0, 1.0)
+        };
+        let n = records.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("PEPLER training loss", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.5..n + 0.5, lo..hi)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch (all stages)")
+            .y_desc("loss")
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let series = |f: fn(&EpochRecord) -> f64| -> Vec<(f64, f64)> {
+            records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| ((i + 1) as f64, f(r)))
+                .collect()
+        };
+        chart
+            .draw_series(LineSeries::new(series(|r| r.train_loss), &BLUE))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label("train")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLUE));
+        chart
+            .draw_series(LineSeries::new(series(|r| r.val_loss), &RED))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label("validation")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], RED));
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(epoch: u32, train: f64, val: f64) -> EpochRecord {
+        EpochRecord {
+            stage: "full".into(),
+            epoch,
+            global_step: epoch as u64 * 10,
+            train_loss: train,
+            train_text_loss: train,
+            train_rating_loss: None,
+            val_loss: val,
+            val_text_loss: val,
+            val_rating_loss: None,
+            tokens_per_s: 1000.0,
+            seconds: 1.0,
+            improved: true,
+        }
+    }
+
+    #[test]
+    fn log_round_trips_and_draws_both_curves() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RunLog::open(dir.path(), false).unwrap();
+        log.append(rec(1, 3.0, 3.2)).unwrap();
+        log.append(rec(2, 2.5, 2.9)).unwrap();
+        log.append(rec(3, 2.0, 2.8)).unwrap();
+        let svg = fs::read_to_string(dir.path().join(RunLog::PLOT_FILE)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("validation") && svg.contains("<polyline"));
+
+        let mut resumed = RunLog::open(dir.path(), true).unwrap();
+        assert_eq!(resumed.records().len(), 3);
+        resumed.truncate_after_step(20).unwrap();
+        assert_eq!(RunLog::open(dir.path(), true).unwrap().records().len(), 2);
+        assert!(RunLog::open(dir.path(), false)
+            .unwrap()
+            .records()
+            .is_empty());
+    }
+}
