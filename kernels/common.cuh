@@ -1,0 +1,191 @@
+// common.cuh — helpers shared by every kernel: warp reductions, dynamic shared memory, CEIL_DIV,
+// bf16/f16 types, and the tensor-core mma/ldmatrix wrappers (inline PTX under nvcc, emulated on the
+// host under the CPU emulator in kernels/emu).
+//
+// HOW TO WRITE A KERNEL THAT WORKS UNDER nvcc AND UNDER THE EMULATOR (docs/emulator.md has more):
+//  1. `#include "common.cuh"` first; launchable kernels are `extern "C" __global__ void name(...)`
+//     (build.rs finds them by that text; names are global: prefix them with the op, e.g. gelu_forward).
+//  2. All kernels are compiled by nvcc as ONE translation unit: file-scope helpers must have unique
+//     names (prefix with the op) or live in common.cuh. Templates are fine inside a file.
+//  3. Dynamic shared memory only through `DYN_SMEM(float, smem);` (never `extern __shared__`); it is
+//     filled with NaN bytes (0xFF) before every block under emulation. Static `__shared__` arrays are
+//     fine (they keep the previous block's values under emulation, so never read them unwritten).
+//  4. Warp ops: `__shfl_*_sync`, `__ballot_sync`, `__syncwarp`, mma/ldmatrix below. Every lane named
+//     in the mask must execute the same op; a full mask needs blockDim a multiple of 32.
+//  5. Use `__syncthreads()` only where the whole block reaches the same call (early `return` is ok).
+//  6. Math: expf/tanhf/rsqrtf/fmaxf...; no fast-math intrinsics (__expf, __fdividef): parity.
+//  7. No float atomics in anything that feeds a result (determinism); atomicAdd exists for tests.
+#pragma once
+
+#ifndef __CUDACC__
+#include "emu/cuda_emu.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+#endif
+
+// ----------------------------------------------------------------------------------------------
+// small integer helpers
+
+#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+
+template <class T>
+__host__ __device__ __forceinline__ constexpr T ceil_div(T a, T b) {
+    return (a + b - 1) / b;
+}
+
+// ----------------------------------------------------------------------------------------------
+// dynamic shared memory: `DYN_SMEM(float, smem);` declares `float* smem` pointing at the block's
+// dynamic shared memory (the `dyn_smem` bytes of the launch), 16-byte aligned.
+
+#ifdef __CUDACC__
+#define DYN_SMEM(type, name)                                                  \
+    extern __shared__ __align__(16) unsigned char pepler_dyn_smem_bytes_[];  \
+    type* name = reinterpret_cast<type*>(pepler_dyn_smem_bytes_)
+#else
+#define DYN_SMEM(type, name) type* name = reinterpret_cast<type*>(::pepler_emu::dyn_smem())
+#endif
+
+// ----------------------------------------------------------------------------------------------
+// warp reductions over all 32 lanes (full mask, xor butterfly): every lane gets the same bits,
+// because each step adds the same two operands on both partners.
+
+__device__ __forceinline__ float warp_reduce_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+__device__ __forceinline__ float warp_reduce_max(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
+    return v;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Tensor cores: mma.sync.aligned.m16n8k16.row.col, f32 accumulate, D = A*B + C (d may alias c).
+// Fragment layout (g = lane>>2, t = lane&3; the lower-indexed element sits in the low 16 bits):
+//   A (16x16, row-major) a[r]: r=0 (row g, cols 2t,2t+1), r=1 (row g+8, cols 2t,2t+1),
+//                              r=2 (row g, cols 2t+8,2t+9), r=3 (row g+8, cols 2t+8,2t+9)
+//   B (16x8, K x N)     b[r]: r=0 (rows 2t,2t+1, col g),  r=1 (rows 2t+8,2t+9, col g)
+//   C/D (16x8)          c[i]: i=0,1 (row g, cols 2t,2t+1), i=2,3 (row g+8, cols 2t,2t+1)
+// All 32 lanes of the warp must call it together (the instruction is warp-wide).
+
+__device__ __forceinline__ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4],
+                                                  const uint32_t (&b)[2], const float (&c)[4]) {
+#ifdef __CUDACC__
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+          "f"(c[2]), "f"(c[3]));
+#else
+    ::pepler_emu::mma_m16n8k16(::pepler_emu::MmaType::Bf16, d, a, b, c);
+#endif
+}
+
+__device__ __forceinline__ void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4],
+                                                 const uint32_t (&b)[2], const float (&c)[4]) {
+#ifdef __CUDACC__
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+          "f"(c[2]), "f"(c[3]));
+#else
+    ::pepler_emu::mma_m16n8k16(::pepler_emu::MmaType::F16, d, a, b, c);
+#endif
+}
+
+// ----------------------------------------------------------------------------------------------
+// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16: loads 1/2/4 8x8 matrices of 16-bit
+// elements from SHARED memory. Lanes 8i..8i+7 pass the addresses of rows 0..7 of matrix i (16
+// bytes each, 16-byte aligned); lanes beyond the matrices used pass any address. Result register
+// r[i] of lane L holds matrix i's (row L/4, cols 2(L%4), 2(L%4)+1); with _trans it holds
+// (rows 2(L%4), 2(L%4)+1 of column L/4), i.e. the transposed matrix's fragment.
+
+#ifdef __CUDACC__
+__device__ __forceinline__ uint32_t pepler_smem_addr_(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#define PEPLER_LDMATRIX_ASM_(shape)                                                                \
+    "ldmatrix.sync.aligned.m8n8." shape ".shared.b16 "
+#endif
+
+__device__ __forceinline__ void ldmatrix_x1(uint32_t& r, const void* row_addr) {
+#ifdef __CUDACC__
+    asm volatile(PEPLER_LDMATRIX_ASM_("x1") "{%0}, [%1];\n" : "=r"(r) : "r"(pepler_smem_addr_(row_addr)));
+#else
+    ::pepler_emu::ldmatrix(1, false, &r, row_addr);
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row_addr) {
+#ifdef __CUDACC__
+    asm volatile(PEPLER_LDMATRIX_ASM_("x2") "{%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(pepler_smem_addr_(row_addr)));
+#else
+    ::pepler_emu::ldmatrix(2, false, r, row_addr);
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_addr) {
+#ifdef __CUDACC__
+    asm volatile(PEPLER_LDMATRIX_ASM_("x4") "{%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(pepler_smem_addr_(row_addr)));
+#else
+    ::pepler_emu::ldmatrix(4, false, r, row_addr);
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x1_trans(uint32_t& r, const void* row_addr) {
+#ifdef __CUDACC__
+    asm volatile(PEPLER_LDMATRIX_ASM_("x1.trans") "{%0}, [%1];\n"
+                 : "=r"(r)
+                 : "r"(pepler_smem_addr_(row_addr)));
+#else
+    ::pepler_emu::ldmatrix(1, true, &r, row_addr);
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* row_addr) {
+#ifdef __CUDACC__
+    asm volatile(PEPLER_LDMATRIX_ASM_("x2.trans") "{%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(pepler_smem_addr_(row_addr)));
+#else
+    ::pepler_emu::ldmatrix(2, true, r, row_addr);
+#endif
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row_addr) {
+#ifdef __CUDACC__
+    asm volatile(PEPLER_LDMATRIX_ASM_("x4.trans") "{%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(pepler_smem_addr_(row_addr)));
+#else
+    ::pepler_emu::ldmatrix(4, true, r, row_addr);
+#endif
+}
+
+// ----------------------------------------------------------------------------------------------
+// packing helpers for mma fragments: two 16-bit values in one register, `lo` in the low half.
+
+__device__ __forceinline__ uint32_t pack_bf16x2(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+    __nv_bfloat162 v = __halves2bfloat162(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ uint32_t pack_half2(__half lo, __half hi) {
+    __half2 v = __halves2half2(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
