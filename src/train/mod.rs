@@ -3,3 +3,4 @@
 
 pub mod early_stop;
 pub mod run_log;
+pub mod strategy;
