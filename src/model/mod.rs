@@ -3,3 +3,4 @@
 
 pub mod config;
 pub mod params;
+pub mod safetensors_io;
