@@ -1,1 +1,305 @@
-//! See the module map in lib.rs.
+//! The `Backend` trait the model (`crate::model`) is written against, and its implementations
+//! (`cpu` now; the CUDA/emulated backend later implements the same trait).
+//!
+//! # Design
+//! - **Backend-owned buffers.** `Backend::Buf<T>` is an opaque buffer of `T` elements living where the
+//!   backend computes (host memory for `cpu`, device memory for CUDA). Parameters, gradients, AdamW
+//!   moments, activations and the KV cache stay there between steps; only losses, metrics, and logits
+//!   on request come back (`download`). The element type is a parameter (`f32` today, `i32` for ids,
+//!   `bf16` reserved) so mixed precision arrives as new op signatures, not a rewrite.
+//! - **Kernel-granularity ops (llm.c style).** One method per kernel, forward and backward side by
+//!   side; shapes are explicit arguments. Each CPU method delegates to the pure reference function of
+//!   the same name in `crate::ops::<op>`, which is what the CUDA kernels are tested against.
+//! - **Prefix semantics.** A buffer may be longer than an op needs; the op reads/writes the prefix
+//!   its shape implies. The model allocates activations for the largest (batch, length) seen and
+//!   reuses them for smaller batches (no allocation per step).
+//! - **Gradient convention (llm.c).** Activation gradients are written (`=`) except where an input
+//!   sits on the residual stream (`layernorm_backward`'s `dinp` accumulates); parameter gradients
+//!   always accumulate (`+=`). `None` for a gradient output skips its computation (frozen weights).
+//! - **Determinism.** Same inputs, same bits: fixed reduction orders, no float atomics; dropout masks
+//!   come from a counter-based hash of (seed, step, site, index) (`ops::dropout`), identical on
+//!   every backend.
+//! - **Errors.** Methods return `anyhow::Result`: shape mismatches and out-of-range ids name the op.
+
+pub mod cpu;
+
+use anyhow::Result;
+
+pub use crate::ops::attention::AttnShape;
+pub use crate::ops::dropout::DropoutSite;
+pub use crate::ops::embedding::EmbedShape;
+pub use crate::ops::matmul::WeightLayout;
+
+/// Element types a buffer may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    I32,
+    Bf16,
+}
+
+/// A plain-old-data element type of backend buffers.
+pub trait Element: bytemuck::Pod + Default + Send + Sync + 'static {
+    const DTYPE: DType;
+}
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+}
+impl Element for i32 {
+    const DTYPE: DType = DType::I32;
+}
+impl Element for half::bf16 {
+    const DTYPE: DType = DType::Bf16;
+}
+
+/// AdamW hyper-parameters (torch.optim.AdamW semantics: decoupled weight decay, bias correction).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+/// The operations GPT-2 + PEPLER needs, on backend-owned buffers (see the module docs).
+pub trait Backend {
+    /// An owned buffer of `len` elements of `T` in the backend's memory.
+    type Buf<T: Element>;
+
+    /// Human-readable name ("cpu", "cuda:0", ...).
+    fn name(&self) -> String;
+
+    // ---------------------------------------------------------------- memory
+    /// A zero-filled buffer of `len` elements.
+    fn alloc<T: Element>(&self, len: usize) -> Result<Self::Buf<T>>;
+    /// A new buffer holding a copy of `data`.
+    fn upload<T: Element>(&self, data: &[T]) -> Result<Self::Buf<T>>;
+    /// Overwrites the first `data.len()` elements of `dst` (reuse without allocating).
+    fn write<T: Element>(&self, dst: &mut Self::Buf<T>, data: &[T]) -> Result<()>;
+    /// Copies the first `len` elements back to the host.
+    fn download<T: Element>(&self, src: &Self::Buf<T>, len: usize) -> Result<Vec<T>>;
+    /// Number of elements `buf` holds.
+    fn len<T: Element>(&self, buf: &Self::Buf<T>) -> usize;
+    /// Sets every element to zero.
+    fn zero(&self, buf: &mut Self::Buf<f32>) -> Result<()>;
+    /// Waits for queued work (a no-op on the CPU).
+    fn synchronize(&self) -> Result<()>;
+
+    // ---------------------------------------------------------------- encoder
+    /// `out[b, off+j] = table[ids[b, j]] (+ wpe[pos0+off+j])` (=). See `ops::embedding`.
+    fn embedding_forward(
+        &self,
+        out: &mut Self::Buf<f32>,
+        table: &Self::Buf<f32>,
+        ids: &Self::Buf<i32>,
+        wpe: Option<&Self::Buf<f32>>,
+        s: EmbedShape,
+    ) -> Result<()>;
+    /// `dtable[ids] += dout`, `dwpe[pos] += dout` (deterministic order).
+    fn embedding_backward(
+        &self,
+        dtable: Option<&mut Self::Buf<f32>>,
+        dwpe: Option<&mut Self::Buf<f32>>,
+        dout: &Self::Buf<f32>,
+        ids: &Self::Buf<i32>,
+        s: EmbedShape,
+    ) -> Result<()>;
+
+    // ---------------------------------------------------------------- dense layers
+    /// `out = inp W (+ bias)` (=), W per `layout`. See `ops::matmul`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_forward(
+        &self,
+        out: &mut Self::Buf<f32>,
+        inp: &Self::Buf<f32>,
+        weight: &Self::Buf<f32>,
+        bias: Option<&Self::Buf<f32>>,
+        rows: usize,
+        cin: usize,
+        cout: usize,
+        layout: WeightLayout,
+    ) -> Result<()>;
+    /// `dinp = dout W^T` (=), `dweight +=`, `dbias +=`; `None` skips.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_backward(
+        &self,
+        dinp: Option<&mut Self::Buf<f32>>,
+        dweight: Option<&mut Self::Buf<f32>>,
+        dbias: Option<&mut Self::Buf<f32>>,
+        dout: &Self::Buf<f32>,
+        inp: &Self::Buf<f32>,
+        weight: &Self::Buf<f32>,
+        rows: usize,
+        cin: usize,
+        cout: usize,
+        layout: WeightLayout,
+    ) -> Result<()>;
+
+    // ---------------------------------------------------------------- layernorm
+    /// LayerNorm over rows of `c` (=), saving `mean`, `rstd` per row. See `ops::layernorm`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_forward(
+        &self,
+        out: &mut Self::Buf<f32>,
+        mean: &mut Self::Buf<f32>,
+        rstd: &mut Self::Buf<f32>,
+        inp: &Self::Buf<f32>,
+        weight: &Self::Buf<f32>,
+        bias: &Self::Buf<f32>,
+        rows: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// `dinp +=` (residual stream), `dweight +=`, `dbias +=` (`None` skips the weight gradients).
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &self,
+        dinp: &mut Self::Buf<f32>,
+        dweight: Option<&mut Self::Buf<f32>>,
+        dbias: Option<&mut Self::Buf<f32>>,
+        dout: &Self::Buf<f32>,
+        inp: &Self::Buf<f32>,
+        weight: &Self::Buf<f32>,
+        mean: &Self::Buf<f32>,
+        rstd: &Self::Buf<f32>,
+        rows: usize,
+        c: usize,
+    ) -> Result<()>;
+
+    // ---------------------------------------------------------------- attention
+    /// Causal MHA with key-padding mask: `out` (=), `att` probabilities (=). See `ops::attention`.
+    fn attention_forward(
+        &self,
+        out: &mut Self::Buf<f32>,
+        att: &mut Self::Buf<f32>,
+        qkv: &Self::Buf<f32>,
+        key_mask: Option<&Self::Buf<i32>>,
+        dropout: Option<DropoutSite>,
+        s: AttnShape,
+    ) -> Result<()>;
+    /// `dqkv` (=) from `dout`, the saved `att` and the same dropout site.
+    fn attention_backward(
+        &self,
+        dqkv: &mut Self::Buf<f32>,
+        dout: &Self::Buf<f32>,
+        qkv: &Self::Buf<f32>,
+        att: &Self::Buf<f32>,
+        dropout: Option<DropoutSite>,
+        s: AttnShape,
+    ) -> Result<()>;
+    /// Decoding: append `n` positions at `start` to the KV cache (B, NH, lmax, hd) and attend (=).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_cached_forward(
+        &self,
+        out: &mut Self::Buf<f32>,
+        qkv: &Self::Buf<f32>,
+        k_cache: &mut Self::Buf<f32>,
+        v_cache: &mut Self::Buf<f32>,
+        start: usize,
+        n: usize,
+        lmax: usize,
+        s: AttnShape,
+    ) -> Result<()>;
+
+    // ---------------------------------------------------------------- pointwise
+    /// `out = gelu_tanh(inp)` over `n` elements (=).
+    fn gelu_forward(&self, out: &mut Self::Buf<f32>, inp: &Self::Buf<f32>, n: usize) -> Result<()>;
+    /// `dinp = gelu'(inp) dout` (=).
+    fn gelu_backward(
+        &self,
+        dinp: &mut Self::Buf<f32>,
+        inp: &Self::Buf<f32>,
+        dout: &Self::Buf<f32>,
+        n: usize,
+    ) -> Result<()>;
+    /// `out = a + b` over `n` elements (=).
+    fn residual_forward(
+        &self,
+        out: &mut Self::Buf<f32>,
+        a: &Self::Buf<f32>,
+        b: &Self::Buf<f32>,
+        n: usize,
+    ) -> Result<()>;
+    /// `out = dropout(inp)` over `n` elements (=); also the backward pass (same site).
+    fn dropout_forward(
+        &self,
+        out: &mut Self::Buf<f32>,
+        inp: &Self::Buf<f32>,
+        site: DropoutSite,
+        n: usize,
+    ) -> Result<()>;
+    /// `out = sigmoid(inp)` (=).
+    fn sigmoid_forward(
+        &self,
+        out: &mut Self::Buf<f32>,
+        inp: &Self::Buf<f32>,
+        n: usize,
+    ) -> Result<()>;
+    /// `dinp = dout * out * (1 - out)` (=).
+    fn sigmoid_backward(
+        &self,
+        dinp: &mut Self::Buf<f32>,
+        out: &Self::Buf<f32>,
+        dout: &Self::Buf<f32>,
+        n: usize,
+    ) -> Result<()>;
+
+    // ---------------------------------------------------------------- heads and losses
+    /// Per-row cross-entropy `losses` (=); with `dscale`, `logits` become `dlogits` in place.
+    fn crossentropy_forward(
+        &self,
+        losses: &mut Self::Buf<f32>,
+        logits: &mut Self::Buf<f32>,
+        targets: &Self::Buf<i32>,
+        rows: usize,
+        v: usize,
+        dscale: Option<f32>,
+    ) -> Result<()>;
+    /// `out[r] = argmax(logits[r])` (greedy decoding).
+    fn argmax(
+        &self,
+        out: &mut Self::Buf<i32>,
+        logits: &Self::Buf<f32>,
+        rows: usize,
+        v: usize,
+    ) -> Result<()>;
+    /// MF rating `out[b] = u_b . i_b` from `ui` (B, 2C) (=).
+    fn rating_mf_forward(
+        &self,
+        out: &mut Self::Buf<f32>,
+        ui: &Self::Buf<f32>,
+        b: usize,
+        c: usize,
+    ) -> Result<()>;
+    /// `dui = [dpred i | dpred u]` (=).
+    fn rating_mf_backward(
+        &self,
+        dui: &mut Self::Buf<f32>,
+        dpred: &Self::Buf<f32>,
+        ui: &Self::Buf<f32>,
+        b: usize,
+        c: usize,
+    ) -> Result<()>;
+    /// Returns `mean((pred - target)^2)` over `n`; writes `dpred = grad_scale * 2 (pred - target) / n`.
+    fn mse_forward(
+        &self,
+        dpred: &mut Self::Buf<f32>,
+        pred: &Self::Buf<f32>,
+        target: &Self::Buf<f32>,
+        n: usize,
+        grad_scale: f32,
+    ) -> Result<f32>;
+
+    // ---------------------------------------------------------------- optimizer
+    /// One torch AdamW update of `param` from `grad` with moments `m`, `v`; `step` counts from 1.
+    fn adamw_update(
+        &self,
+        param: &mut Self::Buf<f32>,
+        grad: &Self::Buf<f32>,
+        m: &mut Self::Buf<f32>,
+        v: &mut Self::Buf<f32>,
+        hp: AdamWParams,
+        step: u64,
+    ) -> Result<()>;
+}

@@ -1,0 +1,567 @@
+//! The CPU reference backend: fp32 on host memory, multithreaded with rayon, GEMMs through the
+//! `gemm` crate. Every method checks its buffer sizes (returning an error that names the op), takes
+//! the prefix its shape needs, and calls the reference function of the same name in `crate::ops`.
+//! Deterministic: the reference functions fix their reduction orders and split work only over
+//! independent rows/sequences.
+
+use anyhow::{bail, Result};
+
+use super::{AdamWParams, AttnShape, Backend, DropoutSite, Element, EmbedShape, WeightLayout};
+use crate::ops;
+
+/// A host buffer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CpuBuf<T>(pub Vec<T>);
+
+impl<T> CpuBuf<T> {
+    /// The whole buffer.
+    pub fn as_slice(&self) -> &[T] {
+        &self.0
+    }
+}
+
+/// The CPU backend (stateless; rayon's global pool does the threading).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+/// The first `n` elements of `b`, or an error naming the op and the operand.
+fn pre<'a, T>(op: &str, what: &str, b: &'a CpuBuf<T>, n: usize) -> Result<&'a [T]> {
+    if b.0.len() < n {
+        bail!(
+            "{op}: `{what}` holds {} elements, the op needs {n}",
+            b.0.len()
+        );
+    }
+    Ok(&b.0[..n])
+}
+
+fn pre_mut<'a, T>(op: &str, what: &str, b: &'a mut CpuBuf<T>, n: usize) -> Result<&'a mut [T]> {
+    if b.0.len() < n {
+        bail!(
+            "{op}: `{what}` holds {} elements, the op needs {n}",
+            b.0.len()
+        );
+    }
+    Ok(&mut b.0[..n])
+}
+
+impl Backend for CpuBackend {
+    type Buf<T: Element> = CpuBuf<T>;
+
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn alloc<T: Element>(&self, len: usize) -> Result<CpuBuf<T>> {
+        Ok(CpuBuf(vec![T::default(); len]))
+    }
+
+    fn upload<T: Element>(&self, data: &[T]) -> Result<CpuBuf<T>> {
+        Ok(CpuBuf(data.to_vec()))
+    }
+
+    fn write<T: Element>(&self, dst: &mut CpuBuf<T>, data: &[T]) -> Result<()> {
+        pre_mut("write", "dst", dst, data.len())?.copy_from_slice(data);
+        Ok(())
+    }
+
+    fn download<T: Element>(&self, src: &CpuBuf<T>, len: usize) -> Result<Vec<T>> {
+        Ok(pre("download", "src", src, len)?.to_vec())
+    }
+
+    fn len<T: Element>(&self, buf: &CpuBuf<T>) -> usize {
+        buf.0.len()
+    }
+
+    fn zero(&self, buf: &mut CpuBuf<f32>) -> Result<()> {
+        buf.0.fill(0.0);
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn embedding_forward(
+        &self,
+        out: &mut CpuBuf<f32>,
+        table: &CpuBuf<f32>,
+        ids: &CpuBuf<i32>,
+        wpe: Option<&CpuBuf<f32>>,
+        s: EmbedShape,
+    ) -> Result<()> {
+        let op = "embedding_forward";
+        let out = pre_mut(op, "out", out, s.batch * s.seq * s.c)?;
+        let ids = pre(op, "ids", ids, s.batch * s.n)?;
+        let wpe = wpe.map(|w| w.as_slice());
+        s.check(out.len(), table.0.len(), ids, wpe.map(|w| w.len()))
+            .map_err(|e| anyhow::anyhow!("{op}: {e}"))?;
+        ops::embedding::embedding_forward(out, &table.0, ids, wpe, s);
+        Ok(())
+    }
+
+    fn embedding_backward(
+        &self,
+        dtable: Option<&mut CpuBuf<f32>>,
+        dwpe: Option<&mut CpuBuf<f32>>,
+        dout: &CpuBuf<f32>,
+        ids: &CpuBuf<i32>,
+        s: EmbedShape,
+    ) -> Result<()> {
+        let op = "embedding_backward";
+        let dout = pre(op, "dout", dout, s.batch * s.seq * s.c)?;
+        let ids = pre(op, "ids", ids, s.batch * s.n)?;
+        if let Some(dt) = dtable.as_ref() {
+            s.check(dout.len(), dt.0.len(), ids, None)
+                .map_err(|e| anyhow::anyhow!("{op}: {e}"))?;
+        }
+        if let Some(dw) = dwpe.as_ref() {
+            if dw.0.len() < (s.pos0 + s.offset + s.n) * s.c {
+                bail!(
+                    "{op}: dwpe too small for position {}",
+                    s.pos0 + s.offset + s.n - 1
+                );
+            }
+        }
+        ops::embedding::embedding_backward(
+            dtable.map(|d| d.0.as_mut_slice()),
+            dwpe.map(|d| d.0.as_mut_slice()),
+            dout,
+            ids,
+            s,
+        );
+        Ok(())
+    }
+
+    fn matmul_forward(
+        &self,
+        out: &mut CpuBuf<f32>,
+        inp: &CpuBuf<f32>,
+        weight: &CpuBuf<f32>,
+        bias: Option<&CpuBuf<f32>>,
+        rows: usize,
+        cin: usize,
+        cout: usize,
+        layout: WeightLayout,
+    ) -> Result<()> {
+        let op = "matmul_forward";
+        let out = pre_mut(op, "out", out, rows * cout)?;
+        let inp = pre(op, "inp", inp, rows * cin)?;
+        let w = pre(op, "weight", weight, cin * cout)?;
+        let b = match bias {
+            Some(b) => Some(pre(op, "bias", b, cout)?),
+            None => None,
+        };
+        ops::matmul::matmul_forward(out, inp, w, b, rows, cin, cout, layout);
+        Ok(())
+    }
+
+    fn matmul_backward(
+        &self,
+        dinp: Option<&mut CpuBuf<f32>>,
+        dweight: Option<&mut CpuBuf<f32>>,
+        dbias: Option<&mut CpuBuf<f32>>,
+        dout: &CpuBuf<f32>,
+        inp: &CpuBuf<f32>,
+        weight: &CpuBuf<f32>,
+        rows: usize,
+        cin: usize,
+        cout: usize,
+        layout: WeightLayout,
+    ) -> Result<()> {
+        let op = "matmul_backward";
+        let dinp = match dinp {
+            Some(d) => Some(pre_mut(op, "dinp", d, rows * cin)?),
+            None => None,
+        };
+        let dweight = match dweight {
+            Some(d) => Some(pre_mut(op, "dweight", d, cin * cout)?),
+            None => None,
+        };
+        let dbias = match dbias {
+            Some(d) => Some(pre_mut(op, "dbias", d, cout)?),
+            None => None,
+        };
+        let dout = pre(op, "dout", dout, rows * cout)?;
+        let inp = pre(op, "inp", inp, rows * cin)?;
+        let w = pre(op, "weight", weight, cin * cout)?;
+        ops::matmul::matmul_backward(dinp, dweight, dbias, dout, inp, w, rows, cin, cout, layout);
+        Ok(())
+    }
+
+    fn layernorm_forward(
+        &self,
+        out: &mut CpuBuf<f32>,
+        mean: &mut CpuBuf<f32>,
+        rstd: &mut CpuBuf<f32>,
+        inp: &CpuBuf<f32>,
+        weight: &CpuBuf<f32>,
+        bias: &CpuBuf<f32>,
+        rows: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let op = "layernorm_forward";
+        ops::layernorm::layernorm_forward(
+            pre_mut(op, "out", out, rows * c)?,
+            pre_mut(op, "mean", mean, rows)?,
+            pre_mut(op, "rstd", rstd, rows)?,
+            pre(op, "inp", inp, rows * c)?,
+            pre(op, "weight", weight, c)?,
+            pre(op, "bias", bias, c)?,
+            rows,
+            c,
+            eps,
+        );
+        Ok(())
+    }
+
+    fn layernorm_backward(
+        &self,
+        dinp: &mut CpuBuf<f32>,
+        dweight: Option<&mut CpuBuf<f32>>,
+        dbias: Option<&mut CpuBuf<f32>>,
+        dout: &CpuBuf<f32>,
+        inp: &CpuBuf<f32>,
+        weight: &CpuBuf<f32>,
+        mean: &CpuBuf<f32>,
+        rstd: &CpuBuf<f32>,
+        rows: usize,
+        c: usize,
+    ) -> Result<()> {
+        let op = "layernorm_backward";
+        // The reference always produces weight gradients; frozen ones land in scratch (c floats).
+        let mut scratch_w = Vec::new();
+        let mut scratch_b = Vec::new();
+        let dw = match dweight {
+            Some(d) => pre_mut(op, "dweight", d, c)?,
+            None => {
+                scratch_w.resize(c, 0.0);
+                &mut scratch_w[..]
+            }
+        };
+        let db = match dbias {
+            Some(d) => pre_mut(op, "dbias", d, c)?,
+            None => {
+                scratch_b.resize(c, 0.0);
+                &mut scratch_b[..]
+            }
+        };
+        ops::layernorm::layernorm_backward(
+            pre_mut(op, "dinp", dinp, rows * c)?,
+            dw,
+            db,
+            pre(op, "dout", dout, rows * c)?,
+            pre(op, "inp", inp, rows * c)?,
+            pre(op, "weight", weight, c)?,
+            pre(op, "mean", mean, rows)?,
+            pre(op, "rstd", rstd, rows)?,
+            rows,
+            c,
+        );
+        Ok(())
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut CpuBuf<f32>,
+        att: &mut CpuBuf<f32>,
+        qkv: &CpuBuf<f32>,
+        key_mask: Option<&CpuBuf<i32>>,
+        dropout: Option<DropoutSite>,
+        s: AttnShape,
+    ) -> Result<()> {
+        let op = "attention_forward";
+        if s.nh == 0 || s.c % s.nh != 0 {
+            bail!("{op}: {} channels do not split into {} heads", s.c, s.nh);
+        }
+        let mask = match key_mask {
+            Some(m) => Some(pre(op, "key_mask", m, s.b * s.l)?),
+            None => None,
+        };
+        ops::attention::attention_forward(
+            pre_mut(op, "out", out, s.b * s.l * s.c)?,
+            pre_mut(op, "att", att, s.b * s.nh * s.l * s.l)?,
+            pre(op, "qkv", qkv, s.b * s.l * 3 * s.c)?,
+            mask,
+            dropout.as_ref(),
+            s,
+        );
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        dqkv: &mut CpuBuf<f32>,
+        dout: &CpuBuf<f32>,
+        qkv: &CpuBuf<f32>,
+        att: &CpuBuf<f32>,
+        dropout: Option<DropoutSite>,
+        s: AttnShape,
+    ) -> Result<()> {
+        let op = "attention_backward";
+        if s.nh == 0 || s.c % s.nh != 0 {
+            bail!("{op}: {} channels do not split into {} heads", s.c, s.nh);
+        }
+        ops::attention::attention_backward(
+            pre_mut(op, "dqkv", dqkv, s.b * s.l * 3 * s.c)?,
+            pre(op, "dout", dout, s.b * s.l * s.c)?,
+            pre(op, "qkv", qkv, s.b * s.l * 3 * s.c)?,
+            pre(op, "att", att, s.b * s.nh * s.l * s.l)?,
+            dropout.as_ref(),
+            s,
+        );
+        Ok(())
+    }
+
+    fn attention_cached_forward(
+        &self,
+        out: &mut CpuBuf<f32>,
+        qkv: &CpuBuf<f32>,
+        k_cache: &mut CpuBuf<f32>,
+        v_cache: &mut CpuBuf<f32>,
+        start: usize,
+        n: usize,
+        lmax: usize,
+        s: AttnShape,
+    ) -> Result<()> {
+        let op = "attention_cached_forward";
+        if s.nh == 0 || s.c % s.nh != 0 {
+            bail!("{op}: {} channels do not split into {} heads", s.c, s.nh);
+        }
+        if start + n > lmax {
+            bail!(
+                "{op}: positions {start}..{} exceed the cache length {lmax}",
+                start + n
+            );
+        }
+        let cache = s.b * lmax * s.c;
+        ops::attention::attention_cached_forward(
+            pre_mut(op, "out", out, s.b * n * s.c)?,
+            pre(op, "qkv", qkv, s.b * n * 3 * s.c)?,
+            pre_mut(op, "k_cache", k_cache, cache)?,
+            pre_mut(op, "v_cache", v_cache, cache)?,
+            start,
+            n,
+            lmax,
+            s,
+        );
+        Ok(())
+    }
+
+    fn gelu_forward(&self, out: &mut CpuBuf<f32>, inp: &CpuBuf<f32>, n: usize) -> Result<()> {
+        let op = "gelu_forward";
+        ops::gelu::gelu_forward(pre_mut(op, "out", out, n)?, pre(op, "inp", inp, n)?);
+        Ok(())
+    }
+
+    fn gelu_backward(
+        &self,
+        dinp: &mut CpuBuf<f32>,
+        inp: &CpuBuf<f32>,
+        dout: &CpuBuf<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let op = "gelu_backward";
+        ops::gelu::gelu_backward(
+            pre_mut(op, "dinp", dinp, n)?,
+            pre(op, "inp", inp, n)?,
+            pre(op, "dout", dout, n)?,
+        );
+        Ok(())
+    }
+
+    fn residual_forward(
+        &self,
+        out: &mut CpuBuf<f32>,
+        a: &CpuBuf<f32>,
+        b: &CpuBuf<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let op = "residual_forward";
+        ops::residual::residual_forward(
+            pre_mut(op, "out", out, n)?,
+            pre(op, "a", a, n)?,
+            pre(op, "b", b, n)?,
+        );
+        Ok(())
+    }
+
+    fn dropout_forward(
+        &self,
+        out: &mut CpuBuf<f32>,
+        inp: &CpuBuf<f32>,
+        site: DropoutSite,
+        n: usize,
+    ) -> Result<()> {
+        let op = "dropout_forward";
+        if !(0.0..1.0).contains(&site.p) {
+            bail!("{op}: probability {} outside [0, 1)", site.p);
+        }
+        ops::dropout::dropout_forward(pre_mut(op, "out", out, n)?, pre(op, "inp", inp, n)?, &site);
+        Ok(())
+    }
+
+    fn sigmoid_forward(&self, out: &mut CpuBuf<f32>, inp: &CpuBuf<f32>, n: usize) -> Result<()> {
+        let op = "sigmoid_forward";
+        ops::rating::sigmoid_forward(pre_mut(op, "out", out, n)?, pre(op, "inp", inp, n)?);
+        Ok(())
+    }
+
+    fn sigmoid_backward(
+        &self,
+        dinp: &mut CpuBuf<f32>,
+        out: &CpuBuf<f32>,
+        dout: &CpuBuf<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let op = "sigmoid_backward";
+        ops::rating::sigmoid_backward(
+            pre_mut(op, "dinp", dinp, n)?,
+            pre(op, "out", out, n)?,
+            pre(op, "dout", dout, n)?,
+        );
+        Ok(())
+    }
+
+    fn crossentropy_forward(
+        &self,
+        losses: &mut CpuBuf<f32>,
+        logits: &mut CpuBuf<f32>,
+        targets: &CpuBuf<i32>,
+        rows: usize,
+        v: usize,
+        dscale: Option<f32>,
+    ) -> Result<()> {
+        let op = "crossentropy_forward";
+        let targets = pre(op, "targets", targets, rows)?;
+        if let Some(bad) = targets.iter().find(|&&t| t >= v as i32) {
+            bail!("{op}: target {bad} outside the vocabulary of {v}");
+        }
+        ops::crossentropy::crossentropy_forward(
+            pre_mut(op, "losses", losses, rows)?,
+            pre_mut(op, "logits", logits, rows * v)?,
+            targets,
+            rows,
+            v,
+            dscale,
+        );
+        Ok(())
+    }
+
+    fn argmax(
+        &self,
+        out: &mut CpuBuf<i32>,
+        logits: &CpuBuf<f32>,
+        rows: usize,
+        v: usize,
+    ) -> Result<()> {
+        let op = "argmax";
+        ops::crossentropy::argmax_forward(
+            pre_mut(op, "out", out, rows)?,
+            pre(op, "logits", logits, rows * v)?,
+            rows,
+            v,
+        );
+        Ok(())
+    }
+
+    fn rating_mf_forward(
+        &self,
+        out: &mut CpuBuf<f32>,
+        ui: &CpuBuf<f32>,
+        b: usize,
+        c: usize,
+    ) -> Result<()> {
+        let op = "rating_mf_forward";
+        ops::rating::rating_mf_forward(
+            pre_mut(op, "out", out, b)?,
+            pre(op, "ui", ui, b * 2 * c)?,
+            b,
+            c,
+        );
+        Ok(())
+    }
+
+    fn rating_mf_backward(
+        &self,
+        dui: &mut CpuBuf<f32>,
+        dpred: &CpuBuf<f32>,
+        ui: &CpuBuf<f32>,
+        b: usize,
+        c: usize,
+    ) -> Result<()> {
+        let op = "rating_mf_backward";
+        ops::rating::rating_mf_backward(
+            pre_mut(op, "dui", dui, b * 2 * c)?,
+            pre(op, "dpred", dpred, b)?,
+            pre(op, "ui", ui, b * 2 * c)?,
+            b,
+            c,
+        );
+        Ok(())
+    }
+
+    fn mse_forward(
+        &self,
+        dpred: &mut CpuBuf<f32>,
+        pred: &CpuBuf<f32>,
+        target: &CpuBuf<f32>,
+        n: usize,
+        grad_scale: f32,
+    ) -> Result<f32> {
+        let op = "mse_forward";
+        if n == 0 {
+            bail!("{op}: empty batch");
+        }
+        Ok(ops::rating::mse_forward(
+            pre_mut(op, "dpred", dpred, n)?,
+            pre(op, "pred", pred, n)?,
+            pre(op, "target", target, n)?,
+            grad_scale,
+        ))
+    }
+
+    fn adamw_update(
+        &self,
+        param: &mut CpuBuf<f32>,
+        grad: &CpuBuf<f32>,
+        m: &mut CpuBuf<f32>,
+        v: &mut CpuBuf<f32>,
+        hp: AdamWParams,
+        step: u64,
+    ) -> Result<()> {
+        let op = "adamw_update";
+        let n = param.0.len();
+        if step == 0 {
+            bail!("{op}: steps count from 1");
+        }
+        let _ = (
+            pre(op, "grad", grad, n)?,
+            pre_mut(op, "m", m, n)?,
+            pre_mut(op, "v", v, n)?,
+            hp,
+        );
+        bail!("{op}: waiting for ops::adamw (M2)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_buffers_are_errors_that_name_the_op() {
+        let be = CpuBackend::new();
+        let mut out = be.alloc::<f32>(3).unwrap();
+        let inp = be.upload(&[1.0f32; 4]).unwrap();
+        let err = be.gelu_forward(&mut out, &inp, 4).unwrap_err().to_string();
+        assert!(err.contains("gelu_forward") && err.contains("out"), "{err}");
+    }
+}
