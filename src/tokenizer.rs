@@ -7,11 +7,13 @@
 //! `assets/gpt2/tokenizer.json` is OpenAI's, converted by `scripts/tokenizer/convert_gpt2.py`
 //! (provenance and hashes in `assets/gpt2/README.md`).
 //!
-//! Two behaviours of the slow tokenizer are reproduced on purpose, because they change token ids
-//! and metric inputs:
-//! - encoding strips whitespace on both sides of a special token (the asset marks them
-//!   `lstrip`/`rstrip`), so `"<bos> the room <eos>"` gives `[50257, "the"=1169, " room"=2119, 50258]`;
-//! - [`Tokenizer::decode`] joins the byte-level text runs and the special tokens with single
+//! Behaviours of the slow tokenizer reproduced on purpose (they change token ids and metric
+//! inputs; expected values in tests/tokenizer.rs come from transformers 4.18 itself, printed by
+//! `scripts/tokenizer/slow_reference.py`):
+//! - special tokens are matched anywhere and the whitespace next to them is kept: the original's
+//!   `'<bos> ' + text + ' <eos>'` encodes as `[50257, " the"=262, .., " clean"=3424, " "=220, 50258]`
+//!   (note the trailing 220 before `<eos>`);
+//! - [`Tokenizer::decode`] joins the byte-level text runs and the added tokens with single
 //!   spaces and then applies `clean_up_tokenization` (" ." -> "." and friends), exactly as
 //!   `PreTrainedTokenizer._decode` with its defaults. [`Tokenizer::decode_plain`] is the plain
 //!   byte-level concatenation.
@@ -34,8 +36,12 @@ pub const ENDOFTEXT_TOKEN: &str = "<|endoftext|>";
 /// GPT-2 BPE + PEPLER special tokens. Cheap to share across threads (`Send + Sync`).
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
-    /// `is_special[id]`: id is an added token (joined with spaces and skippable in `decode`).
+    /// `is_special[id]`: id is a special token (skipped by `decode(.., true)`): all added tokens,
+    /// including `<|endoftext|>` which is also in the BPE vocabulary.
     is_special: Vec<bool>,
+    /// Ids at or above this are added tokens outside the BPE model (`<bos>`, `<eos>`, `<pad>`):
+    /// the slow tokenizer's `added_tokens_encoder`, which `decode` separates by spaces.
+    model_vocab_size: u32,
     bos: u32,
     eos: u32,
     pad: u32,
@@ -79,6 +85,7 @@ impl Tokenizer {
         };
         let (bos, eos, pad) = (id_of(BOS_TOKEN)?, id_of(EOS_TOKEN)?, id_of(PAD_TOKEN)?);
         let vocab_size = inner.get_vocab_size(true);
+        let model_vocab_size = inner.get_vocab_size(false) as u32;
         let mut is_special = vec![false; vocab_size];
         for (id, tok) in inner.get_added_tokens_decoder() {
             let slot = is_special.get_mut(id as usize).ok_or_else(|| {
@@ -102,13 +109,14 @@ impl Tokenizer {
             eos,
             pad,
             vocab_size,
+            model_vocab_size,
             sha256,
             source: source.to_string(),
         })
     }
 
-    /// BPE ids of `text`, special tokens recognised (and the whitespace next to them dropped, as
-    /// the slow tokenizer does). No tokens are added.
+    /// BPE ids of `text`, special tokens recognised (whitespace next to them is kept, as the slow
+    /// tokenizer does). No tokens are added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
             .inner
@@ -130,12 +138,17 @@ impl Tokenizer {
 
     /// Text of `ids` as transformers 4.18 `GPT2Tokenizer.decode(ids, skip_special_tokens)` with its
     /// defaults (`spaces_between_special_tokens=True`, `clean_up_tokenization_spaces=True`):
-    /// byte-level runs between special tokens are decoded separately (invalid UTF-8 becomes
-    /// U+FFFD), runs and special tokens are joined by one space, then
-    /// [`clean_up_tokenization`] runs. Unknown ids are an error.
+    /// 1. with `skip_special_tokens`, every special id (`<|endoftext|>`, `<bos>`, `<eos>`, `<pad>`)
+    ///    is dropped first, so the text on both sides becomes one run;
+    /// 2. the byte-level runs between *added* tokens (`<bos>`, `<eos>`, `<pad>`; `<|endoftext|>` is
+    ///    part of GPT-2's own vocabulary and stays inside its run) are decoded separately (invalid
+    ///    UTF-8 becomes U+FFFD) and joined with the added tokens by single spaces;
+    /// 3. [`clean_up_tokenization`] runs on the result.
+    ///
+    /// Unknown ids are an error.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         let mut parts: Vec<String> = Vec::new();
-        let mut start = 0usize;
+        let mut run: Vec<u32> = Vec::new();
         for (pos, &id) in ids.iter().enumerate() {
             if (id as usize) >= self.vocab_size {
                 bail!(
@@ -144,18 +157,21 @@ impl Tokenizer {
                     self.vocab_size
                 );
             }
-            if self.is_special[id as usize] {
-                if start < pos {
-                    parts.push(self.decode_plain(&ids[start..pos])?);
+            if skip_special_tokens && self.is_special[id as usize] {
+                continue;
+            }
+            if id >= self.model_vocab_size {
+                if !run.is_empty() {
+                    parts.push(self.decode_plain(&run)?);
+                    run.clear();
                 }
-                if !skip_special_tokens {
-                    parts.push(self.id_to_token(id).unwrap_or_default());
-                }
-                start = pos + 1;
+                parts.push(self.id_to_token(id).unwrap_or_default());
+            } else {
+                run.push(id);
             }
         }
-        if start < ids.len() {
-            parts.push(self.decode_plain(&ids[start..])?);
+        if !run.is_empty() {
+            parts.push(self.decode_plain(&run)?);
         }
         Ok(clean_up_tokenization(&parts.join(" ")))
     }

@@ -15,10 +15,9 @@ Plain standard library only. The output mirrors what the original PEPLER code us
 - byte-level BPE with the GPT-2 regex (ByteLevel pre-tokenizer, add_prefix_space false);
 - `<bos>`=50257, `<eos>`=50258, `<pad>`=50259 appended after the 50257 GPT-2 tokens, and
   `<|endoftext|>`=50256 (the slow tokenizer's unk token, also a special token it never splits);
-- every special token strips whitespace on both sides (`lstrip`/`rstrip` true), because the slow
-  tokenizer, for special tokens given as plain strings, does `left.rstrip()` / `right.lstrip()` on
-  the neighbouring text: `'<bos> the room <eos>'` encodes as [<bos>, 'the', ' room', <eos>]
-  ("the" without its leading space, id 1169, not " the" = 262).
+- special tokens do NOT strip neighbouring whitespace (`lstrip`/`rstrip` false): checked against
+  transformers 4.18's slow tokenizer (scripts/tokenizer/slow_reference.py), where
+  `'<bos> the room <eos>'` encodes as [<bos>, ' the'=262, ' room'=2119, ' '=220, <eos>].
 """
 
 import hashlib
@@ -72,8 +71,8 @@ def main():
             "id": tid,
             "content": content,
             "single_word": False,
-            "lstrip": True,
-            "rstrip": True,
+            "lstrip": False,
+            "rstrip": False,
             "normalized": False,
             "special": True,
         }
