@@ -1,0 +1,139 @@
+// layernorm.cu — LayerNorm over the last dimension, forward and backward (CPU reference:
+// src/ops/layernorm.rs; llm.c's gradient convention: parameter grads +=, and dinp += because
+// LayerNorm's input is on the residual stream).
+//
+// Layouts (row-major fp32): inp, out, dout, dinp: rows x c; weight, bias, dweight, dbias: c;
+// mean, rstd: rows (saved by the forward for the backward).
+//
+// layernorm_forward:                                                        (out, mean, rstd: =)
+//   mean[r] = sum_i x[r,i] / c;  rstd[r] = 1 / sqrtf(sum_i (x[r,i] - mean[r])^2 / c + eps)
+//   out[r,i] = (x[r,i] - mean[r]) * rstd[r] * weight[i] + bias[i]
+//   mean/rstd may be NULL (inference). Launch: warp per row, block 256 (8 warps), grid
+//   CEIL_DIV(rows, 8); lanes stride over c, warp_reduce_sum combines them. Two passes over the row
+//   (mean, then the centred variance) for accuracy.
+//
+// layernorm_backward (pass 1):                                    (dinp: +=, partials: =)
+//   n = (x - mean) * rstd, g = weight * dout,
+//   dinp[r,i] += (g_i - mean_i(g) - n_i * mean_i(g * n)) * rstd[r]
+//   and per-block partial sums of dbias (sum_r dout) and dweight (sum_r n * dout).
+//   Launch: WPB warps per block (blockDim.x = 32 * WPB), grid G; warp w of block b handles rows
+//   b*WPB + w, stepping by G*WPB. Each warp accumulates its rows into its own 2c floats of dynamic
+//   shared memory (dyn_smem = 2 * c * WPB * 4 bytes; lane l owns columns l, l+32, ...), then the
+//   block adds its WPB warps in order 0..WPB-1 and writes partials[b][0..2c) = [dbias | dweight].
+// layernorm_backward_reduce (pass 2):                             (dweight, dbias: +=)
+//   dbias[i] += sum_{b=0..G-1} partials[b][i];  dweight[i] += sum_b partials[b][c + i]
+//   Launch: one thread per output (2c), block 256, grid CEIL_DIV(2c, 256).
+//   Determinism: no atomics; every sum runs in an order fixed by (rows, c) alone (WPB and G are
+//   computed from them by the launcher in src/kernels/layernorm.rs, never from the GPU model), so
+//   the gradients are bit-reproducible run to run and under any block schedule.
+#include "common.cuh"
+
+extern "C" __global__ void layernorm_forward(float* __restrict__ out, float* __restrict__ mean,
+                                             float* __restrict__ rstd, const float* __restrict__ inp,
+                                             const float* __restrict__ weight, const float* __restrict__ bias,
+                                             int rows, int c, float eps) {
+    const int warps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const long long row = static_cast<long long>(blockIdx.x) * warps + warp;
+    if (row >= rows) {
+        return;  // whole warp
+    }
+    const float* x = inp + row * c;
+
+    float sum = 0.0f;
+    for (int i = lane; i < c; i += 32) {
+        sum += x[i];
+    }
+    const float m = warp_reduce_sum(sum) / c;
+
+    float var = 0.0f;
+    for (int i = lane; i < c; i += 32) {
+        const float d = x[i] - m;
+        var += d * d;
+    }
+    const float s = 1.0f / sqrtf(warp_reduce_sum(var) / c + eps);
+
+    float* y = out + row * c;
+    for (int i = lane; i < c; i += 32) {
+        y[i] = (x[i] - m) * s * weight[i] + bias[i];
+    }
+    if (lane == 0) {
+        if (mean != nullptr) mean[row] = m;
+        if (rstd != nullptr) rstd[row] = s;
+    }
+}
+
+extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* __restrict__ partials,
+                                              const float* __restrict__ dout, const float* __restrict__ inp,
+                                              const float* __restrict__ weight, const float* __restrict__ mean,
+                                              const float* __restrict__ rstd, int rows, int c) {
+    DYN_SMEM(float, smem);  // [warps][2c]: this warp's [dbias | dweight] accumulators
+    const int warps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    float* acc_db = smem + static_cast<long long>(warp) * 2 * c;
+    float* acc_dw = acc_db + c;
+    // Each lane zeroes and later updates only its own columns, so no barrier is needed until the
+    // block-wide sum below.
+    for (int i = lane; i < c; i += 32) {
+        acc_db[i] = 0.0f;
+        acc_dw[i] = 0.0f;
+    }
+
+    for (long long row = static_cast<long long>(blockIdx.x) * warps + warp; row < rows;
+         row += static_cast<long long>(gridDim.x) * warps) {
+        const float* x = inp + row * c;
+        const float* g = dout + row * c;
+        float* dx = dinp + row * c;
+        const float m = mean[row];
+        const float s = rstd[row];
+
+        float dnorm_mean = 0.0f;
+        float dnorm_norm_mean = 0.0f;
+        for (int i = lane; i < c; i += 32) {
+            const float n = (x[i] - m) * s;
+            const float d = weight[i] * g[i];
+            dnorm_mean += d;
+            dnorm_norm_mean += d * n;
+        }
+        dnorm_mean = warp_reduce_sum(dnorm_mean) / c;
+        dnorm_norm_mean = warp_reduce_sum(dnorm_norm_mean) / c;
+
+        for (int i = lane; i < c; i += 32) {
+            const float n = (x[i] - m) * s;
+            const float d = weight[i] * g[i];
+            dx[i] += (d - dnorm_mean - n * dnorm_norm_mean) * s;
+            acc_db[i] += g[i];
+            acc_dw[i] += n * g[i];
+        }
+    }
+    __syncthreads();
+
+    float* p = partials + static_cast<long long>(blockIdx.x) * 2 * c;
+    for (int i = threadIdx.x; i < 2 * c; i += blockDim.x) {
+        float total = 0.0f;
+        for (int w = 0; w < warps; w++) {
+            total += smem[static_cast<long long>(w) * 2 * c + i];
+        }
+        p[i] = total;
+    }
+}
+
+extern "C" __global__ void layernorm_backward_reduce(float* __restrict__ dweight, float* __restrict__ dbias,
+                                                     const float* __restrict__ partials, int num_partials,
+                                                     int c) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= 2 * c) {
+        return;
+    }
+    float total = 0.0f;
+    for (int b = 0; b < num_partials; b++) {
+        total += partials[static_cast<long long>(b) * 2 * c + i];
+    }
+    if (i < c) {
+        dbias[i] += total;
+    } else {
+        dweight[i - c] += total;
+    }
+}
