@@ -4,3 +4,5 @@
 pub mod config;
 pub mod params;
 pub mod safetensors_io;
+pub mod batch;
+pub mod pepler;

@@ -1,0 +1,1123 @@
+//! GPT-2 + PEPLER written once against a [`Backend`]: forward (logits on request, text loss, rating
+//! loss, total loss), backward (every parameter gradient, or only the requested ones), eval-only
+//! forward, AdamW steps, and parameter upload/download. KV-cache decoding lives in `decode.rs`.
+//!
+//! # How the model maps onto the backend
+//! Input = `[prompt, text]` of length `L = P + T`, positions `0..L`:
+//! - encoder: one `embedding_forward` per segment, each adding `wpe` for its positions: continuous
+//!   prompt = user row (pos 0) + item row (pos 1) + `wte[text]` (pos 2..); discrete = `wte[prompt]`
+//!   + `wte[text]`; then embedding dropout.
+//! - each pre-LN block: `layernorm` -> `matmul` (c_attn, Conv1D) -> `attention` (causal AND key
+//!   padding `[1]*P ++ mask`) -> `matmul` (c_proj) -> dropout -> `residual`; `layernorm` -> `matmul`
+//!   (c_fc) -> `gelu` -> `matmul` (c_proj) -> dropout -> `residual`.
+//! - final `layernorm`; the LM head (tied `wte`, `OutIn` layout) runs only on the rows that carry a
+//!   target (gathered with `embedding_forward` as a row gather), fused with `crossentropy_forward`,
+//!   which leaves dlogits in place for the backward. Full logits `[B, L, V]` only on request.
+//! - targets: position `P + t - 1` predicts `text[t]` where `mask[t] == 1` (HF's shift by one);
+//!   text loss = mean over those targets of the whole batch.
+//! - rating head on `[u | i]` (gathered rows of the user/item tables): MF = `rating_mf`, MLP =
+//!   `matmul` (`OutIn`) + `sigmoid` layers; loss = text + lambda * MSE.
+//!
+//! Backward mirrors this in reverse with one residual-gradient buffer updated in place (llm.c).
+//! Activation buffers are allocated for the largest (batch, length) seen and reused.
+//!
+//! Call order for training: `zero_grads`, `forward` (train), `backward`, `adamw_step`.
+
+use anyhow::{bail, Context, Result};
+
+use super::batch::Batch;
+use super::config::{ModelConfig, PromptKind, RecKind};
+use super::params::{ParamSet, ParamSpec};
+use crate::backend::{AdamWParams, AttnShape, Backend, DropoutSite, EmbedShape, WeightLayout};
+
+/// Dropout site ids (see `ops::dropout`): embedding, then three per layer.
+const SITE_EMB: u32 = 0;
+fn site_attn(l: usize) -> u32 {
+    1 + 3 * l as u32
+}
+fn site_attn_resid(l: usize) -> u32 {
+    2 + 3 * l as u32
+}
+fn site_mlp_resid(l: usize) -> u32 {
+    3 + 3 * l as u32
+}
+
+/// Indices (into the canonical parameter list) of one block's parameters.
+#[derive(Clone, Debug)]
+pub(crate) struct LayerIdx {
+    pub ln1_w: usize,
+    pub ln1_b: usize,
+    pub qkv_w: usize,
+    pub qkv_b: usize,
+    pub proj_w: usize,
+    pub proj_b: usize,
+    pub ln2_w: usize,
+    pub ln2_b: usize,
+    pub fc_w: usize,
+    pub fc_b: usize,
+    pub fcp_w: usize,
+    pub fcp_b: usize,
+}
+
+/// Indices of every parameter the model uses.
+#[derive(Clone, Debug)]
+pub(crate) struct Idx {
+    pub wte: usize,
+    pub wpe: usize,
+    pub layers: Vec<LayerIdx>,
+    pub lnf_w: usize,
+    pub lnf_b: usize,
+    pub user: Option<usize>,
+    pub item: Option<usize>,
+    /// MLP head (weight, bias) per linear layer: first, hidden.., last.
+    pub rec: Vec<(usize, usize)>,
+}
+
+impl Idx {
+    fn new(cfg: &ModelConfig, specs: &[ParamSpec]) -> Result<Self> {
+        let find = |name: &str| -> Result<usize> {
+            specs.iter().position(|s| s.name == name).with_context(|| {
+                format!("model: parameter `{name}` missing from the parameter list")
+            })
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| find(&format!("transformer.h.{i}.{s}"));
+            layers.push(LayerIdx {
+                ln1_w: p("ln_1.weight")?,
+                ln1_b: p("ln_1.bias")?,
+                qkv_w: p("attn.c_attn.weight")?,
+                qkv_b: p("attn.c_attn.bias")?,
+                proj_w: p("attn.c_proj.weight")?,
+                proj_b: p("attn.c_proj.bias")?,
+                ln2_w: p("ln_2.weight")?,
+                ln2_b: p("ln_2.bias")?,
+                fc_w: p("mlp.c_fc.weight")?,
+                fc_b: p("mlp.c_fc.bias")?,
+                fcp_w: p("mlp.c_proj.weight")?,
+                fcp_b: p("mlp.c_proj.bias")?,
+            });
+        }
+        let (user, item) = if cfg.has_id_embeddings() {
+            (
+                Some(find("user_embeddings.weight")?),
+                Some(find("item_embeddings.weight")?),
+            )
+        } else {
+            (None, None)
+        };
+        let mut rec = Vec::new();
+        if cfg.rec == RecKind::Mlp {
+            rec.push((
+                find("recommender.first_layer.weight")?,
+                find("recommender.first_layer.bias")?,
+            ));
+            for j in 0..cfg.mlp_layers {
+                rec.push((
+                    find(&format!("recommender.layers.{j}.weight"))?,
+                    find(&format!("recommender.layers.{j}.bias"))?,
+                ));
+            }
+            rec.push((
+                find("recommender.last_layer.weight")?,
+                find("recommender.last_layer.bias")?,
+            ));
+        }
+        Ok(Idx {
+            wte: find("transformer.wte.weight")?,
+            wpe: find("transformer.wpe.weight")?,
+            layers,
+            lnf_w: find("transformer.ln_f.weight")?,
+            lnf_b: find("transformer.ln_f.bias")?,
+            user,
+            item,
+            rec,
+        })
+    }
+}
+
+/// Distinct mutable references to up to `N` elements of `v` (`None` entries stay `None`).
+pub(crate) fn pick<const N: usize, T>(
+    v: &mut [T],
+    want: [Option<usize>; N],
+) -> [Option<&mut T>; N] {
+    let mut out: [Option<&mut T>; N] = std::array::from_fn(|_| None);
+    for (i, x) in v.iter_mut().enumerate() {
+        if let Some(k) = want.iter().position(|w| *w == Some(i)) {
+            debug_assert!(
+                want.iter().filter(|w| **w == Some(i)).count() == 1,
+                "pick: repeated index"
+            );
+            out[k] = Some(x);
+        }
+    }
+    out
+}
+
+/// One block's activations (capacity rows = cap_b * cap_l).
+pub(crate) struct LayerActs<B: Backend> {
+    pub ln1: B::Buf<f32>,
+    pub ln1_mean: B::Buf<f32>,
+    pub ln1_rstd: B::Buf<f32>,
+    pub qkv: B::Buf<f32>,
+    pub att: B::Buf<f32>,
+    pub atty: B::Buf<f32>,
+    pub attproj: B::Buf<f32>,
+    pub res2: B::Buf<f32>,
+    pub ln2: B::Buf<f32>,
+    pub ln2_mean: B::Buf<f32>,
+    pub ln2_rstd: B::Buf<f32>,
+    pub fch: B::Buf<f32>,
+    pub fchg: B::Buf<f32>,
+    pub fcproj: B::Buf<f32>,
+    pub res3: B::Buf<f32>,
+}
+
+/// All activations and scratch of one forward/backward, sized for (cap_b, cap_l).
+pub(crate) struct Acts<B: Backend> {
+    pub cap_b: usize,
+    pub cap_l: usize,
+    // inputs
+    pub text_ids: B::Buf<i32>,
+    pub prompt_ids: B::Buf<i32>,
+    pub users: B::Buf<i32>,
+    pub items: B::Buf<i32>,
+    pub key_mask: B::Buf<i32>,
+    pub sel_idx: B::Buf<i32>,
+    pub targets: B::Buf<i32>,
+    pub rating_target: B::Buf<f32>,
+    // forward
+    pub emb: B::Buf<f32>,
+    pub encoded_d: B::Buf<f32>,
+    pub layers: Vec<LayerActs<B>>,
+    pub lnf: B::Buf<f32>,
+    pub lnf_mean: B::Buf<f32>,
+    pub lnf_rstd: B::Buf<f32>,
+    pub lnf_sel: B::Buf<f32>,
+    pub logits: B::Buf<f32>,
+    pub losses: B::Buf<f32>,
+    pub ui: B::Buf<f32>,
+    pub rec_z: Vec<B::Buf<f32>>,
+    pub rec_a: Vec<B::Buf<f32>>,
+    pub pred: B::Buf<f32>,
+    pub dpred: B::Buf<f32>,
+    // backward scratch
+    pub drop_tmp: B::Buf<f32>,
+    pub dres: B::Buf<f32>,
+    pub dc1: B::Buf<f32>,
+    pub dc2: B::Buf<f32>,
+    pub dqkv: B::Buf<f32>,
+    pub d4a: B::Buf<f32>,
+    pub d4b: B::Buf<f32>,
+    pub dlnf_sel: B::Buf<f32>,
+    pub dui: B::Buf<f32>,
+    pub drec_a: B::Buf<f32>,
+    pub drec_z: B::Buf<f32>,
+}
+
+impl<B: Backend> Acts<B> {
+    fn new(be: &B, cfg: &ModelConfig, cap_b: usize, cap_l: usize) -> Result<Self> {
+        let c = cfg.n_embd;
+        let rows = cap_b * cap_l;
+        let f = |n: usize| be.alloc::<f32>(n);
+        let i = |n: usize| be.alloc::<i32>(n);
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for _ in 0..cfg.n_layer {
+            layers.push(LayerActs {
+                ln1: f(rows * c)?,
+                ln1_mean: f(rows)?,
+                ln1_rstd: f(rows)?,
+                qkv: f(rows * 3 * c)?,
+                att: f(cap_b * cfg.n_head * cap_l * cap_l)?,
+                atty: f(rows * c)?,
+                attproj: f(rows * c)?,
+                res2: f(rows * c)?,
+                ln2: f(rows * c)?,
+                ln2_mean: f(rows)?,
+                ln2_rstd: f(rows)?,
+                fch: f(rows * 4 * c)?,
+                fchg: f(rows * 4 * c)?,
+                fcproj: f(rows * c)?,
+                res3: f(rows * c)?,
+            });
+        }
+        let (n_rec, h) = match cfg.rec {
+            RecKind::Mlp => (1 + cfg.mlp_layers, cfg.mlp_hidden),
+            _ => (0, 0),
+        };
+        let mut rec_z = Vec::new();
+        let mut rec_a = Vec::new();
+        for _ in 0..n_rec {
+            rec_z.push(f(cap_b * h)?);
+            rec_a.push(f(cap_b * h)?);
+        }
+        let has_rec = cfg.rec != RecKind::None;
+        let rc = if has_rec { cap_b * 2 * c } else { 0 };
+        Ok(Acts {
+            cap_b,
+            cap_l,
+            text_ids: i(rows)?,
+            prompt_ids: i(rows)?,
+            users: i(cap_b)?,
+            items: i(cap_b)?,
+            key_mask: i(rows)?,
+            sel_idx: i(rows)?,
+            targets: i(rows)?,
+            rating_target: f(cap_b)?,
+            emb: f(rows * c)?,
+            encoded_d: f(if cfg.dropout > 0.0 { rows * c } else { 0 })?,
+            layers,
+            lnf: f(rows * c)?,
+            lnf_mean: f(rows)?,
+            lnf_rstd: f(rows)?,
+            lnf_sel: f(rows * c)?,
+            logits: f(rows * cfg.vocab_size)?,
+            losses: f(rows)?,
+            ui: f(rc)?,
+            rec_z,
+            rec_a,
+            pred: f(cap_b)?,
+            dpred: f(cap_b)?,
+            drop_tmp: f(if cfg.dropout > 0.0 { rows * c } else { 0 })?,
+            dres: f(rows * c)?,
+            dc1: f(rows * c)?,
+            dc2: f(rows * c)?,
+            dqkv: f(rows * 3 * c)?,
+            d4a: f(rows * 4 * c)?,
+            d4b: f(rows * 4 * c)?,
+            dlnf_sel: f(rows * c)?,
+            dui: f(rc)?,
+            drec_a: f(cap_b * h)?,
+            drec_z: f(cap_b * h)?,
+        })
+    }
+}
+
+/// What one forward call should do.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ForwardOptions {
+    /// Training: dropout on (per the config) and gradients prepared for `backward`.
+    pub train: bool,
+    /// Optimizer step (selects the dropout masks).
+    pub step: u64,
+    /// Also compute and return the full logits `[B, L, V]` (parity, debugging).
+    pub want_logits: bool,
+}
+
+/// What comes back to the host from a forward call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ForwardOutput {
+    /// Mean token cross-entropy over the batch's targets.
+    pub text_loss: f32,
+    /// MSE of the rating head (when it has one).
+    pub rating_loss: Option<f32>,
+    /// `text_loss + rec_lambda * rating_loss`.
+    pub loss: f32,
+    /// Predicted ratings [B] (when there is a rating head).
+    pub rating: Option<Vec<f32>>,
+    /// Logits [B, L, V] when requested.
+    pub logits: Option<Vec<f32>>,
+    /// Number of target tokens the text loss averages over.
+    pub n_targets: usize,
+}
+
+/// Shapes of the last training forward, needed by `backward`.
+#[derive(Clone, Copy, Debug)]
+struct Saved {
+    b: usize,
+    l: usize,
+    p: usize,
+    t: usize,
+    n: usize,
+    dropout: Option<(u64, f32)>,
+}
+
+/// GPT-2 + PEPLER on backend `B` (see the module docs).
+pub struct Pepler<B: Backend> {
+    pub(crate) cfg: ModelConfig,
+    pub(crate) be: B,
+    pub(crate) specs: Vec<ParamSpec>,
+    pub(crate) idx: Idx,
+    pub(crate) params: Vec<B::Buf<f32>>,
+    grads: Vec<B::Buf<f32>>,
+    moments: Vec<Option<(B::Buf<f32>, B::Buf<f32>)>>,
+    acts: Option<Acts<B>>,
+    saved: Option<Saved>,
+    /// Dropout seed.
+    pub seed: u64,
+}
+
+impl<B: Backend> Pepler<B> {
+    /// Uploads `params` (its config defines the model) to the backend.
+    pub fn new(be: B, params: &ParamSet) -> Result<Self> {
+        let cfg = params.config().clone();
+        cfg.validate()?;
+        let specs = params.specs().to_vec();
+        let idx = Idx::new(&cfg, &specs)?;
+        let mut bufs = Vec::with_capacity(specs.len());
+        for (spec, t) in params.iter() {
+            if t.data.len() != spec.numel() {
+                bail!(
+                    "model: parameter `{}` has {} values, expected {}",
+                    spec.name,
+                    t.data.len(),
+                    spec.numel()
+                );
+            }
+            bufs.push(be.upload(&t.data)?);
+        }
+        let n = specs.len();
+        Ok(Pepler {
+            cfg,
+            be,
+            specs,
+            idx,
+            params: bufs,
+            grads: Vec::new(),
+            moments: (0..n).map(|_| None).collect(),
+            acts: None,
+            saved: None,
+            seed: 0,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    pub fn backend(&self) -> &B {
+        &self.be
+    }
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// Overwrites every parameter from `params` (same config).
+    pub fn upload_params(&mut self, params: &ParamSet) -> Result<()> {
+        if params.config() != &self.cfg {
+            bail!("model: upload_params with a different config");
+        }
+        for (i, (_, t)) in params.iter().enumerate() {
+            self.be.write(&mut self.params[i], &t.data)?;
+        }
+        Ok(())
+    }
+
+    fn download_set(&self, bufs: &[B::Buf<f32>]) -> Result<ParamSet> {
+        let mut i = 0;
+        ParamSet::try_from_fn(&self.cfg, |spec| {
+            let data = self.be.download(&bufs[i], spec.numel())?;
+            i += 1;
+            super::params::HostTensor::new(spec.shape.clone(), data)
+        })
+    }
+
+    /// The current parameters, on the host.
+    pub fn download_params(&self) -> Result<ParamSet> {
+        self.download_set(&self.params)
+    }
+
+    /// The accumulated gradients, on the host (zeros before the first backward).
+    pub fn download_grads(&self) -> Result<ParamSet> {
+        if self.grads.is_empty() {
+            return Ok(ParamSet::zeros(&self.cfg));
+        }
+        self.download_set(&self.grads)
+    }
+
+    /// Sets every gradient to zero (allocating them on first use).
+    pub fn zero_grads(&mut self) -> Result<()> {
+        if self.grads.is_empty() {
+            for s in &self.specs {
+                self.grads.push(self.be.alloc(s.numel())?);
+            }
+            return Ok(());
+        }
+        for g in &mut self.grads {
+            self.be.zero(g)?;
+        }
+        Ok(())
+    }
+
+    /// One AdamW update of every parameter whose `trainable` flag is set (moments allocated on
+    /// first use; `step` counts from 1 as torch's `state['step']`). Frozen parameters are untouched.
+    pub fn adamw_step(&mut self, hp: AdamWParams, step: u64, trainable: &[bool]) -> Result<()> {
+        if trainable.len() != self.params.len() {
+            bail!(
+                "adamw_step: {} trainable flags for {} parameters",
+                trainable.len(),
+                self.params.len()
+            );
+        }
+        if self.grads.is_empty() {
+            bail!("adamw_step: no gradients (call zero_grads, forward, backward first)");
+        }
+        for (i, &tr) in trainable.iter().enumerate() {
+            if !tr {
+                continue;
+            }
+            if self.moments[i].is_none() {
+                let n = self.specs[i].numel();
+                self.moments[i] = Some((self.be.alloc(n)?, self.be.alloc(n)?));
+            }
+            let (m, v) = self.moments[i].as_mut().expect("allocated above");
+            self.be
+                .adamw_update(&mut self.params[i], &self.grads[i], m, v, hp, step)?;
+        }
+        Ok(())
+    }
+
+    fn ensure_acts(&mut self, b: usize, l: usize) -> Result<()> {
+        let fits = self
+            .acts
+            .as_ref()
+            .is_some_and(|a| a.cap_b >= b && a.cap_l >= l);
+        if !fits {
+            let (cb, cl) = match &self.acts {
+                Some(a) => (a.cap_b.max(b), a.cap_l.max(l)),
+                None => (b, l),
+            };
+            self.acts = None; // free before allocating the larger set
+            self.acts = Some(Acts::new(&self.be, &self.cfg, cb, cl)?);
+        }
+        Ok(())
+    }
+
+    /// Forward pass over `batch`. With `opts.train`, dropout is on and `backward` may follow.
+    pub fn forward(&mut self, batch: &Batch, opts: ForwardOptions) -> Result<ForwardOutput> {
+        let cfg = self.cfg.clone();
+        let cfg = &cfg;
+        batch.validate(cfg)?;
+        let (b, t) = (batch.b, batch.t);
+        let p = batch.prompt_len(cfg);
+        let l = p + t;
+        let (c, v, nh) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
+        let rows = b * l;
+        // Targets: position p+t'-1 predicts text[t'] where mask[t'] == 1 (HF shift by one).
+        let mut sel = Vec::with_capacity(rows);
+        let mut tgt = Vec::with_capacity(rows);
+        for bi in 0..b {
+            for ti in 0..t {
+                if batch.mask[bi * t + ti] == 1 && p + ti >= 1 {
+                    sel.push((bi * l + p + ti - 1) as i32);
+                    tgt.push(batch.text[bi * t + ti] as i32);
+                }
+            }
+        }
+        let n = sel.len();
+        if n == 0 {
+            bail!("forward: the batch has no target tokens (all text is padding)");
+        }
+        self.ensure_acts(b, l)?;
+        let dropout = (opts.train && cfg.dropout > 0.0).then_some((opts.step, cfg.dropout));
+        let seed = self.seed;
+        let site = |s: u32| {
+            dropout.map(|(step, pr)| DropoutSite {
+                p: pr,
+                seed,
+                step,
+                site: s,
+            })
+        };
+        let Pepler {
+            cfg,
+            be,
+            idx,
+            params,
+            acts,
+            ..
+        } = self;
+        let a = acts.as_mut().expect("ensured above");
+        let w = |i: usize| &params[i];
+
+        // ---- inputs
+        let text: Vec<i32> = batch.text.iter().map(|&x| x as i32).collect();
+        be.write(&mut a.text_ids, &text)?;
+        let mut km = Vec::with_capacity(rows);
+        for bi in 0..b {
+            km.extend(std::iter::repeat_n(1i32, p));
+            km.extend(batch.mask[bi * t..(bi + 1) * t].iter().map(|&m| m as i32));
+        }
+        let any_pad = km.iter().any(|&m| m == 0);
+        be.write(&mut a.key_mask, &km)?;
+        be.write(&mut a.sel_idx, &sel)?;
+        be.write(&mut a.targets, &tgt)?;
+
+        // ---- encoder
+        let seg = |n_ids: usize, offset: usize| EmbedShape {
+            batch: b,
+            n: n_ids,
+            seq: l,
+            offset,
+            pos0: 0,
+            c,
+        };
+        match cfg.prompt {
+            PromptKind::Continuous => {
+                let users: Vec<i32> = batch.users.iter().map(|&x| x as i32).collect();
+                let items: Vec<i32> = batch.items.iter().map(|&x| x as i32).collect();
+                be.write(&mut a.users, &users)?;
+                be.write(&mut a.items, &items)?;
+                let (ui, ii) = (idx.user.expect("continuous"), idx.item.expect("continuous"));
+                be.embedding_forward(&mut a.emb, w(ui), &a.users, Some(w(idx.wpe)), seg(1, 0))?;
+                be.embedding_forward(&mut a.emb, w(ii), &a.items, Some(w(idx.wpe)), seg(1, 1))?;
+            }
+            PromptKind::Discrete => {
+                if p > 0 {
+                    let pr: Vec<i32> = batch.prompt.iter().map(|&x| x as i32).collect();
+                    be.write(&mut a.prompt_ids, &pr)?;
+                    be.embedding_forward(
+                        &mut a.emb,
+                        w(idx.wte),
+                        &a.prompt_ids,
+                        Some(w(idx.wpe)),
+                        seg(p, 0),
+                    )?;
+                }
+            }
+        }
+        be.embedding_forward(
+            &mut a.emb,
+            w(idx.wte),
+            &a.text_ids,
+            Some(w(idx.wpe)),
+            seg(t, p),
+        )?;
+        if let Some(s) = site(SITE_EMB) {
+            be.dropout_forward(&mut a.encoded_d, &a.emb, s, rows * c)?;
+        }
+
+        // ---- blocks
+        let ash = AttnShape { b, l, c, nh };
+        let mask = if any_pad { Some(&a.key_mask) } else { None };
+        for (li, lw) in idx.layers.iter().enumerate() {
+            let (prev, rest) = a.layers.split_at_mut(li);
+            let la = &mut rest[0];
+            let x_in = if li > 0 {
+                &prev[li - 1].res3
+            } else if dropout.is_some() {
+                &a.encoded_d
+            } else {
+                &a.emb
+            };
+            let eps = cfg.layer_norm_epsilon;
+            be.layernorm_forward(
+                &mut la.ln1,
+                &mut la.ln1_mean,
+                &mut la.ln1_rstd,
+                x_in,
+                w(lw.ln1_w),
+                w(lw.ln1_b),
+                rows,
+                c,
+                eps,
+            )?;
+            be.matmul_forward(
+                &mut la.qkv,
+                &la.ln1,
+                w(lw.qkv_w),
+                Some(w(lw.qkv_b)),
+                rows,
+                c,
+                3 * c,
+                WeightLayout::InOut,
+            )?;
+            be.attention_forward(
+                &mut la.atty,
+                &mut la.att,
+                &la.qkv,
+                mask,
+                site(site_attn(li)),
+                ash,
+            )?;
+            be.matmul_forward(
+                &mut la.attproj,
+                &la.atty,
+                w(lw.proj_w),
+                Some(w(lw.proj_b)),
+                rows,
+                c,
+                c,
+                WeightLayout::InOut,
+            )?;
+            if let Some(s) = site(site_attn_resid(li)) {
+                be.dropout_forward(&mut a.drop_tmp, &la.attproj, s, rows * c)?;
+                be.residual_forward(&mut la.res2, x_in, &a.drop_tmp, rows * c)?;
+            } else {
+                be.residual_forward(&mut la.res2, x_in, &la.attproj, rows * c)?;
+            }
+            be.layernorm_forward(
+                &mut la.ln2,
+                &mut la.ln2_mean,
+                &mut la.ln2_rstd,
+                &la.res2,
+                w(lw.ln2_w),
+                w(lw.ln2_b),
+                rows,
+                c,
+                eps,
+            )?;
+            be.matmul_forward(
+                &mut la.fch,
+                &la.ln2,
+                w(lw.fc_w),
+                Some(w(lw.fc_b)),
+                rows,
+                c,
+                4 * c,
+                WeightLayout::InOut,
+            )?;
+            be.gelu_forward(&mut la.fchg, &la.fch, rows * 4 * c)?;
+            be.matmul_forward(
+                &mut la.fcproj,
+                &la.fchg,
+                w(lw.fcp_w),
+                Some(w(lw.fcp_b)),
+                rows,
+                4 * c,
+                c,
+                WeightLayout::InOut,
+            )?;
+            if let Some(s) = site(site_mlp_resid(li)) {
+                be.dropout_forward(&mut a.drop_tmp, &la.fcproj, s, rows * c)?;
+                be.residual_forward(&mut la.res3, &la.res2, &a.drop_tmp, rows * c)?;
+            } else {
+                be.residual_forward(&mut la.res3, &la.res2, &la.fcproj, rows * c)?;
+            }
+        }
+        let last = &a.layers[cfg.n_layer - 1].res3;
+        be.layernorm_forward(
+            &mut a.lnf,
+            &mut a.lnf_mean,
+            &mut a.lnf_rstd,
+            last,
+            w(idx.lnf_w),
+            w(idx.lnf_b),
+            rows,
+            c,
+            cfg.layer_norm_epsilon,
+        )?;
+
+        // ---- LM head (tied wte) + cross-entropy
+        let logits = if opts.want_logits {
+            // All rows, into a temporary (parity/debugging only).
+            let mut full = be.alloc::<f32>(rows * v)?;
+            be.matmul_forward(
+                &mut full,
+                &a.lnf,
+                w(idx.wte),
+                None,
+                rows,
+                c,
+                v,
+                WeightLayout::OutIn,
+            )?;
+            Some(be.download(&full, rows * v)?)
+        } else {
+            None
+        };
+        let gather = EmbedShape {
+            batch: 1,
+            n,
+            seq: n,
+            offset: 0,
+            pos0: 0,
+            c,
+        };
+        be.embedding_forward(&mut a.lnf_sel, &a.lnf, &a.sel_idx, None, gather)?;
+        be.matmul_forward(
+            &mut a.logits,
+            &a.lnf_sel,
+            w(idx.wte),
+            None,
+            n,
+            c,
+            v,
+            WeightLayout::OutIn,
+        )?;
+        let dscale = opts.train.then_some(1.0 / n as f32);
+        be.crossentropy_forward(&mut a.losses, &mut a.logits, &a.targets, n, v, dscale)?;
+        let losses = be.download(&a.losses, n)?;
+        let text_loss = (losses.iter().map(|&x| x as f64).sum::<f64>() / n as f64) as f32;
+
+        // ---- rating head
+        let (rating_loss, rating) = if cfg.rec != RecKind::None {
+            let (ui_i, ii_i) = (
+                idx.user.expect("rec needs ids"),
+                idx.item.expect("rec needs ids"),
+            );
+            let pair = |offset| EmbedShape {
+                batch: b,
+                n: 1,
+                seq: 2,
+                offset,
+                pos0: 0,
+                c,
+            };
+            be.embedding_forward(&mut a.ui, w(ui_i), &a.users, None, pair(0))?;
+            be.embedding_forward(&mut a.ui, w(ii_i), &a.items, None, pair(1))?;
+            match cfg.rec {
+                RecKind::Mf => be.rating_mf_forward(&mut a.pred, &a.ui, b, c)?,
+                _ => {
+                    let h = cfg.mlp_hidden;
+                    let nl = idx.rec.len();
+                    for (k, &(wi, bi)) in idx.rec.iter().enumerate() {
+                        let (cin, inp) = if k == 0 {
+                            (2 * c, &a.ui)
+                        } else {
+                            (h, &a.rec_a[k - 1])
+                        };
+                        if k + 1 == nl {
+                            be.matmul_forward(
+                                &mut a.pred,
+                                inp,
+                                w(wi),
+                                Some(w(bi)),
+                                b,
+                                cin,
+                                1,
+                                WeightLayout::OutIn,
+                            )?;
+                        } else {
+                            be.matmul_forward(
+                                &mut a.rec_z[k],
+                                inp,
+                                w(wi),
+                                Some(w(bi)),
+                                b,
+                                cin,
+                                h,
+                                WeightLayout::OutIn,
+                            )?;
+                            be.sigmoid_forward(&mut a.rec_a[k], &a.rec_z[k], b * h)?;
+                        }
+                    }
+                }
+            }
+            be.write(&mut a.rating_target, &batch.rating)?;
+            let mse = be.mse_forward(&mut a.dpred, &a.pred, &a.rating_target, b, cfg.rec_lambda)?;
+            (Some(mse), Some(be.download(&a.pred, b)?))
+        } else {
+            (None, None)
+        };
+        let loss = text_loss + rating_loss.map_or(0.0, |r| cfg.rec_lambda * r);
+        self.saved = opts.train.then_some(Saved {
+            b,
+            l,
+            p,
+            t,
+            n,
+            dropout,
+        });
+        Ok(ForwardOutput {
+            text_loss,
+            rating_loss,
+            loss,
+            rating,
+            logits,
+            n_targets: n,
+        })
+    }
+
+    /// Backward of the last training `forward`: accumulates (`+=`) the gradient of the total loss
+    /// into every parameter's gradient, or only those with `need[i]` set (the rest are skipped,
+    /// not zeroed). Call `zero_grads` before the forward of a fresh step.
+    pub fn backward(&mut self, need: Option<&[bool]>) -> Result<()> {
+        let Some(sv) = self.saved.take() else {
+            bail!(
+                "backward: no training forward to differentiate (forward with train = true first)"
+            );
+        };
+        if let Some(nd) = need {
+            if nd.len() != self.params.len() {
+                bail!(
+                    "backward: {} flags for {} parameters",
+                    nd.len(),
+                    self.params.len()
+                );
+            }
+        }
+        if self.grads.is_empty() {
+            self.zero_grads()?;
+        }
+        let Saved {
+            b,
+            l,
+            p,
+            t,
+            n,
+            dropout,
+        } = sv;
+        let seed = self.seed;
+        let site = |s: u32| {
+            dropout.map(|(step, pr)| DropoutSite {
+                p: pr,
+                seed,
+                step,
+                site: s,
+            })
+        };
+        let Pepler {
+            cfg,
+            be,
+            idx,
+            params,
+            grads,
+            acts,
+            ..
+        } = self;
+        let a = acts.as_mut().expect("forward allocated the activations");
+        let (c, v, nh) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
+        let rows = b * l;
+        let w = |i: usize| &params[i];
+        let g = |i: usize| need.is_none_or(|nd| nd[i]).then_some(i);
+
+        // ---- LM head: dlogits sit in a.logits.
+        let [dwte] = pick(grads, [g(idx.wte)]);
+        be.matmul_backward(
+            Some(&mut a.dlnf_sel),
+            dwte,
+            None,
+            &a.logits,
+            &a.lnf_sel,
+            w(idx.wte),
+            n,
+            c,
+            v,
+            WeightLayout::OutIn,
+        )?;
+        // Scatter the selected rows' gradient into a zeroed (rows, C) buffer (dc1).
+        be.zero(&mut a.dc1)?;
+        let gather = EmbedShape {
+            batch: 1,
+            n,
+            seq: n,
+            offset: 0,
+            pos0: 0,
+            c,
+        };
+        be.embedding_backward(Some(&mut a.dc1), None, &a.dlnf_sel, &a.sel_idx, gather)?;
+        be.zero(&mut a.dres)?;
+        let [dw, db] = pick(grads, [g(idx.lnf_w), g(idx.lnf_b)]);
+        let last = &a.layers[cfg.n_layer - 1].res3;
+        be.layernorm_backward(
+            &mut a.dres,
+            dw,
+            db,
+            &a.dc1,
+            last,
+            w(idx.lnf_w),
+            &a.lnf_mean,
+            &a.lnf_rstd,
+            rows,
+            c,
+        )?;
+
+        // ---- blocks, last to first; a.dres holds d(residual stream).
+        let ash = AttnShape { b, l, c, nh };
+        for li in (0..cfg.n_layer).rev() {
+            let lw = &idx.layers[li];
+            let (prev, rest) = a.layers.split_at(li);
+            let la = &rest[0];
+            let x_in = if li > 0 {
+                &prev[li - 1].res3
+            } else if dropout.is_some() {
+                &a.encoded_d
+            } else {
+                &a.emb
+            };
+            // MLP: d(fcproj) = dropout(dres).
+            let dfcp = if let Some(s) = site(site_mlp_resid(li)) {
+                be.dropout_forward(&mut a.drop_tmp, &a.dres, s, rows * c)?;
+                &a.drop_tmp
+            } else {
+                &a.dres
+            };
+            let [dw, db] = pick(grads, [g(lw.fcp_w), g(lw.fcp_b)]);
+            be.matmul_backward(
+                Some(&mut a.d4a),
+                dw,
+                db,
+                dfcp,
+                &la.fchg,
+                w(lw.fcp_w),
+                rows,
+                4 * c,
+                c,
+                WeightLayout::InOut,
+            )?;
+            be.gelu_backward(&mut a.d4b, &la.fch, &a.d4a, rows * 4 * c)?;
+            let [dw, db] = pick(grads, [g(lw.fc_w), g(lw.fc_b)]);
+            be.matmul_backward(
+                Some(&mut a.dc1),
+                dw,
+                db,
+                &a.d4b,
+                &la.ln2,
+                w(lw.fc_w),
+                rows,
+                c,
+                4 * c,
+                WeightLayout::InOut,
+            )?;
+            let [dw, db] = pick(grads, [g(lw.ln2_w), g(lw.ln2_b)]);
+            be.layernorm_backward(
+                &mut a.dres,
+                dw,
+                db,
+                &a.dc1,
+                &la.res2,
+                w(lw.ln2_w),
+                &la.ln2_mean,
+                &la.ln2_rstd,
+                rows,
+                c,
+            )?;
+            // Attention: d(attproj) = dropout(dres).
+            let dap = if let Some(s) = site(site_attn_resid(li)) {
+                be.dropout_forward(&mut a.drop_tmp, &a.dres, s, rows * c)?;
+                &a.drop_tmp
+            } else {
+                &a.dres
+            };
+            let [dw, db] = pick(grads, [g(lw.proj_w), g(lw.proj_b)]);
+            be.matmul_backward(
+                Some(&mut a.dc1),
+                dw,
+                db,
+                dap,
+                &la.atty,
+                w(lw.proj_w),
+                rows,
+                c,
+                c,
+                WeightLayout::InOut,
+            )?;
+            be.attention_backward(
+                &mut a.dqkv,
+                &a.dc1,
+                &la.qkv,
+                &la.att,
+                site(site_attn(li)),
+                ash,
+            )?;
+            let [dw, db] = pick(grads, [g(lw.qkv_w), g(lw.qkv_b)]);
+            be.matmul_backward(
+                Some(&mut a.dc2),
+                dw,
+                db,
+                &a.dqkv,
+                &la.ln1,
+                w(lw.qkv_w),
+                rows,
+                c,
+                3 * c,
+                WeightLayout::InOut,
+            )?;
+            let [dw, db] = pick(grads, [g(lw.ln1_w), g(lw.ln1_b)]);
+            be.layernorm_backward(
+                &mut a.dres,
+                dw,
+                db,
+                &a.dc2,
+                x_in,
+                w(lw.ln1_w),
+                &la.ln1_mean,
+                &la.ln1_rstd,
+                rows,
+                c,
+            )?;
+        }
+
+        // ---- encoder
+        let demb = if let Some(s) = site(SITE_EMB) {
+            be.dropout_forward(&mut a.drop_tmp, &a.dres, s, rows * c)?;
+            &a.drop_tmp
+        } else {
+            &a.dres
+        };
+        let seg = |n_ids: usize, offset: usize| EmbedShape {
+            batch: b,
+            n: n_ids,
+            seq: l,
+            offset,
+            pos0: 0,
+            c,
+        };
+        match cfg.prompt {
+            PromptKind::Continuous => {
+                let (ui, ii) = (idx.user.expect("continuous"), idx.item.expect("continuous"));
+                let [du, dwpe] = pick(grads, [g(ui), g(idx.wpe)]);
+                be.embedding_backward(du, dwpe, demb, &a.users, seg(1, 0))?;
+                let [di, dwpe] = pick(grads, [g(ii), g(idx.wpe)]);
+                be.embedding_backward(di, dwpe, demb, &a.items, seg(1, 1))?;
+            }
+            PromptKind::Discrete => {
+                if p > 0 {
+                    let [dwte, dwpe] = pick(grads, [g(idx.wte), g(idx.wpe)]);
+                    be.embedding_backward(dwte, dwpe, demb, &a.prompt_ids, seg(p, 0))?;
+                }
+            }
+        }
+        let [dwte, dwpe] = pick(grads, [g(idx.wte), g(idx.wpe)]);
+        be.embedding_backward(dwte, dwpe, demb, &a.text_ids, seg(t, p))?;
+
+        // ---- rating head: dpred = lambda * dMSE/dpred sits in a.dpred.
+        if cfg.rec != RecKind::None {
+            match cfg.rec {
+                RecKind::Mf => be.rating_mf_backward(&mut a.dui, &a.dpred, &a.ui, b, c)?,
+                _ => {
+                    let h = cfg.mlp_hidden;
+                    let nl = idx.rec.len();
+                    for k in (0..nl).rev() {
+                        let (wi, bi) = idx.rec[k];
+                        let (cin, inp) = if k == 0 {
+                            (2 * c, &a.ui)
+                        } else {
+                            (h, &a.rec_a[k - 1])
+                        };
+                        let (cout, dout) = if k + 1 == nl {
+                            (1, &a.dpred)
+                        } else {
+                            (h, &a.drec_z)
+                        };
+                        // d(input): dui for the first layer, else d(previous activation).
+                        let dinp = if k == 0 { &mut a.dui } else { &mut a.drec_a };
+                        let [dw, db] = pick(grads, [g(wi), g(bi)]);
+                        be.matmul_backward(
+                            Some(dinp),
+                            dw,
+                            db,
+                            dout,
+                            inp,
+                            w(wi),
+                            b,
+                            cin,
+                            cout,
+                            WeightLayout::OutIn,
+                        )?;
+                        if k > 0 {
+                            be.sigmoid_backward(&mut a.drec_z, &a.rec_a[k - 1], &a.drec_a, b * h)?;
+                        }
+                    }
+                }
+            }
+            let (ui, ii) = (
+                idx.user.expect("rec needs ids"),
+                idx.item.expect("rec needs ids"),
+            );
+            let pair = |offset| EmbedShape {
+                batch: b,
+                n: 1,
+                seq: 2,
+                offset,
+                pos0: 0,
+                c,
+            };
+            let [du] = pick(grads, [g(ui)]);
+            be.embedding_backward(du, None, &a.dui, &a.users, pair(0))?;
+            let [di] = pick(grads, [g(ii)]);
+            be.embedding_backward(di, None, &a.dui, &a.items, pair(1))?;
+        }
+        Ok(())
+    }
+}
