@@ -9,3 +9,4 @@ pub mod dropout;
 pub mod embedding;
 pub mod matmul;
 pub mod rating;
+pub mod adamw;
