@@ -181,11 +181,10 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 // packing helpers for mma fragments: two 16-bit values in one register, `lo` in the low half.
 
 __device__ __forceinline__ uint32_t pack_bf16x2(__nv_bfloat16 lo, __nv_bfloat16 hi) {
-    __nv_bfloat162 v = __halves2bfloat162(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
+    return static_cast<uint32_t>(__bfloat16_as_ushort(lo)) |
+           (static_cast<uint32_t>(__bfloat16_as_ushort(hi)) << 16);
 }
 
 __device__ __forceinline__ uint32_t pack_half2(__half lo, __half hi) {
-    __half2 v = __halves2half2(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
+    return static_cast<uint32_t>(__half_as_ushort(lo)) | (static_cast<uint32_t>(__half_as_ushort(hi)) << 16);
 }

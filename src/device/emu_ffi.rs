@@ -1,1 +1,131 @@
-//! FFI to the emulated kernels compiled for the host (kernels/emu).
+//! FFI to the emulated kernels: `kernels/*.cu` compiled for the host against `kernels/emu` by
+//! build.rs (the C ABI of TEAM.md contract 1), and a small wrapper that turns a failed launch into
+//! an `anyhow::Error` carrying the emulator's message (kernel, block, thread, source line).
+//!
+//! Launches are serialised inside the emulator, so these functions may be called from any thread.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+
+/// Per-launch settings; `None` falls back to the environment (`PEPLER_EMU_WATCHDOG_MS`, default
+/// 10000; `PEPLER_EMU_SHUFFLE=<seed>`). Tests use this instead of mutating the environment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EmuOptions {
+    /// Hang timeout per block, in milliseconds.
+    pub watchdog_ms: Option<u64>,
+    /// `Some(Some(seed))`: shuffle mode with that seed (random block order; one thread runs at a
+    /// time and the next is picked at random at every barrier/warp op); `Some(None)`: force it off.
+    pub shuffle: Option<Option<u64>>,
+}
+
+#[repr(C)]
+struct PeplerEmuOptions {
+    watchdog_ms: i64,
+    shuffle: i32,
+    shuffle_seed: u64,
+}
+
+extern "C" {
+    fn pepler_emu_launch_ex(
+        kernel_name: *const c_char,
+        gx: u32,
+        gy: u32,
+        gz: u32,
+        bx: u32,
+        by: u32,
+        bz: u32,
+        dynamic_smem_bytes: usize,
+        params: *mut *mut c_void,
+        opts: *const PeplerEmuOptions,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> c_int;
+    fn pepler_emu_kernel_count() -> usize;
+    fn pepler_emu_kernel_name(i: usize) -> *const c_char;
+}
+
+/// Launches kernel `name` on the emulated device and waits for it; settings from the environment.
+///
+/// # Safety
+/// `params` must hold one pointer per kernel parameter, in order, each pointing to a value of
+/// exactly that parameter's type (the cuLaunchKernel convention), and every device pointer among
+/// those values must be valid host memory for everything the kernel reads and writes.
+pub unsafe fn launch(
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    dyn_smem: usize,
+    params: &mut [*mut c_void],
+) -> anyhow::Result<()> {
+    // SAFETY: forwarded contract of this function.
+    unsafe { launch_with(&EmuOptions::default(), name, grid, block, dyn_smem, params) }
+}
+
+/// [`launch`] with explicit [`EmuOptions`].
+///
+/// # Safety
+/// As for [`launch`].
+pub unsafe fn launch_with(
+    opts: &EmuOptions,
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    dyn_smem: usize,
+    params: &mut [*mut c_void],
+) -> anyhow::Result<()> {
+    let cname = CString::new(name).map_err(|_| anyhow::anyhow!("kernel name {name:?} contains a NUL byte"))?;
+    let copts = PeplerEmuOptions {
+        watchdog_ms: opts.watchdog_ms.map_or(0, |ms| ms.clamp(1, i64::MAX as u64) as i64),
+        shuffle: match opts.shuffle {
+            None => -1,
+            Some(None) => 0,
+            Some(Some(_)) => 1,
+        },
+        shuffle_seed: opts.shuffle.flatten().unwrap_or(0),
+    };
+    let mut err = vec![0u8; 4096];
+    // SAFETY: the strings and the error buffer outlive the call and `err.len()` is its size;
+    // `params` is valid per this function's contract; the emulator copies nothing it keeps.
+    let rc = unsafe {
+        pepler_emu_launch_ex(
+            cname.as_ptr(),
+            grid[0],
+            grid[1],
+            grid[2],
+            block[0],
+            block[1],
+            block[2],
+            dyn_smem,
+            params.as_mut_ptr(),
+            &copts,
+            err.as_mut_ptr().cast(),
+            err.len(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let msg = CStr::from_bytes_until_nul(&err)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "emulated launch failed (no message)".into());
+    Err(anyhow::anyhow!(
+        "emulated launch of `{name}` (grid {grid:?}, block {block:?}) failed: {msg}"
+    ))
+}
+
+/// Names of all kernels compiled into the emulator, in build order.
+pub fn kernel_names() -> Vec<String> {
+    // SAFETY: plain queries of the static kernel table; names are NUL-terminated static strings.
+    unsafe {
+        (0..pepler_emu_kernel_count())
+            .filter_map(|i| {
+                let p = pepler_emu_kernel_name(i);
+                (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+            })
+            .collect()
+    }
+}
+
+/// Whether the emulator has a kernel called `name`.
+pub fn has_kernel(name: &str) -> bool {
+    kernel_names().iter().any(|n| n == name)
+}

@@ -1,0 +1,645 @@
+//! Tests of the CUDA emulator (kernels/emu) through the test kernels of `kernels/test/emu_test.cu`:
+//! warp shuffles at every width and mode against the CUDA rules computed here, votes, the
+//! mma/ldmatrix fragment layouts against a naive matrix product, built-in indices at odd sizes,
+//! barriers with early exits, dynamic shared memory fill, conversions against the `half` crate,
+//! and the broken kernels the emulator must turn into errors (not hangs) quickly.
+
+use std::ffi::c_void;
+use std::time::{Duration, Instant};
+
+use half::{bf16, f16};
+use pepler_cuda::device::emu_ffi::{self, EmuOptions};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Kernel arguments the cuLaunchKernel way: each value lives in its own 8-byte box.
+#[derive(Default)]
+struct Args(Vec<Box<u64>>);
+
+impl Args {
+    fn ptr<T>(mut self, p: *mut T) -> Self {
+        self.0.push(Box::new(p as usize as u64));
+        self
+    }
+    fn cptr<T>(self, p: *const T) -> Self {
+        self.ptr(p as *mut T)
+    }
+    fn int(mut self, v: i32) -> Self {
+        // little-endian: the kernel reads the i32 from the first 4 bytes
+        self.0.push(Box::new(v as u32 as u64));
+        self
+    }
+}
+
+fn run_opts(
+    opts: EmuOptions,
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    smem: usize,
+    mut args: Args,
+) -> anyhow::Result<()> {
+    let mut params: Vec<*mut c_void> = args.0.iter_mut().map(|b| &mut **b as *mut u64 as *mut c_void).collect();
+    // SAFETY: each test passes exactly the kernel's parameters (pointers to live Vecs large enough
+    // for what the kernel touches, i32 for `int`).
+    unsafe { emu_ffi::launch_with(&opts, name, grid, block, smem, &mut params) }
+}
+
+fn run(name: &str, grid: [u32; 3], block: [u32; 3], smem: usize, args: Args) -> anyhow::Result<()> {
+    // explicit settings so the environment of the test run cannot change them
+    let opts = EmuOptions {
+        watchdog_ms: Some(10_000),
+        shuffle: Some(None),
+    };
+    run_opts(opts, name, grid, block, smem, args)
+}
+
+fn quick_watchdog() -> EmuOptions {
+    EmuOptions {
+        watchdog_ms: Some(300),
+        shuffle: Some(None),
+    }
+}
+
+fn shuffled(seed: u64) -> EmuOptions {
+    EmuOptions {
+        watchdog_ms: Some(10_000),
+        shuffle: Some(Some(seed)),
+    }
+}
+
+/// Expected source lane of a shuffle, from the CUDA programming guide's description (segments of
+/// `width` lanes): idx reads lane `src % width` of the segment; up/down read `lane -/+ delta` when
+/// that stays inside the segment; xor reads `lane ^ mask` unless that lies in a LATER segment.
+fn shfl_ref(mode: i32, lane: usize, arg: usize, width: usize) -> usize {
+    let seg = lane / width * width;
+    match mode {
+        0 => seg + arg % width,
+        1 => {
+            if lane - seg >= arg {
+                lane - arg
+            } else {
+                lane
+            }
+        }
+        2 => {
+            if lane - seg + arg < width {
+                lane + arg
+            } else {
+                lane
+            }
+        }
+        _ => {
+            let j = lane ^ arg;
+            if j >= seg + width {
+                lane
+            } else {
+                j
+            }
+        }
+    }
+}
+
+#[test]
+fn shuffles_follow_cuda_rules_for_every_width_and_mode() {
+    let (mut modes, mut widths, mut argv) = (vec![], vec![], vec![]);
+    for width in [1, 2, 4, 8, 16, 32] {
+        for mode in 0..4 {
+            for arg in 0..=(if mode == 0 { 40 } else { 32 }) {
+                modes.push(mode);
+                widths.push(width);
+                argv.push(arg);
+            }
+        }
+    }
+    let cases = modes.len();
+    let input: Vec<i32> = (0..cases * 32).map(|i| (i as i32) * 7 + 3).collect();
+    let mut out = vec![0i32; cases * 32];
+    let mut out64 = vec![0f64; cases * 32];
+    run(
+        "emu_test_shfl",
+        [cases as u32, 1, 1],
+        [32, 1, 1],
+        0,
+        Args::default()
+            .cptr(modes.as_ptr())
+            .cptr(widths.as_ptr())
+            .cptr(argv.as_ptr())
+            .cptr(input.as_ptr())
+            .ptr(out.as_mut_ptr())
+            .ptr(out64.as_mut_ptr()),
+    )
+    .unwrap();
+    for c in 0..cases {
+        for lane in 0..32 {
+            let src = shfl_ref(modes[c], lane, argv[c] as usize, widths[c] as usize);
+            let want = input[c * 32 + src];
+            assert_eq!(
+                out[c * 32 + lane],
+                want,
+                "mode {} width {} arg {} lane {lane}: expected lane {src}",
+                modes[c],
+                widths[c],
+                argv[c]
+            );
+            assert_eq!(
+                out64[c * 32 + lane],
+                want as f64 + 0.25,
+                "64-bit shuffle, case {c} lane {lane}"
+            );
+        }
+    }
+}
+
+#[test]
+fn votes_and_half_warp_groups() {
+    let n = 128;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut pred: Vec<i32> = (0..n).map(|_| rng.gen_range(0..2) * rng.gen_range(1..5)).collect();
+    pred[0..32].iter_mut().for_each(|p| *p = 1); // warp 0: all true
+    pred[32..64].iter_mut().for_each(|p| *p = 0); // warp 1: all false
+    let mut out = vec![0u32; 4 * n];
+    run(
+        "emu_test_vote",
+        [2, 1, 1],
+        [64, 1, 1],
+        0,
+        Args::default().cptr(pred.as_ptr()).ptr(out.as_mut_ptr()),
+    )
+    .unwrap();
+    for w in 0..n / 32 {
+        let ballot: u32 = (0..32).filter(|&l| pred[w * 32 + l] != 0).map(|l| 1u32 << l).sum();
+        for l in 0..32 {
+            let t = w * 32 + l;
+            let group = if l < 16 { 0x0000ffff } else { 0xffff0000 };
+            assert_eq!(out[4 * t], ballot, "ballot, thread {t}");
+            assert_eq!(out[4 * t + 1], (ballot != 0) as u32, "any, thread {t}");
+            assert_eq!(out[4 * t + 2], (ballot == u32::MAX) as u32, "all, thread {t}");
+            assert_eq!(out[4 * t + 3], ballot & group, "half-warp ballot, thread {t}");
+        }
+    }
+}
+
+#[test]
+fn warp_reductions_agree_on_every_lane() {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let input: Vec<f32> = (0..96).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+    let mut out = vec![0f32; 2 * 96];
+    run(
+        "emu_test_warp_reduce",
+        [1, 1, 1],
+        [96, 1, 1],
+        0,
+        Args::default().cptr(input.as_ptr()).ptr(out.as_mut_ptr()),
+    )
+    .unwrap();
+    for w in 0..3 {
+        let xs = &input[w * 32..w * 32 + 32];
+        let sum: f64 = xs.iter().map(|&x| x as f64).sum();
+        let max = xs.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        for l in 0..32 {
+            let t = w * 32 + l;
+            assert_eq!(
+                out[2 * t].to_bits(),
+                out[2 * w * 32].to_bits(),
+                "sum differs between lanes"
+            );
+            assert!(
+                (out[2 * t] as f64 - sum).abs() < 1e-4,
+                "warp {w} sum {} vs {sum}",
+                out[2 * t]
+            );
+            assert_eq!(out[2 * t + 1], max);
+        }
+    }
+}
+
+/// Random 16-bit matrices as (bits, values) for bf16 (kind 0) or f16 (kind 1).
+fn random_tile(rng: &mut ChaCha8Rng, kind: i32, n: usize) -> (Vec<u16>, Vec<f64>) {
+    (0..n)
+        .map(|_| {
+            let x: f32 = rng.gen_range(-2.0..2.0);
+            if kind == 0 {
+                let h = bf16::from_f32(x);
+                (h.to_bits(), h.to_f64())
+            } else {
+                let h = f16::from_f32(x);
+                (h.to_bits(), h.to_f64())
+            }
+        })
+        .unzip()
+}
+
+fn check_mma(kernel: &str) {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for kind in [0, 1] {
+        for _trial in 0..3 {
+            let (a_bits, a) = random_tile(&mut rng, kind, 16 * 16);
+            let (b_bits, b) = random_tile(&mut rng, kind, 16 * 8);
+            let c: Vec<f32> = (0..16 * 8).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let mut d = vec![f32::NAN; 16 * 8];
+            run(
+                kernel,
+                [1, 1, 1],
+                [32, 1, 1],
+                0,
+                Args::default()
+                    .int(kind)
+                    .cptr(a_bits.as_ptr())
+                    .cptr(b_bits.as_ptr())
+                    .cptr(c.as_ptr())
+                    .ptr(d.as_mut_ptr()),
+            )
+            .unwrap();
+            for i in 0..16 {
+                for j in 0..8 {
+                    let want: f64 = c[i * 8 + j] as f64 + (0..16).map(|k| a[i * 16 + k] * b[k * 8 + j]).sum::<f64>();
+                    let got = d[i * 8 + j] as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{kernel} kind {kind}: D[{i}][{j}] = {got}, naive product gives {want}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn mma_bf16_and_f16_match_naive_product() {
+    check_mma("emu_test_mma");
+}
+
+#[test]
+fn mma_fed_by_ldmatrix_matches_naive_product() {
+    check_mma("emu_test_mma_ldmatrix");
+}
+
+#[test]
+fn ldmatrix_layouts_with_and_without_trans() {
+    for num in [1, 2, 4] {
+        for trans in [0, 1] {
+            let src: Vec<u16> = (0..num * 64).map(|i| 1000 + i as u16).collect();
+            let mut out = vec![0u32; 32 * 4];
+            run(
+                "emu_test_ldmatrix",
+                [1, 1, 1],
+                [32, 1, 1],
+                0,
+                Args::default()
+                    .int(num as i32)
+                    .int(trans)
+                    .cptr(src.as_ptr())
+                    .ptr(out.as_mut_ptr()),
+            )
+            .unwrap();
+            let m = |mat: usize, r: usize, c: usize| src[mat * 64 + r * 8 + c] as u32;
+            for lane in 0..32 {
+                for reg in 0..4 {
+                    let want = if reg >= num {
+                        0
+                    } else if trans == 0 {
+                        m(reg, lane / 4, 2 * (lane % 4)) | m(reg, lane / 4, 2 * (lane % 4) + 1) << 16
+                    } else {
+                        m(reg, 2 * (lane % 4), lane / 4) | m(reg, 2 * (lane % 4) + 1, lane / 4) << 16
+                    };
+                    assert_eq!(out[lane * 4 + reg], want, "x{num} trans={trans} lane {lane} reg {reg}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn builtin_indices_at_odd_sizes() {
+    for (grid, block) in [
+        ([3u32, 2, 2], [7u32, 3, 2]),
+        ([1, 1, 1], [1, 1, 1]),
+        ([5, 1, 1], [33, 1, 1]),
+        ([1, 3, 1], [1, 1, 5]),
+    ] {
+        let nb = (grid[0] * grid[1] * grid[2]) as usize;
+        let nt = (block[0] * block[1] * block[2]) as usize;
+        let mut out = vec![u32::MAX; 8 * nb * nt];
+        run(
+            "emu_test_indices",
+            grid,
+            block,
+            0,
+            Args::default().ptr(out.as_mut_ptr()),
+        )
+        .unwrap();
+        for bz in 0..grid[2] {
+            for by in 0..grid[1] {
+                for bx in 0..grid[0] {
+                    for tz in 0..block[2] {
+                        for ty in 0..block[1] {
+                            for tx in 0..block[0] {
+                                let bid = (bx + grid[0] * (by + grid[1] * bz)) as usize;
+                                let tid = (tx + block[0] * (ty + block[1] * tz)) as usize;
+                                let o = &out[8 * (bid * nt + tid)..8 * (bid * nt + tid) + 8];
+                                assert_eq!(
+                                    o,
+                                    &[tx, ty, tz, bx, by, bz, nt as u32, nb as u32],
+                                    "grid {grid:?} block {block:?}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn reduce(opts: EmuOptions, n: usize, block: u32, with_barrier: bool) -> (Vec<f32>, [f32; 2]) {
+    let input: Vec<f32> = (0..n).map(|i| (i % 13) as f32).collect();
+    let mut out = [0f32; 2];
+    run_opts(
+        opts,
+        "emu_test_reduce",
+        [1, 1, 1],
+        [block, 1, 1],
+        n * 4,
+        Args::default()
+            .cptr(input.as_ptr())
+            .ptr(out.as_mut_ptr())
+            .int(n as i32)
+            .int(with_barrier as i32),
+    )
+    .unwrap();
+    (input, out)
+}
+
+#[test]
+fn barrier_with_early_exits_and_1024_threads() {
+    let opts = EmuOptions {
+        watchdog_ms: Some(10_000),
+        shuffle: Some(None),
+    };
+    for (n, block) in [(1000, 1024), (1, 64), (37, 37), (64, 96)] {
+        let (input, out) = reduce(opts, n, block, true);
+        assert_eq!(out[0], input.iter().sum::<f32>(), "n {n} block {block}");
+        assert_eq!(out[1], 3.0, "three barrier rounds");
+    }
+}
+
+#[test]
+fn missing_syncthreads_is_exposed_by_shuffle_mode() {
+    // Correct kernel: right under every schedule.
+    for seed in 1..=3 {
+        let (input, out) = reduce(shuffled(seed), 64, 96, true);
+        assert_eq!(out[0], input.iter().sum::<f32>(), "seed {seed}");
+    }
+    // Planted bug (no barrier between the writes and thread 0's reads): in shuffle mode only one
+    // thread runs at a time and the order is a pure function of the seed, so thread 0 reads slots
+    // that still hold the NaN fill: detected every time, not by luck.
+    for seed in 1..=4 {
+        let (_, out) = reduce(shuffled(seed), 64, 96, false);
+        assert!(
+            out[0].is_nan(),
+            "seed {seed}: missing __syncthreads not exposed (sum {})",
+            out[0]
+        );
+    }
+}
+
+#[test]
+fn dynamic_shared_memory_is_nan_filled_for_every_block() {
+    let n = 100;
+    let mut out = vec![0u32; 3 * n];
+    run(
+        "emu_test_smem_fill",
+        [3, 1, 1],
+        [64, 1, 1],
+        n * 4,
+        Args::default().ptr(out.as_mut_ptr()).int(n as i32),
+    )
+    .unwrap();
+    assert!(out.iter().all(|&w| w == u32::MAX), "dynamic smem not 0xFF-filled");
+    assert!(
+        f32::from_bits(out[0]).is_nan()
+            && bf16::from_bits(out[0] as u16).is_nan()
+            && f16::from_bits(out[0] as u16).is_nan()
+    );
+}
+
+fn expect_error(opts: EmuOptions, kernel: &str, block: u32, needles: &[&str]) {
+    let mut out = vec![0i32; 1024];
+    let t0 = Instant::now();
+    let err = run_opts(
+        opts,
+        kernel,
+        [1, 1, 1],
+        [block, 1, 1],
+        0,
+        Args::default().ptr(out.as_mut_ptr()),
+    )
+    .expect_err("the emulator accepted a broken kernel");
+    let msg = format!("{err:#}");
+    for n in needles {
+        assert!(msg.contains(n), "error for {kernel} lacks {n:?}: {msg}");
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "{kernel}: took {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn divergent_syncthreads_is_an_error_not_a_hang() {
+    expect_error(
+        quick_watchdog(),
+        "emu_test_divergent_barrier",
+        64,
+        &[
+            "divergent __syncthreads()",
+            "emu_test_divergent_barrier",
+            "kernels/test/emu_test.cu:",
+            "block (0,0,0)",
+        ],
+    );
+}
+
+#[test]
+fn partial_warp_shuffle_is_an_error_not_a_hang() {
+    expect_error(
+        quick_watchdog(),
+        "emu_test_partial_shfl",
+        32,
+        &["exited", "__shfl_sync at kernels/test/emu_test.cu:"],
+    );
+    expect_error(
+        quick_watchdog(),
+        "emu_test_full_mask_shfl",
+        48,
+        &["do not exist", "__shfl_xor_sync"],
+    );
+    expect_error(
+        quick_watchdog(),
+        "emu_test_mixed_warp_ops",
+        32,
+        &["different warp operations"],
+    );
+}
+
+#[test]
+fn broken_kernels_are_errors_in_shuffle_mode_too() {
+    expect_error(
+        shuffled(5),
+        "emu_test_divergent_barrier",
+        64,
+        &["divergent __syncthreads()"],
+    );
+    expect_error(shuffled(5), "emu_test_partial_shfl", 32, &["exited"]);
+}
+
+#[test]
+fn trap_is_reported_with_thread() {
+    expect_error(quick_watchdog(), "emu_test_trap", 32, &["__trap()", "thread (5,0,0)"]);
+}
+
+#[test]
+fn watchdog_stops_a_spin_on_another_block_and_emulator_recovers() {
+    let mut flag = vec![0i32; 1];
+    let t0 = Instant::now();
+    let err = run_opts(
+        quick_watchdog(),
+        "emu_test_spin",
+        [2, 1, 1],
+        [32, 1, 1],
+        0,
+        Args::default().ptr(flag.as_mut_ptr()),
+    )
+    .expect_err("spin must time out");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("watchdog") && msg.contains("block (0,0,0)"), "{msg}");
+    assert!(
+        !msg.contains("abandoned"),
+        "the spinning thread should have stopped at its atomic: {msg}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
+    // the emulator still works afterwards
+    let (input, out) = reduce(quick_watchdog(), 64, 64, true);
+    assert_eq!(out[0], input.iter().sum::<f32>());
+}
+
+#[test]
+fn conversions_round_to_nearest_even_like_half_crate() {
+    let mut xs: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.5,
+        65504.0,
+        65519.99,
+        65520.0,
+        1e10,
+        -1e10,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MIN_POSITIVE,
+        1e-40,
+        5.960_464_5e-8,
+        2.980_232_2e-8,
+        2.980_233e-8,
+        6.1e-5,
+        3.0e-5,
+        f32::MAX,
+        // bf16 ties: 1 + 2^-8 (tie, rounds to even 1.0), 1 + 3*2^-8 (tie, rounds up)
+        1.003_906_25,
+        1.011_718_75,
+        // f16 ties: 1 + 2^-11 and 1 + 3*2^-11
+        1.000_488_3,
+        1.001_464_8,
+    ];
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for _ in 0..4000 {
+        xs.push(f32::from_bits(rng.gen()));
+        xs.push(rng.gen_range(-70000.0f32..70000.0));
+        xs.push(rng.gen_range(-1e-4f32..1e-4));
+    }
+    let n = xs.len();
+    let (mut bf, mut hf, mut back_bf, mut back_hf) = (vec![0u16; n], vec![0u16; n], vec![0f32; n], vec![0f32; n]);
+    run(
+        "emu_test_convert",
+        [n.div_ceil(256) as u32, 1, 1],
+        [256, 1, 1],
+        0,
+        Args::default()
+            .cptr(xs.as_ptr())
+            .ptr(bf.as_mut_ptr())
+            .ptr(hf.as_mut_ptr())
+            .ptr(back_bf.as_mut_ptr())
+            .ptr(back_hf.as_mut_ptr())
+            .int(n as i32),
+    )
+    .unwrap();
+    for i in 0..n {
+        let x = xs[i];
+        if x.is_nan() {
+            assert_eq!((bf[i], hf[i]), (0x7fff, 0x7fff), "NaN must become CUDA's canonical NaN");
+            assert!(back_bf[i].is_nan() && back_hf[i].is_nan());
+            continue;
+        }
+        assert_eq!(
+            bf[i],
+            bf16::from_f32(x).to_bits(),
+            "bf16 of {x:e} ({:#010x})",
+            x.to_bits()
+        );
+        assert_eq!(
+            hf[i],
+            f16::from_f32(x).to_bits(),
+            "f16 of {x:e} ({:#010x})",
+            x.to_bits()
+        );
+        assert_eq!(back_bf[i].to_bits(), bf16::from_bits(bf[i]).to_f32().to_bits());
+        assert_eq!(back_hf[i].to_bits(), f16::from_bits(hf[i]).to_f32().to_bits());
+    }
+}
+
+#[test]
+fn float_atomic_add() {
+    let n = 1000;
+    let input: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let mut acc = vec![0f32; 1];
+    run(
+        "emu_test_atomic",
+        [4, 1, 1],
+        [256, 1, 1],
+        0,
+        Args::default().ptr(acc.as_mut_ptr()).cptr(input.as_ptr()).int(n as i32),
+    )
+    .unwrap();
+    assert_eq!(acc[0], input.iter().sum::<f32>());
+}
+
+#[test]
+fn kernel_table_and_launch_validation() {
+    let names = emu_ffi::kernel_names();
+    for k in ["emu_test_shfl", "emu_test_mma", "emu_test_reduce"] {
+        assert!(names.iter().any(|n| n == k), "{k} missing from {names:?}");
+    }
+    assert!(emu_ffi::has_kernel("emu_test_vote"));
+    let err = run("no_such_kernel", [1, 1, 1], [1, 1, 1], 0, Args::default()).unwrap_err();
+    assert!(format!("{err:#}").contains("no kernel named `no_such_kernel`"));
+    let mut out = vec![0i32; 2048];
+    for (grid, block, smem) in [
+        ([1, 1, 1], [1025, 1, 1], 0),
+        ([0, 1, 1], [32, 1, 1], 0),
+        ([1, 1, 1], [32, 1, 1], 300_000),
+    ] {
+        let err = run(
+            "emu_test_trap",
+            grid,
+            block,
+            smem,
+            Args::default().ptr(out.as_mut_ptr()),
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("invalid launch configuration"), "{err:#}");
+    }
+}
