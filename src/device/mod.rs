@@ -1,4 +1,768 @@
 //! The device layer: one interface over the CUDA device (cudarc) and the emulated device.
+//!
+//! [`Device`] is a cheap-to-clone handle to either a real GPU ([`cuda`]) or the emulated device
+//! ([`emu`]: the same `kernels/*.cu` compiled for the host, memory in host RAM, GEMMs on the CPU
+//! with cuBLAS semantics). Everything above this layer (typed kernel launches in
+//! `crate::kernels`, the GPU backend) is written once against it:
+//!
+//! - memory: [`Device::alloc`] (zero-filled), [`Device::upload`], [`Device::htod`],
+//!   [`Device::dtoh`], [`Device::download`], [`Device::dtod`], [`Device::zero`]; buffers are typed
+//!   by [`Elem`] (f32, bf16, f16, i32, u32, u8) and borrowed as [`View`] / [`ViewMut`] (sub-ranges
+//!   with [`View::slice`] / [`ViewMut::slice_mut`] / [`ViewMut::split_at_mut`]).
+//! - kernels: [`Device::launch`] by name with a [`LaunchConfig`] and [`KernelArg`]s in signature
+//!   order (unsafe: the argument list is not type-checked against the kernel).
+//! - GEMM: [`Device::sgemm`] with a [`SgemmConfig`] (cuBLAS column-major semantics, fp32, no TF32).
+//! - [`Device::synchronize`].
+//!
+//! Every operation checks that its buffers belong to this device and are large enough, and
+//! returns an error (never a panic) otherwise.
 
+pub mod cuda;
 pub mod embedded;
+pub mod emu;
 pub mod emu_ffi;
+pub mod gemm;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+
+pub use emu_ffi::EmuOptions;
+pub use gemm::{GemmOp, SgemmConfig};
+
+/// Element type of a device buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    BF16,
+    F16,
+    I32,
+    U32,
+    U8,
+}
+
+/// A plain-old-data type that can live in device memory.
+pub trait Elem: bytemuck::Pod + Send + Sync + fmt::Debug + 'static {
+    const DTYPE: DType;
+}
+
+impl Elem for f32 {
+    const DTYPE: DType = DType::F32;
+}
+impl Elem for half::bf16 {
+    const DTYPE: DType = DType::BF16;
+}
+impl Elem for half::f16 {
+    const DTYPE: DType = DType::F16;
+}
+impl Elem for i32 {
+    const DTYPE: DType = DType::I32;
+}
+impl Elem for u32 {
+    const DTYPE: DType = DType::U32;
+}
+impl Elem for u8 {
+    const DTYPE: DType = DType::U8;
+}
+
+/// Which device to open (command line `--device cuda|emu|auto`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    /// A real NVIDIA GPU through cudarc; an error if there is none.
+    Cuda,
+    /// The emulated device: the CUDA kernels compiled for the host.
+    Emu,
+    /// Cuda when usable, otherwise Emu (with a note saying why).
+    Auto,
+}
+
+impl FromStr for DeviceKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cuda" => Ok(DeviceKind::Cuda),
+            "emu" => Ok(DeviceKind::Emu),
+            "auto" => Ok(DeviceKind::Auto),
+            other => bail!("unknown device {other:?}: expected one of cuda, emu, auto"),
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Emu => "emu",
+            DeviceKind::Auto => "auto",
+        })
+    }
+}
+
+/// Grid, block and dynamic shared memory of one kernel launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    /// Dynamic shared memory in bytes (`DYN_SMEM` in the kernel).
+    pub dyn_smem: u32,
+}
+
+/// Dynamic shared memory a launch may use without a per-kernel opt-in (all CUDA GPUs).
+pub const MAX_DYN_SMEM: u32 = 48 * 1024;
+
+impl LaunchConfig {
+    /// A 1-D launch: `grid` blocks of `block` threads.
+    pub fn linear(grid: u32, block: u32, dyn_smem: u32) -> Self {
+        LaunchConfig {
+            grid: (grid, 1, 1),
+            block: (block, 1, 1),
+            dyn_smem,
+        }
+    }
+
+    /// The limits every CUDA GPU enforces (the emulator enforces the same ones, so a shape that
+    /// passes on the emulated device also launches on a GPU).
+    pub fn validate(&self, kernel: &str) -> Result<()> {
+        let (gx, gy, gz) = self.grid;
+        let (bx, by, bz) = self.block;
+        if gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 {
+            bail!(
+                "launch {kernel}: empty grid {:?} or block {:?}",
+                self.grid,
+                self.block
+            );
+        }
+        if gy > 65535 || gz > 65535 || gx > i32::MAX as u32 {
+            bail!("launch {kernel}: grid {:?} exceeds CUDA limits", self.grid);
+        }
+        let threads = bx as u64 * by as u64 * bz as u64;
+        if threads > 1024 || bz > 64 {
+            bail!(
+                "launch {kernel}: block {:?} exceeds CUDA limits (1024 threads)",
+                self.block
+            );
+        }
+        if self.dyn_smem > MAX_DYN_SMEM {
+            bail!(
+                "launch {kernel}: {} bytes of dynamic shared memory > {MAX_DYN_SMEM}",
+                self.dyn_smem
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A device address tagged with the device it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevPtr {
+    addr: u64,
+    device_id: u64,
+}
+
+impl DevPtr {
+    /// The null pointer (for optional kernel outputs); valid on every device.
+    pub const NULL: DevPtr = DevPtr {
+        addr: 0,
+        device_id: 0,
+    };
+
+    /// The raw address (device virtual address on cuda, host address on emu).
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+}
+
+/// One kernel parameter, passed cuLaunchKernel-style (by address of the value).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum KernelArg {
+    Ptr(DevPtr),
+    I32(i32),
+    U32(u32),
+    I64(i64),
+    U64(u64),
+    F32(f32),
+}
+
+impl From<i32> for KernelArg {
+    fn from(v: i32) -> Self {
+        KernelArg::I32(v)
+    }
+}
+impl From<u32> for KernelArg {
+    fn from(v: u32) -> Self {
+        KernelArg::U32(v)
+    }
+}
+impl From<i64> for KernelArg {
+    fn from(v: i64) -> Self {
+        KernelArg::I64(v)
+    }
+}
+impl From<u64> for KernelArg {
+    fn from(v: u64) -> Self {
+        KernelArg::U64(v)
+    }
+}
+impl From<f32> for KernelArg {
+    fn from(v: f32) -> Self {
+        KernelArg::F32(v)
+    }
+}
+impl From<DevPtr> for KernelArg {
+    fn from(v: DevPtr) -> Self {
+        KernelArg::Ptr(v)
+    }
+}
+impl<T: Elem> From<View<'_, T>> for KernelArg {
+    fn from(v: View<'_, T>) -> Self {
+        KernelArg::Ptr(v.ptr())
+    }
+}
+impl<T: Elem> From<&ViewMut<'_, T>> for KernelArg {
+    fn from(v: &ViewMut<'_, T>) -> Self {
+        KernelArg::Ptr(v.ptr())
+    }
+}
+impl<T: Elem> From<&mut ViewMut<'_, T>> for KernelArg {
+    fn from(v: &mut ViewMut<'_, T>) -> Self {
+        KernelArg::Ptr(v.ptr())
+    }
+}
+
+/// The memory behind a buffer.
+enum Mem {
+    /// Zero-length buffers own nothing (cuMemAlloc rejects 0 bytes).
+    Empty,
+    Cuda(#[allow(dead_code)] cuda::CudaMem),
+    Emu(#[allow(dead_code)] emu::HostMem),
+}
+
+/// An owned, typed allocation on one device; freed on drop. No `Clone`: copying device memory
+/// can fail (out of memory), so it is explicit ([`Device::dtod`]).
+pub struct DeviceBuffer<T: Elem> {
+    addr: u64,
+    len: usize,
+    device_id: u64,
+    _mem: Mem,
+    _t: PhantomData<T>,
+}
+
+impl<T: Elem> fmt::Debug for DeviceBuffer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "DeviceBuffer<{:?}>[{}] on device #{}",
+            T::DTYPE,
+            self.len,
+            self.device_id
+        )
+    }
+}
+
+impl<T: Elem> DeviceBuffer<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn dtype(&self) -> DType {
+        T::DTYPE
+    }
+    /// The whole buffer, read-only.
+    pub fn view(&self) -> View<'_, T> {
+        View {
+            addr: self.addr,
+            len: self.len,
+            device_id: self.device_id,
+            _p: PhantomData,
+        }
+    }
+    /// The whole buffer, writable.
+    pub fn view_mut(&mut self) -> ViewMut<'_, T> {
+        ViewMut {
+            addr: self.addr,
+            len: self.len,
+            device_id: self.device_id,
+            _p: PhantomData,
+        }
+    }
+    /// `self.view().slice(range)`.
+    pub fn slice(&self, range: impl RangeBounds<usize>) -> View<'_, T> {
+        self.view().slice(range)
+    }
+    /// `self.view_mut().slice_mut(range)` with the buffer's lifetime.
+    pub fn slice_mut(&mut self, range: impl RangeBounds<usize>) -> ViewMut<'_, T> {
+        let (s, e) = bounds(range, self.len);
+        ViewMut {
+            addr: self.addr + (s * std::mem::size_of::<T>()) as u64,
+            len: e - s,
+            device_id: self.device_id,
+            _p: PhantomData,
+        }
+    }
+}
+
+fn bounds(range: impl RangeBounds<usize>, len: usize) -> (usize, usize) {
+    let s = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s + 1,
+        Bound::Unbounded => 0,
+    };
+    let e = match range.end_bound() {
+        Bound::Included(&e) => e + 1,
+        Bound::Excluded(&e) => e,
+        Bound::Unbounded => len,
+    };
+    assert!(
+        s <= e && e <= len,
+        "device view range {s}..{e} out of bounds for length {len}"
+    );
+    (s, e)
+}
+
+/// A borrowed, read-only range of a [`DeviceBuffer`] (like `&[T]`).
+#[derive(Clone, Copy)]
+pub struct View<'a, T: Elem> {
+    addr: u64,
+    len: usize,
+    device_id: u64,
+    _p: PhantomData<&'a [T]>,
+}
+
+/// A borrowed, writable range of a [`DeviceBuffer`] (like `&mut [T]`).
+pub struct ViewMut<'a, T: Elem> {
+    addr: u64,
+    len: usize,
+    device_id: u64,
+    _p: PhantomData<&'a mut [T]>,
+}
+
+impl<T: Elem> fmt::Debug for View<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "View<{:?}>[{}]", T::DTYPE, self.len)
+    }
+}
+impl<T: Elem> fmt::Debug for ViewMut<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ViewMut<{:?}>[{}]", T::DTYPE, self.len)
+    }
+}
+
+impl<'a, T: Elem> View<'a, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn ptr(&self) -> DevPtr {
+        DevPtr {
+            addr: self.addr,
+            device_id: self.device_id,
+        }
+    }
+    /// A sub-range. Panics when out of bounds, like slice indexing (a programming error).
+    pub fn slice(&self, range: impl RangeBounds<usize>) -> View<'a, T> {
+        let (s, e) = bounds(range, self.len);
+        View {
+            addr: self.addr + (s * std::mem::size_of::<T>()) as u64,
+            len: e - s,
+            device_id: self.device_id,
+            _p: PhantomData,
+        }
+    }
+}
+
+impl<'a, T: Elem> ViewMut<'a, T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn ptr(&self) -> DevPtr {
+        DevPtr {
+            addr: self.addr,
+            device_id: self.device_id,
+        }
+    }
+    /// A shorter-lived writable view of the same range (so one view can feed several calls).
+    pub fn reborrow(&mut self) -> ViewMut<'_, T> {
+        ViewMut {
+            addr: self.addr,
+            len: self.len,
+            device_id: self.device_id,
+            _p: PhantomData,
+        }
+    }
+    /// A read-only view of the same range.
+    pub fn as_view(&self) -> View<'_, T> {
+        View {
+            addr: self.addr,
+            len: self.len,
+            device_id: self.device_id,
+            _p: PhantomData,
+        }
+    }
+    /// A writable sub-range. Panics when out of bounds.
+    pub fn slice_mut(&mut self, range: impl RangeBounds<usize>) -> ViewMut<'_, T> {
+        let (s, e) = bounds(range, self.len);
+        ViewMut {
+            addr: self.addr + (s * std::mem::size_of::<T>()) as u64,
+            len: e - s,
+            device_id: self.device_id,
+            _p: PhantomData,
+        }
+    }
+    /// Two disjoint writable halves `[0, mid)` and `[mid, len)`. Panics when `mid > len`.
+    pub fn split_at_mut(self, mid: usize) -> (ViewMut<'a, T>, ViewMut<'a, T>) {
+        assert!(mid <= self.len, "split_at_mut: {mid} > length {}", self.len);
+        let right = self.addr + (mid * std::mem::size_of::<T>()) as u64;
+        (
+            ViewMut {
+                addr: self.addr,
+                len: mid,
+                device_id: self.device_id,
+                _p: PhantomData,
+            },
+            ViewMut {
+                addr: right,
+                len: self.len - mid,
+                device_id: self.device_id,
+                _p: PhantomData,
+            },
+        )
+    }
+}
+
+impl<'a, T: Elem> From<ViewMut<'a, T>> for View<'a, T> {
+    fn from(v: ViewMut<'a, T>) -> Self {
+        View {
+            addr: v.addr,
+            len: v.len,
+            device_id: v.device_id,
+            _p: PhantomData,
+        }
+    }
+}
+impl<'a, T: Elem> From<&'a DeviceBuffer<T>> for View<'a, T> {
+    fn from(b: &'a DeviceBuffer<T>) -> Self {
+        b.view()
+    }
+}
+impl<'a, T: Elem> From<&'a mut DeviceBuffer<T>> for ViewMut<'a, T> {
+    fn from(b: &'a mut DeviceBuffer<T>) -> Self {
+        b.view_mut()
+    }
+}
+
+#[derive(Clone)]
+enum Inner {
+    Cuda(Arc<cuda::CudaDevice>),
+    Emu(Arc<emu::EmuDevice>),
+}
+
+/// A handle to one device. Clones share the device (and its buffers' identity).
+#[derive(Clone)]
+pub struct Device {
+    inner: Inner,
+    id: u64,
+    note: Option<String>,
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Device({} #{}: {})", self.kind(), self.id, self.name())
+    }
+}
+
+static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Device {
+    /// Open a device of the given kind. `Auto` falls back to `Emu` and prints why (to stderr;
+    /// also available from [`Device::note`]).
+    pub fn open(kind: DeviceKind) -> Result<Device> {
+        match kind {
+            DeviceKind::Cuda => Device::cuda(),
+            DeviceKind::Emu => Device::emu(),
+            DeviceKind::Auto => Device::auto(),
+        }
+    }
+
+    /// GPU 0 through cudarc. Errors (never panics) when there is no driver, no GPU, or the crate
+    /// was built without CUDA kernels.
+    pub fn cuda() -> Result<Device> {
+        Device::cuda_ordinal(0)
+    }
+
+    /// GPU `ordinal` through cudarc.
+    pub fn cuda_ordinal(ordinal: usize) -> Result<Device> {
+        let dev = cuda::CudaDevice::new(ordinal)?;
+        Ok(Device::wrap(Inner::Cuda(Arc::new(dev)), None))
+    }
+
+    /// The emulated device (launch options from the environment).
+    pub fn emu() -> Result<Device> {
+        Device::emu_with(EmuOptions::default())
+    }
+
+    /// The emulated device with explicit launch options (watchdog, schedule shuffling), e.g. for
+    /// tests that must not depend on or mutate the environment.
+    pub fn emu_with(opts: EmuOptions) -> Result<Device> {
+        let dev = emu::EmuDevice::new(opts)?;
+        Ok(Device::wrap(Inner::Emu(Arc::new(dev)), None))
+    }
+
+    /// Cuda when usable, else the emulated device with a note saying why.
+    pub fn auto() -> Result<Device> {
+        match Device::cuda() {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                let note =
+                    format!("CUDA device not usable ({e:#}); falling back to the emulated device");
+                eprintln!("note: {note}");
+                let mut d = Device::emu()?;
+                d.note = Some(note);
+                Ok(d)
+            }
+        }
+    }
+
+    fn wrap(inner: Inner, note: Option<String>) -> Device {
+        Device {
+            inner,
+            id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
+            note,
+        }
+    }
+
+    /// `Cuda` or `Emu` (never `Auto`).
+    pub fn kind(&self) -> DeviceKind {
+        match self.inner {
+            Inner::Cuda(_) => DeviceKind::Cuda,
+            Inner::Emu(_) => DeviceKind::Emu,
+        }
+    }
+
+    /// Human-readable description (GPU name and compute capability, or "emulated device").
+    pub fn name(&self) -> String {
+        match &self.inner {
+            Inner::Cuda(d) => d.name(),
+            Inner::Emu(_) => "emulated CUDA device (kernels compiled for the host)".to_string(),
+        }
+    }
+
+    /// Why `Auto` fell back to the emulated device, if it did.
+    pub fn note(&self) -> Option<&str> {
+        self.note.as_deref()
+    }
+
+    fn check_owner(&self, device_id: u64, what: &str) -> Result<()> {
+        if device_id != self.id {
+            bail!("{what}: buffer belongs to device #{device_id}, not to {self:?}");
+        }
+        Ok(())
+    }
+
+    /// A zero-filled buffer of `len` elements.
+    pub fn alloc<T: Elem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| anyhow::anyhow!("alloc: {len} x {:?} overflows", T::DTYPE))?;
+        let (addr, mem) = if bytes == 0 {
+            (0, Mem::Empty)
+        } else {
+            match &self.inner {
+                Inner::Cuda(d) => {
+                    let m = d.alloc_zeroed(bytes)?;
+                    (m.addr(), Mem::Cuda(m))
+                }
+                Inner::Emu(_) => {
+                    let m = emu::HostMem::alloc_zeroed(bytes)?;
+                    (m.addr(), Mem::Emu(m))
+                }
+            }
+        };
+        Ok(DeviceBuffer {
+            addr,
+            len,
+            device_id: self.id,
+            _mem: mem,
+            _t: PhantomData,
+        })
+    }
+
+    /// A new buffer holding a copy of `src`.
+    pub fn upload<T: Elem>(&self, src: &[T]) -> Result<DeviceBuffer<T>> {
+        let mut buf = self.alloc::<T>(src.len())?;
+        self.htod(src, buf.view_mut())?;
+        Ok(buf)
+    }
+
+    /// Copy host -> device; lengths must match.
+    pub fn htod<T: Elem>(&self, src: &[T], dst: ViewMut<'_, T>) -> Result<()> {
+        self.check_owner(dst.device_id, "htod")?;
+        if src.len() != dst.len {
+            bail!(
+                "htod: host slice has {} elements, device view {}",
+                src.len(),
+                dst.len
+            );
+        }
+        if src.is_empty() {
+            return Ok(());
+        }
+        let bytes: &[u8] = bytemuck::cast_slice(src);
+        match &self.inner {
+            Inner::Cuda(d) => d.htod(bytes, dst.addr),
+            // SAFETY: dst is a live, exclusively borrowed emu range of exactly bytes.len() bytes.
+            Inner::Emu(_) => unsafe {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.addr as *mut u8, bytes.len());
+                Ok(())
+            },
+        }
+    }
+
+    /// Copy device -> host (waits for pending work); lengths must match.
+    pub fn dtoh<T: Elem>(&self, src: View<'_, T>, dst: &mut [T]) -> Result<()> {
+        self.check_owner(src.device_id, "dtoh")?;
+        if src.len != dst.len() {
+            bail!(
+                "dtoh: device view has {} elements, host slice {}",
+                src.len,
+                dst.len()
+            );
+        }
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(dst);
+        match &self.inner {
+            Inner::Cuda(d) => d.dtoh(src.addr, bytes),
+            // SAFETY: src is a live emu range of bytes.len() bytes; dst is a distinct host slice.
+            Inner::Emu(_) => unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.addr as *const u8,
+                    bytes.as_mut_ptr(),
+                    bytes.len(),
+                );
+                Ok(())
+            },
+        }
+    }
+
+    /// Copy a device range into a new host vector.
+    pub fn download<T: Elem>(&self, src: View<'_, T>) -> Result<Vec<T>> {
+        let mut out = vec![T::zeroed(); src.len];
+        self.dtoh(src, &mut out)?;
+        Ok(out)
+    }
+
+    /// Copy device -> device on this device; lengths must match.
+    pub fn dtod<T: Elem>(&self, src: View<'_, T>, dst: ViewMut<'_, T>) -> Result<()> {
+        self.check_owner(src.device_id, "dtod (source)")?;
+        self.check_owner(dst.device_id, "dtod (destination)")?;
+        if src.len != dst.len {
+            bail!(
+                "dtod: source has {} elements, destination {}",
+                src.len,
+                dst.len
+            );
+        }
+        let bytes = src.len * std::mem::size_of::<T>();
+        if bytes == 0 {
+            return Ok(());
+        }
+        match &self.inner {
+            Inner::Cuda(d) => d.dtod(src.addr, dst.addr, bytes),
+            // SAFETY: both ranges are live; src is shared-borrowed and dst exclusively borrowed,
+            // so they cannot overlap.
+            Inner::Emu(_) => unsafe {
+                std::ptr::copy_nonoverlapping(src.addr as *const u8, dst.addr as *mut u8, bytes);
+                Ok(())
+            },
+        }
+    }
+
+    /// Fill a range with zero bits.
+    pub fn zero<T: Elem>(&self, dst: ViewMut<'_, T>) -> Result<()> {
+        self.check_owner(dst.device_id, "zero")?;
+        let bytes = dst.len * std::mem::size_of::<T>();
+        if bytes == 0 {
+            return Ok(());
+        }
+        match &self.inner {
+            Inner::Cuda(d) => d.memset_zero(dst.addr, bytes),
+            // SAFETY: dst is a live, exclusively borrowed range of `bytes` bytes.
+            Inner::Emu(_) => unsafe {
+                std::ptr::write_bytes(dst.addr as *mut u8, 0, bytes);
+                Ok(())
+            },
+        }
+    }
+
+    /// Launch kernel `name` (an `extern "C" __global__` function in `kernels/*.cu`).
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list in number, order and type, and every pointer
+    /// must cover what the kernel reads and writes for this launch shape (the typed wrappers in
+    /// `crate::kernels` establish this). Pointers must not be used by the host until the launch
+    /// completes (`synchronize`, `dtoh`).
+    pub unsafe fn launch(&self, name: &str, cfg: &LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        cfg.validate(name)?;
+        for (i, a) in args.iter().enumerate() {
+            if let KernelArg::Ptr(p) = a {
+                if *p != DevPtr::NULL && p.device_id != self.id {
+                    bail!("launch {name}: argument {i} points into another device's memory");
+                }
+            }
+        }
+        match &self.inner {
+            Inner::Cuda(d) => d.launch(name, cfg, args),
+            Inner::Emu(d) => d.launch(name, cfg, args),
+        }
+    }
+
+    /// Wait for all queued work; surfaces asynchronous kernel errors on cuda.
+    pub fn synchronize(&self) -> Result<()> {
+        match &self.inner {
+            Inner::Cuda(d) => d.synchronize(),
+            Inner::Emu(_) => Ok(()),
+        }
+    }
+
+    /// `C = alpha * op(A) op(B) + beta * C` with cuBLAS semantics (see [`gemm`]); cuBLAS sgemm
+    /// (default math mode: no TF32) on cuda, the CPU GEMM on emu.
+    pub fn sgemm(
+        &self,
+        cfg: &SgemmConfig,
+        a: View<'_, f32>,
+        b: View<'_, f32>,
+        c: ViewMut<'_, f32>,
+    ) -> Result<()> {
+        self.check_owner(a.device_id, "sgemm A")?;
+        self.check_owner(b.device_id, "sgemm B")?;
+        self.check_owner(c.device_id, "sgemm C")?;
+        cfg.check(a.len, b.len, c.len)?;
+        match &self.inner {
+            Inner::Cuda(d) => d.sgemm(cfg, a.addr, b.addr, c.addr),
+            // SAFETY: check() bounds every access; C is exclusively borrowed so it overlaps
+            // neither A nor B; the emu device runs synchronously.
+            Inner::Emu(_) => unsafe {
+                gemm::sgemm_host(
+                    cfg,
+                    a.addr as *const f32,
+                    b.addr as *const f32,
+                    c.addr as *mut f32,
+                );
+                Ok(())
+            },
+        }
+    }
+}

@@ -1,1 +1,37 @@
-//! See the module map in lib.rs.
+//! Typed launch wrappers, one file per `kernels/<op>.cu`.
+//!
+//! Each wrapper checks its sizes and buffers, computes the launch shape ONCE for both devices
+//! (the CUDA device and the emulated device run the same kernel with the same grid, block,
+//! shared memory and argument list), and launches by name. Sizes are element counts; a view may
+//! be longer than needed (buffers are often allocated for the largest batch), never shorter.
+//! Zero-sized work returns without launching.
+
+pub mod gelu;
+pub mod layernorm;
+pub mod residual;
+pub mod softmax;
+
+use anyhow::{bail, Result};
+
+/// Threads per block for the elementwise and warp-per-row kernels.
+pub(crate) const BLOCK: u32 = 256;
+
+/// Error unless a buffer has at least `need` elements.
+pub(crate) fn check_len(kernel: &str, what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        bail!("{kernel}: {what} has {have} elements, needs at least {need}");
+    }
+    Ok(())
+}
+
+/// The kernels take `int` sizes: error when a size does not fit.
+pub(crate) fn to_i32(kernel: &str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v)
+        .map_err(|_| anyhow::anyhow!("{kernel}: {what}={v} exceeds the kernels' int range"))
+}
+
+/// `ceil(a / b)` as a grid dimension.
+pub(crate) fn grid_for(kernel: &str, a: usize, b: usize) -> Result<u32> {
+    let g = a.div_ceil(b);
+    u32::try_from(g).map_err(|_| anyhow::anyhow!("{kernel}: grid of {g} blocks is too large"))
+}

@@ -12,6 +12,9 @@ use rayon::prelude::*;
 /// Below this many elements the op runs on the calling thread.
 const PAR_MIN: usize = 1 << 16;
 
+/// One row of the forward's zipped iteration: (((out row, mean), rstd), inp row).
+type RowItem<'a> = (((&'a mut [f32], &'a mut f32), &'a mut f32), &'a [f32]);
+
 /// `out[r,i] = (inp[r,i] - mean[r]) * rstd[r] * weight[i] + bias[i]` with
 /// `mean[r] = sum_i inp[r,i] / c`, `rstd[r] = 1 / sqrt(sum_i (inp[r,i]-mean[r])^2 / c + eps)`.
 ///
@@ -36,7 +39,7 @@ pub fn layernorm_forward(
     assert_eq!(rstd.len(), rows, "layernorm_forward: rstd");
     assert_eq!(weight.len(), c, "layernorm_forward: weight");
     assert_eq!(bias.len(), c, "layernorm_forward: bias");
-    let row = |(((o, m), s), x): (((&mut [f32], &mut f32), &mut f32), &[f32])| {
+    let row = |(((o, m), s), x): RowItem<'_>| {
         let mu = x.iter().sum::<f32>() / c as f32;
         let var = x.iter().map(|&v| (v - mu) * (v - mu)).sum::<f32>() / c as f32;
         let r = 1.0 / (var + eps).sqrt();

@@ -1,0 +1,443 @@
+//! Device layer tests: memory on the emulated device, the cuBLAS-semantics CPU GEMM against a
+//! naive triple loop (all transposes, padded leading dimensions, strided batches, cuBLAS's
+//! argument rejections), and the CUDA device's behaviour on a machine without a GPU.
+//! GPU-only tests (`cargo test -- --ignored`) run the same GEMMs through cuBLAS.
+
+use pepler_cuda::device::gemm::{sgemm_reference, sgemm_slices};
+use pepler_cuda::device::{Device, DeviceKind, GemmOp, LaunchConfig, SgemmConfig};
+
+/// cuBLAS / CPU GEMM vs the f64-accumulating reference: fp32 rounding of a k-term dot product
+/// (k <= 70 here) stays well below 1e-5 relative to the magnitudes summed.
+const GEMM_ATOL: f32 = 1e-5;
+const GEMM_RTOL: f32 = 1e-5;
+
+/// Deterministic pseudo-random values in [-1, 1).
+fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let mut worst = (0.0f32, 0usize);
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let err = (a - e).abs();
+        assert!(
+            err <= GEMM_ATOL + GEMM_RTOL * e.abs() || (a.is_nan() && e.is_nan()),
+            "{what}: index {i}: got {a}, expected {e} (abs err {err})"
+        );
+        if err > worst.0 {
+            worst = (err, i);
+        }
+    }
+}
+
+/// A GEMM case: sizes, transposes, padding of each leading dimension, batch and stride gaps.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    ta: GemmOp,
+    tb: GemmOp,
+    m: usize,
+    n: usize,
+    k: usize,
+    pad: [usize; 3],
+    batch: usize,
+    gap: [usize; 3],
+    alpha: f32,
+    beta: f32,
+}
+
+impl Case {
+    fn config(&self) -> SgemmConfig {
+        let rows_a = if self.ta == GemmOp::N { self.m } else { self.k };
+        let rows_b = if self.tb == GemmOp::N { self.k } else { self.n };
+        let (lda, ldb, ldc) = (
+            rows_a.max(1) + self.pad[0],
+            rows_b.max(1) + self.pad[1],
+            self.m.max(1) + self.pad[2],
+        );
+        let cols_a = if self.ta == GemmOp::N { self.k } else { self.m };
+        let cols_b = if self.tb == GemmOp::N { self.n } else { self.k };
+        SgemmConfig::new(
+            self.ta, self.tb, self.m, self.n, self.k, self.alpha, lda, ldb, self.beta, ldc,
+        )
+        .batched(
+            self.batch,
+            lda * cols_a + self.gap[0],
+            ldb * cols_b + self.gap[1],
+            ldc * self.n + self.gap[2],
+        )
+    }
+
+    /// (A, B, C) host data of exactly the lengths the call touches.
+    fn data(&self, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let [la, lb, lc] = self.config().required_lens().unwrap();
+        (
+            rand_vec(la, seed),
+            rand_vec(lb, seed + 1),
+            rand_vec(lc, seed + 2),
+        )
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for ta in [GemmOp::N, GemmOp::T] {
+        for tb in [GemmOp::N, GemmOp::T] {
+            // tight leading dimensions, single problem
+            v.push(Case {
+                ta,
+                tb,
+                m: 7,
+                n: 5,
+                k: 9,
+                pad: [0; 3],
+                batch: 1,
+                gap: [0; 3],
+                alpha: 1.0,
+                beta: 0.0,
+            });
+            // padded leading dimensions, alpha/beta
+            v.push(Case {
+                ta,
+                tb,
+                m: 13,
+                n: 6,
+                k: 70,
+                pad: [3, 1, 2],
+                batch: 1,
+                gap: [0; 3],
+                alpha: 0.5,
+                beta: -1.25,
+            });
+            // strided batch with gaps between matrices
+            v.push(Case {
+                ta,
+                tb,
+                m: 5,
+                n: 11,
+                k: 4,
+                pad: [1, 0, 3],
+                batch: 3,
+                gap: [2, 5, 1],
+                alpha: -2.0,
+                beta: 1.0,
+            });
+        }
+    }
+    // large enough to take the multithreaded path of the CPU GEMM
+    v.push(Case {
+        ta: GemmOp::T,
+        tb: GemmOp::N,
+        m: 96,
+        n: 80,
+        k: 64,
+        pad: [0; 3],
+        batch: 1,
+        gap: [0; 3],
+        alpha: 1.0,
+        beta: 1.0,
+    });
+    // k == 0: C = beta * C
+    v.push(Case {
+        ta: GemmOp::N,
+        tb: GemmOp::N,
+        m: 4,
+        n: 3,
+        k: 0,
+        pad: [0; 3],
+        batch: 2,
+        gap: [0; 3],
+        alpha: 1.0,
+        beta: 0.5,
+    });
+    v
+}
+
+fn run_device_gemm(dev: &Device, cfg: &SgemmConfig, a: &[f32], b: &[f32], c: &[f32]) -> Vec<f32> {
+    let (da, db) = (dev.upload(a).unwrap(), dev.upload(b).unwrap());
+    let mut dc = dev.upload(c).unwrap();
+    dev.sgemm(cfg, da.view(), db.view(), dc.view_mut()).unwrap();
+    dev.download(dc.view()).unwrap()
+}
+
+fn check_gemm_cases(dev: &Device) {
+    for (i, case) in cases().iter().enumerate() {
+        let cfg = case.config();
+        let (a, b, c) = case.data(100 + i as u64);
+        let mut want = c.clone();
+        sgemm_reference(&cfg, &a, &b, &mut want).unwrap();
+        let got = run_device_gemm(dev, &cfg, &a, &b, &c);
+        assert_close(
+            &got,
+            &want,
+            &format!("{} gemm case {i} {case:?}", dev.kind()),
+        );
+    }
+}
+
+#[test]
+fn emu_gemm_matches_naive_for_all_transposes_ld_and_batches() {
+    check_gemm_cases(&Device::emu().unwrap());
+}
+
+#[test]
+fn host_gemm_leaves_padding_and_gaps_untouched() {
+    // Elements of C outside the m x n matrices (ld padding, batch gaps) must keep their values.
+    let case = Case {
+        ta: GemmOp::T,
+        tb: GemmOp::T,
+        m: 3,
+        n: 4,
+        k: 5,
+        pad: [0, 0, 2],
+        batch: 2,
+        gap: [0, 0, 3],
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let cfg = case.config();
+    let (a, b, _) = case.data(7);
+    let mut c = vec![42.0f32; cfg.required_lens().unwrap()[2] + 4];
+    sgemm_slices(&cfg, &a, &b, &mut c).unwrap();
+    for bi in 0..2 {
+        for j in 0..4 {
+            for i in 0..cfg.ldc {
+                let idx = bi * cfg.stride_c + j * cfg.ldc + i;
+                if i >= 3 {
+                    assert_eq!(c[idx], 42.0, "padding at {idx} overwritten");
+                } else {
+                    assert_ne!(c[idx], 42.0, "output at {idx} not written");
+                }
+            }
+        }
+    }
+    assert!(
+        c[cfg.stride_c - 3..cfg.stride_c].iter().all(|&v| v == 42.0),
+        "batch gap overwritten"
+    );
+}
+
+#[test]
+fn gemm_beta_zero_ignores_nan_in_c() {
+    let dev = Device::emu().unwrap();
+    let cfg = SgemmConfig::new(GemmOp::N, GemmOp::T, 2, 3, 2, 1.0, 2, 3, 0.0, 2);
+    let (a, b) = (rand_vec(4, 1), rand_vec(6, 2));
+    let got = run_device_gemm(&dev, &cfg, &a, &b, &[f32::NAN; 6]);
+    assert!(got.iter().all(|v| v.is_finite()), "{got:?}");
+}
+
+#[test]
+fn gemm_rejects_what_cublas_rejects() {
+    let dev = Device::emu().unwrap();
+    let buf = dev.alloc::<f32>(1000).unwrap();
+    let mut out = dev.alloc::<f32>(1000).unwrap();
+    let bad = [
+        // lda < m for op(A) = N
+        (
+            SgemmConfig::new(GemmOp::N, GemmOp::N, 8, 4, 5, 1.0, 7, 5, 0.0, 8),
+            "lda=7",
+        ),
+        // lda < k for op(A) = T
+        (
+            SgemmConfig::new(GemmOp::T, GemmOp::N, 8, 4, 5, 1.0, 4, 5, 0.0, 8),
+            "lda=4",
+        ),
+        // ldb < k for op(B) = N
+        (
+            SgemmConfig::new(GemmOp::N, GemmOp::N, 8, 4, 5, 1.0, 8, 4, 0.0, 8),
+            "ldb=4",
+        ),
+        // ldb < n for op(B) = T
+        (
+            SgemmConfig::new(GemmOp::N, GemmOp::T, 8, 4, 5, 1.0, 8, 3, 0.0, 8),
+            "ldb=3",
+        ),
+        // ldc < m
+        (
+            SgemmConfig::new(GemmOp::N, GemmOp::N, 8, 4, 5, 1.0, 8, 5, 0.0, 6),
+            "ldc=6",
+        ),
+        // ld of 0 for an empty matrix (cuBLAS requires >= 1)
+        (
+            SgemmConfig::new(GemmOp::N, GemmOp::N, 0, 4, 5, 1.0, 0, 5, 0.0, 1),
+            "lda=0",
+        ),
+        // batched outputs overlap
+        (
+            SgemmConfig::new(GemmOp::N, GemmOp::N, 4, 4, 4, 1.0, 4, 4, 0.0, 4)
+                .batched(2, 16, 16, 15),
+            "stride_c",
+        ),
+    ];
+    for (cfg, needle) in bad {
+        let err = dev
+            .sgemm(&cfg, buf.view(), buf.view(), out.view_mut())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(needle),
+            "{cfg:?}: error {err:?} should mention {needle}"
+        );
+    }
+    // buffers too short for the extents
+    let cfg = SgemmConfig::new(GemmOp::N, GemmOp::N, 10, 10, 10, 1.0, 10, 10, 0.0, 10);
+    let err = dev
+        .sgemm(&cfg, buf.slice(..99), buf.view(), out.view_mut())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("buffer A has 99 elements but the call touches 100"),
+        "{err}"
+    );
+    // batch 0 is a valid no-op
+    let cfg = cfg.batched(0, 100, 100, 100);
+    dev.sgemm(&cfg, buf.slice(..0), buf.slice(..0), out.slice_mut(..0))
+        .unwrap();
+}
+
+#[test]
+fn memory_roundtrips_for_every_element_type() {
+    let dev = Device::emu().unwrap();
+    let f: Vec<f32> = rand_vec(37, 3);
+    assert_eq!(dev.download(dev.upload(&f).unwrap().view()).unwrap(), f);
+    let i: Vec<i32> = (-20..17).collect();
+    assert_eq!(dev.download(dev.upload(&i).unwrap().view()).unwrap(), i);
+    let u: Vec<u32> = (0..37).map(|v| v * 1000 + 50257).collect();
+    assert_eq!(dev.download(dev.upload(&u).unwrap().view()).unwrap(), u);
+    let h: Vec<half::bf16> = f.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    assert_eq!(dev.download(dev.upload(&h).unwrap().view()).unwrap(), h);
+
+    // alloc is zero-filled; zero/htod/dtod on sub-ranges touch only those ranges
+    let mut buf = dev.alloc::<f32>(10).unwrap();
+    assert_eq!(dev.download(buf.view()).unwrap(), vec![0.0; 10]);
+    dev.htod(&[1.0, 2.0, 3.0], buf.slice_mut(2..5)).unwrap();
+    let src = dev.upload(&[9.0f32, 8.0]).unwrap();
+    dev.dtod(src.view(), buf.slice_mut(8..)).unwrap();
+    assert_eq!(
+        dev.download(buf.view()).unwrap(),
+        [0.0, 0.0, 1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 9.0, 8.0]
+    );
+    let (_, mut right) = buf.view_mut().split_at_mut(3);
+    dev.zero(right.slice_mut(..1)).unwrap();
+    assert_eq!(dev.download(buf.slice(2..5)).unwrap(), [1.0, 0.0, 3.0]);
+    dev.synchronize().unwrap();
+
+    // empty buffers are fine
+    let empty = dev.alloc::<u32>(0).unwrap();
+    assert!(dev.download(empty.view()).unwrap().is_empty());
+}
+
+#[test]
+fn memory_errors_are_errors() {
+    let dev = Device::emu().unwrap();
+    let other = Device::emu().unwrap();
+    let mut buf = dev.alloc::<f32>(4).unwrap();
+    let err = dev
+        .htod(&[1.0, 2.0], buf.view_mut())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("htod") && err.contains('2') && err.contains('4'),
+        "{err}"
+    );
+    let err = other.download(buf.view()).unwrap_err().to_string();
+    assert!(err.contains("belongs to device"), "{err}");
+    let bad = LaunchConfig {
+        grid: (1, 1, 1),
+        block: (1025, 1, 1),
+        dyn_smem: 0,
+    };
+    assert!(bad.validate("k").unwrap_err().to_string().contains("1024"));
+    let bad = LaunchConfig::linear(0, 32, 0);
+    assert!(bad.validate("k").is_err());
+    let bad = LaunchConfig::linear(1, 32, 64 * 1024);
+    assert!(bad
+        .validate("k")
+        .unwrap_err()
+        .to_string()
+        .contains("shared memory"));
+}
+
+#[test]
+fn device_kind_parses() {
+    assert_eq!("cuda".parse::<DeviceKind>().unwrap(), DeviceKind::Cuda);
+    assert_eq!("EMU".parse::<DeviceKind>().unwrap(), DeviceKind::Emu);
+    assert_eq!(" auto ".parse::<DeviceKind>().unwrap(), DeviceKind::Auto);
+    let err = "gpu".parse::<DeviceKind>().unwrap_err().to_string();
+    assert!(err.contains("cuda, emu, auto"), "{err}");
+    assert_eq!(DeviceKind::Emu.to_string(), "emu");
+}
+
+#[test]
+fn cuda_without_driver_is_a_clear_error_and_auto_falls_back() {
+    // SAFETY: only probes whether the driver library can be loaded.
+    let driver = unsafe { cudarc::driver::sys::is_culib_present() };
+    let kernels = pepler_cuda::device::embedded::KERNELS_FATBIN.is_some();
+    let cuda = std::panic::catch_unwind(Device::cuda).expect("Device::cuda must not panic");
+    let auto = Device::auto().unwrap();
+    if !driver {
+        let err = format!("{:#}", cuda.unwrap_err());
+        assert!(err.contains("no NVIDIA driver found (libcuda.so"), "{err}");
+        assert!(err.contains("--device emu"), "{err}");
+        assert_eq!(auto.kind(), DeviceKind::Emu);
+        assert!(
+            auto.note().unwrap().contains("no NVIDIA driver found"),
+            "{:?}",
+            auto.note()
+        );
+    } else if !kernels {
+        let err = format!("{:#}", cuda.unwrap_err());
+        assert!(err.contains("built without CUDA kernels"), "{err}");
+        assert_eq!(auto.kind(), DeviceKind::Emu);
+    } else {
+        // A GPU machine: cuda may still fail (no visible GPU), but with an error, not a panic.
+        if let Ok(d) = cuda {
+            assert_eq!(d.kind(), DeviceKind::Cuda);
+            assert_eq!(auto.kind(), DeviceKind::Cuda);
+        }
+    }
+    assert_eq!(
+        Device::open(DeviceKind::Emu).unwrap().kind(),
+        DeviceKind::Emu
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// GPU-only
+
+fn gpu() -> Device {
+    Device::cuda().expect("this test needs a CUDA GPU (run with --ignored only on a GPU machine)")
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_gemm_matches_naive_for_all_transposes_ld_and_batches() {
+    check_gemm_cases(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_memory_roundtrips_and_rejects_bad_ld() {
+    let dev = gpu();
+    let f = rand_vec(1001, 9);
+    let mut buf = dev.upload(&f).unwrap();
+    assert_eq!(dev.download(buf.view()).unwrap(), f);
+    dev.zero(buf.slice_mut(1..3)).unwrap();
+    assert_eq!(
+        dev.download(buf.slice(0..4)).unwrap(),
+        [f[0], 0.0, 0.0, f[3]]
+    );
+    let cfg = SgemmConfig::new(GemmOp::N, GemmOp::N, 8, 4, 5, 1.0, 7, 5, 0.0, 8);
+    let mut out = dev.alloc::<f32>(100).unwrap();
+    assert!(dev
+        .sgemm(&cfg, buf.view(), buf.view(), out.view_mut())
+        .is_err());
+}
