@@ -1,0 +1,418 @@
+//! Model tests on the CPU backend with small random configs: gradients against finite differences,
+//! padding invariance, bitwise determinism, dropout, frozen-gradient skipping, and a forward/backward
+//! sanity check against the PyTorch fixtures (the full parity table is `pepler-cuda check-parity`).
+
+use pepler_cuda::backend::cpu::CpuBackend;
+use pepler_cuda::model::batch::Batch;
+use pepler_cuda::model::config::{ModelConfig, PromptKind, RecKind};
+use pepler_cuda::model::params::ParamSet;
+use pepler_cuda::model::pepler::{ForwardOptions, Pepler};
+use pepler_cuda::model::safetensors_io::SafetensorsFile;
+
+/// A tiny config: vocab 37, 12 wide, 2 layers, 3 heads.
+fn tiny(prompt: PromptKind, rec: RecKind) -> ModelConfig {
+    ModelConfig {
+        vocab_size: 37,
+        n_positions: 16,
+        n_embd: 12,
+        n_layer: 2,
+        n_head: 3,
+        layer_norm_epsilon: 1e-5,
+        n_users: 4,
+        n_items: 5,
+        bos_id: 34,
+        eos_id: 35,
+        pad_id: 36,
+        prompt,
+        rec,
+        rec_lambda: 0.5,
+        mlp_hidden: 6,
+        mlp_layers: 1,
+        dropout: 0.0,
+    }
+}
+
+/// Random params with non-trivial LayerNorm weights and biases (so no term hides behind 1 or 0).
+fn params(cfg: &ModelConfig, seed: u64) -> ParamSet {
+    let mut ps = ParamSet::init(cfg, seed);
+    let mut k = 0u32;
+    for (spec, t) in ps.iter_mut() {
+        if spec.name.contains("ln_") || spec.name.ends_with("bias") {
+            for x in t.data.iter_mut() {
+                k = k.wrapping_mul(1664525).wrapping_add(1013904223);
+                *x += ((k >> 8) as f32 / 16_777_216.0 - 0.5) * 0.2;
+            }
+        }
+        // Larger embeddings than GPT-2's 0.02 so the gradients are well above f32 noise.
+        if spec.name.contains("wte") || spec.name.contains("wpe") {
+            t.data.iter_mut().for_each(|x| *x *= 3.0);
+        }
+    }
+    ps
+}
+
+/// Rows: lengths 5 (full), 3, 4 (padded).
+fn batch(cfg: &ModelConfig) -> Batch {
+    let (b, t) = (3, 5);
+    let lens = [5usize, 3, 4];
+    let mut text = Vec::new();
+    let mut mask = Vec::new();
+    for (r, &n) in lens.iter().enumerate() {
+        for j in 0..t {
+            let tok = if j == 0 {
+                cfg.bos_id
+            } else if j + 1 == n {
+                cfg.eos_id
+            } else if j < n {
+                ((r * 7 + j * 5) % 30) as u32
+            } else {
+                cfg.pad_id
+            };
+            text.push(tok);
+            mask.push((j < n) as u8);
+        }
+    }
+    let p = if cfg.prompt == PromptKind::Discrete {
+        2
+    } else {
+        0
+    };
+    Batch {
+        b,
+        t,
+        p,
+        users: vec![0, 3, 1],
+        items: vec![4, 2, 2],
+        text,
+        mask,
+        rating: vec![0.1, -0.2, 0.3], // near the heads' outputs: a small, well-resolved loss
+        prompt: if p > 0 {
+            vec![3, 9, 11, cfg.pad_id, 20, 21]
+        } else {
+            vec![]
+        },
+    }
+}
+
+fn train() -> ForwardOptions {
+    ForwardOptions {
+        train: true,
+        step: 1,
+        want_logits: false,
+    }
+}
+
+fn loss_of(ps: &ParamSet, bt: &Batch) -> f64 {
+    let mut m = Pepler::new(CpuBackend::new(), ps).unwrap();
+    m.forward(bt, ForwardOptions::default()).unwrap().loss as f64
+}
+
+fn gradient_check(prompt: PromptKind, rec: RecKind) {
+    let cfg = tiny(prompt.clone(), rec);
+    let ps = params(&cfg, 11);
+    let bt = batch(&cfg);
+    let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+    m.zero_grads().unwrap();
+    m.forward(&bt, train()).unwrap();
+    m.backward(None).unwrap();
+    let grads = m.download_grads().unwrap();
+    let mut checked = 0;
+    for (spec, g) in grads.iter() {
+        // A few coordinates per tensor: the largest-|g| one (to beat f32 noise) and two fixed ones.
+        let imax = (0..g.data.len())
+            .max_by(|&a, &b| g.data[a].abs().total_cmp(&g.data[b].abs()))
+            .unwrap();
+        for &i in &[imax, 0, g.data.len() / 2] {
+            let h = 1e-2f32
+                * ps.at(ps.index_of(&spec.name).unwrap()).data[i]
+                    .abs()
+                    .max(0.1);
+            let mut plus = ps.clone();
+            plus.get_mut(&spec.name).unwrap().data[i] += h;
+            let mut minus = ps.clone();
+            minus.get_mut(&spec.name).unwrap().data[i] -= h;
+            let hp = plus.get(&spec.name).unwrap().data[i] as f64;
+            let hm = minus.get(&spec.name).unwrap().data[i] as f64;
+            let fd = (loss_of(&plus, &bt) - loss_of(&minus, &bt)) / (hp - hm);
+            let an = g.data[i] as f64;
+            let err = (fd - an).abs();
+            // f32 central differences: ~1e-3 relative on large entries, absolute floor for tiny ones.
+            assert!(
+                err <= 2e-2 * an.abs().max(fd.abs()) + 2e-4,
+                "{prompt:?}/{rec:?} {}[{i}]: analytic {an:.6e} vs finite difference {fd:.6e}",
+                spec.name
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3 * grads.len());
+}
+
+#[test]
+fn gradients_match_finite_differences_continuous_mlp() {
+    gradient_check(PromptKind::Continuous, RecKind::Mlp);
+}
+
+#[test]
+fn gradients_match_finite_differences_continuous_mf() {
+    gradient_check(PromptKind::Continuous, RecKind::Mf);
+}
+
+#[test]
+fn gradients_match_finite_differences_continuous() {
+    gradient_check(PromptKind::Continuous, RecKind::None);
+}
+
+#[test]
+fn gradients_match_finite_differences_discrete() {
+    gradient_check(PromptKind::Discrete, RecKind::None);
+}
+
+#[test]
+fn extra_padding_leaves_real_logits_and_losses_unchanged() {
+    for prompt in [PromptKind::Continuous, PromptKind::Discrete] {
+        let rec = if prompt == PromptKind::Continuous {
+            RecKind::Mf
+        } else {
+            RecKind::None
+        };
+        let cfg = tiny(prompt.clone(), rec);
+        let ps = params(&cfg, 5);
+        let bt = batch(&cfg);
+        let p = bt.prompt_len(&cfg);
+        // Same batch with 3 extra pad columns.
+        let extra = 3;
+        let mut wide = bt.clone();
+        wide.t = bt.t + extra;
+        wide.text.clear();
+        wide.mask.clear();
+        for r in 0..bt.b {
+            wide.text
+                .extend_from_slice(&bt.text[r * bt.t..(r + 1) * bt.t]);
+            wide.text.extend(std::iter::repeat_n(cfg.pad_id, extra));
+            wide.mask
+                .extend_from_slice(&bt.mask[r * bt.t..(r + 1) * bt.t]);
+            wide.mask.extend(std::iter::repeat_n(0u8, extra));
+        }
+        let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+        let opts = ForwardOptions {
+            want_logits: true,
+            ..Default::default()
+        };
+        let a = m.forward(&bt, opts).unwrap();
+        let b = m.forward(&wide, opts).unwrap();
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-6 * a.loss.abs(),
+            "{} vs {}",
+            a.loss,
+            b.loss
+        );
+        let (la, lb) = (a.logits.unwrap(), b.logits.unwrap());
+        let v = cfg.vocab_size;
+        let (l1, l2) = (p + bt.t, p + wide.t);
+        for r in 0..bt.b {
+            for pos in 0..l1 {
+                if pos >= p && bt.mask[r * bt.t + pos - p] == 0 {
+                    continue; // padded positions may differ
+                }
+                let x = &la[(r * l1 + pos) * v..(r * l1 + pos + 1) * v];
+                let y = &lb[(r * l2 + pos) * v..(r * l2 + pos + 1) * v];
+                for (u, w) in x.iter().zip(y) {
+                    assert!(
+                        (u - w).abs() <= 1e-5 * (1.0 + u.abs()),
+                        "{prompt:?} row {r} pos {pos}: {u} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_and_backward_are_bitwise_deterministic() {
+    let cfg = tiny(PromptKind::Continuous, RecKind::Mlp);
+    let ps = params(&cfg, 3);
+    let bt = batch(&cfg);
+    let run = || {
+        let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+        m.zero_grads().unwrap();
+        let out = m
+            .forward(
+                &bt,
+                ForwardOptions {
+                    want_logits: true,
+                    ..train()
+                },
+            )
+            .unwrap();
+        m.backward(None).unwrap();
+        (out, m.download_grads().unwrap())
+    };
+    let (o1, g1) = run();
+    let (o2, g2) = run();
+    assert_eq!(o1.loss.to_bits(), o2.loss.to_bits());
+    assert_eq!(o1.logits, o2.logits);
+    for ((_, a), (_, b)) in g1.iter().zip(g2.iter()) {
+        let ab: Vec<u32> = a.data.iter().map(|x| x.to_bits()).collect();
+        let bb: Vec<u32> = b.data.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(ab, bb);
+    }
+}
+
+#[test]
+fn dropout_changes_training_loss_deterministically_and_not_eval() {
+    let mut cfg = tiny(PromptKind::Continuous, RecKind::None);
+    cfg.dropout = 0.3;
+    let ps = params(&cfg, 3);
+    let bt = batch(&cfg);
+    let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+    let eval = m.forward(&bt, ForwardOptions::default()).unwrap().loss;
+    let t1 = m
+        .forward(&bt, ForwardOptions { step: 1, ..train() })
+        .unwrap()
+        .loss;
+    let t1b = m
+        .forward(&bt, ForwardOptions { step: 1, ..train() })
+        .unwrap()
+        .loss;
+    let t2 = m
+        .forward(&bt, ForwardOptions { step: 2, ..train() })
+        .unwrap()
+        .loss;
+    assert_ne!(eval, t1);
+    assert_eq!(t1.to_bits(), t1b.to_bits());
+    assert_ne!(t1, t2);
+    // The dropout path's gradients also match finite differences (masks are recomputed, not stored).
+    m.zero_grads().unwrap();
+    let base = m
+        .forward(&bt, ForwardOptions { step: 7, ..train() })
+        .unwrap()
+        .loss as f64;
+    m.backward(None).unwrap();
+    let g = m.download_grads().unwrap();
+    let name = "transformer.h.0.mlp.c_fc.weight";
+    let gi = g.get(name).unwrap();
+    let i = (0..gi.data.len())
+        .max_by(|&a, &b| gi.data[a].abs().total_cmp(&gi.data[b].abs()))
+        .unwrap();
+    let h = 1e-2f32;
+    let mut plus = ps.clone();
+    plus.get_mut(name).unwrap().data[i] += h;
+    let mut mp = Pepler::new(CpuBackend::new(), &plus).unwrap();
+    let lp = mp
+        .forward(&bt, ForwardOptions { step: 7, ..train() })
+        .unwrap()
+        .loss as f64;
+    let fd = (lp - base) / h as f64;
+    let an = gi.data[i] as f64;
+    assert!(
+        (fd - an).abs() <= 5e-2 * an.abs() + 1e-3,
+        "dropout grad {an} vs fd {fd}"
+    );
+}
+
+#[test]
+fn skipped_gradients_stay_zero_and_the_rest_are_unchanged() {
+    let cfg = tiny(PromptKind::Continuous, RecKind::Mf);
+    let ps = params(&cfg, 9);
+    let bt = batch(&cfg);
+    let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+    m.zero_grads().unwrap();
+    m.forward(&bt, train()).unwrap();
+    m.backward(None).unwrap();
+    let all = m.download_grads().unwrap();
+    let need: Vec<bool> = ps.names().map(|n| n.contains("embeddings")).collect();
+    m.zero_grads().unwrap();
+    m.forward(&bt, train()).unwrap();
+    m.backward(Some(&need)).unwrap();
+    let some = m.download_grads().unwrap();
+    for (k, ((s, a), (_, b))) in all.iter().zip(some.iter()).enumerate() {
+        if need[k] {
+            assert_eq!(a, b, "{}", s.name);
+        } else {
+            assert!(b.data.iter().all(|&x| x == 0.0), "{}", s.name);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ PyTorch fixtures
+
+fn fixture_batch(f: &SafetensorsFile, cfg: &ModelConfig) -> Batch {
+    let (ts, text) = f.read_i64("batch.text").unwrap();
+    let (_, mask) = f.read_i64("batch.mask").unwrap();
+    let (_, users) = f.read_i64("batch.user").unwrap();
+    let (_, items) = f.read_i64("batch.item").unwrap();
+    let rating = f.read_f32("batch.rating", None).unwrap().data;
+    let (p, prompt) = if cfg.prompt == PromptKind::Discrete {
+        let (s, pr) = f.read_i64("batch.prompt").unwrap();
+        (s[1], pr.iter().map(|&x| x as u32).collect())
+    } else {
+        (0, vec![])
+    };
+    Batch {
+        b: ts[0],
+        t: ts[1],
+        p,
+        users: users.iter().map(|&x| x as u32).collect(),
+        items: items.iter().map(|&x| x as u32).collect(),
+        text: text.iter().map(|&x| x as u32).collect(),
+        mask: mask.iter().map(|&x| x as u8).collect(),
+        rating,
+        prompt,
+    }
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn forward_and_gradients_agree_with_pytorch_fixtures() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
+    let mut n = 0;
+    for case in [
+        "continuous_ragged",
+        "continuous_mf",
+        "continuous_mlp",
+        "discrete",
+    ] {
+        let path = dir.join(format!("{case}.safetensors"));
+        let f = SafetensorsFile::open(&path).unwrap();
+        let cfg = ModelConfig::from_dump_json(&f.require_meta("config").unwrap()).unwrap();
+        let ps = ParamSet::from_safetensors(&f, &cfg, "param.").unwrap();
+        let bt = fixture_batch(&f, &cfg);
+        let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+        m.zero_grads().unwrap();
+        let out = m
+            .forward(
+                &bt,
+                ForwardOptions {
+                    want_logits: true,
+                    ..train()
+                },
+            )
+            .unwrap();
+        m.backward(None).unwrap();
+        let want_logits = f.read_f32("out.logits", None).unwrap().data;
+        let e = max_rel(out.logits.as_ref().unwrap(), &want_logits);
+        assert!(e < 1e-5, "{case}: logits max rel err {e}");
+        let want_loss = f.read_f32("out.loss", None).unwrap().data[0];
+        assert!(
+            (out.loss - want_loss).abs() < 1e-5 * want_loss.abs(),
+            "{case}: loss {} vs {want_loss}",
+            out.loss
+        );
+        let g = m.download_grads().unwrap();
+        for (spec, t) in g.iter() {
+            let want = f
+                .read_f32(&format!("grad.{}", spec.name), None)
+                .unwrap()
+                .data;
+            let e = max_rel(&t.data, &want);
+            assert!(e < 1e-4, "{case}: grad.{} max rel err {e}", spec.name);
+        }
+        n += 1;
+    }
+    assert_eq!(n, 4);
+}
