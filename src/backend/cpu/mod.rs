@@ -538,17 +538,24 @@ impl Backend for CpuBackend {
         step: u64,
     ) -> Result<()> {
         let op = "adamw_update";
-        let n = param.0.len();
         if step == 0 {
             bail!("{op}: steps count from 1");
         }
-        let _ = (
+        let n = param.0.len();
+        // The reference takes the scalars as f64 (torch computes them as Python floats).
+        ops::adamw::adamw_update(
+            &mut param.0,
             pre(op, "grad", grad, n)?,
             pre_mut(op, "m", m, n)?,
             pre_mut(op, "v", v, n)?,
-            hp,
+            hp.lr as f64,
+            hp.beta1 as f64,
+            hp.beta2 as f64,
+            hp.eps as f64,
+            hp.weight_decay as f64,
+            step,
         );
-        bail!("{op}: waiting for ops::adamw (M2)")
+        Ok(())
     }
 }
 
