@@ -266,8 +266,14 @@ impl Dataset {
     /// - the original raises `KeyError` for a user or item with no training review; we give
     ///   them no features.
     pub fn prompt_features(&self, user: u32, item: u32, repeat_shared: bool) -> Vec<&str> {
-        let uf: &[String] = self.user_features.get(user as usize).map_or(&[], Vec::as_slice);
-        let itf: &[String] = self.item_features.get(item as usize).map_or(&[], Vec::as_slice);
+        let uf: &[String] = self
+            .user_features
+            .get(user as usize)
+            .map_or(&[], Vec::as_slice);
+        let itf: &[String] = self
+            .item_features
+            .get(item as usize)
+            .map_or(&[], Vec::as_slice);
         // Hash sets for membership: real items can have hundreds of features.
         let item_set: HashSet<&str> = itf.iter().map(String::as_str).collect();
         let mut out: Vec<&str> = uf

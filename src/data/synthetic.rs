@@ -143,7 +143,7 @@ pub fn generate_with_truth(cfg: &SyntheticConfig) -> Result<(Dataset, SyntheticT
         .collect();
     let items: Vec<Item> = (0..cfg.n_items)
         .map(|_| {
-            let level = rng.gen_range(-0.3f32..0.7);
+            let level = rng.gen_range(-0.1f32..0.8);
             let fs = pick_distinct(&mut rng, cfg.n_features, cfg.features_per_item);
             let aspects = fs
                 .into_iter()
