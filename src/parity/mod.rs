@@ -1,1 +1,13 @@
-//! See the module map in lib.rs.
+//! PyTorch parity: reading reference dumps (`dump`, docs/parity-format.md), the one tolerance table
+//! (`tolerances`), the comparison helper (`compare`) and the check runner (`runner`) behind
+//! `pepler-cuda check-parity`.
+
+pub mod compare;
+pub mod dump;
+pub mod runner;
+pub mod tolerances;
+
+pub use compare::{compare, format_table, Row};
+pub use dump::ParityDump;
+pub use runner::{check_dump, check_dump_from, BackendChoice, CaseReport};
+pub use tolerances::{classify, tolerance, tolerance_for, TensorClass, Tolerance};

@@ -1,0 +1,212 @@
+//! The parity check runner: rebuilds a dumped case on a backend and compares everything the dump
+//! recorded: step-0 forward (logits, losses, ratings), backward (every gradient), then the recorded
+//! AdamW steps (`step{k}.loss` before each update, `step{k}.param.*` after it) and, at the end, that
+//! every frozen parameter is bit-identical to its step-0 value.
+
+use anyhow::{bail, Result};
+
+use super::compare::{compare, Row};
+use super::dump::ParityDump;
+use super::tolerances::{tolerance, tolerance_for, TensorClass, Tolerance};
+use crate::backend::cpu::CpuBackend;
+use crate::backend::{AdamWParams, Backend};
+use crate::model::params::ParamSet;
+use crate::model::pepler::{ForwardOptions, Pepler};
+
+/// Which backend to check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Cpu,
+    /// The CUDA kernels on the emulated device.
+    Emu,
+    Cuda,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(BackendChoice::Cpu),
+            "emu" => Ok(BackendChoice::Emu),
+            "cuda" => Ok(BackendChoice::Cuda),
+            other => bail!("unknown backend `{other}` (expected cpu, emu or cuda)"),
+        }
+    }
+}
+
+/// The result of checking one dump.
+#[derive(Clone, Debug)]
+pub struct CaseReport {
+    pub case: String,
+    pub backend: String,
+    pub rows: Vec<Row>,
+}
+
+impl CaseReport {
+    pub fn pass(&self) -> bool {
+        self.rows.iter().all(|r| r.pass)
+    }
+    pub fn failures(&self) -> impl Iterator<Item = &Row> {
+        self.rows.iter().filter(|r| !r.pass)
+    }
+    pub fn row(&self, name: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.name == name)
+    }
+}
+
+/// Checks `dump` on the chosen backend, starting from the dump's own step-0 parameters.
+pub fn check_dump(dump: &ParityDump, backend: BackendChoice) -> Result<CaseReport> {
+    check_dump_from(dump, backend, &dump.params)
+}
+
+/// Like `check_dump`, starting from `start` (same config) instead of the dump's parameters: a
+/// perturbed `start` must make the check fail (the negative test).
+pub fn check_dump_from(
+    dump: &ParityDump,
+    backend: BackendChoice,
+    start: &ParamSet,
+) -> Result<CaseReport> {
+    match backend {
+        BackendChoice::Cpu => check_with(CpuBackend::new(), dump, start),
+        BackendChoice::Emu | BackendChoice::Cuda => {
+            bail!("backend {backend:?}: not available yet: the GPU backend is a later issue")
+        }
+    }
+}
+
+fn f32_hp(opt: &super::dump::DumpOptimizer) -> AdamWParams {
+    AdamWParams {
+        lr: opt.lr as f32,
+        beta1: opt.betas[0] as f32,
+        beta2: opt.betas[1] as f32,
+        eps: opt.eps as f32,
+        weight_decay: opt.weight_decay as f32,
+    }
+}
+
+/// Compares a host vector with the dump's tensor `name`; tolerance from the table.
+fn check(rows: &mut Vec<Row>, dump: &ParityDump, name: &str, actual: &[f32], shape: &[usize]) {
+    let tol = tolerance_for(name, dump.optimizer.lr).unwrap_or(Tolerance::EXACT);
+    rows.push(match dump.expected(name) {
+        Ok(e) => compare(name, actual, shape, &e.data, &e.shape, tol),
+        Err(err) => Row::failed(name, tol, format!("{err:#}")),
+    });
+}
+
+/// Runs the whole check on backend `be`.
+pub fn check_with<B: Backend>(be: B, dump: &ParityDump, start: &ParamSet) -> Result<CaseReport> {
+    let cfg = &dump.config;
+    if start.config() != cfg {
+        bail!("parity: the starting parameters have a different config than the dump");
+    }
+    let backend = be.name();
+    let mut model = Pepler::new(be, start)?;
+    let mut rows = Vec::new();
+    let batch = &dump.batch;
+    let (b, l, v) = (batch.b, batch.seq_len(cfg), cfg.vocab_size);
+
+    // ---- step 0: forward with logits, backward for every parameter.
+    model.zero_grads()?;
+    let out = model.forward(
+        batch,
+        ForwardOptions {
+            train: true,
+            step: 0,
+            want_logits: true,
+        },
+    )?;
+    match &out.logits {
+        Some(lg) => check(&mut rows, dump, "out.logits", lg, &[b, l, v]),
+        None => rows.push(Row::failed(
+            "out.logits",
+            tolerance(TensorClass::Logits, 0.0, 0),
+            "the model returned no logits".into(),
+        )),
+    }
+    check(&mut rows, dump, "out.text_loss", &[out.text_loss], &[]);
+    if dump.has("out.rating_loss") || out.rating_loss.is_some() {
+        let rl = out.rating_loss.map(|x| vec![x]).unwrap_or_default();
+        let shape: &[usize] = if rl.is_empty() { &[0] } else { &[] };
+        check(&mut rows, dump, "out.rating_loss", &rl, shape);
+        let r = out.rating.clone().unwrap_or_default();
+        let n = r.len();
+        check(&mut rows, dump, "out.rating", &r, &[n]);
+    }
+    check(&mut rows, dump, "out.loss", &[out.loss], &[]);
+    model.backward(None)?;
+    let grads = model.download_grads()?;
+    for (spec, g) in grads.iter() {
+        check(
+            &mut rows,
+            dump,
+            &format!("grad.{}", spec.name),
+            &g.data,
+            &g.shape,
+        );
+    }
+
+    // ---- optimizer steps on the trainable subset. An error (e.g. an op the backend lacks) becomes
+    // a failing row so the step-0 table is still reported.
+    if let Err(err) = run_steps(&mut model, dump, start, &mut rows) {
+        rows.push(Row::failed(
+            "optimizer steps",
+            Tolerance::EXACT,
+            format!("error: {err:#}"),
+        ));
+    }
+    Ok(CaseReport {
+        case: dump.case.clone(),
+        backend,
+        rows,
+    })
+}
+
+/// Runs the dump's AdamW steps, checking `step{k}.loss`, `step{k}.param.*` and frozen parameters.
+fn run_steps<B: Backend>(
+    model: &mut Pepler<B>,
+    dump: &ParityDump,
+    start: &ParamSet,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    let batch = &dump.batch;
+    let flags: Vec<bool> = start
+        .names()
+        .map(|n| dump.trainable.iter().any(|t| t == n))
+        .collect();
+    let hp = f32_hp(&dump.optimizer);
+    let steps = dump.optimizer.steps;
+    for k in 1..=steps {
+        model.zero_grads()?;
+        let out = model.forward(
+            batch,
+            ForwardOptions {
+                train: true,
+                step: k as u64,
+                want_logits: false,
+            },
+        )?;
+        check(rows, dump, &format!("step{k}.loss"), &[out.loss], &[]);
+        // Like torch with requires_grad = False: no gradients for frozen tensors.
+        model.backward(Some(&flags))?;
+        model.adamw_step(hp, k as u64, &flags)?;
+        let now = model.download_params()?;
+        for (i, (spec, t)) in now.iter().enumerate() {
+            if flags[i] {
+                check(
+                    rows,
+                    dump,
+                    &format!("step{k}.param.{}", spec.name),
+                    &t.data,
+                    &t.shape,
+                );
+            } else if k == steps {
+                // Frozen: compared with the dump's step-0 value, bit for bit.
+                let name = format!("frozen.{}", spec.name);
+                let tol = tolerance(TensorClass::Frozen, 0.0, 0);
+                let e = dump.params.at(i);
+                rows.push(compare(&name, &t.data, &t.shape, &e.data, &e.shape, tol));
+            }
+        }
+    }
+    Ok(())
+}
