@@ -46,7 +46,8 @@ fn main() {
     sources.extend(cu_files(&kdir.join("test")));
     let mut files = Vec::new();
     for path in &sources {
-        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         let scan = scan_kernels(&text);
         for name in &scan.not_extern_c {
             println!(
@@ -59,7 +60,7 @@ fn main() {
     check_unique_names(&root, &files);
 
     build_emulator(&root, &kdir, &out, &files);
-    build_fatbin(&root, &kdir, &out, &sources);
+    build_fatbin(&kdir, &out, &sources);
 }
 
 fn env(name: &str) -> Option<String> {
@@ -145,7 +146,10 @@ fn build_emulator(root: &Path, kdir: &Path, out: &Path, files: &[(PathBuf, Vec<S
             path.display()
         );
         for k in kernels {
-            let _ = writeln!(w, "extern \"C\" void emu_{k}(void** p) {{ pepler_call({k}, p); }}");
+            let _ = writeln!(
+                w,
+                "extern \"C\" void emu_{k}(void** p) {{ pepler_call({k}, p); }}"
+            );
             let _ = writeln!(table, "extern \"C\" void emu_{k}(void**);");
             let _ = writeln!(entries, "    {{\"{k}\", emu_{k}}},");
         }
@@ -171,7 +175,8 @@ fn build_emulator(root: &Path, kdir: &Path, out: &Path, files: &[(PathBuf, Vec<S
 /// Keeps mtimes stable so cc's outputs stay meaningful across reruns.
 fn write_if_changed(path: &Path, text: &str) {
     if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
-        std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        std::fs::write(path, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
     }
 }
 
@@ -201,7 +206,7 @@ fn find_nvcc() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn build_fatbin(root: &Path, kdir: &Path, out: &Path, sources: &[PathBuf]) {
+fn build_fatbin(kdir: &Path, out: &Path, sources: &[PathBuf]) {
     let targets = SASS_TARGETS
         .iter()
         .map(|t| format!("sm_{t}"))
@@ -238,10 +243,12 @@ fn build_fatbin(root: &Path, kdir: &Path, out: &Path, sources: &[PathBuf]) {
     let mut cmd = Command::new(&nvcc);
     cmd.arg("-fatbin").args(NVCC_FLAGS).arg("-I").arg(kdir);
     for t in SASS_TARGETS {
-        cmd.arg("-gencode").arg(format!("arch=compute_{t},code=sm_{t}"));
+        cmd.arg("-gencode")
+            .arg(format!("arch=compute_{t},code=sm_{t}"));
     }
-    cmd.arg("-gencode")
-        .arg(format!("arch=compute_{PTX_TARGET},code=compute_{PTX_TARGET}"));
+    cmd.arg("-gencode").arg(format!(
+        "arch=compute_{PTX_TARGET},code=compute_{PTX_TARGET}"
+    ));
     if ptxas_info {
         cmd.args(["-Xptxas", "-v"]);
     }
@@ -276,7 +283,6 @@ fn build_fatbin(root: &Path, kdir: &Path, out: &Path, sources: &[PathBuf]) {
             println!("cargo:warning={row}");
         }
     }
-    let _ = root;
     println!("cargo:rustc-cfg=pepler_fatbin");
     println!("cargo:rustc-env=PEPLER_NVCC_VERSION={version}");
 }
@@ -335,7 +341,13 @@ fn ptxas_table(log: &str) -> Vec<String> {
         }
     }
     rows.extend(cur);
-    let w = rows.iter().map(|r| r.kernel.len()).max().unwrap_or(6).max(6);
+    rows.sort_by(|a, b| (&a.kernel, &a.arch).cmp(&(&b.kernel, &b.arch)));
+    let w = rows
+        .iter()
+        .map(|r| r.kernel.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let mut out = vec![format!(
         "ptxas | {:<w$} | arch  | regs | stack B | spill st B | spill ld B | smem B",
         "kernel"
@@ -350,7 +362,11 @@ fn ptxas_table(log: &str) -> Vec<String> {
             r.spill_st,
             r.spill_ld,
             r.smem,
-            if r.spill_st + r.spill_ld > 0 { "  <- SPILLS" } else { "" }
+            if r.spill_st + r.spill_ld > 0 {
+                "  <- SPILLS"
+            } else {
+                ""
+            }
         ));
     }
     out
@@ -442,7 +458,9 @@ fn tokenize(src: &str) -> Vec<Tok> {
 fn scan_kernels(src: &str) -> Scan {
     let toks = tokenize(src);
     let is_ident = |t: &Tok, s: &str| matches!(t, Tok::Ident(x) if x == s);
-    let is_extern_c = |i: usize| i >= 2 && is_ident(&toks[i - 2], "extern") && toks[i - 1] == Tok::Str("C".into());
+    let is_extern_c = |i: usize| {
+        i >= 2 && is_ident(&toks[i - 2], "extern") && toks[i - 1] == Tok::Str("C".into())
+    };
     let mut scan = Scan {
         kernels: Vec::new(),
         not_extern_c: Vec::new(),
@@ -463,8 +481,10 @@ fn scan_kernels(src: &str) -> Scan {
             Tok::Punct(';') => decl_start = i + 1,
             Tok::Ident(s) if s == "__global__" => {
                 let extern_c = braces.iter().any(|b| *b)
-                    || (decl_start..i)
-                        .any(|j| is_ident(&toks[j], "extern") && toks.get(j + 1) == Some(&Tok::Str("C".into())));
+                    || (decl_start..i).any(|j| {
+                        is_ident(&toks[j], "extern")
+                            && toks.get(j + 1) == Some(&Tok::Str("C".into()))
+                    });
                 // the name: the first identifier followed by `(` that is not an attribute
                 let mut j = i + 1;
                 let mut name = None;
@@ -472,7 +492,11 @@ fn scan_kernels(src: &str) -> Scan {
                     if let (Tok::Ident(id), Tok::Punct('(')) = (&toks[j], &toks[j + 1]) {
                         if matches!(
                             id.as_str(),
-                            "__launch_bounds__" | "__align__" | "alignas" | "__attribute__" | "__declspec"
+                            "__launch_bounds__"
+                                | "__align__"
+                                | "alignas"
+                                | "__attribute__"
+                                | "__declspec"
                         ) {
                             j = skip_parens(&toks, j + 1);
                             continue;

@@ -39,7 +39,11 @@ fn run_opts(
     smem: usize,
     mut args: Args,
 ) -> anyhow::Result<()> {
-    let mut params: Vec<*mut c_void> = args.0.iter_mut().map(|b| &mut **b as *mut u64 as *mut c_void).collect();
+    let mut params: Vec<*mut c_void> = args
+        .0
+        .iter_mut()
+        .map(|b| &mut **b as *mut u64 as *mut c_void)
+        .collect();
     // SAFETY: each test passes exactly the kernel's parameters (pointers to live Vecs large enough
     // for what the kernel touches, i32 for `int`).
     unsafe { emu_ffi::launch_with(&opts, name, grid, block, smem, &mut params) }
@@ -155,7 +159,9 @@ fn shuffles_follow_cuda_rules_for_every_width_and_mode() {
 fn votes_and_half_warp_groups() {
     let n = 128;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let mut pred: Vec<i32> = (0..n).map(|_| rng.gen_range(0..2) * rng.gen_range(1..5)).collect();
+    let mut pred: Vec<i32> = (0..n)
+        .map(|_| rng.gen_range(0..2) * rng.gen_range(1..5))
+        .collect();
     pred[0..32].iter_mut().for_each(|p| *p = 1); // warp 0: all true
     pred[32..64].iter_mut().for_each(|p| *p = 0); // warp 1: all false
     let mut out = vec![0u32; 4 * n];
@@ -168,14 +174,25 @@ fn votes_and_half_warp_groups() {
     )
     .unwrap();
     for w in 0..n / 32 {
-        let ballot: u32 = (0..32).filter(|&l| pred[w * 32 + l] != 0).map(|l| 1u32 << l).sum();
+        let ballot: u32 = (0..32)
+            .filter(|&l| pred[w * 32 + l] != 0)
+            .map(|l| 1u32 << l)
+            .sum();
         for l in 0..32 {
             let t = w * 32 + l;
             let group = if l < 16 { 0x0000ffff } else { 0xffff0000 };
             assert_eq!(out[4 * t], ballot, "ballot, thread {t}");
             assert_eq!(out[4 * t + 1], (ballot != 0) as u32, "any, thread {t}");
-            assert_eq!(out[4 * t + 2], (ballot == u32::MAX) as u32, "all, thread {t}");
-            assert_eq!(out[4 * t + 3], ballot & group, "half-warp ballot, thread {t}");
+            assert_eq!(
+                out[4 * t + 2],
+                (ballot == u32::MAX) as u32,
+                "all, thread {t}"
+            );
+            assert_eq!(
+                out[4 * t + 3],
+                ballot & group,
+                "half-warp ballot, thread {t}"
+            );
         }
     }
 }
@@ -253,7 +270,8 @@ fn check_mma(kernel: &str) {
             .unwrap();
             for i in 0..16 {
                 for j in 0..8 {
-                    let want: f64 = c[i * 8 + j] as f64 + (0..16).map(|k| a[i * 16 + k] * b[k * 8 + j]).sum::<f64>();
+                    let want: f64 = c[i * 8 + j] as f64
+                        + (0..16).map(|k| a[i * 16 + k] * b[k * 8 + j]).sum::<f64>();
                     let got = d[i * 8 + j] as f64;
                     assert!(
                         (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
@@ -299,11 +317,17 @@ fn ldmatrix_layouts_with_and_without_trans() {
                     let want = if reg >= num {
                         0
                     } else if trans == 0 {
-                        m(reg, lane / 4, 2 * (lane % 4)) | m(reg, lane / 4, 2 * (lane % 4) + 1) << 16
+                        m(reg, lane / 4, 2 * (lane % 4))
+                            | m(reg, lane / 4, 2 * (lane % 4) + 1) << 16
                     } else {
-                        m(reg, 2 * (lane % 4), lane / 4) | m(reg, 2 * (lane % 4) + 1, lane / 4) << 16
+                        m(reg, 2 * (lane % 4), lane / 4)
+                            | m(reg, 2 * (lane % 4) + 1, lane / 4) << 16
                     };
-                    assert_eq!(out[lane * 4 + reg], want, "x{num} trans={trans} lane {lane} reg {reg}");
+                    assert_eq!(
+                        out[lane * 4 + reg],
+                        want,
+                        "x{num} trans={trans} lane {lane} reg {reg}"
+                    );
                 }
             }
         }
@@ -416,7 +440,10 @@ fn dynamic_shared_memory_is_nan_filled_for_every_block() {
         Args::default().ptr(out.as_mut_ptr()).int(n as i32),
     )
     .unwrap();
-    assert!(out.iter().all(|&w| w == u32::MAX), "dynamic smem not 0xFF-filled");
+    assert!(
+        out.iter().all(|&w| w == u32::MAX),
+        "dynamic smem not 0xFF-filled"
+    );
     assert!(
         f32::from_bits(out[0]).is_nan()
             && bf16::from_bits(out[0] as u16).is_nan()
@@ -437,6 +464,7 @@ fn expect_error(opts: EmuOptions, kernel: &str, block: u32, needles: &[&str]) {
     )
     .expect_err("the emulator accepted a broken kernel");
     let msg = format!("{err:#}");
+    eprintln!("{kernel}: {msg}");
     for n in needles {
         assert!(msg.contains(n), "error for {kernel} lacks {n:?}: {msg}");
     }
@@ -497,7 +525,12 @@ fn broken_kernels_are_errors_in_shuffle_mode_too() {
 
 #[test]
 fn trap_is_reported_with_thread() {
-    expect_error(quick_watchdog(), "emu_test_trap", 32, &["__trap()", "thread (5,0,0)"]);
+    expect_error(
+        quick_watchdog(),
+        "emu_test_trap",
+        32,
+        &["__trap()", "thread (5,0,0)"],
+    );
 }
 
 #[test]
@@ -514,12 +547,19 @@ fn watchdog_stops_a_spin_on_another_block_and_emulator_recovers() {
     )
     .expect_err("spin must time out");
     let msg = format!("{err:#}");
-    assert!(msg.contains("watchdog") && msg.contains("block (0,0,0)"), "{msg}");
+    assert!(
+        msg.contains("watchdog") && msg.contains("block (0,0,0)"),
+        "{msg}"
+    );
     assert!(
         !msg.contains("abandoned"),
         "the spinning thread should have stopped at its atomic: {msg}"
     );
-    assert!(t0.elapsed() < Duration::from_secs(3), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t0.elapsed()
+    );
     // the emulator still works afterwards
     let (input, out) = reduce(quick_watchdog(), 64, 64, true);
     assert_eq!(out[0], input.iter().sum::<f32>());
@@ -562,7 +602,8 @@ fn conversions_round_to_nearest_even_like_half_crate() {
         xs.push(rng.gen_range(-1e-4f32..1e-4));
     }
     let n = xs.len();
-    let (mut bf, mut hf, mut back_bf, mut back_hf) = (vec![0u16; n], vec![0u16; n], vec![0f32; n], vec![0f32; n]);
+    let (mut bf, mut hf, mut back_bf, mut back_hf) =
+        (vec![0u16; n], vec![0u16; n], vec![0f32; n], vec![0f32; n]);
     run(
         "emu_test_convert",
         [n.div_ceil(256) as u32, 1, 1],
@@ -580,7 +621,11 @@ fn conversions_round_to_nearest_even_like_half_crate() {
     for i in 0..n {
         let x = xs[i];
         if x.is_nan() {
-            assert_eq!((bf[i], hf[i]), (0x7fff, 0x7fff), "NaN must become CUDA's canonical NaN");
+            assert_eq!(
+                (bf[i], hf[i]),
+                (0x7fff, 0x7fff),
+                "NaN must become CUDA's canonical NaN"
+            );
             assert!(back_bf[i].is_nan() && back_hf[i].is_nan());
             continue;
         }
@@ -596,8 +641,14 @@ fn conversions_round_to_nearest_even_like_half_crate() {
             "f16 of {x:e} ({:#010x})",
             x.to_bits()
         );
-        assert_eq!(back_bf[i].to_bits(), bf16::from_bits(bf[i]).to_f32().to_bits());
-        assert_eq!(back_hf[i].to_bits(), f16::from_bits(hf[i]).to_f32().to_bits());
+        assert_eq!(
+            back_bf[i].to_bits(),
+            bf16::from_bits(bf[i]).to_f32().to_bits()
+        );
+        assert_eq!(
+            back_hf[i].to_bits(),
+            f16::from_bits(hf[i]).to_f32().to_bits()
+        );
     }
 }
 
@@ -611,7 +662,10 @@ fn float_atomic_add() {
         [4, 1, 1],
         [256, 1, 1],
         0,
-        Args::default().ptr(acc.as_mut_ptr()).cptr(input.as_ptr()).int(n as i32),
+        Args::default()
+            .ptr(acc.as_mut_ptr())
+            .cptr(input.as_ptr())
+            .int(n as i32),
     )
     .unwrap();
     assert_eq!(acc[0], input.iter().sum::<f32>());
@@ -640,6 +694,249 @@ fn kernel_table_and_launch_validation() {
             Args::default().ptr(out.as_mut_ptr()),
         )
         .unwrap_err();
-        assert!(format!("{err:#}").contains("invalid launch configuration"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("invalid launch configuration"),
+            "{err:#}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// On a GPU: the same test kernels through the device layer on cuda and on emu must agree. This is
+// what validates the emulator's rules (shuffle segments, fragment layouts, conversions) against
+// the hardware; the tests above only check them against the documentation.
+
+mod gpu {
+    use super::*;
+    use pepler_cuda::device::{Device, KernelArg, LaunchConfig};
+
+    /// A test-kernel argument: input words, an output of n u32 words (zeroed), or an int.
+    enum A<'a> {
+        In(&'a [u32]),
+        Out(usize),
+        Int(i32),
+    }
+
+    fn pack_u16(v: &[u16]) -> Vec<u32> {
+        v.chunks(2)
+            .map(|c| c[0] as u32 | (*c.get(1).unwrap_or(&0) as u32) << 16)
+            .collect()
+    }
+
+    fn run_on(dev: &Device, name: &str, cfg: LaunchConfig, args: &[A]) -> Vec<Vec<u32>> {
+        let mut bufs = Vec::new();
+        for a in args {
+            match a {
+                A::In(words) => bufs.push(dev.upload(words).unwrap()),
+                A::Out(n) => bufs.push(dev.alloc::<u32>(*n).unwrap()),
+                A::Int(_) => {}
+            }
+        }
+        let mut it = bufs.iter();
+        let kargs: Vec<KernelArg> = args
+            .iter()
+            .map(|a| match a {
+                A::Int(v) => KernelArg::I32(*v),
+                _ => KernelArg::from(it.next().unwrap().view()),
+            })
+            .collect();
+        // SAFETY: each call below passes the kernel's parameters in order with buffers sized for
+        // what the kernel touches at that launch shape.
+        unsafe { dev.launch(name, &cfg, &kargs) }
+            .unwrap_or_else(|e| panic!("{name} on {}: {e:#}", dev.name()));
+        dev.synchronize().unwrap();
+        let mut outs = Vec::new();
+        let mut it = bufs.iter();
+        for a in args {
+            match a {
+                A::In(_) => {
+                    it.next();
+                }
+                A::Out(_) => outs.push(dev.download(it.next().unwrap().view()).unwrap()),
+                A::Int(_) => {}
+            }
+        }
+        outs
+    }
+
+    /// Runs on the emulator, and on the GPU when there is one; outputs must be identical.
+    fn agree(
+        gpu: Option<&Device>,
+        emu: &Device,
+        name: &str,
+        cfg: LaunchConfig,
+        args: &[A],
+    ) -> Vec<Vec<u32>> {
+        let e = run_on(emu, name, cfg, args);
+        if let Some(gpu) = gpu {
+            let g = run_on(gpu, name, cfg, args);
+            for (i, (g, e)) in g.iter().zip(&e).enumerate() {
+                if let Some(j) = (0..g.len()).find(|&j| g[j] != e[j]) {
+                    panic!(
+                        "{name} {cfg:?}: output {i} word {j}: gpu {:#010x}, emulator {:#010x}",
+                        g[j], e[j]
+                    );
+                }
+            }
+        }
+        e
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn gpu_and_emulator_agree_on_test_kernels() {
+        let gpu = Device::cuda().expect("a CUDA GPU and a build with nvcc");
+        cross_check(Some(&gpu));
+    }
+
+    /// The emulator half of the cross-check, so the harness itself is exercised without a GPU.
+    #[test]
+    fn cross_check_harness_runs_on_the_emulated_device() {
+        cross_check(None);
+    }
+
+    fn cross_check(gpu: Option<&Device>) {
+        let emu = Device::emu().unwrap();
+        let lin = |g, b| LaunchConfig::linear(g, b, 0);
+
+        // shuffles, every width and mode
+        let (mut modes, mut widths, mut argv) = (vec![], vec![], vec![]);
+        for w in [1u32, 2, 4, 8, 16, 32] {
+            for m in 0..4u32 {
+                for a in 0..=40u32 {
+                    modes.push(m);
+                    widths.push(w);
+                    argv.push(a);
+                }
+            }
+        }
+        let n = modes.len();
+        let input: Vec<u32> = (0..n as u32 * 32)
+            .map(|i| i.wrapping_mul(2654435761))
+            .collect();
+        agree(
+            gpu,
+            &emu,
+            "emu_test_shfl",
+            lin(n as u32, 32),
+            &[
+                A::In(&modes),
+                A::In(&widths),
+                A::In(&argv),
+                A::In(&input),
+                A::Out(n * 32),
+                A::Out(n * 64),
+            ],
+        );
+
+        // votes (two disjoint half-warp groups included), warp reductions
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let pred: Vec<u32> = (0..256).map(|_| rng.gen_range(0..2)).collect();
+        agree(
+            gpu,
+            &emu,
+            "emu_test_vote",
+            lin(2, 128),
+            &[A::In(&pred), A::Out(4 * 256)],
+        );
+        let xs: Vec<u32> = (0..128)
+            .map(|_| rng.gen_range(-3.0f32..3.0).to_bits())
+            .collect();
+        agree(
+            gpu,
+            &emu,
+            "emu_test_warp_reduce",
+            lin(1, 128),
+            &[A::In(&xs), A::Out(256)],
+        );
+
+        // ldmatrix layouts
+        for num in [1, 2, 4] {
+            for trans in [0, 1] {
+                let src: Vec<u16> = (0..256).map(|i| 1000 + i as u16).collect();
+                agree(
+                    gpu,
+                    &emu,
+                    "emu_test_ldmatrix",
+                    lin(1, 32),
+                    &[
+                        A::Int(num),
+                        A::Int(trans),
+                        A::In(&pack_u16(&src)),
+                        A::Out(128),
+                    ],
+                );
+            }
+        }
+
+        // mma: both against the naive product (the accumulation order differs from the emulator's)
+        for kernel in ["emu_test_mma", "emu_test_mma_ldmatrix"] {
+            for kind in [0, 1] {
+                let (a_bits, a) = random_tile(&mut rng, kind, 256);
+                let (b_bits, b) = random_tile(&mut rng, kind, 128);
+                let c: Vec<f32> = (0..128).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let c_bits: Vec<u32> = c.iter().map(|x| x.to_bits()).collect();
+                let args = [
+                    A::Int(kind),
+                    A::In(&pack_u16(&a_bits)),
+                    A::In(&pack_u16(&b_bits)),
+                    A::In(&c_bits),
+                    A::Out(128),
+                ];
+                for dev in gpu.into_iter().chain([&emu]) {
+                    let d = &run_on(dev, kernel, lin(1, 32), &args)[0];
+                    for i in 0..16 {
+                        for j in 0..8 {
+                            let want = c[i * 8 + j] as f64
+                                + (0..16).map(|k| a[i * 16 + k] * b[k * 8 + j]).sum::<f64>();
+                            let got = f32::from_bits(d[i * 8 + j]) as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                "{kernel} kind {kind} on {}: D[{i}][{j}] = {got}, want {want}",
+                                dev.name()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        // conversions, bit for bit (NaN included)
+        let mut xs: Vec<u32> = (0..4096).map(|_| rng.gen()).collect();
+        xs.extend([
+            0x7fc00000, 0xff800001, 0x3f808000, 0x3f818000, 0x477ff000, 0x33000000, 0x33000001,
+        ]);
+        let n = xs.len();
+        agree(
+            gpu,
+            &emu,
+            "emu_test_convert",
+            lin(n.div_ceil(128) as u32, 128),
+            &[
+                A::In(&xs),
+                A::Out(n.div_ceil(2)),
+                A::Out(n.div_ceil(2)),
+                A::Out(n),
+                A::Out(n),
+                A::Int(n as i32),
+            ],
+        );
+
+        // built-in indices at odd sizes; a barrier reduction with early exits
+        let cfg = LaunchConfig {
+            grid: (3, 2, 2),
+            block: (7, 3, 2),
+            dyn_smem: 0,
+        };
+        agree(gpu, &emu, "emu_test_indices", cfg, &[A::Out(8 * 12 * 42)]);
+        let vals: Vec<u32> = (0..1000).map(|i| ((i % 13) as f32).to_bits()).collect();
+        let cfg = LaunchConfig::linear(1, 1024, 4000);
+        agree(
+            gpu,
+            &emu,
+            "emu_test_reduce",
+            cfg,
+            &[A::In(&vals), A::Out(2), A::Int(1000), A::Int(1)],
+        );
     }
 }
