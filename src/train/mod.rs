@@ -4,3 +4,6 @@
 pub mod early_stop;
 pub mod run_log;
 pub mod strategy;
+pub mod config;
+pub mod session;
+pub mod checkpoint;

@@ -1,0 +1,98 @@
+//! Everything that defines a training run, in one serialisable struct: it is written into every
+//! checkpoint's sidecar, and `--resume` refuses to continue a run whose configuration changed.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::strategy::{Stage1Wte, Strategy};
+use crate::data::SyntheticConfig;
+use crate::model::config::{PromptKind, RecKind};
+
+/// Where the reviews come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataSource {
+    /// The built-in synthetic dataset (`crate::data::synthetic`).
+    Synthetic {
+        users: usize,
+        items: usize,
+        reviews: usize,
+        seed: u64,
+    },
+    /// `reviews.pickle` (+ split folder) or a JSON-lines file (+ optional split folder).
+    Files {
+        data: PathBuf,
+        index_dir: Option<PathBuf>,
+    },
+}
+
+impl DataSource {
+    /// The synthetic dataset with its default sizes.
+    pub fn default_synthetic() -> Self {
+        let d = SyntheticConfig::default();
+        DataSource::Synthetic {
+            users: d.n_users,
+            items: d.n_items,
+            reviews: d.n_reviews,
+            seed: d.seed,
+        }
+    }
+}
+
+/// The run's configuration (see the CLI's `train --help` for each field's meaning).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub data: DataSource,
+    /// A Hugging Face GPT-2 directory (config.json + model.safetensors [+ tokenizer.json]);
+    /// `None` = the built-in tiny GPT-2, randomly initialised.
+    pub model_dir: Option<PathBuf>,
+    /// A tokenizer.json overriding the model directory's and the built-in one.
+    pub tokenizer: Option<PathBuf>,
+    pub prompt: PromptKind,
+    pub strategy: Strategy,
+    pub stage1_wte: Stage1Wte,
+    pub rec: RecKind,
+    pub rec_lambda: f32,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub batch_size: usize,
+    /// Upper limit of epochs per stage.
+    pub epochs: u32,
+    /// Early stopping: epochs without improvement (in total, per stage) before the stage ends.
+    pub endure: u32,
+    /// Explanations are cut to this many BPE tokens (the original's `--words`).
+    pub max_words: usize,
+    pub dropout: f32,
+    pub seed: u64,
+    /// Ablation: the user/item prompt vectors are zero and never train.
+    pub zero_prompts: bool,
+}
+
+impl TrainConfig {
+    /// The original's defaults for the given prompt kind: lr 1e-3 (1e-4 for the discrete prompt),
+    /// batch 128, 100 epochs, endure 5, 20 words, dropout 0.1, sequential tuning for the continuous
+    /// prompt and full fine-tuning for the discrete one.
+    pub fn defaults(prompt: PromptKind) -> Self {
+        let discrete = prompt == PromptKind::Discrete;
+        TrainConfig {
+            data: DataSource::default_synthetic(),
+            model_dir: None,
+            tokenizer: None,
+            strategy: if discrete { Strategy::Full } else { Strategy::Sequential },
+            prompt,
+            stage1_wte: Stage1Wte::Train,
+            rec: RecKind::None,
+            rec_lambda: 0.01,
+            lr: if discrete { 1e-4 } else { 1e-3 },
+            weight_decay: 0.0,
+            batch_size: 128,
+            epochs: 100,
+            endure: 5,
+            max_words: 20,
+            dropout: 0.1,
+            seed: 42,
+            zero_prompts: false,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Everything a run needs before the first step, built from a [`TrainConfig`]: the dataset, the
+//! tokenizer, the tokenized splits, the model configuration and the initial parameters. `train`,
+//! `generate` and `evaluate` all start here, so they read data and models the same way.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::config::{DataSource, TrainConfig};
+use crate::data::{encode_split, synthetic, Dataset, EncodeOptions, EncodedSplit, Split, SyntheticConfig};
+use crate::model::config::{ModelConfig, PromptKind};
+use crate::model::params::ParamSet;
+use crate::tokenizer::Tokenizer;
+
+/// The loaded data of a run.
+pub struct Session {
+    pub dataset: Dataset,
+    pub tokenizer: Tokenizer,
+    pub train: EncodedSplit,
+    pub valid: EncodedSplit,
+    pub test: EncodedSplit,
+}
+
+/// Loads the dataset named by `source`.
+pub fn load_dataset(source: &DataSource) -> Result<Dataset> {
+    match source {
+        DataSource::Synthetic { users, items, reviews, seed } => synthetic::generate(&SyntheticConfig {
+            n_users: *users,
+            n_items: *items,
+            n_reviews: *reviews,
+            seed: *seed,
+            ..SyntheticConfig::default()
+        }),
+        DataSource::Files { data, index_dir } => Dataset::load(data, index_dir.as_deref(), 0),
+    }
+}
+
+/// The tokenizer: `--tokenizer`, else the model directory's `tokenizer.json`, else the built-in
+/// GPT-2 vocabulary. A model directory without one is fine (GPT-2's vocabulary is built in); a
+/// `--tokenizer` that does not exist is an error.
+pub fn load_tokenizer(explicit: Option<&Path>, model_dir: Option<&Path>) -> Result<Tokenizer> {
+    if let Some(path) = explicit {
+        return Tokenizer::from_file(path);
+    }
+    if let Some(dir) = model_dir {
+        let path = dir.join("tokenizer.json");
+        if path.exists() {
+            return Tokenizer::from_file(&path);
+        }
+    }
+    Tokenizer::builtin()
+}
+
+impl Session {
+    pub fn load(cfg: &TrainConfig) -> Result<Self> {
+        let dataset = load_dataset(&cfg.data)?;
+        let tokenizer = load_tokenizer(cfg.tokenizer.as_deref(), cfg.model_dir.as_deref())?;
+        let opts = EncodeOptions {
+            max_text_tokens: cfg.max_words,
+            max_prompt_tokens: cfg.max_words,
+            discrete_prompt: cfg.prompt == PromptKind::Discrete,
+            ..EncodeOptions::default()
+        };
+        let enc = |split| encode_split(&dataset, split, &tokenizer, &opts);
+        let (train, valid, test) = (enc(Split::Train)?, enc(Split::Valid)?, enc(Split::Test)?);
+        Ok(Session { dataset, tokenizer, train, valid, test })
+    }
+
+    /// The model configuration of this run: the built-in tiny GPT-2 or the one in `model_dir`,
+    /// with the dataset's user/item counts and the run's prompt, rating head and dropout.
+    pub fn model_config(&self, cfg: &TrainConfig) -> Result<ModelConfig> {
+        let (nu, ni) = (self.dataset.n_users(), self.dataset.n_items());
+        let mut mc = match &cfg.model_dir {
+            None => ModelConfig::tiny(nu, ni),
+            Some(dir) => {
+                let path = dir.join("config.json");
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("{}: cannot read the model config", path.display()))?;
+                ModelConfig::from_hf_config_json(&text, nu, ni)
+                    .with_context(|| format!("{}", path.display()))?
+                    .with_pepler_vocab()
+            }
+        };
+        mc.n_users = nu;
+        mc.n_items = ni;
+        mc.prompt = cfg.prompt.clone();
+        mc.rec = cfg.rec;
+        mc.rec_lambda = cfg.rec_lambda;
+        mc.dropout = cfg.dropout;
+        if self.tokenizer.vocab_size() > mc.vocab_size {
+            bail!(
+                "the tokenizer ({}) has {} tokens but the model only {}",
+                self.tokenizer.source(),
+                self.tokenizer.vocab_size(),
+                mc.vocab_size
+            );
+        }
+        let longest = [&self.train, &self.valid, &self.test]
+            .iter()
+            .map(|s| s.max_seq_len + s.prompt_width.max(2))
+            .max()
+            .unwrap_or(0);
+        if longest > mc.n_positions {
+            bail!(
+                "the longest input ({longest} positions: prompt + <bos> text <eos>) does not fit the \
+                 model's {} positions: lower --max-words",
+                mc.n_positions
+            );
+        }
+        mc.validate()?;
+        Ok(mc)
+    }
+
+    /// The parameters training starts from: the released GPT-2 weights from `model_dir` (vocabulary
+    /// resized for the three PEPLER tokens) or a random initialisation of the built-in tiny model;
+    /// PEPLER's prompt and rating-head tensors are initialised as the original does. With
+    /// `zero_prompts` the user/item vectors are zero.
+    pub fn initial_params(&self, cfg: &TrainConfig, mc: &ModelConfig) -> Result<ParamSet> {
+        let mut params = match &cfg.model_dir {
+            None => ParamSet::init(mc, cfg.seed),
+            Some(dir) => {
+                let path: PathBuf = dir.join("model.safetensors");
+                ParamSet::from_pretrained_gpt2(&path, mc, cfg.seed)?
+            }
+        };
+        if cfg.zero_prompts {
+            for name in ["user_embeddings.weight", "item_embeddings.weight"] {
+                if let Some(t) = params.get_mut(name) {
+                    t.data.fill(0.0);
+                }
+            }
+        }
+        Ok(params)
+    }
+}
