@@ -142,7 +142,7 @@ impl ModelConfig {
         pos("n_embd", self.n_embd)?;
         pos("n_layer", self.n_layer)?;
         pos("n_head", self.n_head)?;
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             bail!(
                 "model config: n_embd {} is not divisible by n_head {}",
                 self.n_embd,
@@ -161,7 +161,7 @@ impl ModelConfig {
                 );
             }
         }
-        if !(self.layer_norm_epsilon > 0.0) {
+        if self.layer_norm_epsilon.is_nan() || self.layer_norm_epsilon <= 0.0 {
             bail!("model config: layer_norm_epsilon must be > 0");
         }
         if !(0.0..1.0).contains(&self.dropout) {

@@ -92,10 +92,8 @@ pub fn compare(
             }
         }
         let bound = tol.bound(e, max);
-        let ratio = if ok && a.to_bits() == e.to_bits() {
+        let ratio = if a.to_bits() == e.to_bits() || (ok && d == 0.0) {
             0.0
-        } else if ok {
-            d / bound
         } else if bound > 0.0 && d.is_finite() {
             d / bound
         } else {
@@ -181,6 +179,7 @@ mod tests {
         let tol = Tolerance {
             abs: 1e-3,
             rel: 0.0,
+            rel_max: 0.0,
         };
         let r = compare("x", &[1.0, 2.0005, 3.0], &[3], &[1.0, 2.0, 3.0], &[3], tol);
         assert!(r.pass && (r.max_abs - 5e-4).abs() < 1e-6 && r.worst_index == 1);
