@@ -1121,3 +1121,60 @@ impl<B: Backend> Pepler<B> {
         Ok(())
     }
 }
+
+/// Optimizer state in and out (checkpoints, `--resume`, a fresh optimizer per training stage).
+impl<B: Backend> Pepler<B> {
+    /// Drops every AdamW moment: the next `adamw_step` starts a fresh optimizer (step 1).
+    pub fn reset_optimizer(&mut self) {
+        self.moments.iter_mut().for_each(|m| *m = None);
+    }
+
+    /// The AdamW moments `(m, v)` per parameter in canonical order, on the host (`None` where the
+    /// parameter has not been updated yet).
+    pub fn optimizer_moments(&self) -> Result<Vec<Option<(Vec<f32>, Vec<f32>)>>> {
+        self.moments
+            .iter()
+            .zip(&self.specs)
+            .map(|(m, s)| {
+                m.as_ref()
+                    .map(|(m, v)| {
+                        Ok((
+                            self.be.download(m, s.numel())?,
+                            self.be.download(v, s.numel())?,
+                        ))
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Restores moments saved by `optimizer_moments`.
+    pub fn set_optimizer_moments(
+        &mut self,
+        moments: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    ) -> Result<()> {
+        if moments.len() != self.specs.len() {
+            bail!(
+                "set_optimizer_moments: {} entries for {} parameters",
+                moments.len(),
+                self.specs.len()
+            );
+        }
+        for (i, m) in moments.into_iter().enumerate() {
+            let n = self.specs[i].numel();
+            self.moments[i] = match m {
+                None => None,
+                Some((m, v)) => {
+                    if m.len() != n || v.len() != n {
+                        bail!(
+                            "set_optimizer_moments: `{}` needs {n} values per moment",
+                            self.specs[i].name
+                        );
+                    }
+                    Some((self.be.upload(&m)?, self.be.upload(&v)?))
+                }
+            };
+        }
+        Ok(())
+    }
+}
