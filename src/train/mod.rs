@@ -7,3 +7,4 @@ pub mod strategy;
 pub mod config;
 pub mod session;
 pub mod checkpoint;
+pub mod trainer;
