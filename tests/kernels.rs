@@ -51,7 +51,9 @@ fn assert_close(name: &str, ctx: &str, actual: &[f32], expected: &[f32]) {
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
         let err = (a - e).abs();
         max_abs = max_abs.max(err);
-        if !(err <= atol + rtol * e.abs()) {
+        // written so that a NaN error (NaN output) fails
+        let within = err <= atol + rtol * e.abs();
+        if !within {
             bad.push((i, a, e));
         }
     }
