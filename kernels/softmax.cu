@@ -10,8 +10,6 @@
 //   A row of all -inf yields NaN (no defined softmax), as the CPU reference and PyTorch do.
 #include "common.cuh"
 
-#define SOFTMAX_BLOCK 256
-
 extern "C" __global__ void softmax_forward(float* __restrict__ out, const float* __restrict__ inp, int rows,
                                            int c) {
     const int warps = blockDim.x / 32;
