@@ -1,0 +1,190 @@
+//! One PEPLER training step (zero_grad + forward + backward + AdamW) at GPT-2 small shapes on the
+//! CPU backend: 12 layers, 768 wide, 12 heads, vocab 50260, n_positions 1024, random init, continuous
+//! prompt, dropout 0.1 in train mode, batch 8 x 22 text tokens (24 positions with the prompt),
+//! ragged rows; every parameter trainable (stage 2) by default. The same workload as
+//! `scripts/reference/bench_step.py`, so the two medians compare directly.
+//!
+//! Run: `cargo bench --bench train_step [-- --iters 10 --warmup 2 --stage 1|2 --batch 8 --text-len 22]`
+//! Prints the per-phase medians and one JSON line `{"framework":"pepler-cuda",...,"median_step_s":..}`.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use pepler_cuda::backend::cpu::CpuBackend;
+use pepler_cuda::backend::{AdamWParams, Backend};
+use pepler_cuda::model::batch::Batch;
+use pepler_cuda::model::config::ModelConfig;
+use pepler_cuda::model::params::ParamSet;
+use pepler_cuda::model::pepler::{ForwardOptions, Pepler};
+use rand::{Rng, SeedableRng};
+
+struct Args {
+    iters: usize,
+    warmup: usize,
+    stage: u32,
+    batch: usize,
+    text_len: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        iters: 10,
+        warmup: 2,
+        stage: 2,
+        batch: 8,
+        text_len: 22,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let val = |i: usize| -> Result<usize> {
+            match argv.get(i + 1).map(|s| s.parse::<usize>()) {
+                Some(Ok(v)) => Ok(v),
+                _ => bail!("{} needs a number", argv[i]),
+            }
+        };
+        match argv[i].as_str() {
+            "--iters" => a.iters = val(i)?.max(1),
+            "--warmup" => a.warmup = val(i)?,
+            "--stage" => a.stage = val(i)? as u32,
+            "--batch" => a.batch = val(i)?,
+            "--text-len" => a.text_len = val(i)?,
+            // `cargo bench` passes `--bench`; ignore flags we do not know.
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    if a.text_len < 4 || a.batch == 0 {
+        bail!("--text-len must be >= 4 and --batch >= 1");
+    }
+    Ok(a)
+}
+
+/// `<bos> w.. <eos> <pad>..` rows: row 0 full length, the others 5..T-2 words.
+fn make_batch(cfg: &ModelConfig, b: usize, t: usize) -> Batch {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut text = vec![cfg.pad_id; b * t];
+    let mut mask = vec![0u8; b * t];
+    for r in 0..b {
+        let n = if r == 0 {
+            t - 2
+        } else {
+            rng.gen_range(5.min(t - 2)..=t - 2)
+        };
+        text[r * t] = cfg.bos_id;
+        for j in 1..=n {
+            text[r * t + j] = rng.gen_range(0..50257);
+        }
+        text[r * t + n + 1] = cfg.eos_id;
+        mask[r * t..r * t + n + 2].fill(1);
+    }
+    Batch {
+        b,
+        t,
+        p: 0,
+        users: (0..b)
+            .map(|_| rng.gen_range(0..cfg.n_users as u32))
+            .collect(),
+        items: (0..b)
+            .map(|_| rng.gen_range(0..cfg.n_items as u32))
+            .collect(),
+        text,
+        mask,
+        rating: vec![3.0; b],
+        prompt: Vec::new(),
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let cfg = ModelConfig::gpt2_small(1000, 1000); // dropout 0.1, continuous prompt, no rating head
+    let t0 = Instant::now();
+    let params = ParamSet::init(&cfg, 0);
+    let init_s = t0.elapsed().as_secs_f64();
+    let trainable: Vec<bool> = params
+        .names()
+        .map(|n| {
+            args.stage == 2
+                || n.starts_with("user_embeddings.")
+                || n.starts_with("item_embeddings.")
+                || n.starts_with("transformer.wte.")
+        })
+        .collect();
+    let mut model = Pepler::new(CpuBackend::new(), &params)?;
+    drop(params);
+    let batch = make_batch(&cfg, args.batch, args.text_len);
+    let hp = AdamWParams {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.0,
+    };
+    let need = if args.stage == 2 {
+        None
+    } else {
+        Some(trainable.as_slice())
+    };
+    let threads = rayon::current_num_threads();
+    println!(
+        "train_step: GPT-2 small (vocab {}, {} params), batch {} x {} text tokens (+2 prompt), stage {}, {threads} rayon threads; init {init_s:.2}s",
+        cfg.vocab_size,
+        model.specs().iter().map(|s| s.numel()).sum::<usize>(),
+        args.batch,
+        args.text_len,
+        args.stage
+    );
+    let (mut tot, mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut last_loss = 0.0;
+    for k in 1..=(args.warmup + args.iters) as u64 {
+        let s0 = Instant::now();
+        model.zero_grads()?;
+        let out = model.forward(
+            &batch,
+            ForwardOptions {
+                train: true,
+                step: k,
+                want_logits: false,
+            },
+        )?;
+        let s1 = Instant::now();
+        model.backward(need)?;
+        let s2 = Instant::now();
+        model.adamw_step(hp, k, &trainable)?;
+        model.backend().synchronize()?;
+        let s3 = Instant::now();
+        last_loss = out.loss;
+        if k as usize > args.warmup {
+            tot.push((s3 - s0).as_secs_f64());
+            fwd.push((s1 - s0).as_secs_f64());
+            bwd.push((s2 - s1).as_secs_f64());
+            opt.push((s3 - s2).as_secs_f64());
+        }
+    }
+    let m = median(&mut tot);
+    println!(
+        "median of {}: step {m:.3}s = forward {:.3}s + backward {:.3}s + adamw {:.3}s (last loss {last_loss:.4})",
+        args.iters,
+        median(&mut fwd),
+        median(&mut bwd),
+        median(&mut opt)
+    );
+    println!(
+        "{{\"framework\":\"pepler-cuda\",\"backend\":\"cpu\",\"threads\":{threads},\"stage\":{},\"median_step_s\":{m:.4}}}",
+        args.stage
+    );
+    Ok(())
+}
