@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
 
 use super::config::{ModelConfig, RecKind};
 
