@@ -203,6 +203,9 @@ impl CudaDevice {
     }
 
     pub(crate) fn synchronize(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| anyhow!("cuda bind: {e:?}"))?;
         self.stream
             .synchronize()
             .map_err(|e| anyhow!("cuda synchronize: {e:?} (a kernel failed or faulted)"))
@@ -248,6 +251,10 @@ impl CudaDevice {
             GemmOp::N => blas_sys::cublasOperation_t::CUBLAS_OP_N,
             GemmOp::T => blas_sys::cublasOperation_t::CUBLAS_OP_T,
         };
+        // cuBLAS runs in the calling thread's current context: make it ours.
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| anyhow!("cuda bind: {e:?}"))?;
         self.with_blas(|blas| {
             // cuBLAS reads lda/ldb even for k == 0 and requires them >= 1 (validated already).
             let (m, n, k) = (cfg.m as i32, cfg.n as i32, cfg.k as i32);

@@ -766,3 +766,12 @@ impl Device {
         }
     }
 }
+
+// The backend keeps devices and buffers in structs shared across threads (rayon, data loaders).
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Device>();
+    assert_send_sync::<DeviceBuffer<f32>>();
+    assert_send_sync::<View<'static, f32>>();
+    assert_send_sync::<ViewMut<'static, f32>>();
+};
