@@ -303,8 +303,9 @@ impl ParamSet {
     /// transformer, PEPLER's uniform(-0.1, 0.1) for user/item embeddings and MLP weights, zero
     /// biases, unit LayerNorm weights), deterministic in `seed`.
     pub fn init(cfg: &ModelConfig, seed: u64) -> Self {
+        // Each tensor has its own RNG stream, so initialising them in parallel gives the same bits.
         let t = param_specs(cfg)
-            .iter()
+            .par_iter()
             .map(|s| init_tensor(s, seed))
             .collect();
         Self::from_parts(cfg, t)
