@@ -415,9 +415,17 @@ fn missing_syncthreads_is_exposed_by_shuffle_mode() {
         let (input, out) = reduce(shuffled(seed), 64, 96, true);
         assert_eq!(out[0], input.iter().sum::<f32>(), "seed {seed}");
     }
-    // Planted bug (no barrier between the writes and thread 0's reads): in shuffle mode only one
-    // thread runs at a time and the order is a pure function of the seed, so thread 0 reads slots
-    // that still hold the NaN fill: detected every time, not by luck.
+    // Planted bug (no barrier between the writes and thread 0's reads). The default schedule runs
+    // each thread until it waits, in thread order: thread 0 reads before the others write.
+    let (_, out) = reduce(quick_watchdog(), 64, 96, false);
+    assert!(
+        out[0].is_nan(),
+        "default schedule: missing __syncthreads not exposed (sum {})",
+        out[0]
+    );
+    // Shuffle mode picks the next thread at random at every primitive, but the schedule is a pure
+    // function of the seed: for these seeds thread 0 reads slots that still hold the NaN fill,
+    // every time, not by luck.
     for seed in 1..=4 {
         let (_, out) = reduce(shuffled(seed), 64, 96, false);
         assert!(

@@ -1,29 +1,50 @@
 // emu_runtime.cpp — the CUDA execution model on the host: launches, blocks, threads, barriers and
 // warp operations for the kernels compiled against cuda_emu.h (see docs/emulator.md).
 //
-// Shape: launches are serialised by one global lock; the blocks of a launch run one after another;
-// each CUDA thread of the running block is a real OS thread taken from a reused pool. All per-block
-// coordination (barrier, warp exchanges, scheduling) happens under one block mutex, which also lets
-// the block detect a deadlock exactly: when every live thread waits in an emulated primitive, the
-// launch fails with a message saying where they wait (no timeout needed). A watchdog on the
-// launching thread catches the rest (spins), and in shuffle mode (PEPLER_EMU_SHUFFLE=<seed>) only
-// one thread runs at a time and the next one is chosen at random at every primitive, which makes
-// races on shared memory show up deterministically for a given seed.
+// Shape: launches are serialised by one global lock and run on one "runner" OS thread; the blocks
+// of a launch run one after another; each CUDA thread of the running block is a fiber (its own
+// stack, switched in user space: a few nanoseconds instead of the tens of microseconds an OS
+// thread handoff costs on a loaded machine). Only one CUDA thread runs at a time: it runs until it
+// waits in a barrier or warp operation (or exits), then the scheduler resumes the next runnable
+// one (FIFO by default; at random, with a yield at every primitive, in shuffle mode). Because the
+// scheduler knows every thread's state, a deadlock (every live thread waits) is detected exactly,
+// with a census of where the threads wait. A watchdog on the launching thread catches spins.
 #include "cuda_emu.h"
 
 #include <pthread.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+#define PEPLER_TSAN 1
+extern "C" {
+void* __tsan_get_current_fiber(void);
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void* fiber);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+void __tsan_ignore_thread_begin(void);
+void __tsan_ignore_thread_end(void);
+}
+#endif
 
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
@@ -49,11 +70,92 @@ struct PeplerEmuOptions {
 };
 }
 
+// ---------------------------------------------------------------------------------------------
+// user-space context switch. x86-64: save the callee-saved registers, MXCSR and the x87 control
+// word on the old stack, swap stack pointers. Elsewhere: ucontext (slower: a syscall per switch).
+
+#if defined(__x86_64__)
+extern "C" void pepler_emu_ctx_switch(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .globl pepler_emu_ctx_switch
+    .type pepler_emu_ctx_switch,@function
+pepler_emu_ctx_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size pepler_emu_ctx_switch,.-pepler_emu_ctx_switch
+    .section .note.GNU-stack,"",@progbits
+    .text
+)");
+#endif
+
 namespace pepler_emu {
 namespace {
 
+struct Ctx {
+#if defined(__x86_64__)
+    void* sp = nullptr;
+#else
+    ucontext_t uc;
+#endif
+};
+
+// Prepares `c` so that switching to it calls entry() on the given stack (entry never returns).
+void ctx_init(Ctx& c, unsigned char* stack, size_t size, void (*entry)()) {
+#if defined(__x86_64__)
+    uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t(15);
+    uint64_t* a = reinterpret_cast<uint64_t*>(top - 32);  // 16-byte aligned "return address" slot
+    a[0] = reinterpret_cast<uint64_t>(entry);              // `ret` jumps here with rsp = a + 8 ...
+    a[1] = 0;                                              // ... which looks like a call's return slot
+    uint64_t* sp = a - 7;                                  // mxcsr/fpucw + 6 callee-saved registers
+    for (int i = 0; i < 7; ++i) sp[i] = 0;
+    uint32_t* csr = reinterpret_cast<uint32_t*>(sp);
+    csr[0] = 0x1f80;  // default MXCSR
+    csr[1] = 0x037f;  // default x87 control word
+    c.sp = sp;
+#else
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+#endif
+}
+
+inline void ctx_switch(Ctx& from, Ctx& to) {
+#if defined(__x86_64__)
+    pepler_emu_ctx_switch(&from.sp, to.sp);
+#else
+    swapcontext(&from.uc, &to.uc);
+#endif
+}
+
+constexpr size_t kStackSize = 256 * 1024;  // per CUDA thread; the lowest page is a guard page
+
+struct Stack {
+    unsigned char* base = nullptr;
+};
+
 using Lock = std::unique_lock<std::mutex>;
-using Clock = std::chrono::steady_clock;
 
 std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
 std::string fmt(const char* f, ...) {
@@ -117,12 +219,14 @@ std::string lane_list(unsigned bits) {
 enum class Wait : uint8_t { None, Barrier, WarpEnter, WarpGather };
 
 struct Thr {
-    std::condition_variable cv;
-    bool blocked = false;   // waits in a primitive until another thread releases it
-    bool released = false;  // set by the releasing thread
+    Ctx ctx;
+    bool blocked = false;  // waits in a primitive until another thread releases it
     bool exited = false;
     Wait wait = Wait::None;
     Site site;  // last primitive entered (for diagnostics)
+#if PEPLER_TSAN
+    void* tsan_fiber = nullptr;
+#endif
 };
 
 struct WarpState {
@@ -135,6 +239,39 @@ struct WarpState {
     alignas(16) unsigned char slots[32][64];
 };
 
+#if PEPLER_TSAN
+// Happens-before edges for ThreadSanitizer: fibers switch without synchronisation, so TSan sees
+// the CUDA threads as unsynchronised except where these say otherwise (barriers, warp ops, the
+// end of a block before the next one starts).
+inline void hb_release(const void* p) { __tsan_release(const_cast<void*>(p)); }
+inline void hb_acquire(const void* p) { __tsan_acquire(const_cast<void*>(p)); }
+// The emulator's own bookkeeping is shared by all fibers without TSan-visible synchronisation
+// (it is all one OS thread): hide it from TSan.
+struct TsanIgnore {
+    TsanIgnore() { __tsan_ignore_thread_begin(); }
+    ~TsanIgnore() { __tsan_ignore_thread_end(); }
+};
+#else
+inline void hb_release(const void*) {}
+inline void hb_acquire(const void*) {}
+struct TsanIgnore {
+    TsanIgnore() {}  // user-provided: no unused-variable warnings for the RAII guards
+};
+#endif
+
+int g_block_sync;  // TSan sync object: "earlier blocks are done" (static __shared__ is reused)
+
+thread_local Ctx tl_sched;  // the runner thread's scheduler context
+#if PEPLER_TSAN
+thread_local void* tl_sched_fiber = nullptr;
+#endif
+
+struct Block;
+thread_local Block* tl_block = nullptr;
+thread_local unsigned tl_tid = 0;
+
+void fiber_entry();
+
 struct Block {
     const char* kernel;
     void (*fn)(void**);
@@ -146,14 +283,15 @@ struct Block {
     std::mt19937_64 rng;
     unsigned char* smem = nullptr;
 
+    // guards everything below against the launching thread's watchdog; never held across a switch
     std::mutex m;
-    std::condition_variable done_cv;
     std::unique_ptr<Thr[]> thr;
     std::vector<WarpState> warps;
-    unsigned live, running, finished = 0;
+    std::deque<unsigned> runq;  // runnable threads, not counting the running one
+    int running = -1;
+    unsigned live, finished = 0;
     unsigned bar_arrived = 0;
     Site bar_site;
-    int token = -1;
     std::atomic<bool> failed{false};
     std::string error;
 
@@ -171,13 +309,12 @@ struct Block {
         return fmt("kernel `%s` block (%u,%u,%u)", kernel, idx.x, idx.y, idx.z);
     }
 
-    // lock held. Records the first error and wakes every waiting thread so it can unwind.
+    // lock held. Records the first error; every thread unwinds when it next runs.
     void fail(const std::string& msg) {
         if (!failed.load(std::memory_order_relaxed)) {
             error = msg;
             failed.store(true, std::memory_order_relaxed);
         }
-        for (unsigned i = 0; i < n; ++i) thr[i].cv.notify_one();
     }
     [[noreturn]] void fail_throw(const std::string& msg) {
         fail(msg);
@@ -187,28 +324,31 @@ struct Block {
         if (failed.load(std::memory_order_relaxed)) throw Abort{};
     }
 
-    // lock held: a summary of where the block's threads are, grouped by site.
-    std::string census(bool include_running) const {
-        struct G { Site site; Wait wait; unsigned count; unsigned first; };
+    // lock held: a summary of where the block's threads are, grouped by state and site.
+    std::string census(bool include_runnable) const {
+        struct G { Site site; Wait wait; bool running; unsigned count; unsigned first; };
         std::vector<G> groups;
         for (unsigned i = 0; i < n; ++i) {
             const Thr& t = thr[i];
-            if (t.exited || (!t.blocked && !include_running)) continue;
+            if (t.exited || (!t.blocked && !include_runnable)) continue;
             Wait w = t.blocked ? t.wait : Wait::None;
+            bool is_running = static_cast<int>(i) == running;
             bool found = false;
             for (G& g : groups)
-                if (g.wait == w && g.site.same(t.site) && strcmp(g.site.what, t.site.what) == 0) {
+                if (g.wait == w && g.running == is_running && g.site.same(t.site) &&
+                    strcmp(g.site.what, t.site.what) == 0) {
                     g.count++;
                     found = true;
                     break;
                 }
-            if (!found) groups.push_back(G{t.site, w, 1, i});
+            if (!found) groups.push_back(G{t.site, w, is_running, 1, i});
         }
         std::string s;
         for (const G& g : groups) {
             if (!s.empty()) s += "; ";
             uint3 ti = tid3(g.first);
-            const char* state = g.wait == Wait::None ? "running, last seen at" : "waiting at";
+            const char* state = g.running ? "running (spinning?), last primitive" :
+                                g.wait == Wait::None ? "runnable, last primitive" : "waiting at";
             s += fmt("%u thread(s) %s %s (e.g. thread (%u,%u,%u))", g.count, state, g.site.str().c_str(),
                      ti.x, ti.y, ti.z);
             if (g.wait == Wait::WarpGather) {
@@ -220,24 +360,21 @@ struct Block {
         return s;
     }
 
-    // lock held: choose the next thread to run in serial (shuffle) mode among the runnable ones.
-    void pass_token() {
-        std::vector<unsigned> cand;
-        for (unsigned i = 0; i < n; ++i)
-            if (!thr[i].exited && !thr[i].blocked) cand.push_back(i);
-        if (cand.empty()) {
-            token = -1;
-            return;
-        }
-        token = static_cast<int>(cand[rng() % cand.size()]);
-        thr[token].cv.notify_one();
+    // Called by the running fiber with the lock held: hands the CPU back to the scheduler and
+    // returns when this thread is resumed (the lock is held again).
+    void switch_out(Lock& lk, unsigned me) {
+        lk.unlock();
+#if PEPLER_TSAN
+        __tsan_switch_to_fiber(tl_sched_fiber, 1 /* no sync: fibers stay unsynchronised */);
+#endif
+        ctx_switch(thr[me].ctx, tl_sched);
+        lk.lock();
     }
 
-    // lock held, serial mode: maybe hand the CPU to another runnable thread (a random yield).
+    // lock held, shuffle mode: let the scheduler pick any runnable thread (this one included).
     void yield_point(Lock& lk, unsigned me) {
-        pass_token();
-        Thr& t = thr[me];
-        while (!failed.load(std::memory_order_relaxed) && token != static_cast<int>(me)) t.cv.wait(lk);
+        runq.push_back(me);
+        switch_out(lk, me);
         check_failed();
     }
 
@@ -245,49 +382,33 @@ struct Block {
     void block_me(Lock& lk, unsigned me, Wait w) {
         Thr& t = thr[me];
         t.blocked = true;
-        t.released = false;
         t.wait = w;
-        running--;
-        if (running == 0) fail_throw(block_name() + ": deadlock, every live thread waits: " + census(false));
-        if (serial) pass_token();
-        while (!failed.load(std::memory_order_relaxed) &&
-               !(t.released && (!serial || token == static_cast<int>(me))))
-            t.cv.wait(lk);
+        if (runq.empty()) fail_throw(block_name() + ": deadlock, every live thread waits: " + census(false));
+        switch_out(lk, me);
         check_failed();
         t.wait = Wait::None;
     }
 
     // lock held
     void release(unsigned j) {
-        Thr& t = thr[j];
-        t.released = true;
-        t.blocked = false;
-        running++;
-        t.cv.notify_one();
+        thr[j].blocked = false;
+        runq.push_back(j);
     }
 
     // lock held: entering a primitive
     void enter(Lock& lk, unsigned me, Loc loc, const char* what) {
         check_failed();
-        Thr& t = thr[me];
-        t.site = Site{loc.file_name(), loc.line(), loc.column(), what};
+        thr[me].site = Site{loc.file_name(), loc.line(), loc.column(), what};
         if (serial) yield_point(lk, me);
     }
 
-    void thread_start(unsigned me) {
-        Lock lk(m);
-        if (serial)
-            while (!failed.load(std::memory_order_relaxed) && token != static_cast<int>(me)) thr[me].cv.wait(lk);
-        check_failed();
-    }
-
+    // lock held
     void thread_exit(unsigned me) {
-        Lock lk(m);
         Thr& t = thr[me];
-        if (t.blocked) t.blocked = false;  // unwound out of a wait after a failure
-        else running--;
+        t.blocked = false;
         t.exited = true;
         live--;
+        finished++;
         unsigned lane = me & 31u;
         WarpState& W = warps[me / 32];
         W.exited |= 1u << lane;
@@ -299,11 +420,7 @@ struct Block {
             return;
         }
         if (bar_arrived > 0 && bar_arrived == live) release_barrier();
-        if (running == 0 && live > 0) {
-            fail(block_name() + ": deadlock, every live thread waits: " + census(false));
-            return;
-        }
-        if (serial && token == static_cast<int>(me)) pass_token();
+        if (runq.empty() && live > 0) fail(block_name() + ": deadlock, every live thread waits: " + census(false));
     }
 
     void release_barrier() {
@@ -313,85 +430,128 @@ struct Block {
     }
 
     void syncthreads(unsigned me, Loc loc) {
-        Lock lk(m);
-        enter(lk, me, loc, "__syncthreads()");
-        const Site& s = thr[me].site;
-        if (bar_arrived == 0) {
-            bar_site = s;
-        } else if (!bar_site.same(s)) {
-            fail_throw(where(me) + ": divergent __syncthreads(): this thread waits at " + s.str() +
-                       " while other threads of the block wait at " + bar_site.str());
+        {
+            TsanIgnore ig;
+            Lock lk(m);
+            enter(lk, me, loc, "__syncthreads()");
+            const Site& s = thr[me].site;
+            if (bar_arrived == 0) {
+                bar_site = s;
+            } else if (!bar_site.same(s)) {
+                fail_throw(where(me) + ": divergent __syncthreads(): this thread waits at " + s.str() +
+                           " while other threads of the block wait at " + bar_site.str());
+            }
+            bar_arrived++;
+            hb_release(&bar_arrived);
+            if (bar_arrived == live) release_barrier();
+            else block_me(lk, me, Wait::Barrier);
         }
-        bar_arrived++;
-        if (bar_arrived == live) release_barrier();
-        else block_me(lk, me, Wait::Barrier);
+        hb_acquire(&bar_arrived);
     }
 
     void warp_exchange(unsigned me, WarpOp op, unsigned mask, const void* in, size_t in_len,
                        void (*out_fn)(void*, const unsigned char (*)[64], int), void* ctx, Loc loc) {
-        Lock lk(m);
-        enter(lk, me, loc, op_name(op));
         const unsigned lane = me & 31u, bit = 1u << lane;
         WarpState& W = warps[me / 32];
-        const Site& s = thr[me].site;
-        if (!(mask & bit))
-            fail_throw(where(me) + fmt(": %s with mask 0x%08x, which does not contain the calling lane %u",
-                                       s.str().c_str(), mask, lane));
-        if (mask & ~W.exists)
-            fail_throw(where(me) + fmt(": %s with mask 0x%08x names lanes %s, which do not exist (the block "
-                                       "has %u threads, warp %u has lanes %s)",
-                                       s.str().c_str(), mask, lane_list(mask & ~W.exists).c_str(), n, me / 32,
-                                       lane_list(W.exists).c_str()));
+        {
+            TsanIgnore ig;
+            Lock lk(m);
+            enter(lk, me, loc, op_name(op));
+            const Site& s = thr[me].site;
+            if (!(mask & bit))
+                fail_throw(where(me) + fmt(": %s with mask 0x%08x, which does not contain the calling lane %u",
+                                           s.str().c_str(), mask, lane));
+            if (mask & ~W.exists)
+                fail_throw(where(me) + fmt(": %s with mask 0x%08x names lanes %s, which do not exist (the block "
+                                           "has %u threads, warp %u has lanes %s)",
+                                           s.str().c_str(), mask, lane_list(mask & ~W.exists).c_str(), n, me / 32,
+                                           lane_list(W.exists).c_str()));
+            for (;;) {
+                if (mask & W.exited)
+                    fail_throw(where(me) + fmt(": %s with mask 0x%08x names lanes %s, which already exited",
+                                               s.str().c_str(), mask, lane_list(mask & W.exited).c_str()));
+                if (W.state == WarpState::Idle) {
+                    W.state = WarpState::Gather;
+                    W.mask = mask;
+                    W.op = op;
+                    W.arrived = 0;
+                    W.site = s;
+                    break;
+                }
+                if (W.state == WarpState::Gather && W.mask == mask) {
+                    if (W.op != op)
+                        fail_throw(where(me) + ": lanes of warp " + std::to_string(me / 32) +
+                                   " meet at different warp operations: " + s.str() + " and " + W.site.str());
+                    break;
+                }
+                if (W.state == WarpState::Gather && (W.mask & mask))
+                    fail_throw(where(me) + fmt(": %s with mask 0x%08x while lanes %s wait in %s with mask 0x%08x",
+                                               s.str().c_str(), mask, lane_list(W.arrived).c_str(),
+                                               W.site.str().c_str(), W.mask));
+                block_me(lk, me, Wait::WarpEnter);  // another group of lanes is using the exchange
+            }
+            if (in_len) std::memcpy(W.slots[lane], in, in_len);
+            W.arrived |= bit;
+            hb_release(&W);
+            if (W.arrived == mask) {
+                W.state = WarpState::Drain;
+                W.departed = 0;
+                for (unsigned l = 0; l < 32; ++l) {
+                    unsigned j = (me & ~31u) + l;
+                    if (((mask >> l) & 1u) && j != me && thr[j].blocked && thr[j].wait == Wait::WarpGather)
+                        release(j);
+                }
+            } else {
+                block_me(lk, me, Wait::WarpGather);
+            }
+            if (out_fn) out_fn(ctx, W.slots, static_cast<int>(lane));
+            W.departed |= bit;
+            if (W.departed == W.mask) {
+                W.state = WarpState::Idle;
+                for (unsigned l = 0; l < 32; ++l) {
+                    unsigned j = (me & ~31u) + l;
+                    if (j < n && thr[j].blocked && thr[j].wait == Wait::WarpEnter) release(j);
+                }
+            }
+        }
+        hb_acquire(&W);
+    }
+
+    // The scheduler: runs on the runner thread until every thread of the block exited.
+    void run() {
         for (;;) {
-            if (mask & W.exited)
-                fail_throw(where(me) + fmt(": %s with mask 0x%08x names lanes %s, which already exited",
-                                           s.str().c_str(), mask, lane_list(mask & W.exited).c_str()));
-            if (W.state == WarpState::Idle) {
-                W.state = WarpState::Gather;
-                W.mask = mask;
-                W.op = op;
-                W.arrived = 0;
-                W.site = s;
-                break;
+            int next = -1;
+            {
+                TsanIgnore ig;
+                Lock lk(m);
+                running = -1;
+                if (finished == n) return;
+                if (failed.load(std::memory_order_relaxed) || runq.empty()) {
+                    // unwinding (or a deadlock that escaped detection): resume any live thread; it
+                    // throws Abort at its wait point
+                    if (!failed.load(std::memory_order_relaxed))
+                        fail(block_name() + ": deadlock, every live thread waits: " + census(false));
+                    for (unsigned i = 0; i < n && next < 0; ++i)
+                        if (!thr[i].exited) next = static_cast<int>(i);
+                } else if (serial) {
+                    size_t k = rng() % runq.size();
+                    next = static_cast<int>(runq[k]);
+                    runq.erase(runq.begin() + static_cast<std::ptrdiff_t>(k));
+                } else {
+                    next = static_cast<int>(runq.front());
+                    runq.pop_front();
+                }
+                running = next;
+                tl_tid = static_cast<unsigned>(next);
+                threadIdx = tid3(tl_tid);
             }
-            if (W.state == WarpState::Gather && W.mask == mask) {
-                if (W.op != op)
-                    fail_throw(where(me) + ": lanes of warp " + std::to_string(me / 32) +
-                               " meet at different warp operations: " + s.str() + " and " + W.site.str());
-                break;
-            }
-            if (W.state == WarpState::Gather && (W.mask & mask))
-                fail_throw(where(me) + fmt(": %s with mask 0x%08x while lanes %s wait in %s with mask 0x%08x",
-                                           s.str().c_str(), mask, lane_list(W.arrived).c_str(),
-                                           W.site.str().c_str(), W.mask));
-            block_me(lk, me, Wait::WarpEnter);  // another group of lanes is using the exchange
-        }
-        if (in_len) std::memcpy(W.slots[lane], in, in_len);
-        W.arrived |= bit;
-        if (W.arrived == mask) {
-            W.state = WarpState::Drain;
-            W.departed = 0;
-            for (unsigned l = 0; l < 32; ++l) {
-                unsigned j = (me & ~31u) + l;
-                if (((mask >> l) & 1u) && j != me && thr[j].blocked && thr[j].wait == Wait::WarpGather) release(j);
-            }
-        } else {
-            block_me(lk, me, Wait::WarpGather);
-        }
-        if (out_fn) out_fn(ctx, W.slots, static_cast<int>(lane));
-        W.departed |= bit;
-        if (W.departed == W.mask) {
-            W.state = WarpState::Idle;
-            for (unsigned l = 0; l < 32; ++l) {
-                unsigned j = (me & ~31u) + l;
-                if (j < n && thr[j].blocked && thr[j].wait == Wait::WarpEnter) release(j);
-            }
+#if PEPLER_TSAN
+            __tsan_switch_to_fiber(thr[next].tsan_fiber, 1);
+#endif
+            ctx_switch(tl_sched, thr[next].ctx);
         }
     }
 };
-
-thread_local Block* tl_block = nullptr;
-thread_local unsigned tl_tid = 0;
 
 Block& cur() {
     if (!tl_block) {
@@ -401,91 +561,39 @@ Block& cur() {
     return *tl_block;
 }
 
-// ---------------------------------------------------------------------------------------------
-// the thread pool
-
-struct Worker {
-    std::mutex m;
-    std::condition_variable cv;
-    Block* job = nullptr;
-    unsigned tid = 0;
-};
-
-void run_emulated_thread(Block* B, unsigned tid) {
-    tl_block = B;
-    tl_tid = tid;
-    threadIdx = B->tid3(tid);
-    blockIdx = B->idx;
-    blockDim = B->dim;
-    gridDim = B->grid;
+void fiber_entry() {
+    Block* B = tl_block;
+    const unsigned me = tl_tid;
+    hb_acquire(&g_block_sync);
     try {
-        B->thread_start(tid);
+        B->check_failed();
         B->fn(B->params);
     } catch (const Abort&) {
     } catch (const std::exception& e) {
+        TsanIgnore ig;
         Lock lk(B->m);
-        B->fail(B->where(tid) + ": C++ exception: " + e.what());
+        B->fail(B->where(me) + ": C++ exception: " + e.what());
     } catch (...) {
+        TsanIgnore ig;
         Lock lk(B->m);
-        B->fail(B->where(tid) + ": unknown C++ exception");
+        B->fail(B->where(me) + ": unknown C++ exception");
     }
-    B->thread_exit(tid);
-    tl_block = nullptr;
-}
-
-void* worker_main(void* arg) {
-    Worker* w = static_cast<Worker*>(arg);
-    for (;;) {
-        Block* B;
-        unsigned tid;
-        {
-            Lock lk(w->m);
-            w->cv.wait(lk, [&] { return w->job != nullptr; });
-            B = w->job;
-            tid = w->tid;
-        }
-        run_emulated_thread(B, tid);
-        {
-            Lock lk(w->m);
-            w->job = nullptr;
-        }
-        // after this the block may be freed by the launcher: touch nothing of it
+    hb_release(&g_block_sync);
+    {
+        TsanIgnore ig;
         Lock lk(B->m);
-        if (++B->finished == B->n) B->done_cv.notify_all();
+        B->thread_exit(me);
     }
-    return nullptr;
+#if PEPLER_TSAN
+    __tsan_switch_to_fiber(tl_sched_fiber, 1);
+#endif
+    Ctx dead;
+    ctx_switch(dead, tl_sched);
+    std::abort();  // never resumed
 }
 
-std::vector<Worker*> g_pool;  // guarded by g_launch
-
-bool spawn_worker(Worker* w, std::string& err) {
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setstacksize(&attr, 1u << 20);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_t th;
-    int rc = pthread_create(&th, &attr, worker_main, w);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        err = fmt("emulator: cannot create a thread (pthread_create error %d)", rc);
-        return false;
-    }
-    return true;
-}
-
-bool ensure_pool(unsigned n, std::string& err) {
-    while (g_pool.size() < n) {
-        Worker* w = new Worker();
-        if (!spawn_worker(w, err)) {
-            delete w;
-            return false;
-        }
-        g_pool.push_back(w);
-    }
-    return true;
-}
-
-std::mutex g_launch;
+// ---------------------------------------------------------------------------------------------
+// launches: the runner thread executes them; the launching thread waits with the watchdog
 
 uint64_t splitmix(uint64_t x) {
     x += 0x9e3779b97f4a7c15ull;
@@ -524,26 +632,62 @@ Settings settings_from(const PeplerEmuOptions* o) {
     return s;
 }
 
-// Runs one block; returns an empty string on success, else the error.
-std::string run_block(const KernelEntry& k, dim3 grid, dim3 block, uint3 bidx, size_t smem_bytes,
-                      void** params, const Settings& st) {
-    const unsigned n = block.x * block.y * block.z;
+struct Job {
+    const KernelEntry* k;
+    dim3 grid, block;
+    size_t smem_bytes;
+    void** params;
+    Settings st;
+    // guarded by Runner::m
+    uint64_t blocks_done = 0;
+    bool done = false;
+    std::string error;
+    Block* current = nullptr;
+};
+
+struct Runner {
+    std::mutex m;
+    std::condition_variable cv;
+    std::shared_ptr<Job> job;  // the job to run (set by the launcher, cleared by the runner)
+    bool taken = false;
+    std::vector<Stack> stacks;  // fiber stacks, used only by the runner thread
+};
+
+bool ensure_stacks(Runner* R, unsigned n, std::string& err) {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    while (R->stacks.size() < n) {
+        void* p = mmap(nullptr, kStackSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                       -1, 0);
+        if (p == MAP_FAILED) {
+            err = fmt("emulator: cannot map a %zu-byte thread stack", kStackSize);
+            return false;
+        }
+        mprotect(p, page, PROT_NONE);  // guard page: a stack overflow faults instead of corrupting
+        R->stacks.push_back(Stack{static_cast<unsigned char*>(p)});
+    }
+    return true;
+}
+
+// Runs one block on the runner thread; returns its error ("" on success).
+std::string run_block(Runner* R, Job* J, uint3 bidx) {
+    TsanIgnore ig;  // set-up and tear-down run on the scheduler fiber; kernel threads only read them
+    const unsigned n = J->block.x * J->block.y * J->block.z;
     std::string err;
-    if (!ensure_pool(n, err)) return err;
+    if (!ensure_stacks(R, n, err)) return err;
     auto B = std::make_unique<Block>();
-    B->kernel = k.name;
-    B->fn = k.fn;
-    B->params = params;
-    B->grid = grid;
-    B->dim = block;
+    B->kernel = J->k->name;
+    B->fn = J->k->fn;
+    B->params = J->params;
+    B->grid = J->grid;
+    B->dim = J->block;
     B->idx = bidx;
     B->n = n;
-    B->serial = st.shuffle;
-    B->rng.seed(splitmix(st.seed ^ splitmix((uint64_t(bidx.z) << 42) ^ (uint64_t(bidx.y) << 21) ^ bidx.x)));
-    if (smem_bytes) {
-        B->smem = static_cast<unsigned char*>(std::aligned_alloc(64, (smem_bytes + 63) / 64 * 64));
-        if (!B->smem) return fmt("emulator: cannot allocate %zu bytes of dynamic shared memory", smem_bytes);
-        std::memset(B->smem, 0xff, smem_bytes);  // NaN for f32/bf16/f16, -1 for integers
+    B->serial = J->st.shuffle;
+    B->rng.seed(splitmix(J->st.seed ^ splitmix((uint64_t(bidx.z) << 42) ^ (uint64_t(bidx.y) << 21) ^ bidx.x)));
+    if (J->smem_bytes) {
+        B->smem = static_cast<unsigned char*>(std::aligned_alloc(64, (J->smem_bytes + 63) / 64 * 64));
+        if (!B->smem) return fmt("emulator: cannot allocate %zu bytes of dynamic shared memory", J->smem_bytes);
+        std::memset(B->smem, 0xff, J->smem_bytes);  // NaN for f32/bf16/f16, -1 for integers
     }
     B->thr.reset(new Thr[n]);
     B->warps.resize((n + 31) / 32);
@@ -552,43 +696,148 @@ std::string run_block(const KernelEntry& k, dim3 grid, dim3 block, uint3 bidx, s
         B->warps[w].exists = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
     }
     B->live = n;
-    B->running = n;
-    if (B->serial) B->token = static_cast<int>(B->rng() % n);
     for (unsigned i = 0; i < n; ++i) {
-        Worker* w = g_pool[i];
-        Lock lk(w->m);
-        w->job = B.get();
-        w->tid = i;
-        w->cv.notify_one();
+        ctx_init(B->thr[i].ctx, R->stacks[i].base, kStackSize, fiber_entry);
+#if PEPLER_TSAN
+        B->thr[i].tsan_fiber = __tsan_create_fiber(0);
+#endif
+        B->runq.push_back(i);
     }
-    Lock lk(B->m);
-    auto all_done = [&] { return B->finished == n; };
-    if (B->done_cv.wait_for(lk, std::chrono::milliseconds(st.watchdog_ms), all_done)) return B->error;
-    // watchdog: fail the block so that waiting threads unwind, then give spinning threads a moment
-    std::string msg = fmt("watchdog: %s did not finish within %lld ms (PEPLER_EMU_WATCHDOG_MS): ",
-                          B->block_name().c_str(), static_cast<long long>(st.watchdog_ms)) +
-                      B->census(true);
-    B->fail(msg);
-    if (B->done_cv.wait_for(lk, std::chrono::milliseconds(std::min<int64_t>(st.watchdog_ms, 2000)), all_done))
-        return B->error;
-    // Threads that still run are stuck outside every emulated primitive (a pure spin loop). They
-    // cannot be stopped: abandon them with their block (leaked on purpose) and use fresh workers.
-    unsigned stuck = 0;
-    for (unsigned i = 0; i < n; ++i) {
-        Worker* w = g_pool[i];
-        Lock wl(w->m);
-        if (w->job) {
-            stuck++;
-            g_pool[i] = nullptr;
+    tl_block = B.get();
+    blockIdx = bidx;
+    blockDim = J->block;
+    gridDim = J->grid;
+    {
+        Lock lk(R->m);
+        J->current = B.get();
+    }
+    B->run();
+    {
+        Lock lk(R->m);
+        J->current = nullptr;
+        J->blocks_done++;
+    }
+    R->cv.notify_all();
+    tl_block = nullptr;
+#if PEPLER_TSAN
+    for (unsigned i = 0; i < n; ++i) __tsan_destroy_fiber(B->thr[i].tsan_fiber);
+#endif
+    return B->error;
+}
+
+void run_job(Runner* R, Job* J) {
+    const dim3 g = J->grid;
+    const uint64_t nblocks = 1ull * g.x * g.y * g.z;
+    std::vector<uint64_t> order;
+    if (J->st.shuffle) {
+        order.resize(nblocks);
+        for (uint64_t i = 0; i < nblocks; ++i) order[i] = i;
+        std::mt19937_64 rng(splitmix(J->st.seed));
+        std::shuffle(order.begin(), order.end(), rng);
+    }
+    for (uint64_t i = 0; i < nblocks; ++i) {
+        uint64_t b = J->st.shuffle ? order[i] : i;
+        uint3 bidx{static_cast<unsigned>(b % g.x), static_cast<unsigned>((b / g.x) % g.y),
+                   static_cast<unsigned>(b / (1ull * g.x * g.y))};
+        std::string e = run_block(R, J, bidx);
+        if (!e.empty()) {
+            Lock lk(R->m);
+            J->error = e;
+            break;
         }
     }
-    g_pool.erase(std::remove(g_pool.begin(), g_pool.end(), nullptr), g_pool.end());
-    std::string e = B->error + fmt(" (%u thread(s) kept spinning outside any emulated primitive and were "
-                                   "abandoned; they still use CPU)",
-                                   stuck);
-    lk.unlock();
-    (void)B.release();
-    return e;
+}
+
+void* runner_main(void* arg) {
+    Runner* R = static_cast<Runner*>(arg);
+#if PEPLER_TSAN
+    tl_sched_fiber = __tsan_get_current_fiber();
+#endif
+    for (;;) {
+        std::shared_ptr<Job> J;
+        {
+            Lock lk(R->m);
+            R->cv.wait(lk, [&] { return R->job && !R->taken; });
+            J = R->job;
+            R->taken = true;
+        }
+        run_job(R, J.get());
+        {
+            Lock lk(R->m);
+            J->done = true;
+            R->job.reset();
+            R->taken = false;
+        }
+        R->cv.notify_all();
+    }
+    return nullptr;
+}
+
+std::mutex g_launch;
+Runner* g_runner = nullptr;  // guarded by g_launch; replaced when a spinning launch abandons it
+
+Runner* get_runner(std::string& err) {
+    if (g_runner) return g_runner;
+    Runner* R = new Runner();
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 8u << 20);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_t th;
+    int rc = pthread_create(&th, &attr, runner_main, R);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        delete R;
+        err = fmt("emulator: cannot create the runner thread (pthread_create error %d)", rc);
+        return nullptr;
+    }
+    g_runner = R;
+    return R;
+}
+
+// Runs a launch on the runner thread; "" on success.
+std::string launch(const KernelEntry* k, dim3 grid, dim3 block, size_t smem, void** params, const Settings& st) {
+    std::lock_guard<std::mutex> guard(g_launch);
+    std::string err;
+    Runner* R = get_runner(err);
+    if (!R) return err;
+    auto J = std::make_shared<Job>();
+    J->k = k;
+    J->grid = grid;
+    J->block = block;
+    J->smem_bytes = smem;
+    J->params = params;
+    J->st = st;
+    Lock lk(R->m);
+    R->job = J;
+    R->cv.notify_all();
+    const auto watchdog = std::chrono::milliseconds(st.watchdog_ms);
+    uint64_t seen = 0;
+    for (;;) {
+        auto progressed = [&] { return J->done || J->blocks_done != seen; };
+        if (R->cv.wait_for(lk, watchdog, progressed)) {
+            if (J->done) return J->error;
+            seen = J->blocks_done;
+            continue;
+        }
+        // watchdog: fail the block; its threads unwind at their next primitive or atomic
+        std::string msg;
+        if (Block* B = J->current) {
+            Lock bl(B->m);
+            msg = fmt("watchdog: %s did not finish within %lld ms (PEPLER_EMU_WATCHDOG_MS): ", B->block_name().c_str(),
+                      static_cast<long long>(st.watchdog_ms)) +
+                  B->census(true);
+            B->fail(msg);
+        }
+        if (R->cv.wait_for(lk, std::chrono::milliseconds(std::min<int64_t>(st.watchdog_ms, 2000)),
+                           [&] { return J->done; }))
+            return J->error.empty() ? msg : J->error;
+        // A thread spins outside every emulated primitive and cannot be stopped: abandon the runner
+        // (leaked on purpose with its block and stacks) and start a fresh one next time.
+        g_runner = nullptr;
+        return msg + " (a thread kept spinning outside any emulated primitive; the emulator abandoned it and "
+                     "it still uses a CPU)";
+    }
 }
 
 void write_err(char* err, size_t err_len, const std::string& msg) {
@@ -614,6 +863,7 @@ void check_abort() {
 
 void trap(const char* what, Loc loc) {
     Block& B = cur();
+    TsanIgnore ig;
     Lock lk(B.m);
     B.fail_throw(B.where(tl_tid) + fmt(": %s at %s:%u", what, short_file(loc.file_name()), loc.line()));
 }
@@ -625,6 +875,7 @@ void warp_exchange(WarpOp op, unsigned mask, const void* in, size_t in_len,
 
 unsigned active_mask() {
     Block& B = cur();
+    TsanIgnore ig;
     Lock lk(B.m);
     const WarpState& W = B.warps[tl_tid / 32];
     return W.exists & ~W.exited;
@@ -684,6 +935,7 @@ void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uin
 void ldmatrix(int num, bool trans, uint32_t* r, const void* row_addr, Loc loc) {
     Block& B = cur();
     if (reinterpret_cast<uintptr_t>(row_addr) % 16 != 0 && static_cast<int>(tl_tid & 31) < 8 * num) {
+        TsanIgnore ig;
         Lock lk(B.m);
         B.fail_throw(B.where(tl_tid) + fmt(": ldmatrix row address %p is not 16-byte aligned at %s:%u", row_addr,
                                            short_file(loc.file_name()), loc.line()));
@@ -758,25 +1010,10 @@ extern "C" int pepler_emu_launch_ex(const char* kernel_name, unsigned gx, unsign
         write_err(err, err_len, fmt("kernel `%s`: invalid launch configuration: %s", k->name, bad.c_str()));
         return 1;
     }
-    const Settings st = settings_from(opts);
-    std::lock_guard<std::mutex> guard(g_launch);
-    const uint64_t nblocks = 1ull * gx * gy * gz;
-    std::vector<uint64_t> order;
-    if (st.shuffle) {
-        order.resize(nblocks);
-        for (uint64_t i = 0; i < nblocks; ++i) order[i] = i;
-        std::mt19937_64 rng(splitmix(st.seed));
-        std::shuffle(order.begin(), order.end(), rng);
-    }
-    for (uint64_t i = 0; i < nblocks; ++i) {
-        uint64_t b = st.shuffle ? order[i] : i;
-        uint3 bidx{static_cast<unsigned>(b % gx), static_cast<unsigned>((b / gx) % gy),
-                   static_cast<unsigned>(b / (1ull * gx * gy))};
-        std::string e = run_block(*k, dim3(gx, gy, gz), dim3(bx, by, bz), bidx, dynamic_smem_bytes, params, st);
-        if (!e.empty()) {
-            write_err(err, err_len, e);
-            return 1;
-        }
+    const std::string e = launch(k, dim3(gx, gy, gz), dim3(bx, by, bz), dynamic_smem_bytes, params, settings_from(opts));
+    if (!e.empty()) {
+        write_err(err, err_len, e);
+        return 1;
     }
     return 0;
 }

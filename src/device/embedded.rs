@@ -6,7 +6,8 @@
 struct Aligned<B: ?Sized>(B);
 
 #[cfg(pepler_fatbin)]
-const FATBIN: &Aligned<[u8]> = &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin")));
+const FATBIN: &Aligned<[u8]> =
+    &Aligned(*include_bytes!(concat!(env!("OUT_DIR"), "/kernels.fatbin")));
 
 /// The fatbin with every `extern "C" __global__` kernel of `kernels/*.cu` and `kernels/test/*.cu`
 /// (SASS for [`TARGETS`] minus the PTX entry, PTX for `compute_80`), or `None` when the crate was

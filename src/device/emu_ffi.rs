@@ -72,9 +72,12 @@ pub unsafe fn launch_with(
     dyn_smem: usize,
     params: &mut [*mut c_void],
 ) -> anyhow::Result<()> {
-    let cname = CString::new(name).map_err(|_| anyhow::anyhow!("kernel name {name:?} contains a NUL byte"))?;
+    let cname = CString::new(name)
+        .map_err(|_| anyhow::anyhow!("kernel name {name:?} contains a NUL byte"))?;
     let copts = PeplerEmuOptions {
-        watchdog_ms: opts.watchdog_ms.map_or(0, |ms| ms.clamp(1, i64::MAX as u64) as i64),
+        watchdog_ms: opts
+            .watchdog_ms
+            .map_or(0, |ms| ms.clamp(1, i64::MAX as u64) as i64),
         shuffle: match opts.shuffle {
             None => -1,
             Some(None) => 0,
