@@ -6,3 +6,4 @@ pub mod params;
 pub mod safetensors_io;
 pub mod batch;
 pub mod pepler;
+pub mod decode;
