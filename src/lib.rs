@@ -23,5 +23,6 @@ pub mod model;
 pub mod ops;
 pub mod optim;
 pub mod parity;
+pub mod pipeline;
 pub mod tokenizer;
 pub mod train;

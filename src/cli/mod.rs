@@ -1,3 +1,6 @@
 //! The `pepler-cuda` command line: one module per subcommand, each with its clap `Args` and `run`.
 
+pub mod backend;
 pub mod check_parity;
+pub mod evaluate;
+pub mod train;

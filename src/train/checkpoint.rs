@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::TrainConfig;
 use super::early_stop::EarlyStopping;
+use super::vocab::VocabMap;
 use crate::model::config::ModelConfig;
 use crate::model::params::{HostTensor, ParamSet};
 use crate::model::safetensors_io::{write_f32_tensors, write_text_atomic, SafetensorsFile};
@@ -49,6 +50,9 @@ pub struct Sidecar {
     /// The run has finished training (only evaluation is left).
     pub finished: bool,
     pub val_loss: Option<f64>,
+    /// The built-in model's compact vocabulary (`train::vocab`), if it has one.
+    #[serde(default)]
+    pub vocab: Option<VocabMap>,
 }
 
 /// AdamW moments per parameter, in canonical order (`None` for tensors without state).
@@ -61,7 +65,8 @@ fn step_meta(step: u64) -> HashMap<String, String> {
 fn read_sidecar(path: &Path) -> Result<Sidecar> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{}: cannot read the checkpoint sidecar", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{}: not a pepler-cuda checkpoint sidecar", path.display()))
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a pepler-cuda checkpoint sidecar", path.display()))
 }
 
 fn check_step(file: &SafetensorsFile, sidecar: &Sidecar) -> Result<()> {
@@ -80,7 +85,10 @@ fn check_step(file: &SafetensorsFile, sidecar: &Sidecar) -> Result<()> {
 /// Writes the best model and its sidecar.
 pub fn save_model(dir: &Path, params: &ParamSet, sidecar: &Sidecar) -> Result<()> {
     params.save(dir.join(MODEL_FILE), &step_meta(sidecar.global_step))?;
-    write_text_atomic(&dir.join(MODEL_SIDECAR), &serde_json::to_string_pretty(sidecar)?)
+    write_text_atomic(
+        &dir.join(MODEL_SIDECAR),
+        &serde_json::to_string_pretty(sidecar)?,
+    )
 }
 
 /// Reads a model checkpoint: a run directory (its `model.safetensors`) or a `.safetensors` path.
@@ -98,12 +106,23 @@ pub fn load_model(path: &Path) -> Result<(ParamSet, Sidecar)> {
 }
 
 /// Writes the resume state: parameters, moments, sidecar.
-pub fn save_state(dir: &Path, params: &ParamSet, moments: &Moments, sidecar: &Sidecar) -> Result<()> {
+pub fn save_state(
+    dir: &Path,
+    params: &ParamSet,
+    moments: &Moments,
+    sidecar: &Sidecar,
+) -> Result<()> {
     let mut owned: Vec<(String, HostTensor)> = Vec::new();
     for ((spec, _), m) in params.iter().zip(moments) {
         if let Some((m, v)) = m {
-            owned.push((format!("adam_m.{}", spec.name), HostTensor::new(spec.shape.clone(), m.clone())?));
-            owned.push((format!("adam_v.{}", spec.name), HostTensor::new(spec.shape.clone(), v.clone())?));
+            owned.push((
+                format!("adam_m.{}", spec.name),
+                HostTensor::new(spec.shape.clone(), m.clone())?,
+            ));
+            owned.push((
+                format!("adam_v.{}", spec.name),
+                HostTensor::new(spec.shape.clone(), v.clone())?,
+            ));
         }
     }
     let tensors = params
@@ -115,7 +134,10 @@ pub fn save_state(dir: &Path, params: &ParamSet, moments: &Moments, sidecar: &Si
         .map(|(n, t)| (n.as_str(), *t))
         .chain(owned.iter().map(|(n, t)| (n.as_str(), t)));
     write_f32_tensors(dir.join(STATE_FILE), all, step_meta(sidecar.global_step))?;
-    write_text_atomic(&dir.join(STATE_SIDECAR), &serde_json::to_string_pretty(sidecar)?)
+    write_text_atomic(
+        &dir.join(STATE_SIDECAR),
+        &serde_json::to_string_pretty(sidecar)?,
+    )
 }
 
 /// The resume state of run directory `dir`.
@@ -136,13 +158,19 @@ pub fn load_state(dir: &Path) -> Result<ResumeState> {
         let m = format!("adam_m.{}", spec.name);
         moments.push(if st.contains(&m) {
             let m = st.read_f32(&m, Some(&spec.shape))?.data;
-            let v = st.read_f32(&format!("adam_v.{}", spec.name), Some(&spec.shape))?.data;
+            let v = st
+                .read_f32(&format!("adam_v.{}", spec.name), Some(&spec.shape))?
+                .data;
             Some((m, v))
         } else {
             None
         });
     }
-    Ok(ResumeState { params, moments, sidecar })
+    Ok(ResumeState {
+        params,
+        moments,
+        sidecar,
+    })
 }
 
 /// Whether `dir` holds a resumable run.

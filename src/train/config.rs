@@ -67,6 +67,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Ablation: the user/item prompt vectors are zero and never train.
     pub zero_prompts: bool,
+    /// Keep all 50260 GPT-2 tokens in the built-in model (default: only those in the data; see
+    /// `train::vocab`). Pretrained models always keep their full vocabulary.
+    #[serde(default)]
+    pub full_vocab: bool,
 }
 
 impl TrainConfig {
@@ -79,7 +83,11 @@ impl TrainConfig {
             data: DataSource::default_synthetic(),
             model_dir: None,
             tokenizer: None,
-            strategy: if discrete { Strategy::Full } else { Strategy::Sequential },
+            strategy: if discrete {
+                Strategy::Full
+            } else {
+                Strategy::Sequential
+            },
             prompt,
             stage1_wte: Stage1Wte::Train,
             rec: RecKind::None,
@@ -93,6 +101,7 @@ impl TrainConfig {
             dropout: 0.1,
             seed: 42,
             zero_prompts: false,
+            full_vocab: false,
         }
     }
 }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::config::{DataSource, TrainConfig};
-use crate::data::{encode_split, synthetic, Dataset, EncodeOptions, EncodedSplit, Split, SyntheticConfig};
+use super::vocab::VocabMap;
+use crate::data::{
+    encode_split, synthetic, Dataset, EncodeOptions, EncodedSplit, Split, SyntheticConfig,
+};
 use crate::model::config::{ModelConfig, PromptKind};
 use crate::model::params::ParamSet;
 use crate::tokenizer::Tokenizer;
@@ -19,12 +22,19 @@ pub struct Session {
     pub train: EncodedSplit,
     pub valid: EncodedSplit,
     pub test: EncodedSplit,
+    /// The compact vocabulary of the built-in model (`None`: token ids are GPT-2's own).
+    pub vocab: Option<VocabMap>,
 }
 
 /// Loads the dataset named by `source`.
 pub fn load_dataset(source: &DataSource) -> Result<Dataset> {
     match source {
-        DataSource::Synthetic { users, items, reviews, seed } => synthetic::generate(&SyntheticConfig {
+        DataSource::Synthetic {
+            users,
+            items,
+            reviews,
+            seed,
+        } => synthetic::generate(&SyntheticConfig {
             n_users: *users,
             n_items: *items,
             n_reviews: *reviews,
@@ -62,12 +72,31 @@ impl Session {
             ..EncodeOptions::default()
         };
         let enc = |split| encode_split(&dataset, split, &tokenizer, &opts);
-        let (train, valid, test) = (enc(Split::Train)?, enc(Split::Valid)?, enc(Split::Test)?);
-        Ok(Session { dataset, tokenizer, train, valid, test })
+        let (mut train, mut valid, mut test) =
+            (enc(Split::Train)?, enc(Split::Valid)?, enc(Split::Test)?);
+        let vocab = if cfg.model_dir.is_none() && !cfg.full_vocab {
+            let specials = [tokenizer.bos_id(), tokenizer.eos_id(), tokenizer.pad_id()];
+            let map = VocabMap::from_splits(&[&train, &valid, &test], &specials);
+            for split in [&mut train, &mut valid, &mut test] {
+                map.apply(split)?;
+            }
+            Some(map)
+        } else {
+            None
+        };
+        Ok(Session {
+            dataset,
+            tokenizer,
+            train,
+            valid,
+            test,
+            vocab,
+        })
     }
 
-    /// The model configuration of this run: the built-in tiny GPT-2 or the one in `model_dir`,
-    /// with the dataset's user/item counts and the run's prompt, rating head and dropout.
+    /// The model configuration of this run: the built-in tiny GPT-2 (with the compact vocabulary
+    /// unless `full_vocab`) or the one in `model_dir`, with the dataset's user/item counts and the
+    /// run's prompt, rating head and dropout.
     pub fn model_config(&self, cfg: &TrainConfig) -> Result<ModelConfig> {
         let (nu, ni) = (self.dataset.n_users(), self.dataset.n_items());
         let mut mc = match &cfg.model_dir {
@@ -87,7 +116,12 @@ impl Session {
         mc.rec = cfg.rec;
         mc.rec_lambda = cfg.rec_lambda;
         mc.dropout = cfg.dropout;
-        if self.tokenizer.vocab_size() > mc.vocab_size {
+        if let Some(map) = &self.vocab {
+            mc.vocab_size = map.len();
+            mc.bos_id = self.train.bos_id;
+            mc.eos_id = self.train.eos_id;
+            mc.pad_id = self.train.pad_id;
+        } else if self.tokenizer.vocab_size() > mc.vocab_size {
             bail!(
                 "the tokenizer ({}) has {} tokens but the model only {}",
                 self.tokenizer.source(),
@@ -131,5 +165,15 @@ impl Session {
             }
         }
         Ok(params)
+    }
+}
+
+impl Session {
+    /// Model token ids back to the tokenizer's (the identity without a compact vocabulary).
+    pub fn tokenizer_ids(&self, ids: &[u32]) -> Result<Vec<u32>> {
+        match &self.vocab {
+            Some(map) => map.unmap(ids),
+            None => Ok(ids.to_vec()),
+        }
     }
 }

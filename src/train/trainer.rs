@@ -62,14 +62,24 @@ impl LossSum {
     }
     fn mean(&self) -> Losses {
         let n = self.samples.max(1) as f64;
-        Losses { text: self.text / n, rating: self.has_rating.then(|| self.rating / n) }
+        Losses {
+            text: self.text / n,
+            rating: self.has_rating.then(|| self.rating / n),
+        }
     }
 }
 
 /// Mean text and rating loss of `model` over `split` (no dropout, no gradients).
-pub fn evaluate_loss<B: Backend>(model: &mut Pepler<B>, split: &EncodedSplit, batch_size: usize) -> Result<Losses> {
+pub fn evaluate_loss<B: Backend>(
+    model: &mut Pepler<B>,
+    split: &EncodedSplit,
+    batch_size: usize,
+) -> Result<Losses> {
     if split.is_empty() {
-        bail!("cannot evaluate on the {:?} split: it is empty", split.split);
+        bail!(
+            "cannot evaluate on the {:?} split: it is empty",
+            split.split
+        );
     }
     let mut sum = LossSum::default();
     for batch in split.batches(batch_size, Padding::Batch) {
@@ -92,7 +102,8 @@ fn trainable_flags(model_cfg: &ModelConfig, stage: &Stage, zero_prompts: bool) -
     crate::model::params::param_specs(model_cfg)
         .iter()
         .map(|s| {
-            let prompt = s.name.starts_with("user_embeddings.") || s.name.starts_with("item_embeddings.");
+            let prompt =
+                s.name.starts_with("user_embeddings.") || s.name.starts_with("item_embeddings.");
             stage.trainable.contains(&s.name) && !(zero_prompts && prompt)
         })
         .collect()
@@ -120,7 +131,10 @@ pub fn train<B: Backend>(
 ) -> Result<TrainOutcome> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     if session.train.is_empty() || session.valid.is_empty() {
-        bail!("{}: the training and validation splits must not be empty", session.dataset.source);
+        bail!(
+            "{}: the training and validation splits must not be empty",
+            session.dataset.source
+        );
     }
     let model_cfg = model.config().clone();
     let plan = stages(cfg.strategy, cfg.stage1_wte, &model_cfg)?;
@@ -138,6 +152,7 @@ pub fn train<B: Backend>(
         early_stopping: EarlyStopping::new(cfg.endure),
         finished: false,
         val_loss: None,
+        vocab: session.vocab.clone(),
     };
     let mut log = RunLog::open(out_dir, resume)?;
     if resume {
@@ -166,7 +181,12 @@ pub fn train<B: Backend>(
         );
     } else {
         // A fresh run starts from a clean directory state: no stale best model or resume state.
-        for f in [checkpoint::MODEL_FILE, checkpoint::MODEL_SIDECAR, checkpoint::STATE_FILE, checkpoint::STATE_SIDECAR] {
+        for f in [
+            checkpoint::MODEL_FILE,
+            checkpoint::MODEL_SIDECAR,
+            checkpoint::STATE_FILE,
+            checkpoint::STATE_SIDECAR,
+        ] {
             let _ = std::fs::remove_file(out_dir.join(f));
         }
     }
@@ -194,21 +214,40 @@ pub fn train<B: Backend>(
             let mut sum = LossSum::default();
             let mut tokens = 0usize;
             let order_key = side.stage as u64 * 1_000_003 + epoch as u64;
-            for batch in session.train.shuffled_batches(cfg.batch_size, Padding::Batch, cfg.seed, order_key) {
+            for batch in
+                session
+                    .train
+                    .shuffled_batches(cfg.batch_size, Padding::Batch, cfg.seed, order_key)
+            {
                 let mb = batch.to_model_batch();
                 side.global_step += 1;
                 side.adam_step += 1;
                 model.zero_grads()?;
-                let out = model.forward(&mb, ForwardOptions { train: true, step: side.global_step, want_logits: false })?;
+                let out = model.forward(
+                    &mb,
+                    ForwardOptions {
+                        train: true,
+                        step: side.global_step,
+                        want_logits: false,
+                    },
+                )?;
                 if !out.loss.is_finite() {
-                    bail!("the training loss became {} at step {} (lower --lr?)", out.loss, side.global_step);
+                    bail!(
+                        "the training loss became {} at step {} (lower --lr?)",
+                        out.loss,
+                        side.global_step
+                    );
                 }
                 model.backward(Some(&flags))?;
                 model.adamw_step(hp, side.adam_step, &flags)?;
                 sum.add(batch.len(), out.text_loss, out.rating_loss);
                 tokens += mb.mask.iter().filter(|&&m| m == 1).count();
                 let secs = t0.elapsed().as_secs_f64().max(1e-9);
-                pb.set_message(format!("loss {:.4} | {:.0} tok/s", sum.mean().text, tokens as f64 / secs));
+                pb.set_message(format!(
+                    "loss {:.4} | {:.0} tok/s",
+                    sum.mean().text,
+                    tokens as f64 / secs
+                ));
                 pb.inc(1);
             }
             pb.finish_and_clear();
@@ -257,7 +296,12 @@ pub fn train<B: Backend>(
             }
             stage_over = verdict == Verdict::Stop || side.epoch >= cfg.epochs;
             if !stage_over {
-                checkpoint::save_state(out_dir, &model.download_params()?, &model.optimizer_moments()?, &side)?;
+                checkpoint::save_state(
+                    out_dir,
+                    &model.download_params()?,
+                    &model.optimizer_moments()?,
+                    &side,
+                )?;
             }
         }
         // End of the stage: continue from its best model with a fresh optimizer, as the original.
@@ -275,7 +319,12 @@ pub fn train<B: Backend>(
         } else {
             side.finished = true;
         }
-        checkpoint::save_state(out_dir, &model.download_params()?, &model.optimizer_moments()?, &side)?;
+        checkpoint::save_state(
+            out_dir,
+            &model.download_params()?,
+            &model.optimizer_moments()?,
+            &side,
+        )?;
     }
     if !out_dir.join(checkpoint::MODEL_FILE).exists() {
         // No epoch ran (--epochs 0): the "best" model is the initial one.

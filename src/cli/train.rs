@@ -1,0 +1,216 @@
+//! `pepler-cuda train`: train PEPLER, then generate and evaluate on the test split.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+
+use crate::model::config::{PromptKind, RecKind};
+use crate::train::config::{DataSource, TrainConfig};
+use crate::train::strategy::{Stage1Wte, Strategy};
+
+/// The prompt: continuous (PEPLER) or discrete (PEPLER-D).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PromptArg {
+    /// Learned user and item vectors before the text (PEPLER).
+    Continuous,
+    /// Item-feature words before the text, embedded by GPT-2 (PEPLER-D).
+    Discrete,
+}
+
+/// The rating head used as a regulariser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RecArg {
+    /// No rating head.
+    None,
+    /// Matrix factorisation: rating = u . i.
+    Mf,
+    /// MLP on [u, i]: hidden 400 x 3 with sigmoids, then one output.
+    Mlp,
+}
+
+/// Where to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The GPU when one is usable, else the CPU (says which and why).
+    Auto,
+    /// The CPU reference backend (fp32, all cores).
+    Cpu,
+    /// An NVIDIA GPU through CUDA.
+    Cuda,
+    /// The emulated CUDA device (kernels compiled for the CPU; for testing, slow).
+    Emu,
+}
+
+/// Options shared by every subcommand that loads data and a model.
+#[derive(Clone, Debug, Args)]
+pub struct DataArgs {
+    /// Reviews: the original `reviews.pickle` (needs --index-dir) or a JSON-lines file with
+    /// user, item, rating, template = [feature, adjective, sentence, sentiment] per line.
+    /// Without it, the built-in synthetic dataset is used.
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Split folder with train.index, validation.index, test.index (e.g. TripAdvisor/1).
+    /// For JSON lines it is optional (default: a seeded 8:1:1 split).
+    #[arg(long, value_name = "DIR")]
+    pub index_dir: Option<PathBuf>,
+    /// Built-in synthetic dataset: number of users.
+    #[arg(long, default_value_t = 100)]
+    pub synthetic_users: usize,
+    /// Built-in synthetic dataset: number of items.
+    #[arg(long, default_value_t = 120)]
+    pub synthetic_items: usize,
+    /// Built-in synthetic dataset: number of reviews (split 8:1:1).
+    #[arg(long, default_value_t = 6000)]
+    pub synthetic_reviews: usize,
+    /// Built-in synthetic dataset: generator seed.
+    #[arg(long, default_value_t = 42)]
+    pub synthetic_seed: u64,
+    /// Device: auto, cpu, cuda or emu.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl DataArgs {
+    pub fn source(&self) -> DataSource {
+        match &self.data {
+            Some(data) => DataSource::Files {
+                data: data.clone(),
+                index_dir: self.index_dir.clone(),
+            },
+            None => DataSource::Synthetic {
+                users: self.synthetic_users,
+                items: self.synthetic_items,
+                reviews: self.synthetic_reviews,
+                seed: self.synthetic_seed,
+            },
+        }
+    }
+}
+
+/// Train PEPLER (sequential tuning by default), keep the best model by validation loss, then
+/// generate explanations for the test split and print the paper's metrics table.
+///
+/// With no options: the built-in synthetic dataset and a built-in tiny GPT-2 (random init).
+#[derive(Clone, Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// A Hugging Face GPT-2 directory (config.json + model.safetensors [+ tokenizer.json]), e.g.
+    /// a download of `gpt2`. Without it: a built-in tiny GPT-2 (64 wide, 2 layers), randomly
+    /// initialised.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// A tokenizer.json (GPT-2 BPE) instead of the model directory's or the built-in one.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Prompt kind.
+    #[arg(long, value_enum, default_value_t = PromptArg::Continuous)]
+    pub prompt: PromptArg,
+    /// Training strategy: sequential (prompts first with the LM frozen, then everything),
+    /// prompt-only, or full. Default: sequential (continuous), full (discrete).
+    #[arg(long, value_enum)]
+    pub strategy: Option<Strategy>,
+    /// Whether the word-embedding table trains in the prompt stage: `train` reproduces the
+    /// original code (which trains it because resizing the vocabulary makes a fresh table),
+    /// `freeze` follows the paper (the LM is frozen).
+    #[arg(long, value_enum, default_value_t = Stage1Wte::Train)]
+    pub stage1_wte: Stage1Wte,
+    /// Recommendation as regularisation: a rating head on the prompt vectors.
+    #[arg(long, value_enum, default_value_t = RecArg::None)]
+    pub rec: RecArg,
+    /// Weight of the rating loss: loss = text loss + lambda * MSE (the original's rating_reg).
+    #[arg(long = "lambda", default_value_t = 0.01)]
+    pub rec_lambda: f32,
+    /// Learning rate (default: 1e-3; 1e-4 for the discrete prompt).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// AdamW weight decay (decoupled, torch.optim.AdamW).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Maximum epochs per stage (early stopping usually ends a stage first). 0: no training.
+    #[arg(long, default_value_t = 100)]
+    pub epochs: u32,
+    /// Early stopping: a stage ends after this many epochs without a new best validation loss.
+    #[arg(long, default_value_t = 5)]
+    pub endure: u32,
+    /// Explanations are cut to this many BPE tokens; generation stops after as many.
+    #[arg(long, default_value_t = 20)]
+    pub max_words: usize,
+    /// Dropout probability during training (GPT-2's residual, embedding and attention dropout).
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f32,
+    /// Seed for initialisation, batch order and dropout: same seed, same bits.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Ablation: keep the user/item prompt vectors at zero (they never train), to measure what
+    /// the prompts contribute.
+    #[arg(long)]
+    pub zero_prompts: bool,
+    /// Keep GPT-2's full 50260-token vocabulary in the built-in tiny model (default: only the
+    /// tokens that occur in the data, renumbered densely — much faster, same tokenizer).
+    #[arg(long)]
+    pub full_vocab: bool,
+    /// Output directory: checkpoints, metrics.jsonl, loss_curve.svg, generated.jsonl, metrics.json.
+    #[arg(long, default_value = "runs/pepler", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Continue the interrupted run in --out (same options required).
+    #[arg(long)]
+    pub resume: bool,
+    /// Skip generation and evaluation on the test split after training.
+    #[arg(long)]
+    pub no_eval: bool,
+}
+
+impl TrainArgs {
+    /// The run configuration these options describe.
+    pub fn config(&self) -> TrainConfig {
+        let prompt = match self.prompt {
+            PromptArg::Continuous => PromptKind::Continuous,
+            PromptArg::Discrete => PromptKind::Discrete,
+        };
+        let d = TrainConfig::defaults(prompt.clone());
+        TrainConfig {
+            data: self.data.source(),
+            model_dir: self.model.clone(),
+            tokenizer: self.tokenizer.clone(),
+            prompt,
+            strategy: self.strategy.unwrap_or(d.strategy),
+            stage1_wte: self.stage1_wte,
+            rec: match self.rec {
+                RecArg::None => RecKind::None,
+                RecArg::Mf => RecKind::Mf,
+                RecArg::Mlp => RecKind::Mlp,
+            },
+            rec_lambda: self.rec_lambda,
+            lr: self.lr.unwrap_or(d.lr),
+            weight_decay: self.weight_decay,
+            batch_size: self.batch_size,
+            epochs: self.epochs,
+            endure: self.endure,
+            max_words: self.max_words,
+            dropout: self.dropout,
+            seed: self.seed,
+            zero_prompts: self.zero_prompts,
+            full_vocab: self.full_vocab,
+        }
+    }
+}
+
+pub fn run(args: &TrainArgs) -> Result<i32> {
+    crate::cli::backend::configure_threads(args.data.threads)?;
+    let job = crate::pipeline::TrainJob {
+        cfg: args.config(),
+        out_dir: args.out.clone(),
+        resume: args.resume,
+        evaluate: !args.no_eval,
+    };
+    crate::cli::backend::dispatch(args.data.device, job)?;
+    Ok(0)
+}
