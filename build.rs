@@ -59,8 +59,12 @@ fn main() {
     }
     check_unique_names(&root, &files);
 
+    // nvcc runs in the background while the host compiler builds the emulated kernels
+    let fatbin = start_fatbin(&kdir, &out, &sources);
     build_emulator(&root, &kdir, &out, &files);
-    build_fatbin(&kdir, &out, &sources);
+    if let Some(finish) = fatbin {
+        finish();
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -206,7 +210,8 @@ fn find_nvcc() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn build_fatbin(kdir: &Path, out: &Path, sources: &[PathBuf]) {
+/// Starts nvcc (if found) on a background thread; the returned closure waits for it and reports.
+fn start_fatbin(kdir: &Path, out: &Path, sources: &[PathBuf]) -> Option<Box<dyn FnOnce()>> {
     let targets = SASS_TARGETS
         .iter()
         .map(|t| format!("sm_{t}"))
@@ -218,7 +223,7 @@ fn build_fatbin(kdir: &Path, out: &Path, sources: &[PathBuf]) {
             "cargo:warning=nvcc not found (NVCC, CUDA_HOME, PATH): CUDA kernels NOT compiled; the emulated \
              and CPU devices still work"
         );
-        return;
+        return None;
     };
     let version = Command::new(&nvcc)
         .arg("--version")
@@ -253,38 +258,44 @@ fn build_fatbin(kdir: &Path, out: &Path, sources: &[PathBuf]) {
         cmd.args(["-Xptxas", "-v"]);
     }
     cmd.arg("-o").arg(&fatbin).arg(&unit_path);
-    let res = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&res.stdout),
-        String::from_utf8_lossy(&res.stderr)
-    );
-    if !res.status.success() {
-        panic!("nvcc failed to compile the kernels ({:?}):\n{log}", cmd);
-    }
-    for line in log.lines().filter(|l| l.contains("warning")) {
-        println!("cargo:warning=nvcc: {line}");
-    }
-    let names = SASS_TARGETS
-        .iter()
-        .map(|t| format!("sm_{t}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    println!(
+    let cmd_desc = format!("{cmd:?}");
+    let job = std::thread::spawn(move || cmd.output());
+    let n_sources = sources.len();
+    Some(Box::new(move || {
+        let res = job
+            .join()
+            .expect("the nvcc thread panicked")
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&res.stdout),
+            String::from_utf8_lossy(&res.stderr)
+        );
+        if !res.status.success() {
+            panic!("nvcc failed to compile the kernels ({cmd_desc}):\n{log}");
+        }
+        for line in log.lines().filter(|l| l.contains("warning")) {
+            println!("cargo:warning=nvcc: {line}");
+        }
+        let names = SASS_TARGETS
+            .iter()
+            .map(|t| format!("sm_{t}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
         "cargo:warning=kernels compiled by nvcc for {names} (+PTX compute_{PTX_TARGET}): nvcc {version} ({}), \
          {} kernel files",
         nvcc.display(),
-        sources.len()
+        n_sources
     );
-    if ptxas_info {
-        for row in ptxas_table(&log) {
-            println!("cargo:warning={row}");
+        if ptxas_info {
+            for row in ptxas_table(&log) {
+                println!("cargo:warning={row}");
+            }
         }
-    }
-    println!("cargo:rustc-cfg=pepler_fatbin");
-    println!("cargo:rustc-env=PEPLER_NVCC_VERSION={version}");
+        println!("cargo:rustc-cfg=pepler_fatbin");
+        println!("cargo:rustc-env=PEPLER_NVCC_VERSION={version}");
+    }))
 }
 
 /// Per kernel and arch: registers, stack, spills, static shared memory, from `ptxas -v` output.

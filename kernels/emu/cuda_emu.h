@@ -1,10 +1,11 @@
 // cuda_emu.h — the CUDA emulation shim: lets kernels/*.cu compile with the host C++20 compiler.
 //
-// Each CUDA thread of a block runs on its own OS thread (kernels/emu/emu_runtime.cpp); blocks run one
-// after another and launches are serialised, so static `__shared__` can simply be `static`. Built-in
-// indices are thread_local. Barriers and warp operations meet in the runtime, which checks the CUDA
-// rules (same barrier, same warp op and mask, named lanes alive) and reports violations as launch
-// errors with the source line (std::source_location default arguments), instead of hanging.
+// Each CUDA thread of a block runs as a fiber on one runner thread (kernels/emu/emu_runtime.cpp);
+// blocks run one after another and launches are serialised, so static `__shared__` can simply be
+// `static`. Built-in indices are thread_local (set on every switch). Barriers and warp operations
+// meet in the runtime, which checks the CUDA rules (same barrier, same warp op and mask, named lanes
+// alive) and reports violations and deadlocks as launch errors with the source line
+// (std::source_location default arguments), instead of hanging.
 // Only what the kernels of this project need is here; docs/emulator.md lists what is emulated.
 #pragma once
 #ifndef PEPLER_CUDA_EMU_H
