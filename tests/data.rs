@@ -293,6 +293,18 @@ fn discrete_prompt_puts_shared_features_first() {
     assert_eq!(b1.prompt_len, 5);
     assert_eq!(b1.prompt.as_deref().unwrap(), [24886, 5933, PAD, PAD, PAD]);
 
+    // The model's batch carries the same ids and the prompt width.
+    let mb = b.to_model_batch();
+    assert_eq!((mb.b, mb.t, mb.p), (2, b.seq_len, 5));
+    assert_eq!(
+        (&mb.text, &mb.mask, &mb.prompt),
+        (&b.text, &b.mask, b.prompt.as_ref().unwrap())
+    );
+    assert_eq!(
+        (&mb.users, &mb.items, &mb.rating),
+        (&b.users, &b.items, &b.ratings)
+    );
+
     // Cut to max_prompt_tokens.
     let short = EncodeOptions {
         discrete_prompt: true,
@@ -302,6 +314,53 @@ fn discrete_prompt_puts_shared_features_first() {
     let test = encode_split(&ds, Split::Test, &t, &short).unwrap();
     assert_eq!(test.prompts.unwrap()[1], [3823, 12607, 5933]);
     assert_eq!(test.prompt_width, 3);
+}
+
+/// Prompts are assembled from per-feature pieces; they must equal tokenizing the joined string.
+fn assert_prompts_match_direct_encoding(
+    t: &Tokenizer,
+    ds: &Dataset,
+    split: Split,
+    max: usize,
+    repeat: bool,
+) {
+    let opts = EncodeOptions {
+        discrete_prompt: true,
+        max_prompt_tokens: max,
+        repeat_shared_features: repeat,
+        ..EncodeOptions::default()
+    };
+    let enc = encode_split(ds, split, t, &opts).unwrap();
+    for (k, p) in enc.prompts.as_ref().unwrap().iter().enumerate() {
+        let words = ds
+            .prompt_features(enc.users[k], enc.items[k], repeat)
+            .join(" ");
+        let mut direct = t.encode(&words).unwrap();
+        direct.truncate(max);
+        assert_eq!(p, &direct, "row {k}: {words:?}");
+    }
+}
+
+#[test]
+fn discrete_prompt_pieces_equal_direct_tokenization() {
+    let ds = tiny();
+    let t = tok();
+    for max in [1, 2, 3, 6, 20] {
+        for repeat in [false, true] {
+            for split in Split::ALL {
+                assert_prompts_match_direct_encoding(&t, &ds, split, max, repeat);
+            }
+        }
+    }
+    let syn = synthetic::generate(&SyntheticConfig {
+        n_reviews: 600,
+        n_users: 40,
+        n_items: 40,
+        ..SyntheticConfig::default()
+    })
+    .unwrap();
+    assert_prompts_match_direct_encoding(&t, &syn, Split::Test, 20, false);
+    assert_prompts_match_direct_encoding(&t, &syn, Split::Valid, 5, true);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -50,6 +50,22 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
+
+    /// The model's view of this batch (`model::batch::Batch`); the prompt is empty (p = 0)
+    /// for the continuous prompt.
+    pub fn to_model_batch(&self) -> crate::model::batch::Batch {
+        crate::model::batch::Batch {
+            b: self.len(),
+            t: self.seq_len,
+            p: self.prompt.as_ref().map_or(0, |_| self.prompt_len),
+            users: self.users.clone(),
+            items: self.items.clone(),
+            text: self.text.clone(),
+            mask: self.mask.clone(),
+            rating: self.ratings.clone(),
+            prompt: self.prompt.clone().unwrap_or_default(),
+        }
+    }
 }
 
 impl EncodedSplit {

@@ -2,6 +2,8 @@
 //! for PEPLER-D, the discrete feature prompt, mirroring the original `DataLoader.load_data`,
 //! `Batchify` and `Batchify2` (PEPLER utils.py, transformers 4.18 slow `GPT2Tokenizer`).
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 
@@ -144,20 +146,15 @@ pub fn encode_split(
         })
         .collect::<Result<_>>()?;
     let prompts = if opts.discrete_prompt {
+        let pieces = FeaturePieces::new(ds, tok)?;
         let p: Vec<Vec<u32>> = idx
             .par_iter()
             .map(|&i| {
                 let r = &ds.reviews[i];
-                let words = ds
-                    .prompt_features(r.user, r.item, opts.repeat_shared_features)
-                    .join(" ");
-                let mut ids = tok.encode(&words).with_context(|| {
-                    format!("{}: tokenizing the prompt of review {i}", ds.source)
-                })?;
-                ids.truncate(opts.max_prompt_tokens);
-                Ok(ids)
+                let feats = ds.prompt_features(r.user, r.item, opts.repeat_shared_features);
+                pieces.prompt(&feats, opts.max_prompt_tokens)
             })
-            .collect::<Result<_>>()?;
+            .collect();
         Some(p)
     } else {
         None
@@ -183,4 +180,54 @@ pub fn encode_split(
         eos_id: tok.eos_id(),
         pad_id: tok.pad_id(),
     })
+}
+
+/// BPE ids of every feature, alone (`"room"`) and after a space (`" room"`), so a discrete prompt
+/// `encode("f1 f2 f3 ..")[:20]` is assembled as `ids("f1") + ids(" f2") + ids(" f3") ..` instead
+/// of tokenizing hundreds of words per review. Equal by construction of GPT-2's pre-tokenizer:
+/// its pieces never span the joining space (every piece that contains a space starts with it, or
+/// is a whitespace run that stops before the space preceding a word), and BPE runs per piece.
+/// (A feature containing a special-token string like "<pad>" would break this; no dataset has one.)
+struct FeaturePieces<'a> {
+    first: HashMap<&'a str, Vec<u32>>,
+    later: HashMap<&'a str, Vec<u32>>,
+}
+
+impl<'a> FeaturePieces<'a> {
+    fn new(ds: &'a Dataset, tok: &Tokenizer) -> Result<Self> {
+        let encoded: Vec<(Vec<u32>, Vec<u32>)> = ds
+            .features
+            .par_iter()
+            .map(|f| -> Result<_> {
+                let ctx = || format!("{}: tokenizing feature {f:?}", ds.source);
+                Ok((
+                    tok.encode(f).with_context(ctx)?,
+                    tok.encode(&format!(" {f}")).with_context(ctx)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let mut first = HashMap::new();
+        let mut later = HashMap::new();
+        for (f, (a, b)) in ds.features.iter().zip(encoded) {
+            first.insert(f.as_str(), a);
+            later.insert(f.as_str(), b);
+        }
+        Ok(Self { first, later })
+    }
+
+    fn prompt(&self, feats: &[&str], max_tokens: usize) -> Vec<u32> {
+        let mut ids = Vec::new();
+        for (k, f) in feats.iter().enumerate() {
+            if ids.len() >= max_tokens {
+                break;
+            }
+            let map = if k == 0 { &self.first } else { &self.later };
+            // Features come from the dataset's own reviews, so they are always in the map.
+            if let Some(p) = map.get(f) {
+                ids.extend_from_slice(p);
+            }
+        }
+        ids.truncate(max_tokens);
+        ids
+    }
 }
