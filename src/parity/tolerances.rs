@@ -125,8 +125,8 @@ pub fn tolerance(class: TensorClass, lr: f64, step: usize) -> Tolerance {
         // Gradients: each element is a sum over B*L positions (and over the vocab for wte) with
         // heavy cancellation, so small elements carry error in units of the tensor's scale: the
         // floor is 1e-5 of the tensor's largest entry (the CPU backend uses under 8% of the
-        // resulting bound on the fixtures), plus 1e-5 relative for the large entries. A tensor whose gradient is exactly
-        // zero everywhere (unused rows) must then be exactly zero, as it should.
+        // resulting bound on the fixtures), plus 1e-5 relative for the large entries. A tensor
+        // whose gradient is exactly zero everywhere must then be exactly zero, as it should.
         TensorClass::Grad => Tolerance {
             abs: 0.0,
             rel: 1e-5,
