@@ -5,11 +5,13 @@
 //! - `device`:   the CUDA device (cudarc) and the emulated device behind one interface.
 //! - `kernels`:  typed launch wrappers, one file per `kernels/<name>.cu`.
 //! - `ops`:      CPU reference implementations, one file per op (`ops::layernorm` is the
-//!               reference for `kernels/layernorm.cu`).
+//!   reference for `kernels/layernorm.cu`).
 //! - `backend`:  the `Backend` trait the model is written against, and its implementations.
 //! - `model`:    GPT-2 + PEPLER written once: parameters, HF safetensors I/O, forward/backward.
 //! - `optim`:    AdamW with per-tensor trainable flags.
 //! - `tokenizer`, `data`, `metrics`, `train`, `generate`: the PEPLER pipeline.
+//! - `pipeline`: the jobs behind the subcommands (train, generate, evaluate) on any backend.
+//! - `cli`:      the command line (clap), one module per subcommand.
 //! - `parity`:   PyTorch reference dumps and the one tolerance table.
 
 pub mod backend;

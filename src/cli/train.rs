@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use crate::model::config::{PromptKind, RecKind};
 use crate::train::config::{DataSource, TrainConfig};
 use crate::train::strategy::{Stage1Wte, Strategy};
+use crate::train::trainer::RunControl;
 
 /// The prompt: continuous (PEPLER) or discrete (PEPLER-D).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -163,6 +164,10 @@ pub struct TrainArgs {
     /// Continue the interrupted run in --out (same options required).
     #[arg(long)]
     pub resume: bool,
+    /// Stop after this many epochs (this invocation), leaving a state that --resume continues:
+    /// for time-boxed jobs.
+    #[arg(long, value_name = "EPOCHS")]
+    pub stop_after: Option<u32>,
     /// Skip generation and evaluation on the test split after training.
     #[arg(long)]
     pub no_eval: bool,
@@ -208,7 +213,10 @@ pub fn run(args: &TrainArgs) -> Result<i32> {
     let job = crate::pipeline::TrainJob {
         cfg: args.config(),
         out_dir: args.out.clone(),
-        resume: args.resume,
+        control: RunControl {
+            resume: args.resume,
+            stop_after_epochs: args.stop_after,
+        },
         evaluate: !args.no_eval,
     };
     crate::cli::backend::dispatch(args.data.device, job)?;

@@ -22,7 +22,7 @@ use crate::train::checkpoint;
 use crate::train::config::TrainConfig;
 use crate::train::run_log::write_atomic;
 use crate::train::session::Session;
-use crate::train::trainer::{self, evaluate_loss};
+use crate::train::trainer::{self, evaluate_loss, RunControl};
 
 /// Names of the files a scored split leaves in the output directory.
 pub const GENERATED_FILE: &str = "generated.jsonl";
@@ -138,14 +138,16 @@ pub fn generate_and_score<B: Backend>(
 pub struct TrainJob {
     pub cfg: TrainConfig,
     pub out_dir: PathBuf,
-    pub resume: bool,
+    pub control: RunControl,
     /// Generate and score the test split after training.
     pub evaluate: bool,
 }
 
 /// What `train` reports.
 pub struct TrainSummary {
-    pub test_loss: f64,
+    /// False when the call stopped early (`--stop-after`); the run can be resumed.
+    pub finished: bool,
+    pub test_loss: Option<f64>,
     pub metrics: Option<MetricsReport>,
 }
 
@@ -194,7 +196,14 @@ impl OnBackend for TrainJob {
         let params = session.initial_params(cfg, &mc)?;
         let mut model = Pepler::new(be, &params)?;
         let t0 = Instant::now();
-        let outcome = trainer::train(&mut model, &session, cfg, &self.out_dir, self.resume)?;
+        let outcome = trainer::train(&mut model, &session, cfg, &self.out_dir, self.control)?;
+        if !outcome.finished {
+            return Ok(TrainSummary {
+                finished: false,
+                test_loss: None,
+                metrics: None,
+            });
+        }
         println!(
             "trained {} epochs ({} steps) in {:.1}s; best model: {}",
             outcome.epochs_run,
@@ -226,7 +235,8 @@ impl OnBackend for TrainJob {
             None
         };
         Ok(TrainSummary {
-            test_loss: test.text,
+            finished: true,
+            test_loss: Some(test.text),
             metrics,
         })
     }

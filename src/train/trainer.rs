@@ -89,12 +89,24 @@ pub fn evaluate_loss<B: Backend>(
     Ok(sum.mean())
 }
 
-/// What a finished `train` call leaves: where the best model is and its validation loss.
+/// What a `train` call leaves: where the best model is and its validation loss.
 pub struct TrainOutcome {
     pub out_dir: PathBuf,
     pub best_val_loss: Option<f64>,
     pub global_step: u64,
+    /// Epochs run by this call.
     pub epochs_run: u32,
+    /// False when `stop_after_epochs` ended the call before training was over (resumable).
+    pub finished: bool,
+}
+
+/// How one `train` call runs (not part of the run's configuration).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunControl {
+    /// Continue from the run directory's resume state.
+    pub resume: bool,
+    /// Stop this call after so many epochs, leaving a resumable state (time-boxed jobs).
+    pub stop_after_epochs: Option<u32>,
 }
 
 /// Trainable flags in canonical parameter order for a stage.
@@ -127,8 +139,9 @@ pub fn train<B: Backend>(
     session: &Session,
     cfg: &TrainConfig,
     out_dir: &Path,
-    resume: bool,
+    control: RunControl,
 ) -> Result<TrainOutcome> {
+    let resume = control.resume;
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     if session.train.is_empty() || session.valid.is_empty() {
         bail!(
@@ -207,6 +220,18 @@ pub fn train<B: Backend>(
         }
         let mut stage_over = side.epoch >= cfg.epochs;
         while !stage_over {
+            if control.stop_after_epochs == Some(epochs_run) {
+                // The resume state on disk is this point exactly (written after the last epoch or
+                // at the stage change).
+                eprintln!("stopping after {epochs_run} epochs; continue with --resume");
+                return Ok(TrainOutcome {
+                    out_dir: out_dir.to_path_buf(),
+                    best_val_loss: Some(side.early_stopping.best_loss).filter(|l| l.is_finite()),
+                    global_step: side.global_step,
+                    epochs_run,
+                    finished: false,
+                });
+            }
             let epoch = side.epoch + 1;
             let t0 = Instant::now();
             let n_batches = session.train.len().div_ceil(cfg.batch_size.max(1)) as u64;
@@ -337,5 +362,6 @@ pub fn train<B: Backend>(
         best_val_loss: best_side.val_loss,
         global_step: side.global_step,
         epochs_run,
+        finished: true,
     })
 }
