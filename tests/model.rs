@@ -416,3 +416,87 @@ fn forward_and_gradients_agree_with_pytorch_fixtures() {
     }
     assert_eq!(n, 4);
 }
+
+/// One training step (zero_grad + forward + backward + AdamW on every parameter) at GPT-2 small
+/// shapes, batch 8 x 22 text tokens (24 positions with the prompt), dropout 0.1: the same step as
+/// `scripts/reference/bench_step.py`. Prints the median of 10 steps after 2 warmup steps.
+#[test]
+#[ignore = "timing; run: cargo test --release --test model gpt2_small -- --ignored --nocapture"]
+fn gpt2_small_training_step_time() {
+    use pepler_cuda::backend::AdamWParams;
+    let cfg = ModelConfig::gpt2_small(100, 100);
+    let ps = ParamSet::init(&cfg, 1);
+    let (b, t) = (8, 22);
+    let mut text = Vec::new();
+    let mut mask = Vec::new();
+    for r in 0..b {
+        let n = t - (r % 4) * 3; // ragged rows
+        for j in 0..t {
+            let tok = match j {
+                0 => cfg.bos_id,
+                _ if j + 1 == n => cfg.eos_id,
+                _ if j < n => ((r * 7919 + j * 104_729) % 50_000) as u32,
+                _ => cfg.pad_id,
+            };
+            text.push(tok);
+            mask.push((j < n) as u8);
+        }
+    }
+    let bt = Batch {
+        b,
+        t,
+        p: 0,
+        users: (0..b as u32).collect(),
+        items: (0..b as u32).collect(),
+        text,
+        mask,
+        rating: vec![3.0; b],
+        prompt: vec![],
+    };
+    let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+    let hp = AdamWParams {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.0,
+    };
+    let all = vec![true; ps.len()];
+    let mut times = Vec::new();
+    for step in 1..=12u64 {
+        let t0 = std::time::Instant::now();
+        m.zero_grads().unwrap();
+        let out = m
+            .forward(
+                &bt,
+                ForwardOptions {
+                    train: true,
+                    step,
+                    want_logits: false,
+                },
+            )
+            .unwrap();
+        let t1 = t0.elapsed();
+        m.backward(None).unwrap();
+        let t2 = t0.elapsed();
+        m.adamw_step(hp, step, &all).unwrap();
+        let dt = t0.elapsed();
+        eprintln!(
+            "step {step}: loss {:.4} forward {:.3}s backward {:.3}s adamw {:.3}s total {:.3}s",
+            out.loss,
+            t1.as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            (dt - t2).as_secs_f64(),
+            dt.as_secs_f64()
+        );
+        if step > 2 {
+            times.push(dt.as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    eprintln!(
+        "{{\"impl\": \"rust-cpu\", \"threads\": {}, \"median_step_s\": {:.4}}}",
+        rayon::current_num_threads(),
+        times[times.len() / 2]
+    );
+}

@@ -163,7 +163,10 @@ pub fn greedy_full_recompute<B: Backend>(
         GenPrompt::Continuous { users, items } => (users.to_vec(), items.to_vec(), vec![], 0),
         GenPrompt::Discrete { tokens, p } => (vec![0; b], vec![0; b], tokens.to_vec(), p),
     };
-    while max_len > 0 {
+    if max_len == 0 {
+        return Ok(out);
+    }
+    loop {
         let t = seqs[0].len();
         let batch = Batch {
             b,
@@ -198,11 +201,10 @@ pub fn greedy_full_recompute<B: Backend>(
             })
             .collect();
         if push_tokens(&mut out, &mut done, &next, cfg.eos_id, max_len) {
-            break;
+            return Ok(out);
         }
         for (s, &t) in seqs.iter_mut().zip(&next) {
             s.push(t);
         }
     }
-    Ok(out)
 }

@@ -332,6 +332,12 @@ struct Saved {
     dropout: Option<(u64, f32)>,
 }
 
+/// AdamW first and second moments of one parameter, in backend memory.
+type Moments<B> = (<B as Backend>::Buf<f32>, <B as Backend>::Buf<f32>);
+
+/// AdamW moments `(m, v)` per parameter on the host (`None`: not updated yet).
+pub type HostMoments = Vec<Option<(Vec<f32>, Vec<f32>)>>;
+
 /// GPT-2 + PEPLER on backend `B` (see the module docs).
 pub struct Pepler<B: Backend> {
     pub(crate) cfg: ModelConfig,
@@ -340,7 +346,7 @@ pub struct Pepler<B: Backend> {
     pub(crate) idx: Idx,
     pub(crate) params: Vec<B::Buf<f32>>,
     grads: Vec<B::Buf<f32>>,
-    moments: Vec<Option<(B::Buf<f32>, B::Buf<f32>)>>,
+    moments: Vec<Option<Moments<B>>>,
     acts: Option<Acts<B>>,
     saved: Option<Saved>,
     /// Dropout seed.
@@ -537,7 +543,7 @@ impl<B: Backend> Pepler<B> {
             km.extend(std::iter::repeat_n(1i32, p));
             km.extend(batch.mask[bi * t..(bi + 1) * t].iter().map(|&m| m as i32));
         }
-        let any_pad = km.iter().any(|&m| m == 0);
+        let any_pad = km.contains(&0);
         be.write(&mut a.key_mask, &km)?;
         be.write(&mut a.sel_idx, &sel)?;
         be.write(&mut a.targets, &tgt)?;
@@ -1131,7 +1137,7 @@ impl<B: Backend> Pepler<B> {
 
     /// The AdamW moments `(m, v)` per parameter in canonical order, on the host (`None` where the
     /// parameter has not been updated yet).
-    pub fn optimizer_moments(&self) -> Result<Vec<Option<(Vec<f32>, Vec<f32>)>>> {
+    pub fn optimizer_moments(&self) -> Result<HostMoments> {
         self.moments
             .iter()
             .zip(&self.specs)
@@ -1149,10 +1155,7 @@ impl<B: Backend> Pepler<B> {
     }
 
     /// Restores moments saved by `optimizer_moments`.
-    pub fn set_optimizer_moments(
-        &mut self,
-        moments: Vec<Option<(Vec<f32>, Vec<f32>)>>,
-    ) -> Result<()> {
+    pub fn set_optimizer_moments(&mut self, moments: HostMoments) -> Result<()> {
         if moments.len() != self.specs.len() {
             bail!(
                 "set_optimizer_moments: {} entries for {} parameters",

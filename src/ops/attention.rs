@@ -195,6 +195,7 @@ pub fn attention_backward(
 /// Cached attention for `n` new positions `start..start+n` of every sequence: appends their k, v to
 /// the caches (B, NH, lmax, hd), then writes `out` (B, n, C) (=) attending to keys `0..=start+i`.
 /// No key mask (decoding attends to every prompt and generated position) and no dropout.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_cached_forward(
     out: &mut [f32],
     qkv: &[f32],

@@ -55,7 +55,7 @@ impl EmbedShape {
                 s.batch * s.n
             ));
         }
-        if s.c == 0 || table_len % s.c != 0 {
+        if s.c == 0 || !table_len.is_multiple_of(s.c) {
             return Err(format!(
                 "embedding: table of {table_len} elements is not (rows, {})",
                 s.c

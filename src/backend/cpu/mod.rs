@@ -278,7 +278,7 @@ impl Backend for CpuBackend {
         s: AttnShape,
     ) -> Result<()> {
         let op = "attention_forward";
-        if s.nh == 0 || s.c % s.nh != 0 {
+        if s.nh == 0 || !s.c.is_multiple_of(s.nh) {
             bail!("{op}: {} channels do not split into {} heads", s.c, s.nh);
         }
         let mask = match key_mask {
@@ -306,7 +306,7 @@ impl Backend for CpuBackend {
         s: AttnShape,
     ) -> Result<()> {
         let op = "attention_backward";
-        if s.nh == 0 || s.c % s.nh != 0 {
+        if s.nh == 0 || !s.c.is_multiple_of(s.nh) {
             bail!("{op}: {} channels do not split into {} heads", s.c, s.nh);
         }
         ops::attention::attention_backward(
@@ -332,7 +332,7 @@ impl Backend for CpuBackend {
         s: AttnShape,
     ) -> Result<()> {
         let op = "attention_cached_forward";
-        if s.nh == 0 || s.c % s.nh != 0 {
+        if s.nh == 0 || !s.c.is_multiple_of(s.nh) {
             bail!("{op}: {} channels do not split into {} heads", s.c, s.nh);
         }
         if start + n > lmax {
