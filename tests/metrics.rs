@@ -310,12 +310,15 @@ fn ids2tokens_decodes_separates_and_cuts_at_eos() {
 // ---------------------------------------------------------------------------------------------
 // evaluate_all and the report
 
-fn small_inputs() -> (
+/// refs, gens, record features, feature index of the small evaluate_all case.
+type Small = (
     Vec<Vec<String>>,
     Vec<Vec<String>>,
     Vec<String>,
     FeatureIndex,
-) {
+);
+
+fn small_inputs() -> Small {
     let refs = vec![toks("the room was clean"), toks("staff friendly")];
     let gens = vec![toks("the room is clean the"), toks("staff friendly")];
     let tf = vec!["room".to_string(), "staff".to_string()];

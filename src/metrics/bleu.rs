@@ -6,9 +6,6 @@
 //! BLEU-n as the original reports it is `compute_bleu(.., max_order = n)`: the geometric mean of
 //! the modified precisions of orders 1..=n with equal weights 1/n, times the brevity penalty.
 
-use std::collections::HashMap;
-use std::hash::Hash;
-
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -25,15 +22,24 @@ pub struct BleuResult {
     pub reference_length: usize,
 }
 
-/// Counts of every n-gram of orders 1..=max_order (`_get_ngrams` in bleu.py).
-fn ngram_counts<T: Eq + Hash>(segment: &[T], max_order: usize) -> HashMap<&[T], u32> {
-    let mut counts = HashMap::new();
-    for order in 1..=max_order {
-        for w in segment.windows(order) {
-            *counts.entry(w).or_insert(0) += 1;
+/// Counts of every n-gram of orders 1..=max_order (`_get_ngrams` in bleu.py), as a list sorted by
+/// n-gram. Segments are short (tens of tokens), so sorting slices beats hashing them.
+fn ngram_counts<T: Ord>(segment: &[T], max_order: usize) -> Vec<(&[T], u32)> {
+    let mut grams: Vec<&[T]> = (1..=max_order).flat_map(|o| segment.windows(o)).collect();
+    grams.sort_unstable();
+    run_lengths(grams)
+}
+
+/// Sorted list -> (distinct item, multiplicity).
+fn run_lengths<K: PartialEq + Copy>(sorted: Vec<K>) -> Vec<(K, u32)> {
+    let mut out: Vec<(K, u32)> = Vec::with_capacity(sorted.len());
+    for g in sorted {
+        match out.last_mut() {
+            Some((k, c)) if *k == g => *c += 1,
+            _ => out.push((g, 1)),
         }
     }
-    counts
+    out
 }
 
 /// Per-order integer statistics; summed over the corpus (integer sums, so the parallel reduction
@@ -67,7 +73,7 @@ impl Stats {
     }
 }
 
-fn segment_stats<T: Eq + Hash, R: AsRef<[T]>>(
+fn segment_stats<T: Ord, R: AsRef<[T]>>(
     references: &[R],
     translation: &[T],
     max_order: usize,
@@ -82,17 +88,35 @@ fn segment_stats<T: Eq + Hash, R: AsRef<[T]>>(
         .unwrap_or(0);
     st.translation_length = translation.len() as u64;
     // Counter `|=`: element-wise max over the references.
-    let mut merged: HashMap<&[T], u32> = HashMap::new();
-    for r in references {
-        for (g, c) in ngram_counts(r.as_ref(), max_order) {
-            let e = merged.entry(g).or_insert(0);
-            *e = (*e).max(c);
+    let merged: Vec<(&[T], u32)> = if references.len() == 1 {
+        ngram_counts(references[0].as_ref(), max_order)
+    } else {
+        let mut all: Vec<(&[T], u32)> = references
+            .iter()
+            .flat_map(|r| ngram_counts(r.as_ref(), max_order))
+            .collect();
+        all.sort_unstable();
+        let mut out: Vec<(&[T], u32)> = Vec::with_capacity(all.len());
+        for (g, c) in all {
+            match out.last_mut() {
+                Some((k, m)) if *k == g => *m = (*m).max(c),
+                _ => out.push((g, c)),
+            }
         }
-    }
-    // Counter `&`: element-wise min (clipped counts).
-    for (g, c) in ngram_counts(translation, max_order) {
-        if let Some(&rc) = merged.get(g) {
-            st.matches[g.len() - 1] += u64::from(c.min(rc));
+        out
+    };
+    // Counter `&`: element-wise min (clipped counts), by merging the two sorted lists.
+    let hyp = ngram_counts(translation, max_order);
+    let (mut i, mut j) = (0, 0);
+    while i < hyp.len() && j < merged.len() {
+        match hyp[i].0.cmp(merged[j].0) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                st.matches[hyp[i].0.len() - 1] += u64::from(hyp[i].1.min(merged[j].1));
+                i += 1;
+                j += 1;
+            }
         }
     }
     for order in 1..=max_order {
@@ -115,7 +139,7 @@ pub fn compute_bleu<T, R, S>(
     smooth: bool,
 ) -> BleuResult
 where
-    T: Eq + Hash + Sync,
+    T: Ord + Sync,
     R: AsRef<[S]> + Sync,
     S: AsRef<[T]> + Sync,
 {

@@ -12,8 +12,6 @@
 //! - each value is averaged over the pairs with `np.mean` (pairwise summation, see
 //!   [`numpy_mean`]); an empty corpus gives NaN as `np.mean([])` does.
 
-use std::collections::HashSet;
-
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -38,8 +36,29 @@ fn words(sentence: &str) -> Vec<&str> {
     sentence.split(' ').collect()
 }
 
-fn ngram_set<'a, 'b>(w: &'b [&'a str], n: usize) -> HashSet<&'b [&'a str]> {
-    w.windows(n).collect()
+/// Distinct n-grams, sorted (sentences are short: sorting slices beats hashing them).
+fn ngram_set<'a, 'b>(w: &'b [&'a str], n: usize) -> Vec<&'b [&'a str]> {
+    let mut g: Vec<&[&str]> = w.windows(n).collect();
+    g.sort_unstable();
+    g.dedup();
+    g
+}
+
+/// Size of the intersection of two sorted, deduplicated lists.
+fn intersection_len<K: Ord>(a: &[K], b: &[K]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
 }
 
 /// `rouge_n([hyp], [ref], n)` of rouge.py.
@@ -47,7 +66,7 @@ pub fn rouge_n(hypothesis: &str, reference: &str, n: usize) -> Fpr {
     assert!(n > 0, "rouge_n: n must be positive");
     let (hw, rw) = (words(hypothesis), words(reference));
     let (e, r) = (ngram_set(&hw, n), ngram_set(&rw, n));
-    let overlap = e.intersection(&r).count();
+    let overlap = intersection_len(&e, &r);
     let precision = if e.is_empty() {
         0.0
     } else {
