@@ -69,7 +69,12 @@ pub fn check_dump_from(
     match backend {
         BackendChoice::Cpu => check_with(CpuBackend::new(), dump, start),
         BackendChoice::Emu | BackendChoice::Cuda => {
-            bail!("backend {backend:?}: not available yet: the GPU backend is a later issue")
+            let name = if backend == BackendChoice::Emu {
+                "emu"
+            } else {
+                "cuda"
+            };
+            bail!("backend `{name}`: not available yet: the GPU backend is a later issue")
         }
     }
 }
