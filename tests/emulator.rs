@@ -532,6 +532,58 @@ fn broken_kernels_are_errors_in_shuffle_mode_too() {
 }
 
 #[test]
+fn deadlock_is_detected_at_once_with_a_census() {
+    // a long watchdog: the deadlock must be found without it
+    let opts = EmuOptions {
+        watchdog_ms: Some(60_000),
+        shuffle: Some(None),
+    };
+    expect_error(
+        opts,
+        "emu_test_deadlock",
+        32,
+        &[
+            "deadlock, every live thread waits",
+            "16 thread(s) waiting at __shfl_sync at kernels/test/emu_test.cu:",
+            "lanes 16-31 never arrived",
+            "16 thread(s) waiting at __syncthreads() at kernels/test/emu_test.cu:",
+        ],
+    );
+}
+
+#[test]
+fn watchdog_abandons_a_pure_spin_and_emulator_recovers() {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    // leaked: the abandoned emulated thread still reads it after the launch returned
+    let flag: &'static AtomicI32 = Box::leak(Box::new(AtomicI32::new(0)));
+    let t0 = Instant::now();
+    let err = run_opts(
+        quick_watchdog(),
+        "emu_test_pure_spin",
+        [2, 1, 1],
+        [32, 1, 1],
+        0,
+        Args::default().cptr(flag.as_ptr()),
+    )
+    .expect_err("spin must time out");
+    flag.store(1, Ordering::SeqCst); // let the abandoned thread finish instead of burning a CPU
+    let msg = format!("{err:#}");
+    eprintln!("emu_test_pure_spin: {msg}");
+    assert!(
+        msg.contains("watchdog") && msg.contains("abandoned"),
+        "{msg}"
+    );
+    assert!(msg.contains("running (spinning?)"), "{msg}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let (input, out) = reduce(quick_watchdog(), 64, 64, true);
+    assert_eq!(out[0], input.iter().sum::<f32>());
+}
+
+#[test]
 fn trap_is_reported_with_thread() {
     expect_error(
         quick_watchdog(),

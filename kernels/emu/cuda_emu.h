@@ -195,16 +195,36 @@ inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigne
     inline T max(T a, T b) { return a < b ? b : a; }
 PEPLER_MINMAX(int)
 PEPLER_MINMAX(unsigned int)
+PEPLER_MINMAX(long)
+PEPLER_MINMAX(unsigned long)
 PEPLER_MINMAX(long long)
 PEPLER_MINMAX(unsigned long long)
+#undef PEPLER_MINMAX
+// mixed signedness: unsigned, like CUDA's math_functions.hpp
+inline unsigned int min(int a, unsigned int b) { return min(static_cast<unsigned int>(a), b); }
+inline unsigned int min(unsigned int a, int b) { return min(a, static_cast<unsigned int>(b)); }
+inline unsigned int max(int a, unsigned int b) { return max(static_cast<unsigned int>(a), b); }
+inline unsigned int max(unsigned int a, int b) { return max(a, static_cast<unsigned int>(b)); }
 inline float min(float a, float b) { return std::fmin(a, b); }
 inline float max(float a, float b) { return std::fmax(a, b); }
 inline double min(double a, double b) { return std::fmin(a, b); }
 inline double max(double a, double b) { return std::fmax(a, b); }
-#undef PEPLER_MINMAX
+inline double min(float a, double b) { return std::fmin(a, b); }
+inline double min(double a, float b) { return std::fmin(a, b); }
+inline double max(float a, double b) { return std::fmax(a, b); }
+inline double max(double a, float b) { return std::fmax(a, b); }
 
-template <class T>
-inline T __ldg(const T* p) { return *p; }
+// cache-hinted loads and stores (llm.c uses __ldcs/__stcs for streaming data): plain accesses here
+template <class T> inline T __ldg(const T* p) { return *p; }
+template <class T> inline T __ldcg(const T* p) { return *p; }
+template <class T> inline T __ldca(const T* p) { return *p; }
+template <class T> inline T __ldcs(const T* p) { return *p; }
+template <class T> inline T __ldlu(const T* p) { return *p; }
+template <class T> inline T __ldcv(const T* p) { return *p; }
+template <class T> inline void __stwb(T* p, T v) { *p = v; }
+template <class T> inline void __stcg(T* p, T v) { *p = v; }
+template <class T> inline void __stcs(T* p, T v) { *p = v; }
+template <class T> inline void __stwt(T* p, T v) { *p = v; }
 
 // ---------------------------------------------------------------------------------------------
 // the runtime interface (emu_runtime.cpp)

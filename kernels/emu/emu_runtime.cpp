@@ -179,7 +179,8 @@ struct Site {
     unsigned line = 0, col = 0;
     const char* what = "kernel start";
     bool same(const Site& o) const {
-        return line == o.line && col == o.col && file && o.file && strcmp(file, o.file) == 0;
+        if (line != o.line || col != o.col) return false;
+        return file && o.file ? strcmp(file, o.file) == 0 : file == o.file;
     }
     std::string str() const {
         if (!file) return what;
@@ -332,7 +333,7 @@ struct Block {
             const Thr& t = thr[i];
             if (t.exited || (!t.blocked && !include_runnable)) continue;
             Wait w = t.blocked ? t.wait : Wait::None;
-            bool is_running = static_cast<int>(i) == running;
+            bool is_running = static_cast<int>(i) == running && !t.blocked;
             bool found = false;
             for (G& g : groups)
                 if (g.wait == w && g.running == is_running && g.site.same(t.site) &&

@@ -237,3 +237,21 @@ extern "C" __global__ void emu_test_atomic(float* acc, const float* in, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) atomicAdd(acc, in[i]);
 }
+
+// Deliberately broken: lanes 0..15 wait in a full-mask shuffle while lanes 16..31 wait at a
+// barrier: a deadlock (every live thread waits).
+extern "C" __global__ void emu_test_deadlock(int* out) {
+    int v = threadIdx.x;
+    if (threadIdx.x < 16) v = __shfl_sync(0xffffffffu, v, 0);
+    else __syncthreads();
+    out[threadIdx.x] = v;
+}
+
+// Deliberately broken: thread 0 of block 0 spins on a plain volatile load, without any atomic,
+// fence or barrier the emulator could stop it at; it ends when the host sets *flag.
+extern "C" __global__ void emu_test_pure_spin(volatile int* flag) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        while (*flag == 0) {
+        }
+    }
+}
