@@ -71,26 +71,22 @@ fn interrupted_and_resumed_run_equals_uninterrupted_and_files_are_sane() {
     assert!(full.finished);
     let metrics = full.metrics.expect("train evaluates at the end");
 
-    // Interrupt after 2 epochs (stage 1), then again inside stage 2, then finish.
-    let part = train(
-        &cfg,
-        &b,
-        RunControl {
-            resume: false,
-            stop_after_epochs: Some(2),
-        },
-    );
-    assert!(!part.finished && part.metrics.is_none());
-    assert!(b.join(checkpoint::STATE_FILE).exists());
-    let part = train(
-        &cfg,
-        &b,
-        RunControl {
-            resume: true,
-            stop_after_epochs: Some(2),
-        },
-    );
-    assert!(!part.finished);
+    // Interrupt mid stage 1, exactly at the stage change, mid stage 2; then finish.
+    let mut resume = false;
+    for stop in [Some(2), Some(1), Some(1), None] {
+        let part = train(
+            &cfg,
+            &b,
+            RunControl {
+                resume,
+                stop_after_epochs: stop,
+            },
+        );
+        assert_eq!(part.finished, stop.is_none());
+        assert_eq!(part.metrics.is_some(), stop.is_none());
+        assert!(b.join(checkpoint::STATE_FILE).exists());
+        resume = true;
+    }
     let resumed = train(
         &cfg,
         &b,
@@ -99,7 +95,10 @@ fn interrupted_and_resumed_run_equals_uninterrupted_and_files_are_sane() {
             stop_after_epochs: None,
         },
     );
-    assert!(resumed.finished);
+    assert!(
+        resumed.finished,
+        "a finished run resumes straight to evaluation"
+    );
 
     let pa = ParamSet::load(a.join(checkpoint::MODEL_FILE)).unwrap();
     let pb = ParamSet::load(b.join(checkpoint::MODEL_FILE)).unwrap();

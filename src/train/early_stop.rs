@@ -22,7 +22,8 @@ pub enum Verdict {
 /// The state of the early-stopping rule; serialisable so `--resume` continues it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EarlyStopping {
-    pub best_loss: f64,
+    /// The best validation loss so far (`None` before the first epoch; JSON has no infinity).
+    pub best_loss: Option<f64>,
     pub endured: u32,
     pub limit: u32,
 }
@@ -30,7 +31,7 @@ pub struct EarlyStopping {
 impl EarlyStopping {
     pub fn new(limit: u32) -> Self {
         Self {
-            best_loss: f64::INFINITY,
+            best_loss: None,
             endured: 0,
             limit,
         }
@@ -38,8 +39,8 @@ impl EarlyStopping {
 
     /// Feeds one epoch's validation loss. A NaN loss is never an improvement.
     pub fn observe(&mut self, val_loss: f64) -> Verdict {
-        if val_loss < self.best_loss {
-            self.best_loss = val_loss;
+        if self.best_loss.is_none_or(|best| val_loss < best) && !val_loss.is_nan() {
+            self.best_loss = Some(val_loss);
             Verdict::Improved
         } else {
             self.endured += 1;
@@ -65,6 +66,11 @@ mod tests {
         assert_eq!(es.observe(4.0), Verdict::Endured(2)); // equal is not better
         assert_eq!(es.observe(3.0), Verdict::Improved);
         assert_eq!(es.observe(f64::NAN), Verdict::Stop);
-        assert_eq!(es.best_loss, 3.0);
+        assert_eq!(es.best_loss, Some(3.0));
+        let json = serde_json::to_string(&EarlyStopping::new(5)).unwrap();
+        assert_eq!(
+            serde_json::from_str::<EarlyStopping>(&json).unwrap(),
+            EarlyStopping::new(5)
+        );
     }
 }

@@ -226,7 +226,7 @@ pub fn train<B: Backend>(
                 eprintln!("stopping after {epochs_run} epochs; continue with --resume");
                 return Ok(TrainOutcome {
                     out_dir: out_dir.to_path_buf(),
-                    best_val_loss: Some(side.early_stopping.best_loss).filter(|l| l.is_finite()),
+                    best_val_loss: side.early_stopping.best_loss,
                     global_step: side.global_step,
                     epochs_run,
                     finished: false,
