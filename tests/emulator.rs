@@ -738,6 +738,21 @@ fn kernel_table_and_launch_validation() {
         assert!(names.iter().any(|n| n == k), "{k} missing from {names:?}");
     }
     assert!(emu_ffi::has_kernel("emu_test_vote"));
+    // (const int*, const int*, const int*, const int*, int*, double*) and (int, const u16*, ..)
+    assert_eq!(
+        emu_ffi::kernel_param_sizes("emu_test_shfl"),
+        Some(vec![8; 6])
+    );
+    assert_eq!(
+        emu_ffi::kernel_param_sizes("emu_test_mma"),
+        Some(vec![4, 8, 8, 8, 8])
+    );
+    assert_eq!(emu_ffi::kernel_param_sizes("no_such_kernel"), None);
+    let err = run("emu_test_trap", [1, 1, 1], [32, 1, 1], 0, Args::default()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("takes 1 parameters, 0 were given"),
+        "{err:#}"
+    );
     let err = run("no_such_kernel", [1, 1, 1], [1, 1, 1], 0, Args::default()).unwrap_err();
     assert!(format!("{err:#}").contains("no kernel named `no_such_kernel`"));
     let mut out = vec![0i32; 2048];

@@ -39,6 +39,11 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> c_int;
+    fn pepler_emu_kernel_params(
+        kernel_name: *const c_char,
+        sizes: *mut usize,
+        cap: usize,
+    ) -> std::ffi::c_long;
     fn pepler_emu_kernel_count() -> usize;
     fn pepler_emu_kernel_name(i: usize) -> *const c_char;
 }
@@ -74,6 +79,15 @@ pub unsafe fn launch_with(
 ) -> anyhow::Result<()> {
     let cname = CString::new(name)
         .map_err(|_| anyhow::anyhow!("kernel name {name:?} contains a NUL byte"))?;
+    if let Some(sizes) = kernel_param_sizes(name) {
+        if sizes.len() != params.len() {
+            anyhow::bail!(
+                "emulated launch of `{name}`: the kernel takes {} parameters, {} were given",
+                sizes.len(),
+                params.len()
+            );
+        }
+    }
     let copts = PeplerEmuOptions {
         watchdog_ms: opts
             .watchdog_ms
@@ -126,6 +140,19 @@ pub fn kernel_names() -> Vec<String> {
             })
             .collect()
     }
+}
+
+/// The size in bytes of each parameter of kernel `name`, in order (`None`: no such kernel). The
+/// same kernel source runs on the GPU, so this also describes the CUDA kernel's parameters.
+pub fn kernel_param_sizes(name: &str) -> Option<Vec<usize>> {
+    let cname = CString::new(name).ok()?;
+    let mut sizes = vec![0usize; 64];
+    // SAFETY: `sizes` has room for 64 entries (the emulator's maximum parameter count) and the
+    // name is a valid C string for the duration of the call.
+    let n = unsafe { pepler_emu_kernel_params(cname.as_ptr(), sizes.as_mut_ptr(), sizes.len()) };
+    let n = usize::try_from(n).ok()?;
+    sizes.truncate(n);
+    Some(sizes)
 }
 
 /// Whether the emulator has a kernel called `name`.
