@@ -93,6 +93,13 @@ pub fn save_model(dir: &Path, params: &ParamSet, sidecar: &Sidecar) -> Result<()
 
 /// Reads a model checkpoint: a run directory (its `model.safetensors`) or a `.safetensors` path.
 pub fn load_model(path: &Path) -> Result<(ParamSet, Sidecar)> {
+    if !path.exists() {
+        bail!(
+            "{}: no such run directory or checkpoint (expected a directory with {MODEL_FILE} and \
+             {MODEL_SIDECAR}, as `train --out` writes)",
+            path.display()
+        );
+    }
     let (file, side) = if path.is_dir() {
         (path.join(MODEL_FILE), path.join(MODEL_SIDECAR))
     } else {
