@@ -2,6 +2,7 @@
 //! at build time), the compiler version, and the GPU targets it holds.
 
 /// 16-byte aligned bytes, so the driver can read the fatbin header in place.
+#[cfg(pepler_fatbin)]
 #[repr(C, align(16))]
 struct Aligned<B: ?Sized>(B);
 
