@@ -3,16 +3,16 @@
 //! A [`KvCache`] holds, per layer, the keys and values of every position seen so far
 //! (B, NH, lmax, hd) plus the scratch buffers of one step, all in backend memory. A step takes `n`
 //! new positions of every sequence (the prompt + `<bos>` at prefill, then one token at a time), runs
-//! the blocks with `attention_cached_forward` (which appends the new k, v and attends to all cached
-//! positions), applies `ln_f` to the last new position of each sequence only, computes its logits
-//! with the tied LM head and returns the greedy next token per sequence: only B ids come back to
-//! the host. Decoding attends to every position (the original generates without an attention
+//! the blocks through the training forward's `block_forward` with `attention_cached_forward` (which
+//! appends the new k, v and attends to all cached positions), applies `ln_f` to the last new
+//! position of each sequence only, computes its logits with the tied LM head and returns the greedy
+//! next token per sequence: only B ids come back to the host. Decoding attends to every position (the original generates without an attention
 //! mask: prompt padding of the discrete prompt is attended, as in training).
 
 use anyhow::{bail, Result};
 
 use super::config::PromptKind;
-use super::pepler::Pepler;
+use super::pepler::{block_forward, BlockAttn, LayerActs, Pepler};
 use crate::backend::{AttnShape, Backend, EmbedShape, WeightLayout};
 
 /// The new positions of one decoding step.
@@ -47,19 +47,14 @@ pub struct KvCache<B: Backend> {
     last_idx: B::Buf<i32>,
     /// The step size `last_idx` currently holds indices for.
     last_idx_n: usize,
+    /// The input of the next block (the step's embeddings, then each block's output).
     x: B::Buf<f32>,
-    res2: B::Buf<f32>,
-    x_next: B::Buf<f32>,
-    ln: B::Buf<f32>,
-    mean: B::Buf<f32>,
-    rstd: B::Buf<f32>,
-    qkv: B::Buf<f32>,
-    atty: B::Buf<f32>,
-    proj: B::Buf<f32>,
-    fch: B::Buf<f32>,
-    fchg: B::Buf<f32>,
+    /// One block's intermediates, reused by every layer.
+    blk: LayerActs<B>,
     last: B::Buf<f32>,
     lnf: B::Buf<f32>,
+    lnf_mean: B::Buf<f32>,
+    lnf_rstd: B::Buf<f32>,
     logits: B::Buf<f32>,
     next: B::Buf<i32>,
 }
@@ -117,18 +112,11 @@ impl<B: Backend> Pepler<B> {
             last_idx: be.alloc(b)?,
             last_idx_n: 0,
             x: f(rows * c)?,
-            res2: f(rows * c)?,
-            x_next: f(rows * c)?,
-            ln: f(rows * c)?,
-            mean: f(rows)?,
-            rstd: f(rows)?,
-            qkv: f(rows * 3 * c)?,
-            atty: f(rows * c)?,
-            proj: f(rows * c)?,
-            fch: f(rows * 4 * c)?,
-            fchg: f(rows * 4 * c)?,
+            blk: LayerActs::new(be, rows, c, 0)?,
             last: f(b * c)?,
             lnf: f(b * c)?,
+            lnf_mean: f(b)?,
+            lnf_rstd: f(b)?,
             logits: f(b * cfg.vocab_size)?,
             next: be.alloc(b)?,
         })
@@ -259,89 +247,28 @@ impl<B: Backend> Pepler<B> {
                 1
             }
         };
-        let rows = b * n;
         let ash = AttnShape { b, l: n, c, nh };
         let eps = cfg.layer_norm_epsilon;
         // ---- blocks
         for (li, lw) in idx.layers.iter().enumerate() {
-            let kc = &mut cache.k[li];
-            let vc = &mut cache.v[li];
-            be.layernorm_forward(
-                &mut cache.ln,
-                &mut cache.mean,
-                &mut cache.rstd,
-                &cache.x,
-                w(lw.ln1_w),
-                w(lw.ln1_b),
-                rows,
-                c,
-                eps,
-            )?;
-            be.matmul_forward(
-                &mut cache.qkv,
-                &cache.ln,
-                w(lw.qkv_w),
-                Some(w(lw.qkv_b)),
-                rows,
-                c,
-                3 * c,
-                WeightLayout::InOut,
-            )?;
-            be.attention_cached_forward(
-                &mut cache.atty,
-                &cache.qkv,
-                kc,
-                vc,
+            let attn = BlockAttn::Cached {
+                k: &mut cache.k[li],
+                v: &mut cache.v[li],
                 start,
-                n,
-                cache.lmax,
+                lmax: cache.lmax,
+            };
+            block_forward(
+                be,
+                params,
+                lw,
+                eps,
+                &cache.x,
+                &mut cache.blk,
+                attn,
+                None,
                 ash,
             )?;
-            be.matmul_forward(
-                &mut cache.proj,
-                &cache.atty,
-                w(lw.proj_w),
-                Some(w(lw.proj_b)),
-                rows,
-                c,
-                c,
-                WeightLayout::InOut,
-            )?;
-            be.residual_forward(&mut cache.res2, &cache.x, &cache.proj, rows * c)?;
-            be.layernorm_forward(
-                &mut cache.ln,
-                &mut cache.mean,
-                &mut cache.rstd,
-                &cache.res2,
-                w(lw.ln2_w),
-                w(lw.ln2_b),
-                rows,
-                c,
-                eps,
-            )?;
-            be.matmul_forward(
-                &mut cache.fch,
-                &cache.ln,
-                w(lw.fc_w),
-                Some(w(lw.fc_b)),
-                rows,
-                c,
-                4 * c,
-                WeightLayout::InOut,
-            )?;
-            be.gelu_forward(&mut cache.fchg, &cache.fch, rows * 4 * c)?;
-            be.matmul_forward(
-                &mut cache.proj,
-                &cache.fchg,
-                w(lw.fcp_w),
-                Some(w(lw.fcp_b)),
-                rows,
-                4 * c,
-                c,
-                WeightLayout::InOut,
-            )?;
-            be.residual_forward(&mut cache.x_next, &cache.res2, &cache.proj, rows * c)?;
-            std::mem::swap(&mut cache.x, &mut cache.x_next);
+            std::mem::swap(&mut cache.x, &mut cache.blk.res3);
         }
         // ---- last new position of each sequence -> ln_f -> logits -> argmax
         if n != cache.last_idx_n {
@@ -360,8 +287,8 @@ impl<B: Backend> Pepler<B> {
         be.embedding_forward(&mut cache.last, &cache.x, &cache.last_idx, None, gather)?;
         be.layernorm_forward(
             &mut cache.lnf,
-            &mut cache.mean,
-            &mut cache.rstd,
+            &mut cache.lnf_mean,
+            &mut cache.lnf_rstd,
             &cache.last,
             w(idx.lnf_w),
             w(idx.lnf_b),

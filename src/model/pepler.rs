@@ -18,6 +18,9 @@
 //! - rating head on `[u | i]` (gathered rows of the user/item tables): MF = `rating_mf`, MLP =
 //!   `matmul` (`OutIn`) + `sigmoid` layers; loss = text + lambda * MSE.
 //!
+//! The block forward (`block_forward`) is shared with KV-cache decoding, which swaps the attention
+//! for `attention_cached_forward`.
+//!
 //! Backward mirrors this in reverse with one residual-gradient buffer updated in place (llm.c).
 //! Activation buffers are allocated for the largest (batch, length) seen and reused.
 //!
@@ -173,6 +176,187 @@ pub(crate) struct LayerActs<B: Backend> {
     pub res3: B::Buf<f32>,
 }
 
+impl<B: Backend> LayerActs<B> {
+    /// Buffers for `rows` positions of width `c`; `att` = length of the attention probabilities
+    /// (0 for decoding, whose cached attention does not keep them).
+    pub(crate) fn new(be: &B, rows: usize, c: usize, att: usize) -> Result<Self> {
+        let f = |n: usize| be.alloc::<f32>(n);
+        Ok(LayerActs {
+            ln1: f(rows * c)?,
+            ln1_mean: f(rows)?,
+            ln1_rstd: f(rows)?,
+            qkv: f(rows * 3 * c)?,
+            att: f(att)?,
+            atty: f(rows * c)?,
+            attproj: f(rows * c)?,
+            res2: f(rows * c)?,
+            ln2: f(rows * c)?,
+            ln2_mean: f(rows)?,
+            ln2_rstd: f(rows)?,
+            fch: f(rows * 4 * c)?,
+            fchg: f(rows * 4 * c)?,
+            fcproj: f(rows * c)?,
+            res3: f(rows * c)?,
+        })
+    }
+}
+
+/// How a block attends: over the whole sequences of a batch (training and eval), or appending the
+/// new positions to a KV cache and attending over everything cached (decoding).
+pub(crate) enum BlockAttn<'a, B: Backend> {
+    /// Causal, with the key-padding mask when the batch has padding.
+    Full { mask: Option<&'a B::Buf<i32>> },
+    /// `ash.l` new positions at `start` of a (B, NH, lmax, hd) cache.
+    Cached {
+        k: &'a mut B::Buf<f32>,
+        v: &'a mut B::Buf<f32>,
+        start: usize,
+        lmax: usize,
+    },
+}
+
+/// Dropout of one training step. The masks are a function of (seed, step, site) (`ops::dropout`),
+/// so `backward` regenerates the forward's masks instead of storing them.
+#[derive(Clone, Copy, Debug)]
+struct StepDropout {
+    p: f32,
+    seed: u64,
+    step: u64,
+}
+
+impl StepDropout {
+    fn site(self, site: u32) -> DropoutSite {
+        DropoutSite {
+            p: self.p,
+            seed: self.seed,
+            step: self.step,
+            site,
+        }
+    }
+}
+
+/// Training dropout inside block `layer`: the step's masks and the scratch a dropped residual
+/// branch is written to.
+pub(crate) struct BlockDropout<'a, B: Backend> {
+    step: StepDropout,
+    layer: usize,
+    tmp: &'a mut B::Buf<f32>,
+}
+
+/// One pre-LN GPT-2 block on `ash.b * ash.l` rows, shared by the training/eval forward and KV-cache
+/// decoding: reads `x`, leaves every intermediate in `la` (what `backward` needs) and the block's
+/// output in `la.res3`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn block_forward<B: Backend>(
+    be: &B,
+    params: &[B::Buf<f32>],
+    lw: &LayerIdx,
+    eps: f32,
+    x: &B::Buf<f32>,
+    la: &mut LayerActs<B>,
+    attn: BlockAttn<'_, B>,
+    dropout: Option<BlockDropout<'_, B>>,
+    ash: AttnShape,
+) -> Result<()> {
+    let w = |i: usize| &params[i];
+    let (rows, c) = (ash.b * ash.l, ash.c);
+    be.layernorm_forward(
+        &mut la.ln1,
+        &mut la.ln1_mean,
+        &mut la.ln1_rstd,
+        x,
+        w(lw.ln1_w),
+        w(lw.ln1_b),
+        rows,
+        c,
+        eps,
+    )?;
+    be.matmul_forward(
+        &mut la.qkv,
+        &la.ln1,
+        w(lw.qkv_w),
+        Some(w(lw.qkv_b)),
+        rows,
+        c,
+        3 * c,
+        WeightLayout::InOut,
+    )?;
+    match attn {
+        BlockAttn::Full { mask } => be.attention_forward(
+            &mut la.atty,
+            &mut la.att,
+            &la.qkv,
+            mask,
+            dropout.as_ref().map(|d| d.step.site(site_attn(d.layer))),
+            ash,
+        )?,
+        BlockAttn::Cached { k, v, start, lmax } => {
+            if dropout.is_some() {
+                bail!("block_forward: cached attention is for decoding, which has no dropout");
+            }
+            be.attention_cached_forward(&mut la.atty, &la.qkv, k, v, start, ash.l, lmax, ash)?
+        }
+    }
+    be.matmul_forward(
+        &mut la.attproj,
+        &la.atty,
+        w(lw.proj_w),
+        Some(w(lw.proj_b)),
+        rows,
+        c,
+        c,
+        WeightLayout::InOut,
+    )?;
+    let mut dropout = dropout;
+    if let Some(d) = dropout.as_mut() {
+        let site = d.step.site(site_attn_resid(d.layer));
+        be.dropout_forward(d.tmp, &la.attproj, site, rows * c)?;
+        be.residual_forward(&mut la.res2, x, d.tmp, rows * c)?;
+    } else {
+        be.residual_forward(&mut la.res2, x, &la.attproj, rows * c)?;
+    }
+    be.layernorm_forward(
+        &mut la.ln2,
+        &mut la.ln2_mean,
+        &mut la.ln2_rstd,
+        &la.res2,
+        w(lw.ln2_w),
+        w(lw.ln2_b),
+        rows,
+        c,
+        eps,
+    )?;
+    be.matmul_forward(
+        &mut la.fch,
+        &la.ln2,
+        w(lw.fc_w),
+        Some(w(lw.fc_b)),
+        rows,
+        c,
+        4 * c,
+        WeightLayout::InOut,
+    )?;
+    be.gelu_forward(&mut la.fchg, &la.fch, rows * 4 * c)?;
+    be.matmul_forward(
+        &mut la.fcproj,
+        &la.fchg,
+        w(lw.fcp_w),
+        Some(w(lw.fcp_b)),
+        rows,
+        4 * c,
+        c,
+        WeightLayout::InOut,
+    )?;
+    if let Some(d) = dropout {
+        let site = d.step.site(site_mlp_resid(d.layer));
+        be.dropout_forward(d.tmp, &la.fcproj, site, rows * c)?;
+        be.residual_forward(&mut la.res3, &la.res2, d.tmp, rows * c)?;
+    } else {
+        be.residual_forward(&mut la.res3, &la.res2, &la.fcproj, rows * c)?;
+    }
+    Ok(())
+}
+
 /// All activations and scratch of one forward/backward, sized for (cap_b, cap_l).
 pub(crate) struct Acts<B: Backend> {
     pub cap_b: usize,
@@ -221,26 +405,10 @@ impl<B: Backend> Acts<B> {
         let rows = cap_b * cap_l;
         let f = |n: usize| be.alloc::<f32>(n);
         let i = |n: usize| be.alloc::<i32>(n);
-        let mut layers = Vec::with_capacity(cfg.n_layer);
-        for _ in 0..cfg.n_layer {
-            layers.push(LayerActs {
-                ln1: f(rows * c)?,
-                ln1_mean: f(rows)?,
-                ln1_rstd: f(rows)?,
-                qkv: f(rows * 3 * c)?,
-                att: f(cap_b * cfg.n_head * cap_l * cap_l)?,
-                atty: f(rows * c)?,
-                attproj: f(rows * c)?,
-                res2: f(rows * c)?,
-                ln2: f(rows * c)?,
-                ln2_mean: f(rows)?,
-                ln2_rstd: f(rows)?,
-                fch: f(rows * 4 * c)?,
-                fchg: f(rows * 4 * c)?,
-                fcproj: f(rows * c)?,
-                res3: f(rows * c)?,
-            });
-        }
+        let att = cap_b * cfg.n_head * cap_l * cap_l;
+        let layers = (0..cfg.n_layer)
+            .map(|_| LayerActs::new(be, rows, c, att))
+            .collect::<Result<Vec<_>>>()?;
         let (n_rec, h) = match cfg.rec {
             RecKind::Mlp => (1 + cfg.mlp_layers, cfg.mlp_hidden),
             _ => (0, 0),
@@ -329,7 +497,7 @@ struct Saved {
     p: usize,
     t: usize,
     n: usize,
-    dropout: Option<(u64, f32)>,
+    dropout: Option<StepDropout>,
 }
 
 /// AdamW first and second moments of one parameter, in backend memory.
@@ -514,16 +682,12 @@ impl<B: Backend> Pepler<B> {
             bail!("forward: the batch has no target tokens (all text is padding)");
         }
         self.ensure_acts(b, l)?;
-        let dropout = (opts.train && cfg.dropout > 0.0).then_some((opts.step, cfg.dropout));
-        let seed = self.seed;
-        let site = |s: u32| {
-            dropout.map(|(step, pr)| DropoutSite {
-                p: pr,
-                seed,
-                step,
-                site: s,
-            })
-        };
+        let dropout = (opts.train && cfg.dropout > 0.0).then_some(StepDropout {
+            p: cfg.dropout,
+            seed: self.seed,
+            step: opts.step,
+        });
+        let site = |s: u32| dropout.map(|d| d.site(s));
         let Pepler {
             cfg,
             be,
@@ -597,7 +761,6 @@ impl<B: Backend> Pepler<B> {
         let mask = if any_pad { Some(&a.key_mask) } else { None };
         for (li, lw) in idx.layers.iter().enumerate() {
             let (prev, rest) = a.layers.split_at_mut(li);
-            let la = &mut rest[0];
             let x_in = if li > 0 {
                 &prev[li - 1].res3
             } else if dropout.is_some() {
@@ -605,90 +768,14 @@ impl<B: Backend> Pepler<B> {
             } else {
                 &a.emb
             };
+            let drop = dropout.map(|step| BlockDropout {
+                step,
+                layer: li,
+                tmp: &mut a.drop_tmp,
+            });
+            let attn = BlockAttn::Full { mask };
             let eps = cfg.layer_norm_epsilon;
-            be.layernorm_forward(
-                &mut la.ln1,
-                &mut la.ln1_mean,
-                &mut la.ln1_rstd,
-                x_in,
-                w(lw.ln1_w),
-                w(lw.ln1_b),
-                rows,
-                c,
-                eps,
-            )?;
-            be.matmul_forward(
-                &mut la.qkv,
-                &la.ln1,
-                w(lw.qkv_w),
-                Some(w(lw.qkv_b)),
-                rows,
-                c,
-                3 * c,
-                WeightLayout::InOut,
-            )?;
-            be.attention_forward(
-                &mut la.atty,
-                &mut la.att,
-                &la.qkv,
-                mask,
-                site(site_attn(li)),
-                ash,
-            )?;
-            be.matmul_forward(
-                &mut la.attproj,
-                &la.atty,
-                w(lw.proj_w),
-                Some(w(lw.proj_b)),
-                rows,
-                c,
-                c,
-                WeightLayout::InOut,
-            )?;
-            if let Some(s) = site(site_attn_resid(li)) {
-                be.dropout_forward(&mut a.drop_tmp, &la.attproj, s, rows * c)?;
-                be.residual_forward(&mut la.res2, x_in, &a.drop_tmp, rows * c)?;
-            } else {
-                be.residual_forward(&mut la.res2, x_in, &la.attproj, rows * c)?;
-            }
-            be.layernorm_forward(
-                &mut la.ln2,
-                &mut la.ln2_mean,
-                &mut la.ln2_rstd,
-                &la.res2,
-                w(lw.ln2_w),
-                w(lw.ln2_b),
-                rows,
-                c,
-                eps,
-            )?;
-            be.matmul_forward(
-                &mut la.fch,
-                &la.ln2,
-                w(lw.fc_w),
-                Some(w(lw.fc_b)),
-                rows,
-                c,
-                4 * c,
-                WeightLayout::InOut,
-            )?;
-            be.gelu_forward(&mut la.fchg, &la.fch, rows * 4 * c)?;
-            be.matmul_forward(
-                &mut la.fcproj,
-                &la.fchg,
-                w(lw.fcp_w),
-                Some(w(lw.fcp_b)),
-                rows,
-                4 * c,
-                c,
-                WeightLayout::InOut,
-            )?;
-            if let Some(s) = site(site_mlp_resid(li)) {
-                be.dropout_forward(&mut a.drop_tmp, &la.fcproj, s, rows * c)?;
-                be.residual_forward(&mut la.res3, &la.res2, &a.drop_tmp, rows * c)?;
-            } else {
-                be.residual_forward(&mut la.res3, &la.res2, &la.fcproj, rows * c)?;
-            }
+            block_forward(be, params, lw, eps, x_in, &mut rest[0], attn, drop, ash)?;
         }
         let last = &a.layers[cfg.n_layer - 1].res3;
         be.layernorm_forward(
@@ -853,15 +940,7 @@ impl<B: Backend> Pepler<B> {
             n,
             dropout,
         } = sv;
-        let seed = self.seed;
-        let site = |s: u32| {
-            dropout.map(|(step, pr)| DropoutSite {
-                p: pr,
-                seed,
-                step,
-                site: s,
-            })
-        };
+        let site = |s: u32| dropout.map(|d| d.site(s));
         let Pepler {
             cfg,
             be,
