@@ -12,7 +12,7 @@
 use anyhow::{bail, Result};
 
 use super::config::PromptKind;
-use super::pepler::{block_forward, BlockAttn, LayerActs, Pepler};
+use super::pepler::{block_forward, row_gather, BlockAttn, LayerActs, Pepler};
 use crate::backend::{AttnShape, Backend, EmbedShape, WeightLayout};
 
 /// The new positions of one decoding step.
@@ -177,7 +177,7 @@ impl<B: Backend> Pepler<B> {
                     pos0: 0,
                     c,
                 };
-                let (ui, ii) = (idx.user.expect("continuous"), idx.item.expect("continuous"));
+                let (ui, ii) = idx.user_item();
                 be.write(&mut cache.ids, &to_i32(users))?;
                 be.embedding_forward(&mut cache.x, w(ui), &cache.ids, Some(w(idx.wpe)), seg(0))?;
                 be.write(&mut cache.ids, &to_i32(items))?;
@@ -276,14 +276,7 @@ impl<B: Backend> Pepler<B> {
             be.write(&mut cache.last_idx, &idx_host)?;
             cache.last_idx_n = n;
         }
-        let gather = EmbedShape {
-            batch: 1,
-            n: b,
-            seq: b,
-            offset: 0,
-            pos0: 0,
-            c,
-        };
+        let gather = row_gather(b, c);
         be.embedding_forward(&mut cache.last, &cache.x, &cache.last_idx, None, gather)?;
         be.layernorm_forward(
             &mut cache.lnf,

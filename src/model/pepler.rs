@@ -137,6 +137,13 @@ impl Idx {
             rec,
         })
     }
+
+    /// The user and item embedding tables (continuous prompt or a rating head; the config
+    /// validation guarantees them there).
+    pub(crate) fn user_item(&self) -> (usize, usize) {
+        let need = "user/item embeddings exist for a continuous prompt or a rating head";
+        (self.user.expect(need), self.item.expect(need))
+    }
 }
 
 /// Distinct mutable references to up to `N` elements of `v` (`None` entries stay `None`).
@@ -489,15 +496,94 @@ pub struct ForwardOutput {
     pub n_targets: usize,
 }
 
-/// Shapes of the last training forward, needed by `backward`.
+/// Shapes and dropout of one forward pass; the last training one is kept for `backward`.
 #[derive(Clone, Copy, Debug)]
-struct Saved {
+struct Pass {
     b: usize,
     l: usize,
     p: usize,
     t: usize,
+    /// Target tokens (rows of the LM head).
     n: usize,
+    c: usize,
     dropout: Option<StepDropout>,
+}
+
+impl Pass {
+    /// `n_ids` ids per sequence at positions `offset..` of the `l`-long input (encoder segments).
+    fn seg(&self, n_ids: usize, offset: usize) -> EmbedShape {
+        EmbedShape {
+            batch: self.b,
+            n: n_ids,
+            seq: self.l,
+            offset,
+            pos0: 0,
+            c: self.c,
+        }
+    }
+
+    /// Half `offset` (0 = user, 1 = item) of the rating head's `[u | i]` rows.
+    fn pair(&self, offset: usize) -> EmbedShape {
+        EmbedShape {
+            batch: self.b,
+            n: 1,
+            seq: 2,
+            offset,
+            pos0: 0,
+            c: self.c,
+        }
+    }
+
+    /// The dropout site `s` of this pass (`None` without dropout).
+    fn site(&self, s: u32) -> Option<DropoutSite> {
+        self.dropout.map(|d| d.site(s))
+    }
+}
+
+/// `n` rows of width `c` gathered by index (`embedding_forward` without positions) or scattered
+/// back (`embedding_backward`): the LM head's target rows, decoding's last positions.
+pub(crate) fn row_gather(n: usize, c: usize) -> EmbedShape {
+    EmbedShape {
+        batch: 1,
+        n,
+        seq: n,
+        offset: 0,
+        pos0: 0,
+        c,
+    }
+}
+
+/// The input of the block after `before`: the previous block's output, or for the first block the
+/// embeddings (after dropout when the pass has it).
+fn block_input<'a, B: Backend>(
+    before: &'a [LayerActs<B>],
+    emb: &'a B::Buf<f32>,
+    encoded_d: &'a B::Buf<f32>,
+    dropout: bool,
+) -> &'a B::Buf<f32> {
+    match before.last() {
+        Some(prev) => &prev.res3,
+        None if dropout => encoded_d,
+        None => emb,
+    }
+}
+
+/// The gradient that reaches a dropped-out branch from `dres`: `dropout(dres)` with the forward's
+/// mask, written to `tmp`, or `dres` itself without dropout.
+fn through_dropout<'a, B: Backend>(
+    be: &B,
+    site: Option<DropoutSite>,
+    dres: &'a B::Buf<f32>,
+    tmp: &'a mut B::Buf<f32>,
+    n: usize,
+) -> Result<&'a B::Buf<f32>> {
+    match site {
+        Some(s) => {
+            be.dropout_forward(tmp, dres, s, n)?;
+            Ok(tmp)
+        }
+        None => Ok(dres),
+    }
 }
 
 /// AdamW first and second moments of one parameter, in backend memory.
@@ -516,7 +602,7 @@ pub struct Pepler<B: Backend> {
     grads: Vec<B::Buf<f32>>,
     moments: Vec<Option<Moments<B>>>,
     acts: Option<Acts<B>>,
-    saved: Option<Saved>,
+    saved: Option<Pass>,
     /// Dropout seed.
     pub seed: u64,
 }
@@ -687,7 +773,15 @@ impl<B: Backend> Pepler<B> {
             seed: self.seed,
             step: opts.step,
         });
-        let site = |s: u32| dropout.map(|d| d.site(s));
+        let pass = Pass {
+            b,
+            l,
+            p,
+            t,
+            n,
+            c,
+            dropout,
+        };
         let Pepler {
             cfg,
             be,
@@ -713,23 +807,27 @@ impl<B: Backend> Pepler<B> {
         be.write(&mut a.targets, &tgt)?;
 
         // ---- encoder
-        let seg = |n_ids: usize, offset: usize| EmbedShape {
-            batch: b,
-            n: n_ids,
-            seq: l,
-            offset,
-            pos0: 0,
-            c,
-        };
         match cfg.prompt {
             PromptKind::Continuous => {
                 let users: Vec<i32> = batch.users.iter().map(|&x| x as i32).collect();
                 let items: Vec<i32> = batch.items.iter().map(|&x| x as i32).collect();
                 be.write(&mut a.users, &users)?;
                 be.write(&mut a.items, &items)?;
-                let (ui, ii) = (idx.user.expect("continuous"), idx.item.expect("continuous"));
-                be.embedding_forward(&mut a.emb, w(ui), &a.users, Some(w(idx.wpe)), seg(1, 0))?;
-                be.embedding_forward(&mut a.emb, w(ii), &a.items, Some(w(idx.wpe)), seg(1, 1))?;
+                let (ui, ii) = idx.user_item();
+                be.embedding_forward(
+                    &mut a.emb,
+                    w(ui),
+                    &a.users,
+                    Some(w(idx.wpe)),
+                    pass.seg(1, 0),
+                )?;
+                be.embedding_forward(
+                    &mut a.emb,
+                    w(ii),
+                    &a.items,
+                    Some(w(idx.wpe)),
+                    pass.seg(1, 1),
+                )?;
             }
             PromptKind::Discrete => {
                 if p > 0 {
@@ -740,7 +838,7 @@ impl<B: Backend> Pepler<B> {
                         w(idx.wte),
                         &a.prompt_ids,
                         Some(w(idx.wpe)),
-                        seg(p, 0),
+                        pass.seg(p, 0),
                     )?;
                 }
             }
@@ -750,9 +848,9 @@ impl<B: Backend> Pepler<B> {
             w(idx.wte),
             &a.text_ids,
             Some(w(idx.wpe)),
-            seg(t, p),
+            pass.seg(t, p),
         )?;
-        if let Some(s) = site(SITE_EMB) {
+        if let Some(s) = pass.site(SITE_EMB) {
             be.dropout_forward(&mut a.encoded_d, &a.emb, s, rows * c)?;
         }
 
@@ -761,13 +859,7 @@ impl<B: Backend> Pepler<B> {
         let mask = if any_pad { Some(&a.key_mask) } else { None };
         for (li, lw) in idx.layers.iter().enumerate() {
             let (prev, rest) = a.layers.split_at_mut(li);
-            let x_in = if li > 0 {
-                &prev[li - 1].res3
-            } else if dropout.is_some() {
-                &a.encoded_d
-            } else {
-                &a.emb
-            };
+            let x_in = block_input(prev, &a.emb, &a.encoded_d, dropout.is_some());
             let drop = dropout.map(|step| BlockDropout {
                 step,
                 layer: li,
@@ -808,15 +900,7 @@ impl<B: Backend> Pepler<B> {
         } else {
             None
         };
-        let gather = EmbedShape {
-            batch: 1,
-            n,
-            seq: n,
-            offset: 0,
-            pos0: 0,
-            c,
-        };
-        be.embedding_forward(&mut a.lnf_sel, &a.lnf, &a.sel_idx, None, gather)?;
+        be.embedding_forward(&mut a.lnf_sel, &a.lnf, &a.sel_idx, None, row_gather(n, c))?;
         be.matmul_forward(
             &mut a.logits,
             &a.lnf_sel,
@@ -834,20 +918,9 @@ impl<B: Backend> Pepler<B> {
 
         // ---- rating head
         let (rating_loss, rating) = if cfg.rec != RecKind::None {
-            let (ui_i, ii_i) = (
-                idx.user.expect("rec needs ids"),
-                idx.item.expect("rec needs ids"),
-            );
-            let pair = |offset| EmbedShape {
-                batch: b,
-                n: 1,
-                seq: 2,
-                offset,
-                pos0: 0,
-                c,
-            };
-            be.embedding_forward(&mut a.ui, w(ui_i), &a.users, None, pair(0))?;
-            be.embedding_forward(&mut a.ui, w(ii_i), &a.items, None, pair(1))?;
+            let (ui_i, ii_i) = idx.user_item();
+            be.embedding_forward(&mut a.ui, w(ui_i), &a.users, None, pass.pair(0))?;
+            be.embedding_forward(&mut a.ui, w(ii_i), &a.items, None, pass.pair(1))?;
             match cfg.rec {
                 RecKind::Mf => be.rating_mf_forward(&mut a.pred, &a.ui, b, c)?,
                 _ => {
@@ -893,14 +966,7 @@ impl<B: Backend> Pepler<B> {
             (None, None)
         };
         let loss = text_loss + rating_loss.map_or(0.0, |r| cfg.rec_lambda * r);
-        self.saved = opts.train.then_some(Saved {
-            b,
-            l,
-            p,
-            t,
-            n,
-            dropout,
-        });
+        self.saved = opts.train.then_some(pass);
         Ok(ForwardOutput {
             text_loss,
             rating_loss,
@@ -915,7 +981,7 @@ impl<B: Backend> Pepler<B> {
     /// into every parameter's gradient, or only those with `need[i]` set (the rest are skipped,
     /// not zeroed). Call `zero_grads` before the forward of a fresh step.
     pub fn backward(&mut self, need: Option<&[bool]>) -> Result<()> {
-        let Some(sv) = self.saved.take() else {
+        let Some(pass) = self.saved.take() else {
             bail!(
                 "backward: no training forward to differentiate (forward with train = true first)"
             );
@@ -932,15 +998,15 @@ impl<B: Backend> Pepler<B> {
         if self.grads.is_empty() {
             self.zero_grads()?;
         }
-        let Saved {
+        let Pass {
             b,
             l,
             p,
             t,
             n,
+            c,
             dropout,
-        } = sv;
-        let site = |s: u32| dropout.map(|d| d.site(s));
+        } = pass;
         let Pepler {
             cfg,
             be,
@@ -951,7 +1017,7 @@ impl<B: Backend> Pepler<B> {
             ..
         } = self;
         let a = acts.as_mut().expect("forward allocated the activations");
-        let (c, v, nh) = (cfg.n_embd, cfg.vocab_size, cfg.n_head);
+        let (v, nh) = (cfg.vocab_size, cfg.n_head);
         let rows = b * l;
         let w = |i: usize| &params[i];
         let g = |i: usize| need.is_none_or(|nd| nd[i]).then_some(i);
@@ -972,14 +1038,7 @@ impl<B: Backend> Pepler<B> {
         )?;
         // Scatter the selected rows' gradient into a zeroed (rows, C) buffer (dc1).
         be.zero(&mut a.dc1)?;
-        let gather = EmbedShape {
-            batch: 1,
-            n,
-            seq: n,
-            offset: 0,
-            pos0: 0,
-            c,
-        };
+        let gather = row_gather(n, c);
         be.embedding_backward(Some(&mut a.dc1), None, &a.dlnf_sel, &a.sel_idx, gather)?;
         be.zero(&mut a.dres)?;
         let [dw, db] = pick(grads, [g(idx.lnf_w), g(idx.lnf_b)]);
@@ -1003,20 +1062,10 @@ impl<B: Backend> Pepler<B> {
             let lw = &idx.layers[li];
             let (prev, rest) = a.layers.split_at(li);
             let la = &rest[0];
-            let x_in = if li > 0 {
-                &prev[li - 1].res3
-            } else if dropout.is_some() {
-                &a.encoded_d
-            } else {
-                &a.emb
-            };
+            let x_in = block_input(prev, &a.emb, &a.encoded_d, dropout.is_some());
             // MLP: d(fcproj) = dropout(dres).
-            let dfcp = if let Some(s) = site(site_mlp_resid(li)) {
-                be.dropout_forward(&mut a.drop_tmp, &a.dres, s, rows * c)?;
-                &a.drop_tmp
-            } else {
-                &a.dres
-            };
+            let site = pass.site(site_mlp_resid(li));
+            let dfcp = through_dropout(be, site, &a.dres, &mut a.drop_tmp, rows * c)?;
             let [dw, db] = pick(grads, [g(lw.fcp_w), g(lw.fcp_b)]);
             be.matmul_backward(
                 Some(&mut a.d4a),
@@ -1058,12 +1107,8 @@ impl<B: Backend> Pepler<B> {
                 c,
             )?;
             // Attention: d(attproj) = dropout(dres).
-            let dap = if let Some(s) = site(site_attn_resid(li)) {
-                be.dropout_forward(&mut a.drop_tmp, &a.dres, s, rows * c)?;
-                &a.drop_tmp
-            } else {
-                &a.dres
-            };
+            let site = pass.site(site_attn_resid(li));
+            let dap = through_dropout(be, site, &a.dres, &mut a.drop_tmp, rows * c)?;
             let [dw, db] = pick(grads, [g(lw.proj_w), g(lw.proj_b)]);
             be.matmul_backward(
                 Some(&mut a.dc1),
@@ -1082,7 +1127,7 @@ impl<B: Backend> Pepler<B> {
                 &a.dc1,
                 &la.qkv,
                 &la.att,
-                site(site_attn(li)),
+                pass.site(site_attn(li)),
                 ash,
             )?;
             let [dw, db] = pick(grads, [g(lw.qkv_w), g(lw.qkv_b)]);
@@ -1114,37 +1159,24 @@ impl<B: Backend> Pepler<B> {
         }
 
         // ---- encoder
-        let demb = if let Some(s) = site(SITE_EMB) {
-            be.dropout_forward(&mut a.drop_tmp, &a.dres, s, rows * c)?;
-            &a.drop_tmp
-        } else {
-            &a.dres
-        };
-        let seg = |n_ids: usize, offset: usize| EmbedShape {
-            batch: b,
-            n: n_ids,
-            seq: l,
-            offset,
-            pos0: 0,
-            c,
-        };
+        let demb = through_dropout(be, pass.site(SITE_EMB), &a.dres, &mut a.drop_tmp, rows * c)?;
         match cfg.prompt {
             PromptKind::Continuous => {
-                let (ui, ii) = (idx.user.expect("continuous"), idx.item.expect("continuous"));
+                let (ui, ii) = idx.user_item();
                 let [du, dwpe] = pick(grads, [g(ui), g(idx.wpe)]);
-                be.embedding_backward(du, dwpe, demb, &a.users, seg(1, 0))?;
+                be.embedding_backward(du, dwpe, demb, &a.users, pass.seg(1, 0))?;
                 let [di, dwpe] = pick(grads, [g(ii), g(idx.wpe)]);
-                be.embedding_backward(di, dwpe, demb, &a.items, seg(1, 1))?;
+                be.embedding_backward(di, dwpe, demb, &a.items, pass.seg(1, 1))?;
             }
             PromptKind::Discrete => {
                 if p > 0 {
                     let [dwte, dwpe] = pick(grads, [g(idx.wte), g(idx.wpe)]);
-                    be.embedding_backward(dwte, dwpe, demb, &a.prompt_ids, seg(p, 0))?;
+                    be.embedding_backward(dwte, dwpe, demb, &a.prompt_ids, pass.seg(p, 0))?;
                 }
             }
         }
         let [dwte, dwpe] = pick(grads, [g(idx.wte), g(idx.wpe)]);
-        be.embedding_backward(dwte, dwpe, demb, &a.text_ids, seg(t, p))?;
+        be.embedding_backward(dwte, dwpe, demb, &a.text_ids, pass.seg(t, p))?;
 
         // ---- rating head: dpred = lambda * dMSE/dpred sits in a.dpred.
         if cfg.rec != RecKind::None {
@@ -1186,22 +1218,11 @@ impl<B: Backend> Pepler<B> {
                     }
                 }
             }
-            let (ui, ii) = (
-                idx.user.expect("rec needs ids"),
-                idx.item.expect("rec needs ids"),
-            );
-            let pair = |offset| EmbedShape {
-                batch: b,
-                n: 1,
-                seq: 2,
-                offset,
-                pos0: 0,
-                c,
-            };
+            let (ui, ii) = idx.user_item();
             let [du] = pick(grads, [g(ui)]);
-            be.embedding_backward(du, None, &a.dui, &a.users, pair(0))?;
+            be.embedding_backward(du, None, &a.dui, &a.users, pass.pair(0))?;
             let [di] = pick(grads, [g(ii)]);
-            be.embedding_backward(di, None, &a.dui, &a.items, pair(1))?;
+            be.embedding_backward(di, None, &a.dui, &a.items, pass.pair(1))?;
         }
         Ok(())
     }
