@@ -30,25 +30,53 @@ impl CpuBackend {
     }
 }
 
-/// The first `n` elements of `b`, or an error naming the op and the operand.
-fn pre<'a, T>(op: &str, what: &str, b: &'a CpuBuf<T>, n: usize) -> Result<&'a [T]> {
+/// An error naming the op and the operand unless `b` holds at least `n` elements.
+fn check_len<T>(op: &str, what: &str, b: &CpuBuf<T>, n: usize) -> Result<()> {
     if b.0.len() < n {
         bail!(
             "{op}: `{what}` holds {} elements, the op needs {n}",
             b.0.len()
         );
     }
+    Ok(())
+}
+
+/// The first `n` elements of `b`, or an error naming the op and the operand.
+fn pre<'a, T>(op: &str, what: &str, b: &'a CpuBuf<T>, n: usize) -> Result<&'a [T]> {
+    check_len(op, what, b, n)?;
     Ok(&b.0[..n])
 }
 
+/// `pre`, mutable.
 fn pre_mut<'a, T>(op: &str, what: &str, b: &'a mut CpuBuf<T>, n: usize) -> Result<&'a mut [T]> {
-    if b.0.len() < n {
-        bail!(
-            "{op}: `{what}` holds {} elements, the op needs {n}",
-            b.0.len()
-        );
-    }
+    check_len(op, what, b, n)?;
     Ok(&mut b.0[..n])
+}
+
+/// `pre_mut` of an optional gradient output, or `n` zeros in `scratch` when it is skipped (for
+/// reference functions that always produce it).
+fn pre_mut_or_scratch<'a>(
+    op: &str,
+    what: &str,
+    b: Option<&'a mut CpuBuf<f32>>,
+    n: usize,
+    scratch: &'a mut Vec<f32>,
+) -> Result<&'a mut [f32]> {
+    match b {
+        Some(b) => pre_mut(op, what, b, n),
+        None => {
+            scratch.resize(n, 0.0);
+            Ok(&mut scratch[..])
+        }
+    }
+}
+
+/// An error naming the op unless the channels split evenly into the heads.
+fn check_heads(op: &str, s: &AttnShape) -> Result<()> {
+    if s.nh == 0 || !s.c.is_multiple_of(s.nh) {
+        bail!("{op}: {} channels do not split into {} heads", s.c, s.nh);
+    }
+    Ok(())
 }
 
 impl Backend for CpuBackend {
@@ -154,10 +182,7 @@ impl Backend for CpuBackend {
         let out = pre_mut(op, "out", out, rows * cout)?;
         let inp = pre(op, "inp", inp, rows * cin)?;
         let w = pre(op, "weight", weight, cin * cout)?;
-        let b = match bias {
-            Some(b) => Some(pre(op, "bias", b, cout)?),
-            None => None,
-        };
+        let b = bias.map(|b| pre(op, "bias", b, cout)).transpose()?;
         ops::matmul::matmul_forward(out, inp, w, b, rows, cin, cout, layout);
         Ok(())
     }
@@ -176,18 +201,13 @@ impl Backend for CpuBackend {
         layout: WeightLayout,
     ) -> Result<()> {
         let op = "matmul_backward";
-        let dinp = match dinp {
-            Some(d) => Some(pre_mut(op, "dinp", d, rows * cin)?),
-            None => None,
-        };
-        let dweight = match dweight {
-            Some(d) => Some(pre_mut(op, "dweight", d, cin * cout)?),
-            None => None,
-        };
-        let dbias = match dbias {
-            Some(d) => Some(pre_mut(op, "dbias", d, cout)?),
-            None => None,
-        };
+        let dinp = dinp
+            .map(|d| pre_mut(op, "dinp", d, rows * cin))
+            .transpose()?;
+        let dweight = dweight
+            .map(|d| pre_mut(op, "dweight", d, cin * cout))
+            .transpose()?;
+        let dbias = dbias.map(|d| pre_mut(op, "dbias", d, cout)).transpose()?;
         let dout = pre(op, "dout", dout, rows * cout)?;
         let inp = pre(op, "inp", inp, rows * cin)?;
         let w = pre(op, "weight", weight, cin * cout)?;
@@ -237,22 +257,9 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         let op = "layernorm_backward";
         // The reference always produces weight gradients; frozen ones land in scratch (c floats).
-        let mut scratch_w = Vec::new();
-        let mut scratch_b = Vec::new();
-        let dw = match dweight {
-            Some(d) => pre_mut(op, "dweight", d, c)?,
-            None => {
-                scratch_w.resize(c, 0.0);
-                &mut scratch_w[..]
-            }
-        };
-        let db = match dbias {
-            Some(d) => pre_mut(op, "dbias", d, c)?,
-            None => {
-                scratch_b.resize(c, 0.0);
-                &mut scratch_b[..]
-            }
-        };
+        let (mut scratch_w, mut scratch_b) = (Vec::new(), Vec::new());
+        let dw = pre_mut_or_scratch(op, "dweight", dweight, c, &mut scratch_w)?;
+        let db = pre_mut_or_scratch(op, "dbias", dbias, c, &mut scratch_b)?;
         ops::layernorm::layernorm_backward(
             pre_mut(op, "dinp", dinp, rows * c)?,
             dw,
@@ -278,13 +285,10 @@ impl Backend for CpuBackend {
         s: AttnShape,
     ) -> Result<()> {
         let op = "attention_forward";
-        if s.nh == 0 || !s.c.is_multiple_of(s.nh) {
-            bail!("{op}: {} channels do not split into {} heads", s.c, s.nh);
-        }
-        let mask = match key_mask {
-            Some(m) => Some(pre(op, "key_mask", m, s.b * s.l)?),
-            None => None,
-        };
+        check_heads(op, &s)?;
+        let mask = key_mask
+            .map(|m| pre(op, "key_mask", m, s.b * s.l))
+            .transpose()?;
         ops::attention::attention_forward(
             pre_mut(op, "out", out, s.b * s.l * s.c)?,
             pre_mut(op, "att", att, s.b * s.nh * s.l * s.l)?,
@@ -306,9 +310,7 @@ impl Backend for CpuBackend {
         s: AttnShape,
     ) -> Result<()> {
         let op = "attention_backward";
-        if s.nh == 0 || !s.c.is_multiple_of(s.nh) {
-            bail!("{op}: {} channels do not split into {} heads", s.c, s.nh);
-        }
+        check_heads(op, &s)?;
         ops::attention::attention_backward(
             pre_mut(op, "dqkv", dqkv, s.b * s.l * 3 * s.c)?,
             pre(op, "dout", dout, s.b * s.l * s.c)?,
@@ -332,9 +334,7 @@ impl Backend for CpuBackend {
         s: AttnShape,
     ) -> Result<()> {
         let op = "attention_cached_forward";
-        if s.nh == 0 || !s.c.is_multiple_of(s.nh) {
-            bail!("{op}: {} channels do not split into {} heads", s.c, s.nh);
-        }
+        check_heads(op, &s)?;
         if start + n > lmax {
             bail!(
                 "{op}: positions {start}..{} exceed the cache length {lmax}",
