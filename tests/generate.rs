@@ -2,11 +2,13 @@
 //! models, both prompt kinds, with and without early `<eos>`), and its per-step logits match.
 
 use pepler_cuda::backend::cpu::CpuBackend;
-use pepler_cuda::generate::{greedy, greedy_full_recompute, GenPrompt, DEFAULT_MAX_LEN};
+use pepler_cuda::generate::{
+    full_last_logits, greedy, greedy_full_recompute, GenPrompt, DEFAULT_MAX_LEN,
+};
 use pepler_cuda::model::config::{ModelConfig, PromptKind, RecKind};
 use pepler_cuda::model::decode::StepInput;
 use pepler_cuda::model::params::ParamSet;
-use pepler_cuda::model::pepler::{ForwardOptions, Pepler};
+use pepler_cuda::model::pepler::Pepler;
 
 fn cfg(prompt: PromptKind) -> ModelConfig {
     ModelConfig {
@@ -132,30 +134,10 @@ fn cached_step_logits_match_the_full_forward() {
     for _ in 0..4 {
         let step_logits = cache.last_logits(model.backend(), c.vocab_size).unwrap();
         let t = text[0].len();
-        let batch = pepler_cuda::model::batch::Batch {
-            b,
-            t,
-            p: 0,
-            users: USERS.to_vec(),
-            items: ITEMS.to_vec(),
-            text: text.concat(),
-            mask: vec![1; b * t],
-            rating: vec![0.0; b],
-            prompt: vec![],
-        };
-        let full = model
-            .forward(
-                &batch,
-                ForwardOptions {
-                    want_logits: true,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-        let full = full.logits.unwrap();
-        let (l, v) = (2 + t, c.vocab_size);
+        let full = full_last_logits(&mut model, prompt_for(&c.prompt), &text).unwrap();
+        let v = c.vocab_size;
         for r in 0..b {
-            let want = &full[(r * l + l - 1) * v..(r * l + l) * v];
+            let want = &full[r * v..(r + 1) * v];
             let got = &step_logits[r * v..(r + 1) * v];
             for (x, y) in got.iter().zip(want) {
                 assert!(

@@ -4,7 +4,8 @@
 //! [`greedy`] decodes a whole batch with a KV cache through the backend (`Pepler::decode_step`):
 //! one prefill step for prompt + `<bos>`, then one position per step; only B token ids per step
 //! come back to the host. [`greedy_full_recompute`] is the cache-free reference that reruns the
-//! full forward on the growing sequence (as the original does); tests check the two agree.
+//! full forward on the growing sequence (as the original does), one [`full_last_logits`] per token;
+//! tests check the two agree, token for token and step logits against `full_last_logits`.
 //!
 //! Output per sequence: the generated ids, up to and including the first `<eos>` (if any), at most
 //! `max_len` of them. Sequences that have finished still ride along in the batch until all have
@@ -146,6 +147,44 @@ pub fn greedy<B: Backend>(
     Ok(out)
 }
 
+/// Logits [B, V] at the last position of `[prompt, seqs[r]]` for every sequence `r` (all of one
+/// length), from the full forward without a cache: what a decoding step must reproduce.
+pub fn full_last_logits<B: Backend>(
+    model: &mut Pepler<B>,
+    prompt: GenPrompt<'_>,
+    seqs: &[Vec<u32>],
+) -> Result<Vec<f32>> {
+    let (b, t) = (seqs.len(), seqs.first().map_or(0, |s| s.len()));
+    if seqs.iter().any(|s| s.len() != t) {
+        bail!("generate: sequences of different lengths");
+    }
+    let (users, items, prompt, p) = match prompt {
+        GenPrompt::Continuous { users, items } => (users.to_vec(), items.to_vec(), vec![], 0),
+        GenPrompt::Discrete { tokens, p } => (vec![0; b], vec![0; b], tokens.to_vec(), p),
+    };
+    let batch = Batch {
+        b,
+        t,
+        p,
+        users,
+        items,
+        text: seqs.concat(),
+        mask: vec![1; b * t],
+        rating: vec![0.0; b],
+        prompt,
+    };
+    let opts = ForwardOptions {
+        want_logits: true,
+        ..Default::default()
+    };
+    let logits = model.forward(&batch, opts)?.logits.expect("requested");
+    let (l, v) = (batch.seq_len(model.config()), model.config().vocab_size);
+    Ok((0..b)
+        .flat_map(|r| &logits[(r * l + l - 1) * v..(r * l + l) * v])
+        .copied()
+        .collect())
+}
+
 /// Cache-free reference: reruns the full forward on `[prompt, <bos>, generated..]` for every new
 /// token (the original's algorithm). Slow; for tests.
 pub fn greedy_full_recompute<B: Backend>(
@@ -159,38 +198,14 @@ pub fn greedy_full_recompute<B: Backend>(
     let mut out = vec![Vec::with_capacity(max_len); b];
     let mut done = vec![false; b];
     let mut seqs: Vec<Vec<u32>> = vec![vec![cfg.bos_id]; b];
-    let (users, items, ptoks, p) = match prompt {
-        GenPrompt::Continuous { users, items } => (users.to_vec(), items.to_vec(), vec![], 0),
-        GenPrompt::Discrete { tokens, p } => (vec![0; b], vec![0; b], tokens.to_vec(), p),
-    };
     if max_len == 0 {
         return Ok(out);
     }
     loop {
-        let t = seqs[0].len();
-        let batch = Batch {
-            b,
-            t,
-            p,
-            users: users.clone(),
-            items: items.clone(),
-            text: seqs.concat(),
-            mask: vec![1; b * t],
-            rating: vec![0.0; b],
-            prompt: ptoks.clone(),
-        };
-        let fo = model.forward(
-            &batch,
-            ForwardOptions {
-                want_logits: true,
-                ..Default::default()
-            },
-        )?;
-        let logits = fo.logits.expect("requested");
-        let l = batch.seq_len(&cfg);
-        let next: Vec<u32> = (0..b)
-            .map(|r| {
-                let row = &logits[(r * l + l - 1) * v..(r * l + l) * v];
+        let logits = full_last_logits(model, prompt, &seqs)?;
+        let next: Vec<u32> = logits
+            .chunks(v)
+            .map(|row| {
                 let mut best = 0;
                 for (j, &x) in row.iter().enumerate() {
                     if x > row[best] {
