@@ -6,7 +6,7 @@ use pepler_cuda::backend::cpu::CpuBackend;
 use pepler_cuda::model::batch::Batch;
 use pepler_cuda::model::config::{ModelConfig, PromptKind, RecKind};
 use pepler_cuda::model::params::ParamSet;
-use pepler_cuda::model::pepler::{ForwardOptions, Pepler};
+use pepler_cuda::model::pepler::{ForwardOptions, ForwardOutput, Pepler};
 use pepler_cuda::model::safetensors_io::SafetensorsFile;
 
 /// A tiny config: vocab 37, 12 wide, 2 layers, 3 heads.
@@ -102,9 +102,38 @@ fn train() -> ForwardOptions {
     }
 }
 
+/// `opts` with the full logits requested.
+fn with_logits(opts: ForwardOptions) -> ForwardOptions {
+    ForwardOptions {
+        want_logits: true,
+        ..opts
+    }
+}
+
 fn loss_of(ps: &ParamSet, bt: &Batch) -> f64 {
     let mut m = Pepler::new(CpuBackend::new(), ps).unwrap();
     m.forward(bt, ForwardOptions::default()).unwrap().loss as f64
+}
+
+/// One training step's gradients from zero: the forward's output and every gradient (`need`: only
+/// those, as `Pepler::backward`).
+fn forward_backward(
+    m: &mut Pepler<CpuBackend>,
+    bt: &Batch,
+    opts: ForwardOptions,
+    need: Option<&[bool]>,
+) -> (ForwardOutput, ParamSet) {
+    m.zero_grads().unwrap();
+    let out = m.forward(bt, opts).unwrap();
+    m.backward(need).unwrap();
+    (out, m.download_grads().unwrap())
+}
+
+/// Index of the largest-magnitude entry (the best-resolved gradient coordinate).
+fn argmax_abs(x: &[f32]) -> usize {
+    (0..x.len())
+        .max_by(|&a, &b| x[a].abs().total_cmp(&x[b].abs()))
+        .unwrap()
 }
 
 fn gradient_check(prompt: PromptKind, rec: RecKind) {
@@ -112,17 +141,11 @@ fn gradient_check(prompt: PromptKind, rec: RecKind) {
     let ps = params(&cfg, 11);
     let bt = batch(&cfg);
     let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
-    m.zero_grads().unwrap();
-    m.forward(&bt, train()).unwrap();
-    m.backward(None).unwrap();
-    let grads = m.download_grads().unwrap();
+    let (_, grads) = forward_backward(&mut m, &bt, train(), None);
     let mut checked = 0;
     for (spec, g) in grads.iter() {
         // A few coordinates per tensor: the largest-|g| one (to beat f32 noise) and two fixed ones.
-        let imax = (0..g.data.len())
-            .max_by(|&a, &b| g.data[a].abs().total_cmp(&g.data[b].abs()))
-            .unwrap();
-        for &i in &[imax, 0, g.data.len() / 2] {
+        for &i in &[argmax_abs(&g.data), 0, g.data.len() / 2] {
             let h = 1e-2f32
                 * ps.at(ps.index_of(&spec.name).unwrap()).data[i]
                     .abs()
@@ -195,10 +218,7 @@ fn extra_padding_leaves_real_logits_and_losses_unchanged() {
             wide.mask.extend(std::iter::repeat_n(0u8, extra));
         }
         let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
-        let opts = ForwardOptions {
-            want_logits: true,
-            ..Default::default()
-        };
+        let opts = with_logits(ForwardOptions::default());
         let a = m.forward(&bt, opts).unwrap();
         let b = m.forward(&wide, opts).unwrap();
         assert!(
@@ -235,18 +255,7 @@ fn forward_and_backward_are_bitwise_deterministic() {
     let bt = batch(&cfg);
     let run = || {
         let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
-        m.zero_grads().unwrap();
-        let out = m
-            .forward(
-                &bt,
-                ForwardOptions {
-                    want_logits: true,
-                    ..train()
-                },
-            )
-            .unwrap();
-        m.backward(None).unwrap();
-        (out, m.download_grads().unwrap())
+        forward_backward(&mut m, &bt, with_logits(train()), None)
     };
     let (o1, g1) = run();
     let (o2, g2) = run();
@@ -266,44 +275,25 @@ fn dropout_changes_training_loss_deterministically_and_not_eval() {
     let ps = params(&cfg, 3);
     let bt = batch(&cfg);
     let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
-    let eval = m.forward(&bt, ForwardOptions::default()).unwrap().loss;
-    let t1 = m
-        .forward(&bt, ForwardOptions { step: 1, ..train() })
-        .unwrap()
-        .loss;
-    let t1b = m
-        .forward(&bt, ForwardOptions { step: 1, ..train() })
-        .unwrap()
-        .loss;
-    let t2 = m
-        .forward(&bt, ForwardOptions { step: 2, ..train() })
-        .unwrap()
-        .loss;
+    let at = |step| ForwardOptions { step, ..train() };
+    let loss = |m: &mut Pepler<CpuBackend>, opts| m.forward(&bt, opts).unwrap().loss;
+    let eval = loss(&mut m, ForwardOptions::default());
+    let t1 = loss(&mut m, at(1));
+    let t1b = loss(&mut m, at(1));
+    let t2 = loss(&mut m, at(2));
     assert_ne!(eval, t1);
     assert_eq!(t1.to_bits(), t1b.to_bits());
     assert_ne!(t1, t2);
     // The dropout path's gradients also match finite differences (masks are recomputed, not stored).
-    m.zero_grads().unwrap();
-    let base = m
-        .forward(&bt, ForwardOptions { step: 7, ..train() })
-        .unwrap()
-        .loss as f64;
-    m.backward(None).unwrap();
-    let g = m.download_grads().unwrap();
+    let (out, g) = forward_backward(&mut m, &bt, at(7), None);
     let name = "transformer.h.0.mlp.c_fc.weight";
     let gi = g.get(name).unwrap();
-    let i = (0..gi.data.len())
-        .max_by(|&a, &b| gi.data[a].abs().total_cmp(&gi.data[b].abs()))
-        .unwrap();
+    let i = argmax_abs(&gi.data);
     let h = 1e-2f32;
     let mut plus = ps.clone();
     plus.get_mut(name).unwrap().data[i] += h;
     let mut mp = Pepler::new(CpuBackend::new(), &plus).unwrap();
-    let lp = mp
-        .forward(&bt, ForwardOptions { step: 7, ..train() })
-        .unwrap()
-        .loss as f64;
-    let fd = (lp - base) / h as f64;
+    let fd = (loss(&mut mp, at(7)) as f64 - out.loss as f64) / h as f64;
     let an = gi.data[i] as f64;
     assert!(
         (fd - an).abs() <= 5e-2 * an.abs() + 1e-3,
@@ -317,15 +307,9 @@ fn skipped_gradients_stay_zero_and_the_rest_are_unchanged() {
     let ps = params(&cfg, 9);
     let bt = batch(&cfg);
     let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
-    m.zero_grads().unwrap();
-    m.forward(&bt, train()).unwrap();
-    m.backward(None).unwrap();
-    let all = m.download_grads().unwrap();
+    let (_, all) = forward_backward(&mut m, &bt, train(), None);
     let need: Vec<bool> = ps.names().map(|n| n.contains("embeddings")).collect();
-    m.zero_grads().unwrap();
-    m.forward(&bt, train()).unwrap();
-    m.backward(Some(&need)).unwrap();
-    let some = m.download_grads().unwrap();
+    let (_, some) = forward_backward(&mut m, &bt, train(), Some(&need));
     for (k, ((s, a), (_, b))) in all.iter().zip(some.iter()).enumerate() {
         if need[k] {
             assert_eq!(a, b, "{}", s.name);
@@ -383,17 +367,7 @@ fn forward_and_gradients_agree_with_pytorch_fixtures() {
         let ps = ParamSet::from_safetensors(&f, &cfg, "param.").unwrap();
         let bt = fixture_batch(&f, &cfg);
         let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
-        m.zero_grads().unwrap();
-        let out = m
-            .forward(
-                &bt,
-                ForwardOptions {
-                    want_logits: true,
-                    ..train()
-                },
-            )
-            .unwrap();
-        m.backward(None).unwrap();
+        let (out, g) = forward_backward(&mut m, &bt, with_logits(train()), None);
         let want_logits = f.read_f32("out.logits", None).unwrap().data;
         let e = max_rel(out.logits.as_ref().unwrap(), &want_logits);
         assert!(e < 1e-5, "{case}: logits max rel err {e}");
@@ -403,7 +377,6 @@ fn forward_and_gradients_agree_with_pytorch_fixtures() {
             "{case}: loss {} vs {want_loss}",
             out.loss
         );
-        let g = m.download_grads().unwrap();
         for (spec, t) in g.iter() {
             let want = f
                 .read_f32(&format!("grad.{}", spec.name), None)
