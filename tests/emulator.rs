@@ -476,8 +476,9 @@ fn expect_error(opts: EmuOptions, kernel: &str, block: u32, needles: &[&str]) {
     for n in needles {
         assert!(msg.contains(n), "error for {kernel} lacks {n:?}: {msg}");
     }
+    // far below the watchdog of the deadlock test; generous for sanitizer builds
     assert!(
-        t0.elapsed() < Duration::from_secs(2),
+        t0.elapsed() < Duration::from_secs(5),
         "{kernel}: took {:?}",
         t0.elapsed()
     );
@@ -575,7 +576,7 @@ fn watchdog_abandons_a_pure_spin_and_emulator_recovers() {
     );
     assert!(msg.contains("running (spinning?)"), "{msg}");
     assert!(
-        t0.elapsed() < Duration::from_secs(3),
+        t0.elapsed() < Duration::from_secs(5),
         "took {:?}",
         t0.elapsed()
     );
@@ -616,7 +617,7 @@ fn watchdog_stops_a_spin_on_another_block_and_emulator_recovers() {
         "the spinning thread should have stopped at its atomic: {msg}"
     );
     assert!(
-        t0.elapsed() < Duration::from_secs(3),
+        t0.elapsed() < Duration::from_secs(5),
         "took {:?}",
         t0.elapsed()
     );

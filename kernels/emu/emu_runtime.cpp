@@ -149,6 +149,7 @@ constexpr size_t kStackSize = 256 * 1024;  // per CUDA thread; the lowest page i
 
 struct Stack {
     unsigned char* base = nullptr;
+    void* tsan_fiber = nullptr;  // TSan's state for the thread running on this stack (reused)
 };
 
 using Lock = std::unique_lock<std::mutex>;
@@ -256,7 +257,13 @@ struct TsanIgnore {
 };
 #endif
 
-int g_block_sync;  // TSan sync object: "earlier blocks are done" (static __shared__ is reused)
+// TSan sync objects. The scheduler releases into g_start_sync before a block starts (it carries
+// the host's writes before the launch and every earlier block) and the block's threads acquire it
+// when they start; they release into g_block_sync when they exit, which only the scheduler
+// acquires, after the block. So blocks are ordered (static __shared__ is reused) while the
+// threads of one block stay unordered except through barriers and warp operations.
+int g_start_sync;
+int g_block_sync;
 
 thread_local Ctx tl_sched;  // the runner thread's scheduler context
 #if PEPLER_TSAN
@@ -543,6 +550,8 @@ struct Block {
                 threadIdx = tid3(tl_tid);
             }
 #if PEPLER_TSAN
+            // never a synchronising switch: it would order the threads of the block through the
+            // scheduler (checked: a missing barrier is then no longer reported)
             __tsan_switch_to_fiber(thr[next].tsan_fiber, 1);
 #endif
             ctx_switch(tl_sched, thr[next].ctx);
@@ -561,7 +570,7 @@ Block& cur() {
 void fiber_entry() {
     Block* B = tl_block;
     const unsigned me = tl_tid;
-    hb_acquire(&g_block_sync);
+    hb_acquire(&g_start_sync);
     try {
         B->check_failed();
         B->fn(B->params);
@@ -696,7 +705,9 @@ std::string run_block(Runner* R, Job* J, uint3 bidx) {
     for (unsigned i = 0; i < n; ++i) {
         ctx_init(B->thr[i].ctx, R->stacks[i].base, kStackSize, fiber_entry);
 #if PEPLER_TSAN
-        B->thr[i].tsan_fiber = __tsan_create_fiber(0);
+        // creating TSan fibers is expensive: one per stack, reused by every block
+        if (!R->stacks[i].tsan_fiber) R->stacks[i].tsan_fiber = __tsan_create_fiber(0);
+        B->thr[i].tsan_fiber = R->stacks[i].tsan_fiber;
 #endif
         B->runq.push_back(i);
     }
@@ -708,7 +719,9 @@ std::string run_block(Runner* R, Job* J, uint3 bidx) {
         Lock lk(R->m);
         J->current = B.get();
     }
+    hb_release(&g_start_sync);
     B->run();
+    hb_acquire(&g_block_sync);  // later blocks and the host see everything the threads wrote
     {
         Lock lk(R->m);
         J->current = nullptr;
@@ -716,9 +729,6 @@ std::string run_block(Runner* R, Job* J, uint3 bidx) {
     }
     R->cv.notify_all();
     tl_block = nullptr;
-#if PEPLER_TSAN
-    for (unsigned i = 0; i < n; ++i) __tsan_destroy_fiber(B->thr[i].tsan_fiber);
-#endif
     return B->error;
 }
 
