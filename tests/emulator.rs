@@ -12,13 +12,14 @@ use pepler_cuda::device::emu_ffi::{self, EmuOptions};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Kernel arguments the cuLaunchKernel way: each value lives in its own 8-byte box.
+/// Kernel arguments the cuLaunchKernel way: each value in its own 8-byte slot (the slots do not
+/// move once the launch takes their addresses).
 #[derive(Default)]
-struct Args(Vec<Box<u64>>);
+struct Args(Vec<u64>);
 
 impl Args {
     fn ptr<T>(mut self, p: *mut T) -> Self {
-        self.0.push(Box::new(p as usize as u64));
+        self.0.push(p as usize as u64);
         self
     }
     fn cptr<T>(self, p: *const T) -> Self {
@@ -26,7 +27,7 @@ impl Args {
     }
     fn int(mut self, v: i32) -> Self {
         // little-endian: the kernel reads the i32 from the first 4 bytes
-        self.0.push(Box::new(v as u32 as u64));
+        self.0.push(v as u32 as u64);
         self
     }
 }
@@ -42,7 +43,7 @@ fn run_opts(
     let mut params: Vec<*mut c_void> = args
         .0
         .iter_mut()
-        .map(|b| &mut **b as *mut u64 as *mut c_void)
+        .map(|slot| slot as *mut u64 as *mut c_void)
         .collect();
     // SAFETY: each test passes exactly the kernel's parameters (pointers to live Vecs large enough
     // for what the kernel touches, i32 for `int`).
@@ -649,12 +650,12 @@ fn conversions_round_to_nearest_even_like_half_crate() {
         6.1e-5,
         3.0e-5,
         f32::MAX,
-        // bf16 ties: 1 + 2^-8 (tie, rounds to even 1.0), 1 + 3*2^-8 (tie, rounds up)
-        1.003_906_25,
-        1.011_718_75,
+        // bf16 ties: 1 + 2^-8 (rounds to even: 1.0), 1 + 3*2^-8 (rounds up)
+        f32::from_bits(0x3f80_8000),
+        f32::from_bits(0x3f81_8000),
         // f16 ties: 1 + 2^-11 and 1 + 3*2^-11
-        1.000_488_3,
-        1.001_464_8,
+        f32::from_bits(0x3f80_1000),
+        f32::from_bits(0x3f80_3000),
     ];
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for _ in 0..4000 {
@@ -715,7 +716,7 @@ fn conversions_round_to_nearest_even_like_half_crate() {
 
 #[test]
 fn float_atomic_add() {
-    let n = 1000;
+    let n: usize = 1000;
     let input: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
     let mut acc = vec![0f32; 1];
     run(
