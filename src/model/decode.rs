@@ -42,8 +42,8 @@ pub struct KvCache<B: Backend> {
     len: usize,
     k: Vec<B::Buf<f32>>,
     v: Vec<B::Buf<f32>>,
+    /// The ids of the segment being embedded.
     ids: B::Buf<i32>,
-    ids2: B::Buf<i32>,
     last_idx: B::Buf<i32>,
     /// The step size `last_idx` currently holds indices for.
     last_idx_n: usize,
@@ -108,7 +108,6 @@ impl<B: Backend> Pepler<B> {
             k,
             v,
             ids: be.alloc(rows)?,
-            ids2: be.alloc(rows)?,
             last_idx: be.alloc(b)?,
             last_idx_n: 0,
             x: f(rows * c)?,
@@ -143,7 +142,11 @@ impl<B: Backend> Pepler<B> {
             }
             Ok(())
         };
-        // ---- embeddings of the n new positions
+        // ---- embeddings of the n new positions, one segment of ids at a time
+        let embed = |cache: &mut KvCache<B>, table: usize, ids: &[u32], s: EmbedShape| {
+            be.write(&mut cache.ids, &to_i32(ids))?;
+            be.embedding_forward(&mut cache.x, w(table), &cache.ids, Some(w(idx.wpe)), s)
+        };
         let n = match input {
             StepInput::PrefillContinuous {
                 users,
@@ -178,18 +181,9 @@ impl<B: Backend> Pepler<B> {
                     c,
                 };
                 let (ui, ii) = idx.user_item();
-                be.write(&mut cache.ids, &to_i32(users))?;
-                be.embedding_forward(&mut cache.x, w(ui), &cache.ids, Some(w(idx.wpe)), seg(0))?;
-                be.write(&mut cache.ids, &to_i32(items))?;
-                be.embedding_forward(&mut cache.x, w(ii), &cache.ids, Some(w(idx.wpe)), seg(1))?;
-                be.write(&mut cache.ids, &to_i32(first))?;
-                be.embedding_forward(
-                    &mut cache.x,
-                    w(idx.wte),
-                    &cache.ids,
-                    Some(w(idx.wpe)),
-                    seg(2),
-                )?;
+                embed(cache, ui, users, seg(0))?;
+                embed(cache, ii, items, seg(1))?;
+                embed(cache, idx.wte, first, seg(2))?;
                 n
             }
             StepInput::PrefillDiscrete { prompt, p, first } => {
@@ -209,23 +203,9 @@ impl<B: Backend> Pepler<B> {
                     c,
                 };
                 if p > 0 {
-                    be.write(&mut cache.ids2, &to_i32(prompt))?;
-                    be.embedding_forward(
-                        &mut cache.x,
-                        w(idx.wte),
-                        &cache.ids2,
-                        Some(w(idx.wpe)),
-                        seg(p, 0),
-                    )?;
+                    embed(cache, idx.wte, prompt, seg(p, 0))?;
                 }
-                be.write(&mut cache.ids, &to_i32(first))?;
-                be.embedding_forward(
-                    &mut cache.x,
-                    w(idx.wte),
-                    &cache.ids,
-                    Some(w(idx.wpe)),
-                    seg(1, p),
-                )?;
+                embed(cache, idx.wte, first, seg(1, p))?;
                 n
             }
             StepInput::Tokens(tokens) => {
@@ -234,7 +214,6 @@ impl<B: Backend> Pepler<B> {
                     bail!("decode_step: prefill the cache with the prompt first");
                 }
                 self.check_room(cache, 1)?;
-                be.write(&mut cache.ids, &to_i32(tokens))?;
                 let s = EmbedShape {
                     batch: b,
                     n: 1,
@@ -243,7 +222,7 @@ impl<B: Backend> Pepler<B> {
                     pos0: start,
                     c,
                 };
-                be.embedding_forward(&mut cache.x, w(idx.wte), &cache.ids, Some(w(idx.wpe)), s)?;
+                embed(cache, idx.wte, tokens, s)?;
                 1
             }
         };
