@@ -34,6 +34,15 @@
 
 #if defined(__SANITIZE_THREAD__)
 #define PEPLER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define PEPLER_TSAN 1
+#endif
+#endif
+#ifndef PEPLER_TSAN
+#define PEPLER_TSAN 0
+#endif
+#if PEPLER_TSAN
 extern "C" {
 void* __tsan_get_current_fiber(void);
 void* __tsan_create_fiber(unsigned flags);
@@ -567,6 +576,9 @@ Block& cur() {
     return *tl_block;
 }
 
+// The top of every CUDA thread. Note: all fibers share the runner thread's C++ exception state;
+// that is safe because no fiber switches while an exception is in flight or being handled (the
+// emulator only switches inside primitives, never from a destructor or a catch block).
 void fiber_entry() {
     Block* B = tl_block;
     const unsigned me = tl_tid;
