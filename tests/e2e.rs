@@ -179,36 +179,26 @@ fn resume_refuses_a_changed_configuration_and_a_missing_state() {
     cfg.strategy = pepler_cuda::train::strategy::Strategy::Full;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
-    let err = TrainJob {
-        cfg: cfg.clone(),
-        out_dir: dir.clone(),
-        control: RunControl {
-            resume: true,
-            stop_after_epochs: None,
-        },
-        evaluate: false,
-    }
-    .run(CpuBackend::new())
-    .err()
-    .expect("nothing to resume");
-    assert!(format!("{err:#}").contains("state.json"), "{err:#}");
+    let resume_error = |cfg: &TrainConfig| -> String {
+        let job = TrainJob {
+            cfg: cfg.clone(),
+            out_dir: dir.clone(),
+            control: RunControl {
+                resume: true,
+                stop_after_epochs: None,
+            },
+            evaluate: false,
+        };
+        format!(
+            "{:#}",
+            job.run(CpuBackend::new()).err().expect("resume must fail")
+        )
+    };
+    let err = resume_error(&cfg);
+    assert!(err.contains("state.json"), "nothing to resume: {err}");
 
     train(&cfg, &dir, RunControl::default());
     cfg.lr = 0.5;
-    let err = TrainJob {
-        cfg,
-        out_dir: dir,
-        control: RunControl {
-            resume: true,
-            stop_after_epochs: None,
-        },
-        evaluate: false,
-    }
-    .run(CpuBackend::new())
-    .err()
-    .expect("config changed");
-    assert!(
-        format!("{err:#}").contains("different configuration"),
-        "{err:#}"
-    );
+    let err = resume_error(&cfg);
+    assert!(err.contains("different configuration"), "{err}");
 }

@@ -121,6 +121,16 @@ fn trainable_flags(model_cfg: &ModelConfig, stage: &Stage, zero_prompts: bool) -
         .collect()
 }
 
+/// Writes the model's parameters and AdamW moments as `out_dir`'s resume state.
+fn save_resume_state<B: Backend>(model: &Pepler<B>, out_dir: &Path, side: &Sidecar) -> Result<()> {
+    checkpoint::save_state(
+        out_dir,
+        &model.download_params()?,
+        &model.optimizer_moments()?,
+        side,
+    )
+}
+
 fn progress_bar(len: u64, label: &str) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
     pb.set_style(
@@ -321,12 +331,7 @@ pub fn train<B: Backend>(
             }
             stage_over = verdict == Verdict::Stop || side.epoch >= cfg.epochs;
             if !stage_over {
-                checkpoint::save_state(
-                    out_dir,
-                    &model.download_params()?,
-                    &model.optimizer_moments()?,
-                    &side,
-                )?;
+                save_resume_state(model, out_dir, &side)?;
             }
         }
         // End of the stage: continue from its best model with a fresh optimizer, as the original.
@@ -344,12 +349,7 @@ pub fn train<B: Backend>(
         } else {
             side.finished = true;
         }
-        checkpoint::save_state(
-            out_dir,
-            &model.download_params()?,
-            &model.optimizer_moments()?,
-            &side,
-        )?;
+        save_resume_state(model, out_dir, &side)?;
     }
     if !out_dir.join(checkpoint::MODEL_FILE).exists() {
         // No epoch ran (--epochs 0): the "best" model is the initial one.
