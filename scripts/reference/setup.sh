@@ -3,7 +3,7 @@
 # Usage: scripts/reference/setup.sh   -> prints the venv's python path on the last line.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-VENV="${PEPLER_REF_VENV:-/root/.cache/pepler-cuda/ref-venv}"
+VENV="${PEPLER_REF_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/pepler-cuda/ref-venv}"
 PY="${PYTHON:-python3.11}"
 REQ="$HERE/requirements.txt"
 STAMP="$VENV/.requirements.sha256"
