@@ -127,6 +127,7 @@ fn main() -> Result<()> {
     drop(params);
     let batch = make_batch(&cfg, args.batch, args.text_len);
     let hp = AdamWParams {
+        variant: pepler_cuda::backend::AdamWVariant::Torch,
         lr: 1e-3,
         beta1: 0.9,
         beta2: 0.999,

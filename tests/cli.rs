@@ -144,6 +144,8 @@ fn every_strategy_and_option_reaches_the_run() {
             "--endure",
             "2",
             "--zero-prompts",
+            "--adamw",
+            "hf",
             "--threads",
             "1",
         ],
@@ -162,6 +164,7 @@ fn every_strategy_and_option_reaches_the_run() {
         (Some(12), Some(7), Some(2))
     );
     assert_eq!(c["zero_prompts"], true);
+    assert_eq!(c["adamw"], "hf");
     let params = ParamSet::load(d("knobs").join("model.safetensors")).unwrap();
     assert!(params
         .tensor("user_embeddings.weight")

@@ -428,6 +428,7 @@ fn gpt2_small_training_step_time() {
     };
     let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
     let hp = AdamWParams {
+        variant: pepler_cuda::backend::AdamWVariant::Torch,
         lr: 1e-3,
         beta1: 0.9,
         beta2: 0.999,

@@ -52,7 +52,28 @@ impl Element for half::bf16 {
     const DTYPE: DType = DType::Bf16;
 }
 
-/// AdamW hyper-parameters (torch.optim.AdamW semantics: decoupled weight decay, bias correction).
+/// Which AdamW: `torch.optim.AdamW` (the parity fixtures' reference) or `transformers.AdamW`
+/// (what the original PEPLER scripts use; eps before the bias correction, decay after the update).
+/// See `ops::adamw`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdamWVariant {
+    #[default]
+    Torch,
+    Hf,
+}
+
+/// AdamW hyper-parameters (decoupled weight decay, bias correction; `variant` picks the formula).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWParams {
     pub lr: f32,
@@ -60,6 +81,7 @@ pub struct AdamWParams {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
+    pub variant: AdamWVariant,
 }
 
 /// The operations GPT-2 + PEPLER needs, on backend-owned buffers (see the module docs).
@@ -292,7 +314,7 @@ pub trait Backend {
     ) -> Result<f32>;
 
     // ---------------------------------------------------------------- optimizer
-    /// One torch AdamW update of `param` from `grad` with moments `m`, `v`; `step` counts from 1.
+    /// One AdamW update (`hp.variant`) of `param` from `grad` with moments `m`, `v`; `step` counts from 1.
     fn adamw_update(
         &self,
         param: &mut Self::Buf<f32>,

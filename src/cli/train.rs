@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
+use crate::backend::AdamWVariant;
 use crate::model::config::{PromptKind, RecKind};
 use crate::train::config::{DataSource, TrainConfig};
 use crate::train::strategy::{Stage1Wte, Strategy};
@@ -129,7 +130,12 @@ pub struct TrainArgs {
     /// Learning rate (default: 1e-3; 1e-4 for the discrete prompt).
     #[arg(long)]
     pub lr: Option<f32>,
-    /// AdamW weight decay (decoupled, torch.optim.AdamW).
+    /// AdamW formula: `torch` (torch.optim.AdamW, what the parity fixtures check) or `hf`
+    /// (transformers.AdamW, which the original scripts use: eps before the bias correction,
+    /// weight decay after the update).
+    #[arg(long, value_enum, default_value_t = AdamWVariant::Torch)]
+    pub adamw: AdamWVariant,
+    /// AdamW weight decay (decoupled).
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
     /// Batch size.
@@ -204,6 +210,7 @@ impl TrainArgs {
             seed: self.seed,
             zero_prompts: self.zero_prompts,
             full_vocab: self.full_vocab,
+            adamw: self.adamw,
         }
     }
 }

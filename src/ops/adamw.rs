@@ -81,6 +81,56 @@ pub fn adamw_update(
     adamw_update_scalars(param, grad, m, v, &s);
 }
 
+/// One update of `transformers.AdamW` (transformers 4.18, `correct_bias=True`), the optimizer the
+/// original PEPLER scripts use. It differs from torch's AdamW in two places: eps is added to
+/// `sqrt(v)` *before* the bias correction (`step = lr * sqrt(1 - b2^t) / (1 - b1^t)`,
+/// `p -= step * m / (sqrt(v) + eps)`), and weight decay is applied after the update, to the updated
+/// parameter (`p -= lr * wd * p`). Same arguments and `=` semantics as [`adamw_update`].
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_hf(
+    param: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    step: u64,
+) {
+    let n = param.len();
+    assert!(
+        grad.len() == n && m.len() == n && v.len() == n,
+        "adamw_update_hf: param {n}, grad {}, m {}, v {} elements",
+        grad.len(),
+        m.len(),
+        v.len()
+    );
+    // The scalars as transformers computes them in Python (f64), used as f32 by the tensor ops.
+    let t = step as i32;
+    let step_size = (lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t))) as f32;
+    let (b1, b2) = (beta1 as f32, beta2 as f32);
+    let (one_m_b1, one_m_b2) = ((1.0 - beta1) as f32, (1.0 - beta2) as f32);
+    let (eps, decay) = (eps as f32, (-lr * weight_decay) as f32);
+    const CHUNK: usize = 1 << 15;
+    param
+        .par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .for_each(|(((p, g), m), v)| {
+            for i in 0..p.len() {
+                m[i] = m[i] * b1 + g[i] * one_m_b1;
+                v[i] = v[i] * b2 + one_m_b2 * g[i] * g[i];
+                p[i] -= step_size * (m[i] / (v[i].sqrt() + eps));
+                if weight_decay > 0.0 {
+                    p[i] += decay * p[i];
+                }
+            }
+        });
+}
+
 /// `adamw_update` with precomputed scalars.
 pub fn adamw_update_scalars(
     param: &mut [f32],
@@ -213,5 +263,40 @@ mod tests {
         );
         assert_eq!(s.decay, 0.99999f32);
         assert_eq!(s.one_minus_beta1, 0.1f32);
+    }
+
+    #[test]
+    fn hf_variant_puts_eps_outside_the_bias_correction() {
+        // f64 transformers.AdamW for three steps against the f32 implementation.
+        let (lr, b1, b2, eps, wd) = (1e-3, 0.9, 0.999, 1e-6, 0.01);
+        let g = [0.3f32, -2.0, 1e-7, 0.0];
+        let (mut p, mut m, mut v) = ([0.5f32, -0.25, 1.0, 2.0], [0f32; 4], [0f32; 4]);
+        let mut r: Vec<(f64, f64, f64)> = p.iter().map(|&x| (x as f64, 0.0, 0.0)).collect();
+        for t in 1..=3u64 {
+            adamw_update_hf(&mut p, &g, &mut m, &mut v, lr, b1, b2, eps, wd, t);
+            let ss = lr * (1.0 - b2.powi(t as i32)).sqrt() / (1.0 - b1.powi(t as i32));
+            for (i, (rp, rm, rv)) in r.iter_mut().enumerate() {
+                let gi = g[i] as f64;
+                *rm = *rm * b1 + gi * (1.0 - b1);
+                *rv = *rv * b2 + (1.0 - b2) * gi * gi;
+                *rp -= ss * *rm / (rv.sqrt() + eps);
+                *rp -= lr * wd * *rp;
+                assert!(
+                    (p[i] as f64 - *rp).abs() <= 1e-6 * rp.abs().max(1e-3),
+                    "step {t} [{i}]"
+                );
+            }
+        }
+        // A gradient near eps: torch's variant (eps after the correction) moves the weight more.
+        let (mut pt, mut mt, mut vt) = ([1.0f32], [0f32], [0f32]);
+        let (mut ph, mut mh, mut vh) = ([1.0f32], [0f32], [0f32]);
+        adamw_update(&mut pt, &[1e-7], &mut mt, &mut vt, lr, b1, b2, eps, 0.0, 1);
+        adamw_update_hf(&mut ph, &[1e-7], &mut mh, &mut vh, lr, b1, b2, eps, 0.0, 1);
+        assert!(
+            (1.0 - pt[0]) > 5.0 * (1.0 - ph[0]),
+            "torch {} hf {}",
+            pt[0],
+            ph[0]
+        );
     }
 }

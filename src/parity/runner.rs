@@ -81,6 +81,7 @@ pub fn check_dump_from(
 
 fn f32_hp(opt: &super::dump::DumpOptimizer) -> AdamWParams {
     AdamWParams {
+        variant: crate::backend::AdamWVariant::Torch,
         lr: opt.lr as f32,
         beta1: opt.betas[0] as f32,
         beta2: opt.betas[1] as f32,

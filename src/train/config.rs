@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::strategy::{Stage1Wte, Strategy};
+use crate::backend::AdamWVariant;
 use crate::data::SyntheticConfig;
 use crate::model::config::{PromptKind, RecKind};
 
@@ -71,6 +72,9 @@ pub struct TrainConfig {
     /// `train::vocab`). Pretrained models always keep their full vocabulary.
     #[serde(default)]
     pub full_vocab: bool,
+    /// Which AdamW formula (`torch.optim.AdamW`, or `transformers.AdamW` as the original scripts).
+    #[serde(default)]
+    pub adamw: AdamWVariant,
 }
 
 impl TrainConfig {
@@ -102,6 +106,7 @@ impl TrainConfig {
             seed: 42,
             zero_prompts: false,
             full_vocab: false,
+            adamw: AdamWVariant::Torch,
         }
     }
 }

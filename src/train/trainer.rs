@@ -215,6 +215,7 @@ pub fn train<B: Backend>(
     }
 
     let hp = AdamWParams {
+        variant: cfg.adamw,
         lr: cfg.lr,
         beta1: ADAM_BETAS.0,
         beta2: ADAM_BETAS.1,

@@ -6,7 +6,9 @@
 
 use anyhow::{bail, Result};
 
-use super::{AdamWParams, AttnShape, Backend, DropoutSite, Element, EmbedShape, WeightLayout};
+use super::{
+    AdamWParams, AdamWVariant, AttnShape, Backend, DropoutSite, Element, EmbedShape, WeightLayout,
+};
 use crate::ops;
 
 /// A host buffer.
@@ -542,8 +544,12 @@ impl Backend for CpuBackend {
             bail!("{op}: steps count from 1");
         }
         let n = param.0.len();
-        // The reference takes the scalars as f64 (torch computes them as Python floats).
-        ops::adamw::adamw_update(
+        // The references take the scalars as f64 (torch computes them as Python floats).
+        let update = match hp.variant {
+            AdamWVariant::Torch => ops::adamw::adamw_update,
+            AdamWVariant::Hf => ops::adamw::adamw_update_hf,
+        };
+        update(
             &mut param.0,
             pre(op, "grad", grad, n)?,
             pre_mut(op, "m", m, n)?,
