@@ -442,6 +442,7 @@ fn help_explains_every_option() {
         "--resume",
         "--stop-after",
         "--no-eval",
+        "--adamw",
     ] {
         assert!(train.contains(flag), "train --help lacks {flag}:\n{train}");
     }
