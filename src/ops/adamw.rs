@@ -99,36 +99,49 @@ pub fn adamw_update_hf(
     weight_decay: f64,
     step: u64,
 ) {
-    let n = param.len();
-    assert!(
-        grad.len() == n && m.len() == n && v.len() == n,
-        "adamw_update_hf: param {n}, grad {}, m {}, v {} elements",
-        grad.len(),
-        m.len(),
-        v.len()
-    );
     // The scalars as transformers computes them in Python (f64), used as f32 by the tensor ops.
     let t = step as i32;
     let step_size = (lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t))) as f32;
     let (b1, b2) = (beta1 as f32, beta2 as f32);
     let (one_m_b1, one_m_b2) = ((1.0 - beta1) as f32, (1.0 - beta2) as f32);
     let (eps, decay) = (eps as f32, (-lr * weight_decay) as f32);
+    for_each_chunk("adamw_update_hf", param, grad, m, v, |p, g, m, v| {
+        for i in 0..p.len() {
+            m[i] = m[i] * b1 + g[i] * one_m_b1;
+            v[i] = v[i] * b2 + one_m_b2 * g[i] * g[i];
+            p[i] -= step_size * (m[i] / (v[i].sqrt() + eps));
+            if weight_decay > 0.0 {
+                p[i] += decay * p[i];
+            }
+        }
+    });
+}
+
+/// Runs the elementwise update `f` over matching chunks of the four slices in parallel (chunking
+/// changes nothing in the result, only the speed). Panics, naming `op`, if the lengths differ.
+fn for_each_chunk(
+    op: &str,
+    param: &mut [f32],
+    grad: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    f: impl Fn(&mut [f32], &[f32], &mut [f32], &mut [f32]) + Sync + Send,
+) {
+    let n = param.len();
+    assert!(
+        grad.len() == n && m.len() == n && v.len() == n,
+        "{op}: param {n}, grad {}, m {}, v {} elements",
+        grad.len(),
+        m.len(),
+        v.len()
+    );
     const CHUNK: usize = 1 << 15;
     param
         .par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK))
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
-        .for_each(|(((p, g), m), v)| {
-            for i in 0..p.len() {
-                m[i] = m[i] * b1 + g[i] * one_m_b1;
-                v[i] = v[i] * b2 + one_m_b2 * g[i] * g[i];
-                p[i] -= step_size * (m[i] / (v[i].sqrt() + eps));
-                if weight_decay > 0.0 {
-                    p[i] += decay * p[i];
-                }
-            }
-        });
+        .for_each(|(((p, g), m), v)| f(p, g, m, v));
 }
 
 /// `adamw_update` with precomputed scalars.
@@ -139,22 +152,9 @@ pub fn adamw_update_scalars(
     v: &mut [f32],
     s: &AdamWScalars,
 ) {
-    let n = param.len();
-    assert!(
-        grad.len() == n && m.len() == n && v.len() == n,
-        "adamw_update: param {n}, grad {}, m {}, v {} elements",
-        grad.len(),
-        m.len(),
-        v.len()
-    );
-    // Elementwise: chunking changes nothing in the result, only the speed.
-    const CHUNK: usize = 1 << 15;
-    param
-        .par_chunks_mut(CHUNK)
-        .zip(grad.par_chunks(CHUNK))
-        .zip(m.par_chunks_mut(CHUNK))
-        .zip(v.par_chunks_mut(CHUNK))
-        .for_each(|(((p, g), m), v)| update_chunk(p, g, m, v, s));
+    for_each_chunk("adamw_update", param, grad, m, v, |p, g, m, v| {
+        update_chunk(p, g, m, v, s)
+    });
 }
 
 fn update_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamWScalars) {
