@@ -214,6 +214,31 @@ fn pretrained_model_directory_and_tokenizer() {
     let model_dir = tmp.path().join("gpt2");
     ParamSet::init(&cfg, 1).save_hf_dir(&model_dir).unwrap();
     let tok = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/gpt2/tokenizer.json");
+    // The released gpt2's tokenizer.json: GPT-2's BPE without PEPLER's three tokens.
+    let mut released: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tok).unwrap()).unwrap();
+    released["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|t| t["content"] == "<|endoftext|>");
+    std::fs::write(model_dir.join("tokenizer.json"), released.to_string()).unwrap();
+    let o = run(&[
+        &["train", "--model", model_dir.to_str().unwrap()][..],
+        &[
+            "--out",
+            tmp.path().join("released").to_str().unwrap(),
+            "--no-eval",
+        ],
+        TINY,
+    ]
+    .concat());
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("built-in GPT-2 vocabulary"),
+        "{}",
+        o.stderr
+    );
+
     let run_dir = tmp.path().join("run");
     let s = train_ok(
         &run_dir,

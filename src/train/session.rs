@@ -11,7 +11,7 @@ use super::vocab::VocabMap;
 use crate::data::{
     encode_split, synthetic, Dataset, EncodeOptions, EncodedSplit, Split, SyntheticConfig,
 };
-use crate::model::config::{ModelConfig, PromptKind};
+use crate::model::config::{ModelConfig, PromptKind, GPT2_BASE_VOCAB};
 use crate::model::params::ParamSet;
 use crate::tokenizer::Tokenizer;
 
@@ -46,18 +46,47 @@ pub fn load_dataset(source: &DataSource) -> Result<Dataset> {
 }
 
 /// The tokenizer: `--tokenizer`, else the model directory's `tokenizer.json`, else the built-in
-/// GPT-2 vocabulary. A model directory without one is fine (GPT-2's vocabulary is built in); a
-/// `--tokenizer` that does not exist is an error.
+/// GPT-2 vocabulary. A `--tokenizer` that does not exist is an error. A model directory's
+/// tokenizer without PEPLER's `<bos>`/`<eos>`/`<pad>` (the released `gpt2` one) is GPT-2's own
+/// 50257-token BPE: then the built-in copy of that vocabulary, which has the three tokens added as
+/// the original's `GPT2Tokenizer.from_pretrained(.., bos_token=..)` adds them, is used instead.
 pub fn load_tokenizer(explicit: Option<&Path>, model_dir: Option<&Path>) -> Result<Tokenizer> {
     if let Some(path) = explicit {
         return Tokenizer::from_file(path);
     }
-    if let Some(dir) = model_dir {
-        let path = dir.join("tokenizer.json");
-        if path.exists() {
-            return Tokenizer::from_file(&path);
-        }
+    let Some(path) = model_dir
+        .map(|d| d.join("tokenizer.json"))
+        .filter(|p| p.exists())
+    else {
+        return Tokenizer::builtin();
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read tokenizer file {}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("tokenizer file {} is not JSON", path.display()))?;
+    let added: Vec<&str> = json["added_tokens"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["content"].as_str()).collect())
+        .unwrap_or_default();
+    if ["<bos>", "<eos>", "<pad>"]
+        .iter()
+        .all(|t| added.contains(t))
+    {
+        return Tokenizer::from_file(&path);
     }
+    let base = json["model"]["vocab"].as_object().map_or(0, |v| v.len());
+    if base != GPT2_BASE_VOCAB {
+        bail!(
+            "tokenizer file {} has {base} BPE tokens and no <bos>/<eos>/<pad>: it is not GPT-2's; \
+             add the three tokens as special tokens or pass --tokenizer",
+            path.display()
+        );
+    }
+    eprintln!(
+        "tokenizer: {} is GPT-2's without <bos>/<eos>/<pad>: using the built-in GPT-2 vocabulary \
+         with the three tokens added (ids 50257-50259), as the original does",
+        path.display()
+    );
     Tokenizer::builtin()
 }
 
