@@ -409,6 +409,9 @@ fn bad_input_is_a_clear_error() {
         (vec!["--device".into(), "cuda".into()], "not built yet"),
         (vec!["--device".into(), "emu".into()], "not built yet"),
         (vec!["--resume".into()], "state.json"),
+        (vec!["--batch-size".into(), "0".into()], "--batch-size"),
+        (vec!["--dropout".into(), "1.5".into()], "--dropout"),
+        (vec!["--lr".into(), "0".into()], "--lr must be a positive"),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["train", "--out", out, "--epochs", "1"];

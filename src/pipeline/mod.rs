@@ -156,6 +156,7 @@ impl OnBackend for TrainJob {
 
     fn run<B: Backend>(self, be: B) -> Result<TrainSummary> {
         let cfg = &self.cfg;
+        cfg.validate()?;
         let session = Session::load(cfg)?;
         let mc = session.model_config(cfg)?;
         println!(

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::strategy::{Stage1Wte, Strategy};
@@ -108,5 +109,31 @@ impl TrainConfig {
             full_vocab: false,
             adamw: AdamWVariant::Torch,
         }
+    }
+
+    /// Checks the options that have a valid range; the error names the option.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!("--weight-decay must be >= 0, got {}", self.weight_decay);
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("--dropout must be in [0, 1), got {}", self.dropout);
+        }
+        if !(self.rec_lambda.is_finite() && self.rec_lambda >= 0.0) {
+            bail!("--lambda must be >= 0, got {}", self.rec_lambda);
+        }
+        if self.max_words == 0 {
+            bail!("--max-words must be at least 1");
+        }
+        if self.endure == 0 {
+            bail!("--endure must be at least 1");
+        }
+        Ok(())
     }
 }

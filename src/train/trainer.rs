@@ -212,6 +212,8 @@ pub fn train<B: Backend>(
         ] {
             let _ = std::fs::remove_file(out_dir.join(f));
         }
+        // A resume state from the very start: a run interrupted in its first epoch can resume.
+        save_resume_state(model, out_dir, &side)?;
     }
 
     let hp = AdamWParams {
