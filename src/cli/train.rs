@@ -11,6 +11,12 @@ use crate::train::config::{DataSource, TrainConfig};
 use crate::train::strategy::{Stage1Wte, Strategy};
 use crate::train::trainer::RunControl;
 
+/// `path` made absolute (without touching the file system), so a run's configuration still
+/// names its files when `evaluate` or `--resume` runs from another directory.
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// The prompt: continuous (PEPLER) or discrete (PEPLER-D).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PromptArg {
@@ -80,8 +86,8 @@ impl DataArgs {
     pub fn source(&self) -> DataSource {
         match &self.data {
             Some(data) => DataSource::Files {
-                data: data.clone(),
-                index_dir: self.index_dir.clone(),
+                data: absolute(data),
+                index_dir: self.index_dir.as_deref().map(absolute),
             },
             None => DataSource::Synthetic {
                 users: self.synthetic_users,
@@ -189,8 +195,8 @@ impl TrainArgs {
         let d = TrainConfig::defaults(prompt.clone());
         TrainConfig {
             data: self.data.source(),
-            model_dir: self.model.clone(),
-            tokenizer: self.tokenizer.clone(),
+            model_dir: self.model.as_deref().map(absolute),
+            tokenizer: self.tokenizer.as_deref().map(absolute),
             prompt,
             strategy: self.strategy.unwrap_or(d.strategy),
             stage1_wte: self.stage1_wte,
