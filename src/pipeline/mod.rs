@@ -134,6 +134,14 @@ pub fn generate_and_score<B: Backend>(
     Ok(report)
 }
 
+/// An option value as the command line spells it (its serde name, e.g. `prompt-only`).
+fn cli_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::from("?"),
+    }
+}
+
 /// `pepler-cuda train`.
 pub struct TrainJob {
     pub cfg: TrainConfig,
@@ -182,10 +190,13 @@ impl OnBackend for TrainJob {
             ),
         }
         println!(
-            "run: {:?} prompt, strategy {:?}, rec {:?}{} | backend {} | out {}",
-            cfg.prompt,
-            cfg.strategy,
-            cfg.rec,
+            "run: {} prompt, strategy {}, rec {} (lambda {}), lr {}, AdamW {}{} | backend {} | out {}",
+            cli_name(&cfg.prompt),
+            cli_name(&cfg.strategy),
+            cli_name(&cfg.rec),
+            cfg.rec_lambda,
+            cfg.lr,
+            cli_name(&cfg.adamw),
             if cfg.zero_prompts {
                 ", prompts zeroed (ablation)"
             } else {
