@@ -3,7 +3,8 @@
 
 Builds PEPLER exactly as the original (lileipisces/PEPLER, module.py: UIPrompt /
 UIPromptWithReg / FeaturePrompt, MF, MLP) on a small random Hugging Face GPT2LMHeadModel
-(dropout 0, tied LM head, eager attention), runs one forward/backward and N AdamW steps,
+(dropout 0, tied LM head, eager attention), runs one forward/backward and N AdamW steps
+(torch.optim.AdamW, or transformers.AdamW for cases with optimizer "hf"),
 and stores inputs, parameters, outputs, gradients and post-step parameters in the format
 of docs/parity-format.md (contract "pepler-parity/1").
 
@@ -18,6 +19,7 @@ import argparse
 import copy
 import hashlib
 import json
+import math
 import os
 import struct
 import sys
@@ -33,7 +35,7 @@ IGNORE_INDEX = -100
 
 
 # --------------------------------------------------------------------------------------
-# Cases. Sizes are chosen so that all fixtures together stay well under 3 MB.
+# Cases. Sizes are chosen so that all fixtures together stay around 3 MB.
 # --------------------------------------------------------------------------------------
 def _case(**kw):
     base = dict(
@@ -49,6 +51,7 @@ def _case(**kw):
         lr=1e-3,
         weight_decay=0.0,
         steps=5,
+        optimizer="torch",  # "torch": torch.optim.AdamW; "hf": transformers.AdamW (the original's)
     )
     base.update(kw)
     v = base["vocab_size"]
@@ -84,6 +87,14 @@ CASES = {
         seed=1004, vocab_size=131, n_positions=24, n_embd=32, n_layer=1, n_head=2,
         batch=3, text_len=16, prompt="discrete", prompt_len=6, lr=1e-4,
         n_users=4, n_items=4, trainable="all",
+    ),
+    # The optimizer the original scripts really use: transformers.AdamW (eps added before the
+    # bias correction, weight decay after the update). Everything trains, weight decay on, so
+    # both differences from torch.optim.AdamW show; small so the file stays under 300 KB.
+    "continuous_hf_adamw": _case(
+        seed=1005, vocab_size=67, n_positions=24, n_embd=16, n_layer=2, n_head=2,
+        n_users=6, n_items=5, batch=4, text_len=20, prompt="continuous",
+        rec="mf", rec_lambda=0.1, weight_decay=0.01, trainable="all", optimizer="hf",
     ),
 }
 
@@ -277,6 +288,32 @@ def trainable_names(c, names):
     return [n for n in names if n in t]
 
 
+def make_optimizer(c, train_params):
+    if c["optimizer"] == "torch":
+        return torch.optim.AdamW(train_params, lr=c["lr"], betas=(0.9, 0.999), eps=1e-6,
+                                 weight_decay=c["weight_decay"], foreach=False, fused=False,
+                                 amsgrad=False, maximize=False)
+    assert c["optimizer"] == "hf", c["optimizer"]
+    # transformers.AdamW is deprecated in 4.46 but its step() is still the 4.18 code the original
+    # PEPLER ran (checked: mul_/add_, mul_/addcmul_, sqrt().add_(eps), addcdiv_, then decay).
+    from transformers import AdamW as HfAdamW
+    return HfAdamW(train_params, lr=c["lr"], betas=(0.9, 0.999), eps=1e-6,
+                   weight_decay=c["weight_decay"], correct_bias=True, no_deprecation_warning=True)
+
+
+def check_hf_step1(c, before, params):
+    """Pins down the transformers.AdamW step as docs/parity-format.md writes it (first step: m = v = 0)."""
+    lr, (b1, b2), eps, wd = c["lr"], (0.9, 0.999), 1e-6, c["weight_decay"]
+    step = lr * math.sqrt(1.0 - b2) / (1.0 - b1)
+    for n, (p, g) in before.items():
+        m = torch.zeros_like(p).mul_(b1).add_(g, alpha=1.0 - b1)
+        v = torch.zeros_like(p).mul_(b2).addcmul_(g, g, value=1.0 - b2)
+        q = p.clone().addcdiv_(m, v.sqrt().add_(eps), value=-step)
+        if wd > 0.0:
+            q.add_(q, alpha=-lr * wd)
+        assert torch.equal(q, params[n].detach()), f"transformers.AdamW step 1 of {n}"
+
+
 def run_case(name, c):
     torch.manual_seed(c["seed"])
     model = build_model(c)
@@ -313,16 +350,17 @@ def run_case(name, c):
     for n in names:
         params[n].requires_grad_(n in train_names)
     model.zero_grad(set_to_none=True)
-    opt = torch.optim.AdamW([params[n] for n in train_names], lr=c["lr"], betas=(0.9, 0.999),
-                            eps=1e-6, weight_decay=c["weight_decay"], foreach=False,
-                            fused=False, amsgrad=False, maximize=False)
+    opt = make_optimizer(c, [params[n] for n in train_names])
     frozen_before = {n: params[n].detach().clone() for n in names if n not in train_names}
     for k in range(1, c["steps"] + 1):
         opt.zero_grad(set_to_none=True)
         loss_k = forward_losses(model, c, batch)[0]
         tensors[f"step{k}.loss"] = loss_k.detach().clone().reshape(())
         loss_k.backward()
+        before = {n: (params[n].detach().clone(), params[n].grad.clone()) for n in train_names}
         opt.step()
+        if k == 1 and c["optimizer"] == "hf":
+            check_hf_step1(c, before, params)
         for n in train_names:
             tensors[f"step{k}.param.{n}"] = params[n].detach().clone()
     assert torch.equal(tensors["step1.loss"], tensors["out.loss"]), "step1.loss != out.loss"
@@ -338,6 +376,9 @@ def run_case(name, c):
     }
     optimizer = {"lr": c["lr"], "betas": [0.9, 0.999], "eps": 1e-6,
                  "weight_decay": c["weight_decay"], "steps": c["steps"]}
+    if c["optimizer"] != "torch":
+        # absent means "torch", so the files dumped before this key existed stay bit-identical
+        optimizer["variant"] = c["optimizer"]
     metadata = {
         "format": FORMAT,
         "case": name,

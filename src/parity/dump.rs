@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
+use crate::backend::AdamWVariant;
 use crate::model::batch::Batch;
 use crate::model::config::{ModelConfig, PromptKind};
 use crate::model::params::{HostTensor, ParamSet};
@@ -17,15 +18,22 @@ pub const PARITY_FORMAT: &str = "pepler-parity/1";
 
 /// The dump's `optimizer` metadata.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DumpOptimizer {
     pub lr: f64,
     pub betas: [f64; 2],
     pub eps: f64,
     pub weight_decay: f64,
     pub steps: usize,
+    /// Which AdamW produced the `step{k}.*` tensors: `"torch"` (`torch.optim.AdamW`) or `"hf"`
+    /// (`transformers.AdamW`, what the original scripts use). Absent means torch: the files dumped
+    /// before the key existed are unchanged.
+    #[serde(default)]
+    pub variant: AdamWVariant,
 }
 
 impl DumpOptimizer {
+    /// The hyper-parameters (the formula is `variant`, which `AdamWConfig` does not carry).
     pub fn adamw(&self) -> AdamWConfig {
         AdamWConfig {
             lr: self.lr,

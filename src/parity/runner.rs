@@ -79,9 +79,10 @@ pub fn check_dump_from(
     }
 }
 
+/// The backend's hyper-parameters for the dump's optimizer, including its formula (`variant`).
 fn f32_hp(opt: &super::dump::DumpOptimizer) -> AdamWParams {
     AdamWParams {
-        variant: crate::backend::AdamWVariant::Torch,
+        variant: opt.variant,
         lr: opt.lr as f32,
         beta1: opt.betas[0] as f32,
         beta2: opt.betas[1] as f32,
