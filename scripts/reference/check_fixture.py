@@ -100,6 +100,7 @@ def check(path):
     worst["grads"] = max(rel(p[n].grad, t["grad." + n]) for n in names)
     # AdamW as written in the doc, from the stored step-0 parameters
     lr, (b1, b2), eps, wd = opt["lr"], opt["betas"], opt["eps"], opt["weight_decay"]
+    variant = opt.get("variant", "torch")
     q = {n: t["param." + n].clone() for n in names}
     m = {n: torch.zeros_like(q[n]) for n in trainable}
     v = {n: torch.zeros_like(q[n]) for n in trainable}
@@ -111,11 +112,18 @@ def check(path):
         step_loss = max(step_loss, rel(ls.detach(), t[f"step{s}.loss"]))
         for n in trainable:
             g = leaf[n].grad
-            q[n] = q[n] * (1 - lr * wd)
-            m[n] = m[n] + (1 - b1) * (g - m[n])
-            v[n] = v[n] * b2 + (1 - b2) * g * g
-            denom = v[n].sqrt() / math.sqrt(1 - b2 ** s) + eps
-            q[n] = q[n] - (lr / (1 - b1 ** s)) * m[n] / denom
+            if variant == "hf":  # transformers.AdamW: eps before the bias correction, decay after
+                m[n] = m[n] * b1 + (1 - b1) * g
+                v[n] = v[n] * b2 + (1 - b2) * g * g
+                q[n] = q[n] - (lr * math.sqrt(1 - b2 ** s) / (1 - b1 ** s)) * m[n] / (v[n].sqrt() + eps)
+                if wd > 0:
+                    q[n] = q[n] - lr * wd * q[n]
+            else:  # torch.optim.AdamW
+                q[n] = q[n] * (1 - lr * wd)
+                m[n] = m[n] + (1 - b1) * (g - m[n])
+                v[n] = v[n] * b2 + (1 - b2) * g * g
+                denom = v[n].sqrt() / math.sqrt(1 - b2 ** s) + eps
+                q[n] = q[n] - (lr / (1 - b1 ** s)) * m[n] / denom
             # compare the update (p_k - p_0), which is what AdamW changes
             d_ref = t[f"step{s}.param.{n}"] - t["param." + n]
             step_param = max(step_param, rel(q[n] - t["param." + n], d_ref))
