@@ -76,11 +76,12 @@ pub enum AdamWVariant {
 /// AdamW hyper-parameters (decoupled weight decay, bias correction; `variant` picks the formula).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWParams {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub weight_decay: f32,
+    // f64, as torch's Python floats: `1e-3f32 as f64` would move torch's step size by an ulp.
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
     pub variant: AdamWVariant,
 }
 

@@ -135,7 +135,7 @@ pub struct TrainArgs {
     pub rec_lambda: f32,
     /// Learning rate (default: 1e-3; 1e-4 for the discrete prompt).
     #[arg(long)]
-    pub lr: Option<f32>,
+    pub lr: Option<f64>,
     /// AdamW formula: `torch` (torch.optim.AdamW, what the parity fixtures check) or `hf`
     /// (transformers.AdamW, which the original scripts use: eps before the bias correction,
     /// weight decay after the update).
@@ -143,7 +143,7 @@ pub struct TrainArgs {
     pub adamw: AdamWVariant,
     /// AdamW weight decay (decoupled).
     #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f32,
+    pub weight_decay: f64,
     /// Batch size.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,

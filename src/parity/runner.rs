@@ -80,14 +80,14 @@ pub fn check_dump_from(
 }
 
 /// The backend's hyper-parameters for the dump's optimizer, including its formula (`variant`).
-fn f32_hp(opt: &super::dump::DumpOptimizer) -> AdamWParams {
+fn adamw_hp(opt: &super::dump::DumpOptimizer) -> AdamWParams {
     AdamWParams {
         variant: opt.variant,
-        lr: opt.lr as f32,
-        beta1: opt.betas[0] as f32,
-        beta2: opt.betas[1] as f32,
-        eps: opt.eps as f32,
-        weight_decay: opt.weight_decay as f32,
+        lr: opt.lr,
+        beta1: opt.betas[0],
+        beta2: opt.betas[1],
+        eps: opt.eps,
+        weight_decay: opt.weight_decay,
     }
 }
 
@@ -180,7 +180,7 @@ fn run_steps<B: Backend>(
         .names()
         .map(|n| dump.trainable.iter().any(|t| t == n))
         .collect();
-    let hp = f32_hp(&dump.optimizer);
+    let hp = adamw_hp(&dump.optimizer);
     let steps = dump.optimizer.steps;
     for k in 1..=steps {
         model.zero_grads()?;

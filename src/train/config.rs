@@ -56,8 +56,8 @@ pub struct TrainConfig {
     pub stage1_wte: Stage1Wte,
     pub rec: RecKind,
     pub rec_lambda: f32,
-    pub lr: f32,
-    pub weight_decay: f32,
+    pub lr: f64,
+    pub weight_decay: f64,
     pub batch_size: usize,
     /// Upper limit of epochs per stage.
     pub epochs: u32,

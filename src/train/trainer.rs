@@ -24,8 +24,8 @@ use crate::model::config::ModelConfig;
 use crate::model::pepler::{ForwardOptions, Pepler};
 
 /// PEPLER's AdamW settings besides lr and weight decay (the original's).
-pub const ADAM_BETAS: (f32, f32) = (0.9, 0.999);
-pub const ADAM_EPS: f32 = 1e-6;
+pub const ADAM_BETAS: (f64, f64) = (0.9, 0.999);
+pub const ADAM_EPS: f64 = 1e-6;
 
 /// Mean losses over a split or an epoch, weighted by batch size as the original does.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -554,11 +554,11 @@ impl Backend for CpuBackend {
             pre(op, "grad", grad, n)?,
             pre_mut(op, "m", m, n)?,
             pre_mut(op, "v", v, n)?,
-            hp.lr as f64,
-            hp.beta1 as f64,
-            hp.beta2 as f64,
-            hp.eps as f64,
-            hp.weight_decay as f64,
+            hp.lr,
+            hp.beta1,
+            hp.beta2,
+            hp.eps,
+            hp.weight_decay,
             step,
         );
         Ok(())
