@@ -113,7 +113,7 @@ pub fn adamw_update_hf(
 ) {
     let s = HfScalars::new(lr, beta1, beta2, eps, weight_decay, step);
     for_each_chunk("adamw_update_hf", param, grad, m, v, |p, g, m, v| {
-        update_chunk_hf(p, g, m, v, &s)
+        update_chunk(p, g, m, v, &s)
     });
 }
 
@@ -150,45 +150,23 @@ impl HfScalars {
     }
 }
 
-fn update_chunk_hf(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &HfScalars) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports FMA (checked just above).
-            unsafe { update_chunk_hf_fma(p, g, m, v, s) };
-            return;
+impl ChunkUpdate for HfScalars {
+    #[inline(always)]
+    fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let s = self;
+        for i in 0..p.len() {
+            let gi = g[i];
+            let mi = gi.mul_add(s.one_minus_beta1, m[i] * s.beta1);
+            let vi = (s.one_minus_beta2 * gi).mul_add(gi, v[i] * s.beta2);
+            let denom = vi.sqrt() + s.eps;
+            let mut pi = p[i] + (s.neg_step_size * mi) / denom;
+            if let Some(decay) = s.decay {
+                pi = pi.mul_add(decay, pi);
+            }
+            p[i] = pi;
+            m[i] = mi;
+            v[i] = vi;
         }
-    }
-    update_chunk_hf_generic(p, g, m, v, s);
-}
-
-/// Hardware FMA for `mul_add` (see `update_chunk_fma`); the results are the same either way.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn update_chunk_hf_fma(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    s: &HfScalars,
-) {
-    update_chunk_hf_generic(p, g, m, v, s);
-}
-
-#[inline(always)]
-fn update_chunk_hf_generic(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &HfScalars) {
-    for i in 0..p.len() {
-        let gi = g[i];
-        let mi = gi.mul_add(s.one_minus_beta1, m[i] * s.beta1);
-        let vi = (s.one_minus_beta2 * gi).mul_add(gi, v[i] * s.beta2);
-        let denom = vi.sqrt() + s.eps;
-        let mut pi = p[i] + (s.neg_step_size * mi) / denom;
-        if let Some(decay) = s.decay {
-            pi = pi.mul_add(decay, pi);
-        }
-        p[i] = pi;
-        m[i] = mi;
-        v[i] = vi;
     }
 }
 
@@ -232,7 +210,14 @@ pub fn adamw_update_scalars(
     });
 }
 
-fn update_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamWScalars) {
+/// One elementwise AdamW formula over a chunk (`m`, `v`, `p` updated in place).
+trait ChunkUpdate: Sync {
+    fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]);
+}
+
+/// Runs `s.update` compiled with hardware FMA when the CPU has it (otherwise `mul_add` is a libm
+/// call): the results are identical, `mul_add` is always a fused operation; only the speed differs.
+fn update_chunk<S: ChunkUpdate>(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &S) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("fma") {
@@ -241,34 +226,35 @@ fn update_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &Adam
             return;
         }
     }
-    update_chunk_generic(p, g, m, v, s);
+    s.update(p, g, m, v);
 }
 
-/// The same code compiled with hardware FMA (otherwise `mul_add` is a libm call): results are
-/// identical, `mul_add` is always a fused operation.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "fma")]
-unsafe fn update_chunk_fma(
+unsafe fn update_chunk_fma<S: ChunkUpdate>(
     p: &mut [f32],
     g: &[f32],
     m: &mut [f32],
     v: &mut [f32],
-    s: &AdamWScalars,
+    s: &S,
 ) {
-    update_chunk_generic(p, g, m, v, s);
+    s.update(p, g, m, v);
 }
 
-#[inline(always)]
-fn update_chunk_generic(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamWScalars) {
-    for i in 0..p.len() {
-        let gi = g[i];
-        let pi = p[i] * s.decay;
-        let mi = s.one_minus_beta1.mul_add(gi - m[i], m[i]);
-        let vi = (s.one_minus_beta2 * gi).mul_add(gi, v[i] * s.beta2);
-        let denom = vi.sqrt() / s.bias_correction2_sqrt + s.eps;
-        p[i] = pi + (s.neg_step_size * mi) / denom;
-        m[i] = mi;
-        v[i] = vi;
+impl ChunkUpdate for AdamWScalars {
+    #[inline(always)]
+    fn update(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        let s = self;
+        for i in 0..p.len() {
+            let gi = g[i];
+            let pi = p[i] * s.decay;
+            let mi = s.one_minus_beta1.mul_add(gi - m[i], m[i]);
+            let vi = (s.one_minus_beta2 * gi).mul_add(gi, v[i] * s.beta2);
+            let denom = vi.sqrt() / s.bias_correction2_sqrt + s.eps;
+            p[i] = pi + (s.neg_step_size * mi) / denom;
+            m[i] = mi;
+            v[i] = vi;
+        }
     }
 }
 
