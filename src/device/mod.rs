@@ -188,36 +188,18 @@ pub enum KernelArg {
     F32(f32),
 }
 
-impl From<i32> for KernelArg {
-    fn from(v: i32) -> Self {
-        KernelArg::I32(v)
-    }
+/// `From<scalar>` for each by-value kernel argument kind.
+macro_rules! kernel_arg_from {
+    ($($t:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$t> for KernelArg {
+            fn from(v: $t) -> Self {
+                KernelArg::$variant(v)
+            }
+        })*
+    };
 }
-impl From<u32> for KernelArg {
-    fn from(v: u32) -> Self {
-        KernelArg::U32(v)
-    }
-}
-impl From<i64> for KernelArg {
-    fn from(v: i64) -> Self {
-        KernelArg::I64(v)
-    }
-}
-impl From<u64> for KernelArg {
-    fn from(v: u64) -> Self {
-        KernelArg::U64(v)
-    }
-}
-impl From<f32> for KernelArg {
-    fn from(v: f32) -> Self {
-        KernelArg::F32(v)
-    }
-}
-impl From<DevPtr> for KernelArg {
-    fn from(v: DevPtr) -> Self {
-        KernelArg::Ptr(v)
-    }
-}
+kernel_arg_from!(i32 => I32, u32 => U32, i64 => I64, u64 => U64, f32 => F32, DevPtr => Ptr);
+
 impl<T: Elem> From<View<'_, T>> for KernelArg {
     fn from(v: View<'_, T>) -> Self {
         KernelArg::Ptr(v.ptr())
