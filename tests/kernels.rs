@@ -5,106 +5,17 @@
 //! GPU-only tests (`cargo test -- --ignored` on a machine with a GPU) run the same bodies on the
 //! CUDA device and compare it with the emulated device.
 
-use pepler_cuda::device::{Device, EmuOptions, View};
+mod common;
+
+use common::*;
+use pepler_cuda::device::{Device, EmuOptions};
 use pepler_cuda::kernels::{gelu, layernorm, residual, softmax};
 use pepler_cuda::ops;
-
-/// (tensor, atol, rtol): pass when |actual - expected| <= atol + rtol * |expected|.
-/// Why these values: the residual add is one IEEE add per element on every device, so it must be
-/// exact. GELU is elementwise but uses the device's tanhf (CUDA's is within 2 ulp; nvcc may fuse
-/// multiply-adds): a few ulp, i.e. 1e-6 absolute near 0 and 1e-5 relative. Softmax and LayerNorm
-/// sum rows of up to 771 values in a different order than the sequential CPU loop (strided lanes
-/// plus a butterfly): fp32 reassociation error grows like sqrt(c) ulp of the row sum, ~1e-5
-/// relative for these sizes. dweight/dbias sum over rows and partial blocks: same bound.
-const TOLERANCES: &[(&str, f32, f32)] = &[
-    ("residual.out", 0.0, 0.0),
-    ("gelu.out", 1e-6, 1e-5),
-    ("gelu.dinp", 1e-6, 1e-5),
-    ("softmax.out", 1e-7, 1e-5),
-    ("layernorm.out", 1e-5, 1e-5),
-    ("layernorm.mean", 1e-6, 1e-5),
-    ("layernorm.rstd", 1e-6, 1e-5),
-    ("layernorm.dinp", 1e-5, 1e-5),
-    ("layernorm.dweight", 1e-5, 1e-5),
-    ("layernorm.dbias", 1e-5, 1e-5),
-];
 
 /// Odd shapes: rows around the 8-rows-per-block boundary, c below/above a warp, not /4.
 const ROWS: &[usize] = &[1, 7, 33];
 const COLS: &[usize] = &[1, 3, 45, 771];
 const EPS: f32 = 1e-5;
-
-fn tolerance(name: &str) -> (f32, f32) {
-    TOLERANCES
-        .iter()
-        .find(|t| t.0 == name)
-        .map(|t| (t.1, t.2))
-        .unwrap_or_else(|| panic!("no tolerance for {name:?} in TOLERANCES"))
-}
-
-/// Compare with the tolerance of `name`; report the worst error and the first failures.
-fn assert_close(name: &str, ctx: &str, actual: &[f32], expected: &[f32]) {
-    let (atol, rtol) = tolerance(name);
-    assert_eq!(actual.len(), expected.len(), "{name} {ctx}: length");
-    let mut bad = Vec::new();
-    let mut max_abs = 0.0f32;
-    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
-        let err = (a - e).abs();
-        max_abs = max_abs.max(err);
-        // written so that a NaN error (NaN output) fails
-        let within = err <= atol + rtol * e.abs();
-        if !within {
-            bad.push((i, a, e));
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "{name} {ctx}: {} of {} elements outside atol {atol} + rtol {rtol}; max abs err {max_abs}; \
-         first (index, actual, expected): {:?}",
-        bad.len(),
-        actual.len(),
-        &bad[..bad.len().min(10)]
-    );
-}
-
-fn assert_bits_eq(name: &str, a: &[f32], b: &[f32]) {
-    let (ab, bb): (Vec<u32>, Vec<u32>) = (
-        a.iter().map(|v| v.to_bits()).collect(),
-        b.iter().map(|v| v.to_bits()).collect(),
-    );
-    if let Some(i) = ab.iter().zip(&bb).position(|(x, y)| x != y) {
-        panic!(
-            "{name}: not bit-identical, first difference at {i}: {} vs {}",
-            a[i], b[i]
-        );
-    }
-    assert_eq!(ab.len(), bb.len(), "{name}: lengths");
-}
-
-/// Deterministic pseudo-random values in [lo, hi).
-fn rand_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
-}
-
-fn emu() -> Device {
-    Device::emu().expect("emulated device")
-}
-
-fn up(dev: &Device, v: &[f32]) -> pepler_cuda::device::DeviceBuffer<f32> {
-    dev.upload(v).unwrap()
-}
-
-fn down(dev: &Device, v: View<'_, f32>) -> Vec<f32> {
-    dev.download(v).unwrap()
-}
 
 // ------------------------------------------------------------------------------------------
 // test bodies, one per kernel, run on any device
@@ -451,9 +362,6 @@ fn launch_wrappers_reject_bad_sizes() {
 // ------------------------------------------------------------------------------------------
 // GPU-only: the same bodies on the CUDA device, and cuda vs emu where bits must agree
 
-fn gpu() -> Device {
-    Device::cuda().expect("this test needs a CUDA GPU (run with --ignored only on a GPU machine)")
-}
 
 #[test]
 #[ignore = "needs a CUDA GPU"]

@@ -1,0 +1,111 @@
+//! Helpers shared by the integration tests: deterministic random data, device handles, upload and
+//! download shorthands, and THE comparison helper with the kernel tolerance table (one row per
+//! checked tensor, each value explained). Model-level parity tolerances live in
+//! `pepler_cuda::parity::tolerances`.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use pepler_cuda::device::{Device, DeviceBuffer, View};
+
+/// (tensor, atol, rtol): pass when |actual - expected| <= atol + rtol * |expected|.
+/// Why these values: the residual add is one IEEE add per element on every device, so it must be
+/// exact. GELU is elementwise but uses the device's tanhf (CUDA's is within 2 ulp; nvcc may fuse
+/// multiply-adds): a few ulp, i.e. 1e-6 absolute near 0 and 1e-5 relative. Softmax and LayerNorm
+/// sum rows of up to 771 values in a different order than the sequential CPU loop (strided lanes
+/// plus a butterfly): fp32 reassociation error grows like sqrt(c) ulp of the row sum, ~1e-5
+/// relative for these sizes. dweight/dbias sum over rows and partial blocks: same bound.
+pub const TOLERANCES: &[(&str, f32, f32)] = &[
+    ("residual.out", 0.0, 0.0),
+    ("gelu.out", 1e-6, 1e-5),
+    ("gelu.dinp", 1e-6, 1e-5),
+    ("softmax.out", 1e-7, 1e-5),
+    ("layernorm.out", 1e-5, 1e-5),
+    ("layernorm.mean", 1e-6, 1e-5),
+    ("layernorm.rstd", 1e-6, 1e-5),
+    ("layernorm.dinp", 1e-5, 1e-5),
+    ("layernorm.dweight", 1e-5, 1e-5),
+    ("layernorm.dbias", 1e-5, 1e-5),
+    // encoder, matmul bias, dropout, classifier, argmax, rating heads, adamw, grad norm
+    // (kernels/encoder.cu, matmul.cu, dropout.cu, classifier.cu, rating.cu, adamw.cu, global_norm.cu)
+    // -- end of the misc kernels' rows
+    // attention (kernels/attention.cu)
+    // -- end of the attention rows
+];
+
+
+pub fn tolerance(name: &str) -> (f32, f32) {
+    TOLERANCES
+        .iter()
+        .find(|t| t.0 == name)
+        .map(|t| (t.1, t.2))
+        .unwrap_or_else(|| panic!("no tolerance for {name:?} in TOLERANCES"))
+}
+
+/// Compare with the tolerance of `name`; report the worst error and the first failures.
+pub fn assert_close(name: &str, ctx: &str, actual: &[f32], expected: &[f32]) {
+    let (atol, rtol) = tolerance(name);
+    assert_eq!(actual.len(), expected.len(), "{name} {ctx}: length");
+    let mut bad = Vec::new();
+    let mut max_abs = 0.0f32;
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let err = (a - e).abs();
+        max_abs = max_abs.max(err);
+        // written so that a NaN error (NaN output) fails
+        let within = err <= atol + rtol * e.abs();
+        if !within {
+            bad.push((i, a, e));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{name} {ctx}: {} of {} elements outside atol {atol} + rtol {rtol}; max abs err {max_abs}; \
+         first (index, actual, expected): {:?}",
+        bad.len(),
+        actual.len(),
+        &bad[..bad.len().min(10)]
+    );
+}
+
+pub fn assert_bits_eq(name: &str, a: &[f32], b: &[f32]) {
+    let (ab, bb): (Vec<u32>, Vec<u32>) = (
+        a.iter().map(|v| v.to_bits()).collect(),
+        b.iter().map(|v| v.to_bits()).collect(),
+    );
+    if let Some(i) = ab.iter().zip(&bb).position(|(x, y)| x != y) {
+        panic!(
+            "{name}: not bit-identical, first difference at {i}: {} vs {}",
+            a[i], b[i]
+        );
+    }
+    assert_eq!(ab.len(), bb.len(), "{name}: lengths");
+}
+
+/// Deterministic pseudo-random values in [lo, hi).
+pub fn rand_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+pub fn emu() -> Device {
+    Device::emu().expect("emulated device")
+}
+
+pub fn up(dev: &Device, v: &[f32]) -> DeviceBuffer<f32> {
+    dev.upload(v).unwrap()
+}
+
+pub fn down(dev: &Device, v: View<'_, f32>) -> Vec<f32> {
+    dev.download(v).unwrap()
+}
+
+/// The CUDA device, or a panic saying so: only `#[ignore]`d `*_on_cuda` tests call this, and they
+/// must fail (never skip) on a machine without a GPU.
+pub fn gpu() -> Device {
+    Device::cuda().expect("this test needs a CUDA GPU (run with --ignored only on a GPU machine)")
+}
