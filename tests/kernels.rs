@@ -362,7 +362,6 @@ fn launch_wrappers_reject_bad_sizes() {
 // ------------------------------------------------------------------------------------------
 // GPU-only: the same bodies on the CUDA device, and cuda vs emu where bits must agree
 
-
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn residual_forward_matches_cpu_on_cuda_and_emu_bitwise() {

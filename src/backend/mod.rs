@@ -30,27 +30,9 @@ pub use crate::ops::dropout::DropoutSite;
 pub use crate::ops::embedding::EmbedShape;
 pub use crate::ops::matmul::WeightLayout;
 
-/// Element types a buffer may hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DType {
-    F32,
-    I32,
-    Bf16,
-}
-
-/// A plain-old-data element type of backend buffers.
-pub trait Element: bytemuck::Pod + Default + Send + Sync + 'static {
-    const DTYPE: DType;
-}
-impl Element for f32 {
-    const DTYPE: DType = DType::F32;
-}
-impl Element for i32 {
-    const DTYPE: DType = DType::I32;
-}
-impl Element for half::bf16 {
-    const DTYPE: DType = DType::Bf16;
-}
+/// Element types of backend buffers: the device layer's one element trait and `DType`, so a
+/// backend's `Buf<T: Element>` can be a `DeviceBuffer<T>` (f32, i32 and bf16 are what the model uses).
+pub use crate::device::{DType, Elem as Element};
 
 /// Which AdamW: `torch.optim.AdamW` (the parity fixtures' reference) or `transformers.AdamW`
 /// (what the original PEPLER scripts use; eps before the bias correction, decay after the update).
@@ -191,23 +173,31 @@ pub trait Backend {
     ) -> Result<()>;
 
     // ---------------------------------------------------------------- attention
-    /// Causal MHA with key-padding mask: `out` (=), `att` probabilities (=). See `ops::attention`.
+    /// Elements of the state `attention_forward` saves for `attention_backward` at shape `s`: the
+    /// backend decides what it keeps (the CPU keeps the probabilities (B, NH, L, L); the GPU backend
+    /// the per-row log-sum-exp (B, NH, L)). A state buffer sized for a larger shape serves smaller ones.
+    fn attention_state_len(&self, s: AttnShape) -> usize;
+    /// Causal MHA with key-padding mask: `out` (=), the backward's `state` (=). See `ops::attention`.
     fn attention_forward(
         &self,
         out: &mut Self::Buf<f32>,
-        att: &mut Self::Buf<f32>,
+        state: &mut Self::Buf<f32>,
         qkv: &Self::Buf<f32>,
         key_mask: Option<&Self::Buf<i32>>,
         dropout: Option<DropoutSite>,
         s: AttnShape,
     ) -> Result<()>;
-    /// `dqkv` (=) from `dout`, the saved `att` and the same dropout site.
+    /// `dqkv` (=) from `dout`, the forward's inputs, its `out` and saved `state`, the same mask and
+    /// dropout site.
+    #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,
         dqkv: &mut Self::Buf<f32>,
         dout: &Self::Buf<f32>,
         qkv: &Self::Buf<f32>,
-        att: &Self::Buf<f32>,
+        out: &Self::Buf<f32>,
+        state: &Self::Buf<f32>,
+        key_mask: Option<&Self::Buf<i32>>,
         dropout: Option<DropoutSite>,
         s: AttnShape,
     ) -> Result<()>;
@@ -304,15 +294,40 @@ pub trait Backend {
         b: usize,
         c: usize,
     ) -> Result<()>;
-    /// Returns `mean((pred - target)^2)` over `n`; writes `dpred = grad_scale * 2 (pred - target) / n`.
+    /// `out[slot] = (sum of losses[..n] in f64) / n` rounded to f32 (=): the mean text loss stays
+    /// on the device until the caller reads it.
+    fn crossentropy_mean(
+        &self,
+        out: &mut Self::Buf<f32>,
+        slot: usize,
+        losses: &Self::Buf<f32>,
+        n: usize,
+    ) -> Result<()>;
+    /// `loss[slot] = mean((pred - target)^2)` over `n` (=), on the device;
+    /// `dpred = grad_scale * 2 (pred - target) / n` (=).
+    #[allow(clippy::too_many_arguments)]
     fn mse_forward(
         &self,
+        loss: &mut Self::Buf<f32>,
+        slot: usize,
         dpred: &mut Self::Buf<f32>,
         pred: &Self::Buf<f32>,
         target: &Self::Buf<f32>,
         n: usize,
         grad_scale: f32,
-    ) -> Result<f32>;
+    ) -> Result<()>;
+
+    // ---------------------------------------------------------------- tensor groups
+    /// Zero-filled buffers of the given lengths that a backend may place in ONE allocation, so
+    /// that `zero_group` and `adamw_update_group` on the whole group are one launch each.
+    /// Default: one allocation per tensor.
+    fn alloc_group(&self, lens: &[usize]) -> Result<Vec<Self::Buf<f32>>> {
+        lens.iter().map(|&n| self.alloc::<f32>(n)).collect()
+    }
+    /// Sets every buffer of a group to zero. Default: one `zero` per buffer.
+    fn zero_group(&self, bufs: &mut [Self::Buf<f32>]) -> Result<()> {
+        bufs.iter_mut().try_for_each(|b| self.zero(b))
+    }
 
     // ---------------------------------------------------------------- optimizer
     /// One AdamW update (`hp.variant`) of `param` from `grad` with moments `m`, `v`; `step` counts from 1.
@@ -325,4 +340,49 @@ pub trait Backend {
         hp: AdamWParams,
         step: u64,
     ) -> Result<()>;
+    /// One AdamW update of every tensor `i` of a group with `tensors[i].trainable` (the rest are
+    /// untouched), decay `hp.weight_decay` where `tensors[i].decay`, else 0. Default: one
+    /// `adamw_update` per tensor; a backend with `alloc_group` arenas does all in one launch.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_update_group(
+        &self,
+        params: &mut [Self::Buf<f32>],
+        grads: &[Self::Buf<f32>],
+        m: &mut [Self::Buf<f32>],
+        v: &mut [Self::Buf<f32>],
+        tensors: &[GroupTensor],
+        hp: AdamWParams,
+        step: u64,
+    ) -> Result<()> {
+        let n = params.len();
+        if grads.len() != n || m.len() != n || v.len() != n || tensors.len() != n {
+            anyhow::bail!(
+                "adamw_update_group: {n} params, {} grads, {} m, {} v, {} flags",
+                grads.len(),
+                m.len(),
+                v.len(),
+                tensors.len()
+            );
+        }
+        for i in 0..n {
+            let t = tensors[i];
+            if t.trainable {
+                let hp = AdamWParams {
+                    weight_decay: if t.decay { hp.weight_decay } else { 0.0 },
+                    ..hp
+                };
+                self.adamw_update(&mut params[i], &grads[i], &mut m[i], &mut v[i], hp, step)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Per-tensor flags of a group update (`Backend::adamw_update_group`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupTensor {
+    /// Update this tensor (frozen tensors are left untouched, moments included).
+    pub trainable: bool,
+    /// Apply the optimizer's weight decay to it.
+    pub decay: bool,
 }

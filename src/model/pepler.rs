@@ -31,7 +31,9 @@ use anyhow::{bail, Context, Result};
 use super::batch::Batch;
 use super::config::{ModelConfig, PromptKind, RecKind};
 use super::params::{ParamSet, ParamSpec};
-use crate::backend::{AdamWParams, AttnShape, Backend, DropoutSite, EmbedShape, WeightLayout};
+use crate::backend::{
+    AdamWParams, AttnShape, Backend, DropoutSite, EmbedShape, GroupTensor, WeightLayout,
+};
 
 /// Dropout site ids (see `ops::dropout`): embedding, then three per layer.
 const SITE_EMB: u32 = 0;
@@ -184,8 +186,8 @@ pub(crate) struct LayerActs<B: Backend> {
 }
 
 impl<B: Backend> LayerActs<B> {
-    /// Buffers for `rows` positions of width `c`; `att` = length of the attention probabilities
-    /// (0 for decoding, whose cached attention does not keep them).
+    /// Buffers for `rows` positions of width `c`; `att` = length of the attention state the
+    /// backend saves for the backward (`Backend::attention_state_len`; 0 for decoding).
     pub(crate) fn new(be: &B, rows: usize, c: usize, att: usize) -> Result<Self> {
         let f = |n: usize| be.alloc::<f32>(n);
         Ok(LayerActs {
@@ -387,6 +389,8 @@ pub(crate) struct Acts<B: Backend> {
     pub lnf_sel: B::Buf<f32>,
     pub logits: B::Buf<f32>,
     pub losses: B::Buf<f32>,
+    /// `[text loss, rating loss]` on the device: the one read of a training step.
+    pub scalars: B::Buf<f32>,
     pub ui: B::Buf<f32>,
     pub rec_z: Vec<B::Buf<f32>>,
     pub rec_a: Vec<B::Buf<f32>>,
@@ -412,7 +416,12 @@ impl<B: Backend> Acts<B> {
         let rows = cap_b * cap_l;
         let f = |n: usize| be.alloc::<f32>(n);
         let i = |n: usize| be.alloc::<i32>(n);
-        let att = cap_b * cfg.n_head * cap_l * cap_l;
+        let att = be.attention_state_len(AttnShape {
+            b: cap_b,
+            l: cap_l,
+            c,
+            nh: cfg.n_head,
+        });
         let layers = (0..cfg.n_layer)
             .map(|_| LayerActs::new(be, rows, c, att))
             .collect::<Result<Vec<_>>>()?;
@@ -448,6 +457,7 @@ impl<B: Backend> Acts<B> {
             lnf_sel: f(rows * c)?,
             logits: f(rows * cfg.vocab_size)?,
             losses: f(rows)?,
+            scalars: f(2)?,
             ui: f(rc)?,
             rec_z,
             rec_a,
@@ -507,6 +517,8 @@ struct Pass {
     n: usize,
     c: usize,
     dropout: Option<StepDropout>,
+    /// The batch has padded keys (attention takes the key mask).
+    any_pad: bool,
 }
 
 impl Pass {
@@ -586,8 +598,14 @@ fn through_dropout<'a, B: Backend>(
     }
 }
 
-/// AdamW first and second moments of one parameter, in backend memory.
-type Moments<B> = (<B as Backend>::Buf<f32>, <B as Backend>::Buf<f32>);
+/// AdamW first and second moments of every parameter, in backend memory (one group each), and
+/// which parameters have been updated since the optimizer was (re)set: the others' moments are
+/// not part of the optimizer state (checkpoints store `None`) and start from zero when first used.
+struct Moments<B: Backend> {
+    m: Vec<B::Buf<f32>>,
+    v: Vec<B::Buf<f32>>,
+    live: Vec<bool>,
+}
 
 /// AdamW moments `(m, v)` per parameter on the host (`None`: not updated yet).
 pub type HostMoments = Vec<Option<(Vec<f32>, Vec<f32>)>>;
@@ -600,7 +618,7 @@ pub struct Pepler<B: Backend> {
     pub(crate) idx: Idx,
     pub(crate) params: Vec<B::Buf<f32>>,
     grads: Vec<B::Buf<f32>>,
-    moments: Vec<Option<Moments<B>>>,
+    moments: Option<Moments<B>>,
     acts: Option<Acts<B>>,
     saved: Option<Pass>,
     /// Dropout seed.
@@ -614,8 +632,11 @@ impl<B: Backend> Pepler<B> {
         cfg.validate()?;
         let specs = params.specs().to_vec();
         let idx = Idx::new(&cfg, &specs)?;
-        let mut bufs = Vec::with_capacity(specs.len());
-        for (spec, t) in params.iter() {
+        // Parameters, gradients and moments are each one group (one allocation on a GPU), so
+        // zeroing every gradient and updating every parameter are one launch each.
+        let lens: Vec<usize> = specs.iter().map(|s| s.numel()).collect();
+        let mut bufs = be.alloc_group(&lens)?;
+        for ((spec, t), buf) in params.iter().zip(&mut bufs) {
             if t.data.len() != spec.numel() {
                 bail!(
                     "model: parameter `{}` has {} values, expected {}",
@@ -624,9 +645,8 @@ impl<B: Backend> Pepler<B> {
                     spec.numel()
                 );
             }
-            bufs.push(be.upload(&t.data)?);
+            be.write(buf, &t.data)?;
         }
-        let n = specs.len();
         Ok(Pepler {
             cfg,
             be,
@@ -634,7 +654,7 @@ impl<B: Backend> Pepler<B> {
             idx,
             params: bufs,
             grads: Vec::new(),
-            moments: (0..n).map(|_| None).collect(),
+            moments: None,
             acts: None,
             saved: None,
             seed: 0,
@@ -687,15 +707,10 @@ impl<B: Backend> Pepler<B> {
     /// Sets every gradient to zero (allocating them on first use).
     pub fn zero_grads(&mut self) -> Result<()> {
         if self.grads.is_empty() {
-            for s in &self.specs {
-                self.grads.push(self.be.alloc(s.numel())?);
-            }
+            self.grads = self.be.alloc_group(&self.lens())?;
             return Ok(());
         }
-        for g in &mut self.grads {
-            self.be.zero(g)?;
-        }
-        Ok(())
+        self.be.zero_group(&mut self.grads)
     }
 
     /// One AdamW update of every parameter whose `trainable` flag is set (moments allocated on
@@ -711,17 +726,49 @@ impl<B: Backend> Pepler<B> {
         if self.grads.is_empty() {
             bail!("adamw_step: no gradients (call zero_grads, forward, backward first)");
         }
+        self.ensure_moments()?;
+        let Pepler { be, moments, .. } = self;
+        let mo = moments.as_mut().expect("ensured above");
         for (i, &tr) in trainable.iter().enumerate() {
-            if !tr {
-                continue;
+            if tr && !mo.live[i] {
+                // fresh moments for a tensor the optimizer has not updated since it was set
+                be.zero(&mut mo.m[i])?;
+                be.zero(&mut mo.v[i])?;
+                mo.live[i] = true;
             }
-            if self.moments[i].is_none() {
-                let n = self.specs[i].numel();
-                self.moments[i] = Some((self.be.alloc(n)?, self.be.alloc(n)?));
-            }
-            let (m, v) = self.moments[i].as_mut().expect("allocated above");
-            self.be
-                .adamw_update(&mut self.params[i], &self.grads[i], m, v, hp, step)?;
+        }
+        let tensors: Vec<GroupTensor> = trainable
+            .iter()
+            .map(|&trainable| GroupTensor {
+                trainable,
+                decay: true,
+            })
+            .collect();
+        let Pepler {
+            be,
+            params,
+            grads,
+            moments,
+            ..
+        } = self;
+        let Moments { m, v, .. } = moments.as_mut().expect("ensured above");
+        be.adamw_update_group(params, grads, m, v, &tensors, hp, step)
+    }
+
+    /// Element count of every parameter, in canonical order.
+    fn lens(&self) -> Vec<usize> {
+        self.specs.iter().map(|s| s.numel()).collect()
+    }
+
+    /// Allocates the moment groups (zero-filled) on first use.
+    fn ensure_moments(&mut self) -> Result<()> {
+        if self.moments.is_none() {
+            let lens = self.lens();
+            self.moments = Some(Moments {
+                m: self.be.alloc_group(&lens)?,
+                v: self.be.alloc_group(&lens)?,
+                live: vec![false; lens.len()],
+            });
         }
         Ok(())
     }
@@ -773,6 +820,7 @@ impl<B: Backend> Pepler<B> {
             seed: self.seed,
             step: opts.step,
         });
+        let any_pad = batch.mask.contains(&0);
         let pass = Pass {
             b,
             l,
@@ -781,6 +829,7 @@ impl<B: Backend> Pepler<B> {
             n,
             c,
             dropout,
+            any_pad,
         };
         let Pepler {
             cfg,
@@ -801,7 +850,6 @@ impl<B: Backend> Pepler<B> {
             km.extend(std::iter::repeat_n(1i32, p));
             km.extend(batch.mask[bi * t..(bi + 1) * t].iter().map(|&m| m as i32));
         }
-        let any_pad = km.contains(&0);
         be.write(&mut a.key_mask, &km)?;
         be.write(&mut a.sel_idx, &sel)?;
         be.write(&mut a.targets, &tgt)?;
@@ -856,7 +904,7 @@ impl<B: Backend> Pepler<B> {
 
         // ---- blocks
         let ash = AttnShape { b, l, c, nh };
-        let mask = if any_pad { Some(&a.key_mask) } else { None };
+        let mask = pass.any_pad.then_some(&a.key_mask);
         for (li, lw) in idx.layers.iter().enumerate() {
             let (prev, rest) = a.layers.split_at_mut(li);
             let x_in = block_input(prev, &a.emb, &a.encoded_d, dropout.is_some());
@@ -913,11 +961,10 @@ impl<B: Backend> Pepler<B> {
         )?;
         let dscale = opts.train.then_some(1.0 / n as f32);
         be.crossentropy_forward(&mut a.losses, &mut a.logits, &a.targets, n, v, dscale)?;
-        let losses = be.download(&a.losses, n)?;
-        let text_loss = (losses.iter().map(|&x| x as f64).sum::<f64>() / n as f64) as f32;
+        be.crossentropy_mean(&mut a.scalars, 0, &a.losses, n)?;
 
         // ---- rating head
-        let (rating_loss, rating) = if cfg.rec != RecKind::None {
+        let (has_rating, rating) = if cfg.rec != RecKind::None {
             let (ui_i, ii_i) = idx.user_item();
             be.embedding_forward(&mut a.ui, w(ui_i), &a.users, None, pass.pair(0))?;
             be.embedding_forward(&mut a.ui, w(ii_i), &a.items, None, pass.pair(1))?;
@@ -960,11 +1007,18 @@ impl<B: Backend> Pepler<B> {
                 }
             }
             be.write(&mut a.rating_target, &batch.rating)?;
-            let mse = be.mse_forward(&mut a.dpred, &a.pred, &a.rating_target, b, cfg.rec_lambda)?;
-            (Some(mse), Some(be.download(&a.pred, b)?))
+            let (lambda, target) = (cfg.rec_lambda, &a.rating_target);
+            be.mse_forward(&mut a.scalars, 1, &mut a.dpred, &a.pred, target, b, lambda)?;
+            // Predictions come back for evaluation and parity forwards, not for training steps.
+            let want = !opts.train || opts.want_logits;
+            (true, want.then(|| be.download(&a.pred, b)).transpose()?)
         } else {
-            (None, None)
+            (false, None)
         };
+        // The one device-to-host read of a training step: the losses.
+        let scalars = be.download(&a.scalars, if has_rating { 2 } else { 1 })?;
+        let text_loss = scalars[0];
+        let rating_loss = has_rating.then(|| scalars[1]);
         let loss = text_loss + rating_loss.map_or(0.0, |r| cfg.rec_lambda * r);
         self.saved = opts.train.then_some(pass);
         Ok(ForwardOutput {
@@ -1006,6 +1060,7 @@ impl<B: Backend> Pepler<B> {
             n,
             c,
             dropout,
+            ..
         } = pass;
         let Pepler {
             cfg,
@@ -1126,7 +1181,9 @@ impl<B: Backend> Pepler<B> {
                 &mut a.dqkv,
                 &a.dc1,
                 &la.qkv,
+                &la.atty,
                 &la.att,
+                pass.any_pad.then_some(&a.key_mask),
                 pass.site(site_attn(li)),
                 ash,
             )?;
@@ -1232,21 +1289,25 @@ impl<B: Backend> Pepler<B> {
 impl<B: Backend> Pepler<B> {
     /// Drops every AdamW moment: the next `adamw_step` starts a fresh optimizer (step 1).
     pub fn reset_optimizer(&mut self) {
-        self.moments.iter_mut().for_each(|m| *m = None);
+        if let Some(mo) = self.moments.as_mut() {
+            mo.live.iter_mut().for_each(|l| *l = false);
+        }
     }
 
     /// The AdamW moments `(m, v)` per parameter in canonical order, on the host (`None` where the
     /// parameter has not been updated yet).
     pub fn optimizer_moments(&self) -> Result<HostMoments> {
-        self.moments
-            .iter()
-            .zip(&self.specs)
-            .map(|(m, s)| {
-                m.as_ref()
-                    .map(|(m, v)| {
+        let Some(mo) = &self.moments else {
+            return Ok(vec![None; self.specs.len()]);
+        };
+        (0..self.specs.len())
+            .map(|i| {
+                let n = self.specs[i].numel();
+                mo.live[i]
+                    .then(|| {
                         Ok((
-                            self.be.download(m, s.numel())?,
-                            self.be.download(v, s.numel())?,
+                            self.be.download(&mo.m[i], n)?,
+                            self.be.download(&mo.v[i], n)?,
                         ))
                     })
                     .transpose()
@@ -1263,20 +1324,29 @@ impl<B: Backend> Pepler<B> {
                 self.specs.len()
             );
         }
-        for (i, m) in moments.into_iter().enumerate() {
-            let n = self.specs[i].numel();
-            self.moments[i] = match m {
-                None => None,
-                Some((m, v)) => {
-                    if m.len() != n || v.len() != n {
-                        bail!(
-                            "set_optimizer_moments: `{}` needs {n} values per moment",
-                            self.specs[i].name
-                        );
-                    }
-                    Some((self.be.upload(&m)?, self.be.upload(&v)?))
+        let lens = self.lens();
+        for (i, m) in moments.iter().enumerate() {
+            if let Some((m, v)) = m {
+                if m.len() != lens[i] || v.len() != lens[i] {
+                    bail!(
+                        "set_optimizer_moments: `{}` needs {} values per moment",
+                        self.specs[i].name,
+                        lens[i]
+                    );
                 }
-            };
+            }
+        }
+        self.ensure_moments()?;
+        let Pepler {
+            be, moments: mo, ..
+        } = self;
+        let mo = mo.as_mut().expect("ensured above");
+        for (i, m) in moments.into_iter().enumerate() {
+            mo.live[i] = m.is_some();
+            if let Some((m, v)) = m {
+                be.write(&mut mo.m[i], &m)?;
+                be.write(&mut mo.v[i], &v)?;
+            }
         }
         Ok(())
     }

@@ -84,3 +84,9 @@ mod tests {
         assert_eq!(&logits[3..], &[0.0, 0.0, 0.0]);
     }
 }
+
+/// The mean text loss: `sum(losses)` accumulated in f64 in row order, divided by the row count,
+/// rounded once to f32 (the model's loss for the progress bar, early stopping and parity).
+pub fn crossentropy_mean(losses: &[f32]) -> f32 {
+    (losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64) as f32
+}

@@ -89,7 +89,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc<T: Element>(&self, len: usize) -> Result<CpuBuf<T>> {
-        Ok(CpuBuf(vec![T::default(); len]))
+        Ok(CpuBuf(vec![T::zeroed(); len]))
     }
 
     fn upload<T: Element>(&self, data: &[T]) -> Result<CpuBuf<T>> {
@@ -277,6 +277,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    /// The CPU keeps the softmax probabilities (B, NH, L, L).
+    fn attention_state_len(&self, s: AttnShape) -> usize {
+        s.b * s.nh * s.l * s.l
+    }
+
     fn attention_forward(
         &self,
         out: &mut CpuBuf<f32>,
@@ -307,12 +312,20 @@ impl Backend for CpuBackend {
         dqkv: &mut CpuBuf<f32>,
         dout: &CpuBuf<f32>,
         qkv: &CpuBuf<f32>,
+        out: &CpuBuf<f32>,
         att: &CpuBuf<f32>,
+        key_mask: Option<&CpuBuf<i32>>,
         dropout: Option<DropoutSite>,
         s: AttnShape,
     ) -> Result<()> {
         let op = "attention_backward";
         check_heads(op, &s)?;
+        // The saved probabilities already carry the masks, and the backward needs no `out`; both
+        // are checked so a caller that passes them wrong fails here as it would on the GPU.
+        pre(op, "out", out, s.b * s.l * s.c)?;
+        if let Some(m) = key_mask {
+            pre(op, "key_mask", m, s.b * s.l)?;
+        }
         ops::attention::attention_backward(
             pre_mut(op, "dqkv", dqkv, s.b * s.l * 3 * s.c)?,
             pre(op, "dout", dout, s.b * s.l * s.c)?,
@@ -510,24 +523,44 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn crossentropy_mean(
+        &self,
+        out: &mut CpuBuf<f32>,
+        slot: usize,
+        losses: &CpuBuf<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let op = "crossentropy_mean";
+        if n == 0 {
+            bail!("{op}: no losses to average");
+        }
+        let losses = pre(op, "losses", losses, n)?;
+        pre_mut(op, "out", out, slot + 1)?[slot] = ops::crossentropy::crossentropy_mean(losses);
+        Ok(())
+    }
+
     fn mse_forward(
         &self,
+        loss: &mut CpuBuf<f32>,
+        slot: usize,
         dpred: &mut CpuBuf<f32>,
         pred: &CpuBuf<f32>,
         target: &CpuBuf<f32>,
         n: usize,
         grad_scale: f32,
-    ) -> Result<f32> {
+    ) -> Result<()> {
         let op = "mse_forward";
         if n == 0 {
             bail!("{op}: empty batch");
         }
-        Ok(ops::rating::mse_forward(
+        let mse = ops::rating::mse_forward(
             pre_mut(op, "dpred", dpred, n)?,
             pre(op, "pred", pred, n)?,
             pre(op, "target", target, n)?,
             grad_scale,
-        ))
+        );
+        pre_mut(op, "loss", loss, slot + 1)?[slot] = mse;
+        Ok(())
     }
 
     fn adamw_update(
