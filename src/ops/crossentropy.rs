@@ -67,6 +67,12 @@ pub fn argmax_forward(out: &mut [i32], logits: &[f32], rows: usize, v: usize) {
         });
 }
 
+/// The mean text loss: `sum(losses)` accumulated in f64 in row order, divided by the row count,
+/// rounded once to f32 (the model's loss for the progress bar, early stopping and parity).
+pub fn crossentropy_mean(losses: &[f32]) -> f32 {
+    (losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64) as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,10 +89,4 @@ mod tests {
         assert!(logits[2] < 0.0);
         assert_eq!(&logits[3..], &[0.0, 0.0, 0.0]);
     }
-}
-
-/// The mean text loss: `sum(losses)` accumulated in f64 in row order, divided by the row count,
-/// rounded once to f32 (the model's loss for the progress bar, early stopping and parity).
-pub fn crossentropy_mean(losses: &[f32]) -> f32 {
-    (losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64) as f32
 }
