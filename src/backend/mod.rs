@@ -294,14 +294,16 @@ pub trait Backend {
         b: usize,
         c: usize,
     ) -> Result<()>;
-    /// `out[slot] = (sum of losses[..n] in f64) / n` rounded to f32 (=): the mean text loss stays
-    /// on the device until the caller reads it.
+    /// `out[slot]` = mean of `losses[r]` over the rows `r < rows` with `targets[r] >= 0`, summed
+    /// in f64 in row order and rounded once to f32 (=): the text loss stays on the device until the
+    /// caller reads it. See `ops::crossentropy::crossentropy_mean`.
     fn crossentropy_mean(
         &self,
         out: &mut Self::Buf<f32>,
         slot: usize,
         losses: &Self::Buf<f32>,
-        n: usize,
+        targets: &Self::Buf<i32>,
+        rows: usize,
     ) -> Result<()>;
     /// `loss[slot] = mean((pred - target)^2)` over `n` (=), on the device;
     /// `dpred = grad_scale * 2 (pred - target) / n` (=).
@@ -354,28 +356,44 @@ pub trait Backend {
         hp: AdamWParams,
         step: u64,
     ) -> Result<()> {
-        let n = params.len();
-        if grads.len() != n || m.len() != n || v.len() != n || tensors.len() != n {
-            anyhow::bail!(
-                "adamw_update_group: {n} params, {} grads, {} m, {} v, {} flags",
-                grads.len(),
-                m.len(),
-                v.len(),
-                tensors.len()
-            );
-        }
-        for i in 0..n {
-            let t = tensors[i];
-            if t.trainable {
-                let hp = AdamWParams {
-                    weight_decay: if t.decay { hp.weight_decay } else { 0.0 },
-                    ..hp
-                };
-                self.adamw_update(&mut params[i], &grads[i], &mut m[i], &mut v[i], hp, step)?;
-            }
-        }
-        Ok(())
+        adamw_update_each(self, params, grads, m, v, tensors, hp, step)
     }
+}
+
+/// `Backend::adamw_update_group` as one `adamw_update` per trainable tensor (the default, and the
+/// fallback of backends whose groups are not whole arenas).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_each<B: Backend + ?Sized>(
+    be: &B,
+    params: &mut [B::Buf<f32>],
+    grads: &[B::Buf<f32>],
+    m: &mut [B::Buf<f32>],
+    v: &mut [B::Buf<f32>],
+    tensors: &[GroupTensor],
+    hp: AdamWParams,
+    step: u64,
+) -> Result<()> {
+    let n = params.len();
+    if grads.len() != n || m.len() != n || v.len() != n || tensors.len() != n {
+        anyhow::bail!(
+            "adamw_update_group: {n} params, {} grads, {} m, {} v, {} flags",
+            grads.len(),
+            m.len(),
+            v.len(),
+            tensors.len()
+        );
+    }
+    for i in 0..n {
+        let t = tensors[i];
+        if t.trainable {
+            let hp = AdamWParams {
+                weight_decay: if t.decay { hp.weight_decay } else { 0.0 },
+                ..hp
+            };
+            be.adamw_update(&mut params[i], &grads[i], &mut m[i], &mut v[i], hp, step)?;
+        }
+    }
+    Ok(())
 }
 
 /// Per-tensor flags of a group update (`Backend::adamw_update_group`).

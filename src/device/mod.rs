@@ -274,6 +274,20 @@ impl<T: Elem> DeviceBuffer<T> {
             _p: PhantomData,
         }
     }
+    /// A writable range through a shared reference: for owners that hand out disjoint ranges of
+    /// one allocation (the GPU backend's parameter arenas).
+    ///
+    /// # Safety
+    /// No other live view of this buffer may overlap `range` while the returned view is used.
+    pub unsafe fn slice_mut_unchecked(&self, range: impl RangeBounds<usize>) -> ViewMut<'_, T> {
+        let (s, e) = bounds(range, self.len);
+        ViewMut {
+            addr: self.addr + (s * std::mem::size_of::<T>()) as u64,
+            len: e - s,
+            device_id: self.device_id,
+            _p: PhantomData,
+        }
+    }
     /// `self.view().slice(range)`.
     pub fn slice(&self, range: impl RangeBounds<usize>) -> View<'_, T> {
         self.view().slice(range)

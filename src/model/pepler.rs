@@ -961,7 +961,7 @@ impl<B: Backend> Pepler<B> {
         )?;
         let dscale = opts.train.then_some(1.0 / n as f32);
         be.crossentropy_forward(&mut a.losses, &mut a.logits, &a.targets, n, v, dscale)?;
-        be.crossentropy_mean(&mut a.scalars, 0, &a.losses, n)?;
+        be.crossentropy_mean(&mut a.scalars, 0, &a.losses, &a.targets, n)?;
 
         // ---- rating head
         let (has_rating, rating) = if cfg.rec != RecKind::None {

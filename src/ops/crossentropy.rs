@@ -67,10 +67,19 @@ pub fn argmax_forward(out: &mut [i32], logits: &[f32], rows: usize, v: usize) {
         });
 }
 
-/// The mean text loss: `sum(losses)` accumulated in f64 in row order, divided by the row count,
-/// rounded once to f32 (the model's loss for the progress bar, early stopping and parity).
-pub fn crossentropy_mean(losses: &[f32]) -> f32 {
-    (losses.iter().map(|&x| x as f64).sum::<f64>() / losses.len() as f64) as f32
+/// Mean of `losses[r]` over the rows with a target (`targets[r] >= 0`), summed in f64 in row order
+/// and cast to f32 once (NaN when no row has a target, as torch's mean reduction). The GPU's
+/// `crossentropy_mean` forms the same value on the device.
+pub fn crossentropy_mean(losses: &[f32], targets: &[i32]) -> f32 {
+    assert_eq!(losses.len(), targets.len(), "crossentropy_mean: lengths");
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for (&l, &t) in losses.iter().zip(targets) {
+        if t >= 0 {
+            sum += l as f64;
+            n += 1;
+        }
+    }
+    (sum / n as f64) as f32
 }
 
 #[cfg(test)]

@@ -528,14 +528,15 @@ impl Backend for CpuBackend {
         out: &mut CpuBuf<f32>,
         slot: usize,
         losses: &CpuBuf<f32>,
-        n: usize,
+        targets: &CpuBuf<i32>,
+        rows: usize,
     ) -> Result<()> {
         let op = "crossentropy_mean";
-        if n == 0 {
-            bail!("{op}: no losses to average");
-        }
-        let losses = pre(op, "losses", losses, n)?;
-        pre_mut(op, "out", out, slot + 1)?[slot] = ops::crossentropy::crossentropy_mean(losses);
+        let mean = ops::crossentropy::crossentropy_mean(
+            pre(op, "losses", losses, rows)?,
+            pre(op, "targets", targets, rows)?,
+        );
+        pre_mut(op, "out", out, slot + 1)?[slot] = mean;
         Ok(())
     }
 

@@ -1,0 +1,644 @@
+//! The GPU backend: the `Backend` trait on a [`Device`] — a real GPU (cudarc) or the emulated
+//! device (the same `kernels/*.cu` compiled for the host) — so the model written once in
+//! `crate::model` runs every operation of a PEPLER training step and of decoding in our kernels.
+//!
+//! Each method checks nothing itself: it hands views of its buffers to the typed launcher of the
+//! same name in `crate::kernels::<op>`, which checks the sizes against the shape (one check per
+//! op, shared by the CUDA and emulated devices), slices every view to what the launch may touch and
+//! launches. What is GPU-specific lives here:
+//! - **Buffers** ([`GpuBuf`]): parameters, gradients and AdamW moments are groups in one
+//!   allocation each (`alloc_group`), so zeroing all gradients is one memset and the optimizer
+//!   step is one multi-tensor launch (`kernels::adamw::adamw_update_multi`).
+//! - **Workspace**: the scratch that reductions need (layernorm, bias gradient, embedding
+//!   backward, attention backward) comes from one backend-owned buffer per element type that grows
+//!   to the largest request and is then reused: after the first step of a shape, a step allocates
+//!   nothing ([`GpuBackend::allocations`] counts, a test checks).
+//! - **Attention state**: the per-row log-sum-exp (B, NH, L); the backward recomputes the
+//!   probabilities from it (never an L×L matrix in device memory).
+//! - **Host reads**: none per op; the model reads its loss scalars once per step.
+//! - **Ids** are validated on the host (`Batch::validate`) before upload; kernels skip an
+//!   out-of-range id instead of writing out of bounds (see each kernel's header).
+
+pub mod buf;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Result};
+
+pub use buf::GpuBuf;
+
+use super::{
+    AdamWParams, AttnShape, Backend, DropoutSite, Element, EmbedShape, GroupTensor, WeightLayout,
+};
+use crate::device::{Device, DeviceBuffer, ViewMut};
+use crate::kernels::{
+    adamw, attention, classifier, dropout, embedding, gelu, layernorm, matmul, rating, residual,
+};
+
+/// Scratch buffers grown on demand and reused (see the module docs).
+#[derive(Default)]
+struct Workspace {
+    f32s: Option<DeviceBuffer<f32>>,
+    i32s: Option<DeviceBuffer<i32>>,
+}
+
+/// The multi-tensor AdamW work table for one set of flags, kept until the flags change.
+struct AdamWCache {
+    key: Vec<(usize, usize, GroupTensor)>,
+    plan: adamw::AdamWPlan,
+}
+
+/// The GPU backend over one device (see the module docs).
+pub struct GpuBackend {
+    dev: Device,
+    ws: Mutex<Workspace>,
+    adamw: Mutex<Option<AdamWCache>>,
+    allocations: AtomicUsize,
+}
+
+impl GpuBackend {
+    pub fn new(dev: Device) -> Self {
+        GpuBackend {
+            dev,
+            ws: Mutex::new(Workspace::default()),
+            adamw: Mutex::new(None),
+            allocations: AtomicUsize::new(0),
+        }
+    }
+
+    /// The device the backend launches on.
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// Device allocations made so far (buffers, groups, workspace growth, AdamW tables).
+    pub fn allocations(&self) -> usize {
+        self.allocations.load(Ordering::Relaxed)
+    }
+
+    fn count_alloc(&self) {
+        self.allocations.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs `f` with at least `nf` f32 and `ni` i32 elements of workspace (exactly that many are
+    /// passed: launchers slice to what they use).
+    fn with_scratch<R>(
+        &self,
+        nf: usize,
+        ni: usize,
+        f: impl FnOnce(ViewMut<'_, f32>, ViewMut<'_, i32>) -> Result<R>,
+    ) -> Result<R> {
+        let mut ws = self
+            .ws
+            .lock()
+            .map_err(|_| anyhow::anyhow!("GPU backend workspace poisoned by an earlier panic"))?;
+        if ws.f32s.as_ref().is_none_or(|b| b.len() < nf) {
+            ws.f32s = None; // free before allocating the larger one
+            ws.f32s = Some(self.dev.alloc(nf.max(1))?);
+            self.count_alloc();
+        }
+        if ws.i32s.as_ref().is_none_or(|b| b.len() < ni) {
+            ws.i32s = None;
+            ws.i32s = Some(self.dev.alloc(ni.max(1))?);
+            self.count_alloc();
+        }
+        let Workspace { f32s, i32s } = &mut *ws;
+        let fs = f32s.as_mut().expect("allocated above").slice_mut(..nf);
+        let is = i32s.as_mut().expect("allocated above").slice_mut(..ni);
+        f(fs, is)
+    }
+}
+
+/// The writable view of an optional output.
+fn opt_mut(b: Option<&mut GpuBuf<f32>>) -> Option<ViewMut<'_, f32>> {
+    b.map(|b| b.view_mut())
+}
+
+/// The single element `slot` of a device scalar buffer, writable.
+fn slot_mut<'a>(op: &str, b: &'a mut GpuBuf<f32>, slot: usize) -> Result<ViewMut<'a, f32>> {
+    if slot >= b.len() {
+        bail!("{op}: slot {slot} outside a buffer of {} elements", b.len());
+    }
+    Ok(b.view_mut().slice_mut(slot..slot + 1))
+}
+
+impl Backend for GpuBackend {
+    type Buf<T: Element> = GpuBuf<T>;
+
+    fn name(&self) -> String {
+        format!("{} ({})", self.dev.kind(), self.dev.name())
+    }
+
+    // ---------------------------------------------------------------- memory
+    fn alloc<T: Element>(&self, len: usize) -> Result<GpuBuf<T>> {
+        self.count_alloc();
+        Ok(GpuBuf::whole(self.dev.alloc(len)?))
+    }
+
+    fn upload<T: Element>(&self, data: &[T]) -> Result<GpuBuf<T>> {
+        self.count_alloc();
+        Ok(GpuBuf::whole(self.dev.upload(data)?))
+    }
+
+    fn write<T: Element>(&self, dst: &mut GpuBuf<T>, data: &[T]) -> Result<()> {
+        if dst.len() < data.len() {
+            bail!(
+                "write: {} elements into a buffer of {}",
+                data.len(),
+                dst.len()
+            );
+        }
+        self.dev.htod(data, dst.view_mut().slice_mut(..data.len()))
+    }
+
+    fn download<T: Element>(&self, src: &GpuBuf<T>, len: usize) -> Result<Vec<T>> {
+        if src.len() < len {
+            bail!("download: {len} elements from a buffer of {}", src.len());
+        }
+        self.dev.download(src.view().slice(..len))
+    }
+
+    fn len<T: Element>(&self, buf: &GpuBuf<T>) -> usize {
+        buf.len()
+    }
+
+    fn zero(&self, buf: &mut GpuBuf<f32>) -> Result<()> {
+        self.dev.zero(buf.view_mut())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.dev.synchronize()
+    }
+
+    fn alloc_group(&self, lens: &[usize]) -> Result<Vec<GpuBuf<f32>>> {
+        self.count_alloc();
+        let mem = self.dev.alloc::<f32>(buf::group_len(lens))?;
+        Ok(GpuBuf::group(mem, lens))
+    }
+
+    fn zero_group(&self, bufs: &mut [GpuBuf<f32>]) -> Result<()> {
+        match buf::arena_view_mut(bufs) {
+            // one memset over the whole arena (alignment gaps are zero already)
+            Some(all) => self.dev.zero(all),
+            None => bufs.iter_mut().try_for_each(|b| self.zero(b)),
+        }
+    }
+
+    // ---------------------------------------------------------------- encoder
+    fn embedding_forward(
+        &self,
+        out: &mut GpuBuf<f32>,
+        table: &GpuBuf<f32>,
+        ids: &GpuBuf<i32>,
+        wpe: Option<&GpuBuf<f32>>,
+        s: EmbedShape,
+    ) -> Result<()> {
+        let wpe = wpe.map(|w| w.view());
+        embedding::embedding_forward(&self.dev, out.view_mut(), table.view(), ids.view(), wpe, s)
+    }
+
+    fn embedding_backward(
+        &self,
+        dtable: Option<&mut GpuBuf<f32>>,
+        dwpe: Option<&mut GpuBuf<f32>>,
+        dout: &GpuBuf<f32>,
+        ids: &GpuBuf<i32>,
+        s: EmbedShape,
+    ) -> Result<()> {
+        let ni = embedding::embedding_backward_scratch_len(&s);
+        self.with_scratch(0, ni, |_, scratch| {
+            embedding::embedding_backward(
+                &self.dev,
+                opt_mut(dtable),
+                opt_mut(dwpe),
+                scratch,
+                dout.view(),
+                ids.view(),
+                s,
+            )
+        })
+    }
+
+    // ---------------------------------------------------------------- dense layers
+    fn matmul_forward(
+        &self,
+        out: &mut GpuBuf<f32>,
+        inp: &GpuBuf<f32>,
+        weight: &GpuBuf<f32>,
+        bias: Option<&GpuBuf<f32>>,
+        rows: usize,
+        cin: usize,
+        cout: usize,
+        layout: WeightLayout,
+    ) -> Result<()> {
+        matmul::matmul_forward(
+            &self.dev,
+            out.view_mut(),
+            inp.view(),
+            weight.view(),
+            bias.map(|b| b.view()),
+            rows,
+            cin,
+            cout,
+            layout,
+        )
+    }
+
+    fn matmul_backward(
+        &self,
+        dinp: Option<&mut GpuBuf<f32>>,
+        dweight: Option<&mut GpuBuf<f32>>,
+        dbias: Option<&mut GpuBuf<f32>>,
+        dout: &GpuBuf<f32>,
+        inp: &GpuBuf<f32>,
+        weight: &GpuBuf<f32>,
+        rows: usize,
+        cin: usize,
+        cout: usize,
+        layout: WeightLayout,
+    ) -> Result<()> {
+        let nf = if dbias.is_some() {
+            matmul::matmul_backward_scratch_len(rows, cout)
+        } else {
+            0
+        };
+        self.with_scratch(nf, 0, |scratch, _| {
+            matmul::matmul_backward(
+                &self.dev,
+                opt_mut(dinp),
+                opt_mut(dweight),
+                opt_mut(dbias),
+                scratch,
+                dout.view(),
+                inp.view(),
+                weight.view(),
+                rows,
+                cin,
+                cout,
+                layout,
+            )
+        })
+    }
+
+    // ---------------------------------------------------------------- layernorm
+    fn layernorm_forward(
+        &self,
+        out: &mut GpuBuf<f32>,
+        mean: &mut GpuBuf<f32>,
+        rstd: &mut GpuBuf<f32>,
+        inp: &GpuBuf<f32>,
+        weight: &GpuBuf<f32>,
+        bias: &GpuBuf<f32>,
+        rows: usize,
+        c: usize,
+        eps: f32,
+    ) -> Result<()> {
+        layernorm::layernorm_forward(
+            &self.dev,
+            out.view_mut(),
+            Some(mean.view_mut()),
+            Some(rstd.view_mut()),
+            inp.view(),
+            weight.view(),
+            bias.view(),
+            rows,
+            c,
+            eps,
+        )
+    }
+
+    fn layernorm_backward(
+        &self,
+        dinp: &mut GpuBuf<f32>,
+        dweight: Option<&mut GpuBuf<f32>>,
+        dbias: Option<&mut GpuBuf<f32>>,
+        dout: &GpuBuf<f32>,
+        inp: &GpuBuf<f32>,
+        weight: &GpuBuf<f32>,
+        mean: &GpuBuf<f32>,
+        rstd: &GpuBuf<f32>,
+        rows: usize,
+        c: usize,
+    ) -> Result<()> {
+        let nf = if dweight.is_some() || dbias.is_some() {
+            layernorm::layernorm_backward_scratch_len(rows, c)?
+        } else {
+            0
+        };
+        self.with_scratch(nf, 0, |scratch, _| {
+            layernorm::layernorm_backward(
+                &self.dev,
+                dinp.view_mut(),
+                opt_mut(dweight),
+                opt_mut(dbias),
+                scratch,
+                dout.view(),
+                inp.view(),
+                weight.view(),
+                mean.view(),
+                rstd.view(),
+                rows,
+                c,
+            )
+        })
+    }
+
+    // ---------------------------------------------------------------- attention
+    /// The per-row log-sum-exp (B, NH, L).
+    fn attention_state_len(&self, s: AttnShape) -> usize {
+        s.b * s.nh * s.l
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut GpuBuf<f32>,
+        state: &mut GpuBuf<f32>,
+        qkv: &GpuBuf<f32>,
+        key_mask: Option<&GpuBuf<i32>>,
+        dropout: Option<DropoutSite>,
+        s: AttnShape,
+    ) -> Result<()> {
+        attention::attention_forward(
+            &self.dev,
+            out.view_mut(),
+            state.view_mut(),
+            qkv.view(),
+            key_mask.map(|m| m.view()),
+            dropout,
+            s,
+        )
+    }
+
+    fn attention_backward(
+        &self,
+        dqkv: &mut GpuBuf<f32>,
+        dout: &GpuBuf<f32>,
+        qkv: &GpuBuf<f32>,
+        out: &GpuBuf<f32>,
+        state: &GpuBuf<f32>,
+        key_mask: Option<&GpuBuf<i32>>,
+        dropout: Option<DropoutSite>,
+        s: AttnShape,
+    ) -> Result<()> {
+        let nf = attention::attention_backward_scratch_len(s)?;
+        self.with_scratch(nf, 0, |scratch, _| {
+            attention::attention_backward(
+                &self.dev,
+                dqkv.view_mut(),
+                dout.view(),
+                qkv.view(),
+                out.view(),
+                state.view(),
+                key_mask.map(|m| m.view()),
+                dropout,
+                s,
+                scratch,
+            )
+        })
+    }
+
+    fn attention_cached_forward(
+        &self,
+        out: &mut GpuBuf<f32>,
+        qkv: &GpuBuf<f32>,
+        k_cache: &mut GpuBuf<f32>,
+        v_cache: &mut GpuBuf<f32>,
+        start: usize,
+        n: usize,
+        lmax: usize,
+        s: AttnShape,
+    ) -> Result<()> {
+        attention::attention_cached_forward(
+            &self.dev,
+            out.view_mut(),
+            qkv.view(),
+            k_cache.view_mut(),
+            v_cache.view_mut(),
+            start,
+            n,
+            lmax,
+            s,
+        )
+    }
+
+    // ---------------------------------------------------------------- pointwise
+    fn gelu_forward(&self, out: &mut GpuBuf<f32>, inp: &GpuBuf<f32>, n: usize) -> Result<()> {
+        gelu::gelu_forward(&self.dev, out.view_mut(), inp.view(), n)
+    }
+
+    fn gelu_backward(
+        &self,
+        dinp: &mut GpuBuf<f32>,
+        inp: &GpuBuf<f32>,
+        dout: &GpuBuf<f32>,
+        n: usize,
+    ) -> Result<()> {
+        gelu::gelu_backward(&self.dev, dinp.view_mut(), inp.view(), dout.view(), n)
+    }
+
+    fn residual_forward(
+        &self,
+        out: &mut GpuBuf<f32>,
+        a: &GpuBuf<f32>,
+        b: &GpuBuf<f32>,
+        n: usize,
+    ) -> Result<()> {
+        residual::residual_forward(&self.dev, out.view_mut(), a.view(), b.view(), n)
+    }
+
+    fn dropout_forward(
+        &self,
+        out: &mut GpuBuf<f32>,
+        inp: &GpuBuf<f32>,
+        site: DropoutSite,
+        n: usize,
+    ) -> Result<()> {
+        dropout::dropout_forward(&self.dev, out.view_mut(), inp.view(), site, n)
+    }
+
+    fn sigmoid_forward(&self, out: &mut GpuBuf<f32>, inp: &GpuBuf<f32>, n: usize) -> Result<()> {
+        rating::sigmoid_forward(&self.dev, out.view_mut(), inp.view(), n)
+    }
+
+    fn sigmoid_backward(
+        &self,
+        dinp: &mut GpuBuf<f32>,
+        out: &GpuBuf<f32>,
+        dout: &GpuBuf<f32>,
+        n: usize,
+    ) -> Result<()> {
+        rating::sigmoid_backward(&self.dev, dinp.view_mut(), out.view(), dout.view(), n)
+    }
+
+    // ---------------------------------------------------------------- heads and losses
+    fn crossentropy_forward(
+        &self,
+        losses: &mut GpuBuf<f32>,
+        logits: &mut GpuBuf<f32>,
+        targets: &GpuBuf<i32>,
+        rows: usize,
+        v: usize,
+        dscale: Option<f32>,
+    ) -> Result<()> {
+        classifier::crossentropy_forward(
+            &self.dev,
+            losses.view_mut(),
+            logits.view_mut(),
+            targets.view(),
+            rows,
+            v,
+            dscale,
+        )
+    }
+
+    fn crossentropy_mean(
+        &self,
+        out: &mut GpuBuf<f32>,
+        slot: usize,
+        losses: &GpuBuf<f32>,
+        targets: &GpuBuf<i32>,
+        rows: usize,
+    ) -> Result<()> {
+        let out = slot_mut("crossentropy_mean", out, slot)?;
+        classifier::crossentropy_mean(&self.dev, out, losses.view(), targets.view(), rows)
+    }
+
+    fn argmax(
+        &self,
+        out: &mut GpuBuf<i32>,
+        logits: &GpuBuf<f32>,
+        rows: usize,
+        v: usize,
+    ) -> Result<()> {
+        classifier::argmax_forward(&self.dev, out.view_mut(), logits.view(), rows, v)
+    }
+
+    fn rating_mf_forward(
+        &self,
+        out: &mut GpuBuf<f32>,
+        ui: &GpuBuf<f32>,
+        b: usize,
+        c: usize,
+    ) -> Result<()> {
+        rating::rating_mf_forward(&self.dev, out.view_mut(), ui.view(), b, c)
+    }
+
+    fn rating_mf_backward(
+        &self,
+        dui: &mut GpuBuf<f32>,
+        dpred: &GpuBuf<f32>,
+        ui: &GpuBuf<f32>,
+        b: usize,
+        c: usize,
+    ) -> Result<()> {
+        rating::rating_mf_backward(&self.dev, dui.view_mut(), dpred.view(), ui.view(), b, c)
+    }
+
+    fn mse_forward(
+        &self,
+        loss: &mut GpuBuf<f32>,
+        slot: usize,
+        dpred: &mut GpuBuf<f32>,
+        pred: &GpuBuf<f32>,
+        target: &GpuBuf<f32>,
+        n: usize,
+        grad_scale: f32,
+    ) -> Result<()> {
+        let loss = slot_mut("mse_forward", loss, slot)?;
+        rating::mse_forward(
+            &self.dev,
+            loss,
+            dpred.view_mut(),
+            pred.view(),
+            target.view(),
+            n,
+            grad_scale,
+        )
+    }
+
+    // ---------------------------------------------------------------- optimizer
+    fn adamw_update(
+        &self,
+        param: &mut GpuBuf<f32>,
+        grad: &GpuBuf<f32>,
+        m: &mut GpuBuf<f32>,
+        v: &mut GpuBuf<f32>,
+        hp: AdamWParams,
+        step: u64,
+    ) -> Result<()> {
+        let n = param.len();
+        adamw::adamw_update(
+            &self.dev,
+            param.view_mut(),
+            grad.view(),
+            m.view_mut(),
+            v.view_mut(),
+            &hp,
+            step,
+            n,
+        )
+    }
+
+    fn adamw_update_group(
+        &self,
+        params: &mut [GpuBuf<f32>],
+        grads: &[GpuBuf<f32>],
+        m: &mut [GpuBuf<f32>],
+        v: &mut [GpuBuf<f32>],
+        tensors: &[GroupTensor],
+        hp: AdamWParams,
+        step: u64,
+    ) -> Result<()> {
+        let n = params.len();
+        if grads.len() != n || m.len() != n || v.len() != n || tensors.len() != n {
+            bail!("adamw_update_group: groups of different sizes");
+        }
+        // One launch when the four groups are whole arenas with the same layout; otherwise the
+        // per-tensor fallback.
+        let same_layout = (0..n).all(|i| {
+            let (o, l) = (params[i].offset(), params[i].len());
+            [grads[i].offset(), m[i].offset(), v[i].offset()] == [o, o, o]
+                && [grads[i].len(), m[i].len(), v[i].len()] == [l, l, l]
+        });
+        let key: Vec<(usize, usize, GroupTensor)> = params
+            .iter()
+            .zip(tensors)
+            .map(|(p, &t)| (p.offset(), p.len(), t))
+            .collect();
+        let arenas = (
+            buf::arena_view_mut(params),
+            buf::arena_view(grads),
+            buf::arena_view_mut(m),
+            buf::arena_view_mut(v),
+        );
+        let (Some(pa), Some(ga), Some(ma), Some(va)) = arenas else {
+            return super::adamw_update_each(self, params, grads, m, v, tensors, hp, step);
+        };
+        if !same_layout {
+            drop((pa, ga, ma, va));
+            return super::adamw_update_each(self, params, grads, m, v, tensors, hp, step);
+        }
+        let mut cache = self
+            .adamw
+            .lock()
+            .map_err(|_| anyhow::anyhow!("GPU backend AdamW table poisoned by an earlier panic"))?;
+        if cache.as_ref().is_none_or(|c| c.key != key) {
+            let table: Vec<adamw::AdamWTensor> = key
+                .iter()
+                .map(|&(offset, len, t)| adamw::AdamWTensor {
+                    offset,
+                    len,
+                    decay: t.decay,
+                    trainable: t.trainable,
+                })
+                .collect();
+            *cache = None;
+            let plan = adamw::AdamWPlan::new(&self.dev, &table)?;
+            self.count_alloc();
+            *cache = Some(AdamWCache { key, plan });
+        }
+        let plan = &cache.as_ref().expect("built above").plan;
+        adamw::adamw_update_multi(&self.dev, plan, pa, ga, ma, va, &hp, step)
+    }
+}
