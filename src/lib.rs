@@ -8,7 +8,6 @@
 //!   reference for `kernels/layernorm.cu`).
 //! - `backend`:  the `Backend` trait the model is written against, and its implementations.
 //! - `model`:    GPT-2 + PEPLER written once: parameters, HF safetensors I/O, forward/backward.
-//! - `optim`:    AdamW with per-tensor trainable flags.
 //! - `tokenizer`, `data`, `metrics`, `train`, `generate`: the PEPLER pipeline.
 //! - `pipeline`: the jobs behind the subcommands (train, generate, evaluate) on any backend.
 //! - `cli`:      the command line (clap), one module per subcommand.
@@ -23,7 +22,6 @@ pub mod kernels;
 pub mod metrics;
 pub mod model;
 pub mod ops;
-pub mod optim;
 pub mod parity;
 pub mod pipeline;
 pub mod tokenizer;

@@ -11,8 +11,10 @@
 
 use anyhow::{bail, Result};
 
+use super::acts::{row_gather, LayerActs};
+use super::block::{block_forward, BlockAttn};
 use super::config::PromptKind;
-use super::pepler::{block_forward, row_gather, BlockAttn, LayerActs, Pepler};
+use super::pepler::Pepler;
 use crate::backend::{AttnShape, Backend, EmbedShape, WeightLayout};
 
 /// The new positions of one decoding step.

@@ -88,22 +88,6 @@ impl ParamSpec {
     }
 }
 
-/// Names of the twelve per-block parameters, in order, relative to `transformer.h.{i}.`.
-pub const BLOCK_PARAM_SUFFIXES: [&str; 12] = [
-    "ln_1.weight",
-    "ln_1.bias",
-    "attn.c_attn.weight",
-    "attn.c_attn.bias",
-    "attn.c_proj.weight",
-    "attn.c_proj.bias",
-    "ln_2.weight",
-    "ln_2.bias",
-    "mlp.c_fc.weight",
-    "mlp.c_fc.bias",
-    "mlp.c_proj.weight",
-    "mlp.c_proj.bias",
-];
-
 /// Canonical parameter list for a config, in a fixed order (the order PyTorch's
 /// `named_parameters()` gives for the original model: transformer, user/item embeddings,
 /// recommender), with HF names and layouts. The LM head is tied to `transformer.wte.weight`.

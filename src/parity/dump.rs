@@ -11,7 +11,6 @@ use crate::model::batch::Batch;
 use crate::model::config::{ModelConfig, PromptKind};
 use crate::model::params::{HostTensor, ParamSet};
 use crate::model::safetensors_io::SafetensorsFile;
-use crate::optim::AdamWConfig;
 
 /// The `format` metadata value this reader understands.
 pub const PARITY_FORMAT: &str = "pepler-parity/1";
@@ -30,19 +29,6 @@ pub struct DumpOptimizer {
     /// before the key existed are unchanged.
     #[serde(default)]
     pub variant: AdamWVariant,
-}
-
-impl DumpOptimizer {
-    /// The hyper-parameters (the formula is `variant`, which `AdamWConfig` does not carry).
-    pub fn adamw(&self) -> AdamWConfig {
-        AdamWConfig {
-            lr: self.lr,
-            beta1: self.betas[0],
-            beta2: self.betas[1],
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-        }
-    }
 }
 
 /// One parity case: everything needed to rebuild the model and the expected results.
