@@ -127,6 +127,51 @@ pub fn attention_forward(
         });
 }
 
+/// Per-row log-sum-exp of the visible scaled scores, `lse` (B, NH, L) (=): `max_j s_tj +
+/// ln(sum_j exp(s_tj - max_j s_tj))` over the keys `j` visible to `t`, with `s_tj = q_t.k_j /
+/// sqrt(hd)` as in [`attention_forward`]. It is what the fused GPU forward saves for its backward
+/// instead of the probabilities (`p_tj = exp(s_tj - lse_t)`). A query with no visible key stores
+/// `+inf`, so that `exp(s - lse) = 0` reproduces its all-zero probabilities without a special case.
+pub fn attention_row_lse(lse: &mut [f32], qkv: &[f32], key_mask: Option<&[i32]>, s: AttnShape) {
+    let AttnShape { b: _, l, c, nh } = s;
+    let hd = s.hd();
+    assert_eq!(c % nh, 0, "attention: c {c} not divisible by nh {nh}");
+    assert_eq!(lse.len(), s.b * nh * l, "attention_row_lse: lse");
+    assert_eq!(qkv.len(), s.b * l * 3 * c, "attention_row_lse: qkv");
+    if let Some(m) = key_mask {
+        assert_eq!(m.len(), s.b * l, "attention_row_lse: key_mask");
+    }
+    let scale = (hd as f32).sqrt();
+    lse.par_chunks_mut(nh * l)
+        .enumerate()
+        .for_each(|(b, lse_b)| {
+            let qkv_b = &qkv[b * l * 3 * c..(b + 1) * l * 3 * c];
+            let vis = |j: usize| key_mask.is_none_or(|m| m[b * l + j] != 0);
+            let mut scores = vec![0.0f32; l];
+            for h in 0..nh {
+                for t in 0..l {
+                    let q = &qkv_b[t * 3 * c + h * hd..][..hd];
+                    let mut maxv = f32::NEG_INFINITY;
+                    for (j, r) in scores.iter_mut().enumerate().take(t + 1) {
+                        *r = dot(q, &qkv_b[j * 3 * c + c + h * hd..][..hd]) / scale;
+                        if vis(j) && *r > maxv {
+                            maxv = *r;
+                        }
+                    }
+                    lse_b[h * l + t] = if maxv == f32::NEG_INFINITY {
+                        f32::INFINITY
+                    } else {
+                        let sum: f32 = (0..=t)
+                            .filter(|&j| vis(j))
+                            .map(|j| (scores[j] - maxv).exp())
+                            .sum();
+                        maxv + sum.ln()
+                    };
+                }
+            }
+        });
+}
+
 /// Backward: `dqkv` (=) from `dout`, using the saved `att` (pre-dropout probabilities).
 pub fn attention_backward(
     dqkv: &mut [f32],

@@ -1,0 +1,602 @@
+// attention.cu — fused causal multi-head self-attention, forward, backward and KV-cache decoding
+// (CPU reference: src/ops/attention.rs; launchers: src/kernels/attention.rs).
+//
+// Layouts (row-major fp32): qkv (B, L, 3C) = [q | k | v] per position, head h owns channels
+// h*hd..(h+1)*hd of each third (hd = C / NH); out, dout (B, L, C); dqkv (B, L, 3C);
+// lse, D (B, NH, L); key_mask (B, L) int, 1 = attend (may be NULL = all keys); k_cache, v_cache
+// (B, NH, lmax, hd).
+//
+// Math (per sequence b, head h, query t, key j):
+//   s_tj  = (q_t . k_j) / sqrtf(hd)            (a division, as the reference and HF eager)
+//   key j visible to t  <=>  j <= t and key_mask[b, j] != 0
+//   P_tj  = exp(s_tj - lse_t) for visible keys, 0 otherwise;  lse_t = m_t + log(sum_j exp(s_tj - m_t))
+//   r_tj  = dropout_scale(site, ((b*NH + h)*L + t)*L + j)  (1 without dropout; the element index of
+//           the probability in the reference, so every device draws the same mask)
+//   out_t = sum_j P_tj r_tj v_j
+//   A query with no visible key has all-zero probabilities: out_t = 0, and lse_t = +INFINITY, so
+//   that exp(s - lse) = 0 in the backward with no special case.
+// Backward (D_t = dout_t . out_t = sum_j P_tj dP_tj, the softmax-backward row term):
+//   dP_tj = (dout_t . v_j) r_tj;  dS_tj = P_tj (dP_tj - D_t) / sqrtf(hd)
+//   dq_t  = sum_j dS_tj k_j;  dk_j = sum_t dS_tj q_t;  dv_j = sum_t P_tj r_tj dout_t
+//
+// Kernels (`_hd32/_hd64/_hd128`: the same template for hd <= 32, 64, 128; the launcher picks the
+// smallest that fits, lanes own channels lane, lane+32, ... of a row in registers):
+//   attention_forward_hdN        out (=), lse (=, may be NULL)
+//   attention_cached_forward_hdN out (=) of n new queries at positions start..start+n-1 against the
+//                                caches (after attention_cache_append); same row routine as the
+//                                forward, so the same bits as the full computation
+//   attention_cache_append       k_cache, v_cache rows start..start+n-1 (=) from qkv (B, n, 3C)
+//   attention_backward_rowdot    D (=) into the caller's scratch (B, NH, L)
+//   attention_backward_dq_hdN    dq thirds of dqkv (=)
+//   attention_backward_dkv_hdN   dk and dv thirds of dqkv (=)
+//
+// Launch (ATTN_WARPS = 4 warps, 128 threads; R = rows per warp: 4, or 2 for hd128 to fit 48 KiB):
+//   forward / cached / dq: grid = ceil(Lq / (4R)) * NH * B blocks, block x fastest = query tile, then
+//     head, then sequence. Warp w owns the tile's rows w, w+4, ... (interleaved: causal work is
+//     balanced). The block walks key tiles of 32 (one key per lane) up to its last row's position:
+//     stages K (and V) in shared memory, each lane scores its key with a sequential dot product,
+//     a warp max keeps the online softmax (per-lane partial sums, one warp sum at the end), the
+//     probabilities go through a per-warp shared row, and each lane adds p_j v_j[c] for its channels.
+//   dkv: grid = ceil(L / (4R)) * NH * B blocks over key tiles; the block walks query tiles of 32
+//     (one query per lane) from its first key's tile to L, staging Q, dout, lse and D.
+//   rowdot, append: one warp per (b, h, t) row / one thread per element, 256-thread blocks.
+//   Dynamic shared memory (floats, hs = hd | 1 keeps lane-per-row reads on 32 distinct banks):
+//     forward: 32*hs (K) + 32*hd (V) + 4R*hd (Q) + 4*32 (P)          hd128: 37.5 KiB
+//     dq:      2*32*hs (K, V) + 2*4R*hd (Q, dout) + 4*32 (dS)          hd128: 41.5 KiB
+//     dkv:     2*32*hs (Q, dout) + 2*32 (lse, D) + 2*4R*hd (K, V) + 2*4*32 (P r, dS)  hd128: 41.8 KiB
+//   (src/kernels/attention.rs computes the same numbers: `attention_smem_bytes`.)
+//
+// Never materialises an L x L matrix in global memory. Determinism: no atomics; every output element
+// is written by one thread that sums in a fixed order (keys ascending for out and dq, queries
+// ascending for dk and dv, channels ascending in every dot product), and the tiling depends on the
+// shape alone, so results are bit-identical across runs and block schedules.
+#include "common.cuh"
+#include "dropout_hash.cuh"
+
+#define ATTN_WARPS 4
+#define ATTN_TILE 32  // keys (forward, dq) or queries (dkv) per staged tile: one per lane
+
+// What attention dropout a launch applies (`on` = 0: none).
+struct AttnDropout {
+    int on;
+    unsigned long long key;  // dropout_key(seed, step, site)
+    float p;
+};
+
+__device__ __forceinline__ AttnDropout attn_dropout(int on, unsigned long long seed, unsigned long long step,
+                                                    unsigned int site, float p) {
+    AttnDropout d;
+    d.on = on;
+    d.key = on ? dropout_key(seed, step, site) : 0ull;
+    d.p = p;
+    return d;
+}
+
+// Sequential dot product in channel order (as the reference's `dot`).
+__device__ __forceinline__ float attn_dot(const float* a, const float* b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) {
+        s += a[i] * b[i];
+    }
+    return s;
+}
+
+// One block of the forward: query rows row0.. of one (sequence, head). Query row i sits at position
+// pos0 + i and sees keys 0..pos0+i. Pointers are at row 0 / key 0 of this (b, h), channel 0 of the
+// head; *_rs are row strides. lse may be NULL. `drop_base + pos * drop_l + j` is the dropout index.
+template <int NC, int R>
+__device__ void attn_forward_rows(float* smem, float* __restrict__ out, long long out_rs, float* __restrict__ lse,
+                                  const float* __restrict__ q, long long q_rs, const float* __restrict__ k,
+                                  const float* __restrict__ v, long long kv_rs, const int* __restrict__ mask,
+                                  int nq, int pos0, int hd, int row0, AttnDropout drop,
+                                  unsigned long long drop_base, long long drop_l) {
+    const int hs = hd | 1;
+    float* ks = smem;                           // [ATTN_TILE][hs]
+    float* vs = ks + ATTN_TILE * hs;            // [ATTN_TILE][hd]
+    float* qs = vs + ATTN_TILE * hd;            // [4R][hd]
+    float* ps = qs + ATTN_WARPS * R * hd;       // [ATTN_WARPS][ATTN_TILE]
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int nrows = min(ATTN_WARPS * R, nq - row0);
+    const float scale = sqrtf(static_cast<float>(hd));
+    float* prow = ps + warp * ATTN_TILE;
+
+    for (int i = threadIdx.x; i < nrows * hd; i += blockDim.x) {
+        const int r = i / hd;
+        qs[i] = q[static_cast<long long>(row0 + r) * q_rs + (i - r * hd)];
+    }
+    const int nkeys = pos0 + row0 + nrows;  // keys 0..last row's position
+    const int ntiles = CEIL_DIV(nkeys, ATTN_TILE);
+
+    float o[R][NC];
+    float m[R];
+    float lpart[R];  // this lane's share of the softmax denominator, at the running max m
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        m[r] = -INFINITY;
+        lpart[r] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < NC; c++) o[r][c] = 0.0f;
+    }
+
+    for (int kt = 0; kt < ntiles; kt++) {
+        const int j0 = kt * ATTN_TILE;
+        const int nk = min(ATTN_TILE, nkeys - j0);
+        __syncthreads();  // the previous tile is consumed (and Q is staged, on the first pass)
+        for (int i = threadIdx.x; i < nk * hd; i += blockDim.x) {
+            const int j = i / hd;
+            const int c = i - j * hd;
+            const long long g = static_cast<long long>(j0 + j) * kv_rs + c;
+            ks[j * hs + c] = k[g];
+            vs[j * hd + c] = v[g];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int lr = warp + ATTN_WARPS * r;
+            const int pos = pos0 + row0 + lr;
+            if (lr >= nrows || j0 > pos) continue;  // warp-uniform
+            const int j = j0 + lane;
+            const bool vis = lane < nk && j <= pos && (mask == nullptr || mask[j] != 0);
+            float s = -INFINITY;
+            if (vis) s = attn_dot(qs + lr * hd, ks + lane * hs, hd) / scale;
+            const float mnew = fmaxf(m[r], warp_reduce_max(s));
+            if (mnew == -INFINITY) continue;  // nothing visible yet (warp-uniform)
+            const float corr = expf(m[r] - mnew);  // 0 on the first visible tile
+            float p = vis ? expf(s - mnew) : 0.0f;
+            lpart[r] = lpart[r] * corr + p;
+            m[r] = mnew;
+            if (drop.on && vis) {
+                p *= dropout_scale_at(drop.key, drop_base + static_cast<unsigned long long>(pos) * drop_l + j, drop.p);
+            }
+            __syncwarp();  // the previous row's readers of prow are done
+            prow[lane] = p;
+            __syncwarp();
+            const int jn = min(nk, pos - j0 + 1);
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) {
+                const int c = lane + 32 * cc;
+                if (c < hd) {
+                    float acc = o[r][cc] * corr;
+                    for (int jj = 0; jj < jn; jj++) acc += prow[jj] * vs[jj * hd + c];
+                    o[r][cc] = acc;
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int lr = warp + ATTN_WARPS * r;
+        if (lr >= nrows) continue;
+        const float l = warp_reduce_sum(lpart[r]);
+        const int row = row0 + lr;
+        const bool empty = m[r] == -INFINITY;
+        const float inv = empty ? 0.0f : 1.0f / l;
+        float* orow = out + static_cast<long long>(row) * out_rs;
+#pragma unroll
+        for (int cc = 0; cc < NC; cc++) {
+            const int c = lane + 32 * cc;
+            if (c < hd) orow[c] = empty ? 0.0f : o[r][cc] * inv;
+        }
+        if (lse != nullptr && lane == 0) lse[row] = empty ? INFINITY : m[r] + logf(l);
+    }
+}
+
+// Block index -> (query/key tile, head, sequence) with the tile fastest.
+struct AttnBlock {
+    int tile;
+    int h;
+    long long b;
+};
+
+__device__ __forceinline__ AttnBlock attn_block(int rows, int per_block, int nh) {
+    const int ntiles = CEIL_DIV(rows, per_block);
+    const long long bid = blockIdx.x;
+    AttnBlock a;
+    a.tile = static_cast<int>(bid % ntiles);
+    const long long bh = bid / ntiles;
+    a.h = static_cast<int>(bh % nh);
+    a.b = bh / nh;
+    return a;
+}
+
+template <int NC, int R>
+__device__ void attn_forward(float* smem, float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ qkv,
+                             const int* __restrict__ key_mask, int L, int C, int NH, AttnDropout drop) {
+    const int hd = C / NH;
+    const AttnBlock a = attn_block(L, ATTN_WARPS * R, NH);
+    const long long bh = a.b * NH + a.h;
+    const long long c3 = 3LL * C;
+    const float* base = qkv + a.b * L * c3 + static_cast<long long>(a.h) * hd;
+    attn_forward_rows<NC, R>(smem, out + a.b * L * C + static_cast<long long>(a.h) * hd, C,
+                             lse == nullptr ? nullptr : lse + bh * L, base, c3, base + C, base + 2LL * C, c3,
+                             key_mask == nullptr ? nullptr : key_mask + a.b * L, L, 0, hd,
+                             a.tile * ATTN_WARPS * R, drop, static_cast<unsigned long long>(bh * L) * L, L);
+}
+
+extern "C" __global__ void attention_forward_hd32(float* __restrict__ out, float* __restrict__ lse,
+                                                  const float* __restrict__ qkv, const int* __restrict__ key_mask,
+                                                  int L, int C, int NH, int drop_on, unsigned long long seed,
+                                                  unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_forward<1, 4>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_forward_hd64(float* __restrict__ out, float* __restrict__ lse,
+                                                  const float* __restrict__ qkv, const int* __restrict__ key_mask,
+                                                  int L, int C, int NH, int drop_on, unsigned long long seed,
+                                                  unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_forward<2, 4>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_forward_hd128(float* __restrict__ out, float* __restrict__ lse,
+                                                   const float* __restrict__ qkv, const int* __restrict__ key_mask,
+                                                   int L, int C, int NH, int drop_on, unsigned long long seed,
+                                                   unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_forward<4, 2>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+// ----------------------------------------------------------------------------------------------
+// decoding with a KV cache
+
+extern "C" __global__ void attention_cache_append(float* __restrict__ k_cache, float* __restrict__ v_cache,
+                                                  const float* __restrict__ qkv, int B, int n, int C, int NH,
+                                                  int start, int lmax) {
+    const int hd = C / NH;
+    const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= static_cast<long long>(B) * NH * n * hd) return;
+    const int c = static_cast<int>(i % hd);
+    const int t = static_cast<int>((i / hd) % n);
+    const long long bh = i / (static_cast<long long>(hd) * n);
+    const int h = static_cast<int>(bh % NH);
+    const long long b = bh / NH;
+    const long long src = (b * n + t) * 3LL * C + static_cast<long long>(h) * hd + c;
+    const long long dst = (bh * lmax + start + t) * hd + c;
+    k_cache[dst] = qkv[src + C];
+    v_cache[dst] = qkv[src + 2LL * C];
+}
+
+template <int NC, int R>
+__device__ void attn_cached_forward(float* smem, float* __restrict__ out, const float* __restrict__ qkv,
+                                    const float* __restrict__ k_cache, const float* __restrict__ v_cache, int n,
+                                    int C, int NH, int start, int lmax) {
+    const int hd = C / NH;
+    const AttnBlock a = attn_block(n, ATTN_WARPS * R, NH);
+    const long long bh = a.b * NH + a.h;
+    const long long c3 = 3LL * C;
+    const long long kv = bh * lmax * hd;
+    AttnDropout none;
+    none.on = 0;
+    none.key = 0ull;
+    none.p = 0.0f;
+    attn_forward_rows<NC, R>(smem, out + a.b * n * C + static_cast<long long>(a.h) * hd, C, nullptr,
+                             qkv + a.b * n * c3 + static_cast<long long>(a.h) * hd, c3, k_cache + kv,
+                             v_cache + kv, hd, nullptr, n, start, hd, a.tile * ATTN_WARPS * R, none, 0ull, 0);
+}
+
+extern "C" __global__ void attention_cached_forward_hd32(float* __restrict__ out, const float* __restrict__ qkv,
+                                                         const float* __restrict__ k_cache,
+                                                         const float* __restrict__ v_cache, int n, int C, int NH,
+                                                         int start, int lmax) {
+    DYN_SMEM(float, smem);
+    attn_cached_forward<1, 4>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
+}
+
+extern "C" __global__ void attention_cached_forward_hd64(float* __restrict__ out, const float* __restrict__ qkv,
+                                                         const float* __restrict__ k_cache,
+                                                         const float* __restrict__ v_cache, int n, int C, int NH,
+                                                         int start, int lmax) {
+    DYN_SMEM(float, smem);
+    attn_cached_forward<2, 4>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
+}
+
+extern "C" __global__ void attention_cached_forward_hd128(float* __restrict__ out, const float* __restrict__ qkv,
+                                                          const float* __restrict__ k_cache,
+                                                          const float* __restrict__ v_cache, int n, int C, int NH,
+                                                          int start, int lmax) {
+    DYN_SMEM(float, smem);
+    attn_cached_forward<4, 2>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
+}
+
+// ----------------------------------------------------------------------------------------------
+// backward
+
+// D[b, h, t] = sum_c dout[b, t, h*hd + c] * out[b, t, h*hd + c]: a warp per row, 8 rows per block.
+extern "C" __global__ void attention_backward_rowdot(float* __restrict__ D, const float* __restrict__ dout,
+                                                     const float* __restrict__ out, int B, int L, int C, int NH) {
+    const int hd = C / NH;
+    const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= static_cast<long long>(B) * NH * L) return;  // whole warp
+    const int t = static_cast<int>(row % L);
+    const long long bh = row / L;
+    const int h = static_cast<int>(bh % NH);
+    const long long b = bh / NH;
+    const long long off = (b * L + t) * C + static_cast<long long>(h) * hd;
+    float s = 0.0f;
+    for (int c = lane; c < hd; c += 32) s += dout[off + c] * out[off + c];
+    s = warp_reduce_sum(s);
+    if (lane == 0) D[row] = s;
+}
+
+// dq rows of one (b, h) query tile: walks key tiles like the forward, recomputing P from lse.
+template <int NC, int R>
+__device__ void attn_backward_dq(float* smem, float* __restrict__ dqkv, const float* __restrict__ dout,
+                                 const float* __restrict__ qkv, const float* __restrict__ lse,
+                                 const float* __restrict__ D, const int* __restrict__ key_mask, int L, int C,
+                                 int NH, AttnDropout drop) {
+    const int hd = C / NH;
+    const int hs = hd | 1;
+    float* ks = smem;                      // [ATTN_TILE][hs]
+    float* vs = ks + ATTN_TILE * hs;       // [ATTN_TILE][hs]
+    float* qs = vs + ATTN_TILE * hs;       // [4R][hd]
+    float* gs = qs + ATTN_WARPS * R * hd;  // [4R][hd] dout rows
+    float* ps = gs + ATTN_WARPS * R * hd;  // [ATTN_WARPS][ATTN_TILE] dS
+    const AttnBlock a = attn_block(L, ATTN_WARPS * R, NH);
+    const long long bh = a.b * NH + a.h;
+    const long long c3 = 3LL * C;
+    const long long hoff = static_cast<long long>(a.h) * hd;
+    const float* qkv_b = qkv + a.b * L * c3 + hoff;
+    const float* dout_b = dout + a.b * L * C + hoff;
+    const int* mask = key_mask == nullptr ? nullptr : key_mask + a.b * L;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int row0 = a.tile * ATTN_WARPS * R;
+    const int nrows = min(ATTN_WARPS * R, L - row0);
+    const float scale = sqrtf(static_cast<float>(hd));
+    const unsigned long long drop_base = static_cast<unsigned long long>(bh * L) * L;
+    float* prow = ps + warp * ATTN_TILE;
+
+    for (int i = threadIdx.x; i < nrows * hd; i += blockDim.x) {
+        const int r = i / hd;
+        const int c = i - r * hd;
+        qs[i] = qkv_b[static_cast<long long>(row0 + r) * c3 + c];
+        gs[i] = dout_b[static_cast<long long>(row0 + r) * C + c];
+    }
+    float lse_r[R], d_r[R], dq[R][NC];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int lr = warp + ATTN_WARPS * r;
+        lse_r[r] = lr < nrows ? lse[bh * L + row0 + lr] : 0.0f;
+        d_r[r] = lr < nrows ? D[bh * L + row0 + lr] : 0.0f;
+#pragma unroll
+        for (int c = 0; c < NC; c++) dq[r][c] = 0.0f;
+    }
+    const int nkeys = row0 + nrows;
+    const int ntiles = CEIL_DIV(nkeys, ATTN_TILE);
+    for (int kt = 0; kt < ntiles; kt++) {
+        const int j0 = kt * ATTN_TILE;
+        const int nk = min(ATTN_TILE, nkeys - j0);
+        __syncthreads();
+        for (int i = threadIdx.x; i < nk * hd; i += blockDim.x) {
+            const int j = i / hd;
+            const int c = i - j * hd;
+            const long long g = static_cast<long long>(j0 + j) * c3 + c;
+            ks[j * hs + c] = qkv_b[g + C];
+            vs[j * hs + c] = qkv_b[g + 2LL * C];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int lr = warp + ATTN_WARPS * r;
+            const int t = row0 + lr;
+            if (lr >= nrows || j0 > t) continue;  // warp-uniform
+            const int j = j0 + lane;
+            const bool vis = lane < nk && j <= t && (mask == nullptr || mask[j] != 0);
+            float ds = 0.0f;
+            if (vis) {
+                const float s = attn_dot(qs + lr * hd, ks + lane * hs, hd) / scale;
+                const float p = expf(s - lse_r[r]);
+                float dp = attn_dot(gs + lr * hd, vs + lane * hs, hd);
+                if (drop.on) {
+                    dp *= dropout_scale_at(drop.key, drop_base + static_cast<unsigned long long>(t) * L + j, drop.p);
+                }
+                ds = p * (dp - d_r[r]) / scale;
+            }
+            __syncwarp();
+            prow[lane] = ds;
+            __syncwarp();
+            const int jn = min(nk, t - j0 + 1);
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) {
+                const int c = lane + 32 * cc;
+                if (c < hd) {
+                    float acc = dq[r][cc];
+                    for (int jj = 0; jj < jn; jj++) acc += prow[jj] * ks[jj * hs + c];
+                    dq[r][cc] = acc;
+                }
+            }
+        }
+    }
+    float* dq_b = dqkv + a.b * L * c3 + hoff;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int lr = warp + ATTN_WARPS * r;
+        if (lr >= nrows) continue;
+        float* drow = dq_b + static_cast<long long>(row0 + lr) * c3;
+#pragma unroll
+        for (int cc = 0; cc < NC; cc++) {
+            const int c = lane + 32 * cc;
+            if (c < hd) drow[c] = dq[r][cc];
+        }
+    }
+}
+
+// dk and dv rows of one (b, h) key tile: walks query tiles from the tile's first key to L.
+template <int NC, int R>
+__device__ void attn_backward_dkv(float* smem, float* __restrict__ dqkv, const float* __restrict__ dout,
+                                  const float* __restrict__ qkv, const float* __restrict__ lse,
+                                  const float* __restrict__ D, const int* __restrict__ key_mask, int L, int C,
+                                  int NH, AttnDropout drop) {
+    const int hd = C / NH;
+    const int hs = hd | 1;
+    float* qs = smem;                       // [ATTN_TILE][hs]
+    float* gs = qs + ATTN_TILE * hs;        // [ATTN_TILE][hs] dout rows
+    float* ls = gs + ATTN_TILE * hs;        // [ATTN_TILE] lse
+    float* dd = ls + ATTN_TILE;             // [ATTN_TILE] D
+    float* kr = dd + ATTN_TILE;             // [4R][hd] this block's keys
+    float* vr = kr + ATTN_WARPS * R * hd;   // [4R][hd] and values
+    float* pw = vr + ATTN_WARPS * R * hd;   // [ATTN_WARPS][ATTN_TILE] P r
+    float* sw = pw + ATTN_WARPS * ATTN_TILE;  // [ATTN_WARPS][ATTN_TILE] dS
+    const AttnBlock a = attn_block(L, ATTN_WARPS * R, NH);
+    const long long bh = a.b * NH + a.h;
+    const long long c3 = 3LL * C;
+    const long long hoff = static_cast<long long>(a.h) * hd;
+    const float* qkv_b = qkv + a.b * L * c3 + hoff;
+    const float* dout_b = dout + a.b * L * C + hoff;
+    const int* mask = key_mask == nullptr ? nullptr : key_mask + a.b * L;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int row0 = a.tile * ATTN_WARPS * R;  // first key of the block
+    const int nrows = min(ATTN_WARPS * R, L - row0);
+    const float scale = sqrtf(static_cast<float>(hd));
+    const unsigned long long drop_base = static_cast<unsigned long long>(bh * L) * L;
+    float* pr = pw + warp * ATTN_TILE;
+    float* sr = sw + warp * ATTN_TILE;
+
+    for (int i = threadIdx.x; i < nrows * hd; i += blockDim.x) {
+        const int r = i / hd;
+        const long long g = static_cast<long long>(row0 + r) * c3 + (i - r * hd);
+        kr[i] = qkv_b[g + C];
+        vr[i] = qkv_b[g + 2LL * C];
+    }
+    float dk[R][NC], dv[R][NC];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            dk[r][c] = 0.0f;
+            dv[r][c] = 0.0f;
+        }
+    }
+    for (int t0 = (row0 / ATTN_TILE) * ATTN_TILE; t0 < L; t0 += ATTN_TILE) {
+        const int nt = min(ATTN_TILE, L - t0);
+        __syncthreads();
+        for (int i = threadIdx.x; i < nt * hd; i += blockDim.x) {
+            const int t = i / hd;
+            const int c = i - t * hd;
+            qs[t * hs + c] = qkv_b[static_cast<long long>(t0 + t) * c3 + c];
+            gs[t * hs + c] = dout_b[static_cast<long long>(t0 + t) * C + c];
+        }
+        for (int i = threadIdx.x; i < nt; i += blockDim.x) {
+            ls[i] = lse[bh * L + t0 + i];
+            dd[i] = D[bh * L + t0 + i];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int lr = warp + ATTN_WARPS * r;
+            const int j = row0 + lr;
+            // warp-uniform skips: no such key, every query of the tile precedes the key, or a
+            // padded key (no query sees it: its dk and dv stay 0)
+            if (lr >= nrows || t0 + nt - 1 < j || (mask != nullptr && mask[j] == 0)) continue;
+            const int t = t0 + lane;
+            const bool vis = lane < nt && t >= j;
+            float pd = 0.0f;
+            float ds = 0.0f;
+            if (vis) {
+                const float s = attn_dot(qs + lane * hs, kr + lr * hd, hd) / scale;
+                const float p = expf(s - ls[lane]);
+                float dp = attn_dot(gs + lane * hs, vr + lr * hd, hd);
+                float rr = 1.0f;
+                if (drop.on) {
+                    rr = dropout_scale_at(drop.key, drop_base + static_cast<unsigned long long>(t) * L + j, drop.p);
+                }
+                dp *= rr;
+                pd = p * rr;
+                ds = p * (dp - dd[lane]) / scale;
+            }
+            __syncwarp();
+            pr[lane] = pd;
+            sr[lane] = ds;
+            __syncwarp();
+            const int tstart = max(0, j - t0);
+#pragma unroll
+            for (int cc = 0; cc < NC; cc++) {
+                const int c = lane + 32 * cc;
+                if (c < hd) {
+                    float av = dv[r][cc];
+                    float ak = dk[r][cc];
+                    for (int tt = tstart; tt < nt; tt++) {
+                        av += pr[tt] * gs[tt * hs + c];
+                        ak += sr[tt] * qs[tt * hs + c];
+                    }
+                    dv[r][cc] = av;
+                    dk[r][cc] = ak;
+                }
+            }
+        }
+    }
+    float* dkv_b = dqkv + a.b * L * c3 + hoff;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int lr = warp + ATTN_WARPS * r;
+        if (lr >= nrows) continue;
+        float* drow = dkv_b + static_cast<long long>(row0 + lr) * c3;
+#pragma unroll
+        for (int cc = 0; cc < NC; cc++) {
+            const int c = lane + 32 * cc;
+            if (c < hd) {
+                drow[C + c] = dk[r][cc];
+                drow[2LL * C + c] = dv[r][cc];
+            }
+        }
+    }
+}
+
+extern "C" __global__ void attention_backward_dq_hd32(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                      const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                      const float* __restrict__ D, const int* __restrict__ key_mask,
+                                                      int L, int C, int NH, int drop_on, unsigned long long seed,
+                                                      unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dq<1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_backward_dq_hd64(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                      const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                      const float* __restrict__ D, const int* __restrict__ key_mask,
+                                                      int L, int C, int NH, int drop_on, unsigned long long seed,
+                                                      unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dq<2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_backward_dq_hd128(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                       const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                       const float* __restrict__ D, const int* __restrict__ key_mask,
+                                                       int L, int C, int NH, int drop_on, unsigned long long seed,
+                                                       unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dq<4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_backward_dkv_hd32(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                       const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                       const float* __restrict__ D, const int* __restrict__ key_mask,
+                                                       int L, int C, int NH, int drop_on, unsigned long long seed,
+                                                       unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dkv<1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_backward_dkv_hd64(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                       const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                       const float* __restrict__ D, const int* __restrict__ key_mask,
+                                                       int L, int C, int NH, int drop_on, unsigned long long seed,
+                                                       unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dkv<2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_backward_dkv_hd128(float* __restrict__ dqkv, const float* __restrict__ dout,
+                                                        const float* __restrict__ qkv, const float* __restrict__ lse,
+                                                        const float* __restrict__ D, const int* __restrict__ key_mask,
+                                                        int L, int C, int NH, int drop_on, unsigned long long seed,
+                                                        unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dkv<4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}

@@ -1,0 +1,386 @@
+//! Launch wrappers for `kernels/attention.cu` (CPU reference: `crate::ops::attention`): the fused
+//! causal attention forward (saves the per-row log-sum-exp, never an L x L matrix), its backward
+//! (recomputes the probabilities; dq and dk/dv from separate kernels, so no atomics and the same
+//! bits on every run), and the KV-cache forward used by decoding.
+//!
+//! Each kernel exists for head sizes up to 32, 64 and 128 (`_hd32`, `_hd64`, `_hd128`: a lane keeps
+//! 1, 2 or 4 channels of a row in registers); the wrappers pick the smallest that fits. Every view
+//! handed to a kernel is sliced to exactly the elements that launch reads or writes.
+
+use anyhow::{bail, Result};
+
+use super::{check_len, grid_for, to_i32, BLOCK};
+use crate::device::{DevPtr, Device, KernelArg, LaunchConfig, View, ViewMut, MAX_DYN_SMEM};
+use crate::ops::attention::AttnShape;
+use crate::ops::dropout::DropoutSite;
+
+/// The largest head size the fused kernels take.
+pub const ATTN_MAX_HD: usize = 128;
+/// Warps per block of the tiled kernels (`ATTN_WARPS` in the .cu file).
+const WARPS: usize = 4;
+/// Keys (forward, dq) or queries (dkv) per staged tile, one per lane (`ATTN_TILE`).
+const TILE: usize = 32;
+
+/// The kernel variant for head size `hd`: (name suffix, rows per warp R). The .cu file
+/// instantiates the same pairs.
+fn variant(kernel: &str, hd: usize) -> Result<(&'static str, usize)> {
+    Ok(match hd {
+        1..=32 => ("hd32", 4),
+        33..=64 => ("hd64", 4),
+        65..=ATTN_MAX_HD => ("hd128", 2),
+        _ => bail!(
+            "{kernel}: head size {hd} is not supported (the fused kernels take 1..={ATTN_MAX_HD})"
+        ),
+    })
+}
+
+/// Which tiled kernel [`attention_smem_bytes`] describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// `attention_forward_hdN` and `attention_cached_forward_hdN`.
+    Forward,
+    /// `attention_backward_dq_hdN`.
+    BackwardDq,
+    /// `attention_backward_dkv_hdN`.
+    BackwardDkv,
+}
+
+/// Dynamic shared memory in bytes of a tiled kernel for head size `hd` (the layout in the header
+/// of `kernels/attention.cu`; `hd | 1` pads rows read one per lane).
+pub fn attention_smem_bytes(which: AttnKernel, hd: usize) -> Result<u32> {
+    let (_, r) = variant("attention", hd)?;
+    let hs = hd | 1;
+    let rows = WARPS * r;
+    let floats = match which {
+        AttnKernel::Forward => TILE * hs + TILE * hd + rows * hd + WARPS * TILE,
+        AttnKernel::BackwardDq => 2 * TILE * hs + 2 * rows * hd + WARPS * TILE,
+        AttnKernel::BackwardDkv => 2 * TILE * hs + 2 * TILE + 2 * rows * hd + 2 * WARPS * TILE,
+    };
+    let bytes = (floats * 4) as u32;
+    debug_assert!(bytes <= MAX_DYN_SMEM, "attention smem {bytes} for hd {hd}");
+    Ok(bytes)
+}
+
+/// Kernel name and launch shape of a tiled kernel over `rows` query (or key) rows of each of
+/// `b * nh` (sequence, head) pairs.
+fn tiled_config(
+    kernel: &str,
+    which: AttnKernel,
+    s: &AttnShape,
+    rows: usize,
+) -> Result<(String, LaunchConfig)> {
+    let hd = s.hd();
+    let (suffix, r) = variant(kernel, hd)?;
+    let tiles = rows.div_ceil(WARPS * r);
+    let blocks = tiles
+        .checked_mul(s.nh)
+        .and_then(|x| x.checked_mul(s.b))
+        .ok_or_else(|| anyhow::anyhow!("{kernel}: grid size overflows"))?;
+    let cfg = LaunchConfig::linear(
+        grid_for(kernel, blocks, 1)?,
+        (WARPS * 32) as u32,
+        attention_smem_bytes(which, hd)?,
+    );
+    Ok((format!("{kernel}_{suffix}"), cfg))
+}
+
+/// Kernel name and launch shape of the forward.
+pub fn attention_forward_config(s: &AttnShape) -> Result<(String, LaunchConfig)> {
+    tiled_config("attention_forward", AttnKernel::Forward, s, s.l)
+}
+
+/// Scratch elements [`attention_backward`] needs: the row term D, (B, NH, L).
+pub fn attention_backward_scratch_len(s: AttnShape) -> Result<usize> {
+    s.b.checked_mul(s.nh)
+        .and_then(|x| x.checked_mul(s.l))
+        .ok_or_else(|| anyhow::anyhow!("attention_backward: B*NH*L overflows"))
+}
+
+/// Element counts of the full-sequence tensors: (qkv = B*L*3C, out = B*L*C, lse = B*NH*L,
+/// mask = B*L), after checking the shape.
+fn full_sizes(kernel: &str, s: &AttnShape) -> Result<(usize, usize, usize, usize)> {
+    if s.nh == 0 || s.c == 0 || !s.c.is_multiple_of(s.nh) {
+        bail!(
+            "{kernel}: c={} must be a positive multiple of nh={}",
+            s.c,
+            s.nh
+        );
+    }
+    variant(kernel, s.hd())?;
+    let ovf = || anyhow::anyhow!("{kernel}: sizes of {s:?} overflow");
+    let bl = s.b.checked_mul(s.l).ok_or_else(ovf)?;
+    let out = bl.checked_mul(s.c).ok_or_else(ovf)?;
+    let qkv = out.checked_mul(3).ok_or_else(ovf)?;
+    let lse = bl.checked_mul(s.nh).ok_or_else(ovf)?;
+    for (what, v) in [
+        ("b", s.b),
+        ("l", s.l),
+        ("c", s.c),
+        ("nh", s.nh),
+        ("3c", 3 * s.c),
+    ] {
+        to_i32(kernel, what, v)?;
+    }
+    Ok((qkv, out, lse, bl))
+}
+
+/// The dropout arguments of a kernel: (on, seed, step, site, p).
+fn dropout_args(kernel: &str, d: Option<DropoutSite>) -> Result<[KernelArg; 5]> {
+    Ok(match d {
+        None => [
+            0i32.into(),
+            0u64.into(),
+            0u64.into(),
+            0u32.into(),
+            0.0f32.into(),
+        ],
+        Some(d) => {
+            if !(0.0..1.0).contains(&d.p) {
+                bail!("{kernel}: dropout p={} must be in [0, 1)", d.p);
+            }
+            [
+                1i32.into(),
+                d.seed.into(),
+                d.step.into(),
+                d.site.into(),
+                d.p.into(),
+            ]
+        }
+    })
+}
+
+fn mask_arg(kernel: &str, key_mask: Option<View<'_, i32>>, need: usize) -> Result<KernelArg> {
+    Ok(match key_mask {
+        None => KernelArg::Ptr(DevPtr::NULL),
+        Some(m) => {
+            check_len(kernel, "key_mask", m.len(), need)?;
+            m.slice(..need).into()
+        }
+    })
+}
+
+/// Fused causal attention forward: `out` (B, L, C) (=) and `lse` (B, NH, L) (=, the per-row
+/// log-sum-exp; +inf for a query with no visible key) from `qkv` (B, L, 3C), with the optional
+/// key-padding mask (B, L) and attention dropout (the reference's element index (b, h, t, j)).
+pub fn attention_forward(
+    dev: &Device,
+    mut out: ViewMut<'_, f32>,
+    mut lse: ViewMut<'_, f32>,
+    qkv: View<'_, f32>,
+    key_mask: Option<View<'_, i32>>,
+    dropout: Option<DropoutSite>,
+    s: AttnShape,
+) -> Result<()> {
+    const K: &str = "attention_forward";
+    let (n_qkv, n_out, n_lse, n_mask) = full_sizes(K, &s)?;
+    check_len(K, "out", out.len(), n_out)?;
+    check_len(K, "lse", lse.len(), n_lse)?;
+    check_len(K, "qkv", qkv.len(), n_qkv)?;
+    let mask = mask_arg(K, key_mask, n_mask)?;
+    let [d_on, d_seed, d_step, d_site, d_p] = dropout_args(K, dropout)?;
+    if n_out == 0 {
+        return Ok(());
+    }
+    let (name, cfg) = attention_forward_config(&s)?;
+    let (out, lse) = (out.slice_mut(..n_out), lse.slice_mut(..n_lse));
+    let args = [
+        KernelArg::from(&out),
+        KernelArg::from(&lse),
+        qkv.slice(..n_qkv).into(),
+        mask,
+        to_i32(K, "l", s.l)?.into(),
+        to_i32(K, "c", s.c)?.into(),
+        to_i32(K, "nh", s.nh)?.into(),
+        d_on,
+        d_seed,
+        d_step,
+        d_site,
+        d_p,
+    ];
+    // SAFETY: args match `attention_forward_hdN(float*, float*, const float*, const int*, int, int,
+    // int, int, unsigned long long, unsigned long long, unsigned int, float)`; out holds B*L*C,
+    // lse B*NH*L, qkv B*L*3C and the mask B*L elements (or is NULL), as the grid covers B*NH
+    // (sequence, head) pairs of L rows; dyn_smem is the kernel's layout for this hd.
+    unsafe { dev.launch(&name, &cfg, &args) }
+}
+
+/// Fused causal attention backward: `dqkv` (B, L, 3C) (=) from `dout` (B, L, C), the forward's
+/// `qkv`, `out` and `lse`, the same key mask and dropout site. `scratch` needs
+/// [`attention_backward_scratch_len`] elements (overwritten). Three launches: D = rowsum(dout *
+/// out), then dq, then dk/dv; each output element is summed by one thread in a fixed order, so
+/// `dqkv` is bit-reproducible.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dev: &Device,
+    mut dqkv: ViewMut<'_, f32>,
+    dout: View<'_, f32>,
+    qkv: View<'_, f32>,
+    out: View<'_, f32>,
+    lse: View<'_, f32>,
+    key_mask: Option<View<'_, i32>>,
+    dropout: Option<DropoutSite>,
+    s: AttnShape,
+    mut scratch: ViewMut<'_, f32>,
+) -> Result<()> {
+    const K: &str = "attention_backward";
+    let (n_qkv, n_out, n_lse, n_mask) = full_sizes(K, &s)?;
+    check_len(K, "dqkv", dqkv.len(), n_qkv)?;
+    check_len(K, "dout", dout.len(), n_out)?;
+    check_len(K, "qkv", qkv.len(), n_qkv)?;
+    check_len(K, "out", out.len(), n_out)?;
+    check_len(K, "lse", lse.len(), n_lse)?;
+    check_len(
+        K,
+        "scratch",
+        scratch.len(),
+        attention_backward_scratch_len(s)?,
+    )?;
+    let mask = mask_arg(K, key_mask, n_mask)?;
+    let [d_on, d_seed, d_step, d_site, d_p] = dropout_args(K, dropout)?;
+    if n_out == 0 {
+        return Ok(());
+    }
+    let (l, c, nh) = (
+        to_i32(K, "l", s.l)?,
+        to_i32(K, "c", s.c)?,
+        to_i32(K, "nh", s.nh)?,
+    );
+    let (dqkv, d) = (dqkv.slice_mut(..n_qkv), scratch.slice_mut(..n_lse));
+    let (dout, qkv, out, lse) = (
+        dout.slice(..n_out),
+        qkv.slice(..n_qkv),
+        out.slice(..n_out),
+        lse.slice(..n_lse),
+    );
+
+    let rows_per_block = BLOCK as usize / 32;
+    let cfg = LaunchConfig::linear(grid_for(K, n_lse, rows_per_block)?, BLOCK, 0);
+    let args = [
+        KernelArg::from(&d),
+        dout.into(),
+        out.into(),
+        to_i32(K, "b", s.b)?.into(),
+        l.into(),
+        c.into(),
+        nh.into(),
+    ];
+    // SAFETY: args match `attention_backward_rowdot(float*, const float*, const float*, int, int,
+    // int, int)`; D holds B*NH*L (one warp per row, rows past the end return), dout/out B*L*C.
+    unsafe { dev.launch("attention_backward_rowdot", &cfg, &args)? };
+
+    for (kernel, which) in [
+        ("attention_backward_dq", AttnKernel::BackwardDq),
+        ("attention_backward_dkv", AttnKernel::BackwardDkv),
+    ] {
+        let (name, cfg) = tiled_config(kernel, which, &s, s.l)?;
+        let args = [
+            KernelArg::from(&dqkv),
+            dout.into(),
+            qkv.into(),
+            lse.into(),
+            d.as_view().into(),
+            mask,
+            l.into(),
+            c.into(),
+            nh.into(),
+            d_on,
+            d_seed,
+            d_step,
+            d_site,
+            d_p,
+        ];
+        // SAFETY: args match `attention_backward_{dq,dkv}_hdN(float*, const float* x4, const int*,
+        // int, int, int, int, unsigned long long, unsigned long long, unsigned int, float)`; dqkv
+        // and qkv hold B*L*3C, dout B*L*C, lse and D B*NH*L (D written by the launch above, in
+        // stream order), the mask B*L or NULL. The dq kernel writes only the q thirds of dqkv and
+        // the dkv kernel only the k and v thirds.
+        unsafe { dev.launch(&name, &cfg, &args)? };
+    }
+    Ok(())
+}
+
+/// Decoding: appends the k and v of `n` new positions (`qkv` (B, n, 3C)) at `start..start+n` to
+/// `k_cache`, `v_cache` (B, NH, lmax, hd) (=), then writes `out` (B, n, C) (=): query `i` attends
+/// to cached keys `0..=start+i`, no mask, no dropout. Same row routine as
+/// [`attention_forward`], so the same bits as the full computation. `s.l` is not used.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cached_forward(
+    dev: &Device,
+    mut out: ViewMut<'_, f32>,
+    qkv: View<'_, f32>,
+    mut k_cache: ViewMut<'_, f32>,
+    mut v_cache: ViewMut<'_, f32>,
+    start: usize,
+    n: usize,
+    lmax: usize,
+    s: AttnShape,
+) -> Result<()> {
+    const K: &str = "attention_cached_forward";
+    let shape = AttnShape { l: n, ..s };
+    let (n_qkv, n_out, _, _) = full_sizes(K, &shape)?;
+    let end = start.checked_add(n).filter(|&e| e <= lmax).ok_or_else(|| {
+        anyhow::anyhow!("{K}: positions {start}+{n} exceed the cache length {lmax}")
+    })?;
+    let n_cache =
+        s.b.checked_mul(s.nh)
+            .and_then(|x| x.checked_mul(lmax))
+            .and_then(|x| x.checked_mul(s.hd()))
+            .ok_or_else(|| anyhow::anyhow!("{K}: cache size overflows"))?;
+    check_len(K, "out", out.len(), n_out)?;
+    check_len(K, "qkv", qkv.len(), n_qkv)?;
+    check_len(K, "k_cache", k_cache.len(), n_cache)?;
+    check_len(K, "v_cache", v_cache.len(), n_cache)?;
+    to_i32(K, "start+n", end)?;
+    to_i32(K, "lmax", lmax)?;
+    if n_out == 0 {
+        return Ok(());
+    }
+    let (b, c, nh) = (
+        to_i32(K, "b", s.b)?,
+        to_i32(K, "c", s.c)?,
+        to_i32(K, "nh", s.nh)?,
+    );
+    let (n_i, start_i, lmax_i) = (
+        to_i32(K, "n", n)?,
+        to_i32(K, "start", start)?,
+        to_i32(K, "lmax", lmax)?,
+    );
+    let qkv = qkv.slice(..n_qkv);
+    let (kc, vc) = (k_cache.slice_mut(..n_cache), v_cache.slice_mut(..n_cache));
+    let out = out.slice_mut(..n_out);
+
+    let appended = s.b * s.nh * n * s.hd();
+    let cfg = LaunchConfig::linear(grid_for(K, appended, BLOCK as usize)?, BLOCK, 0);
+    let args = [
+        KernelArg::from(&kc),
+        KernelArg::from(&vc),
+        qkv.into(),
+        b.into(),
+        n_i.into(),
+        c.into(),
+        nh.into(),
+        start_i.into(),
+        lmax_i.into(),
+    ];
+    // SAFETY: args match `attention_cache_append(float*, float*, const float*, int x6)`; one
+    // thread per appended element (B*NH*n*hd), writing rows start..start+n <= lmax of caches that
+    // hold B*NH*lmax*hd, reading qkv (B*n*3C).
+    unsafe { dev.launch("attention_cache_append", &cfg, &args)? };
+
+    let (name, cfg) = tiled_config(K, AttnKernel::Forward, &shape, n)?;
+    let args = [
+        KernelArg::from(&out),
+        qkv.into(),
+        kc.as_view().into(),
+        vc.as_view().into(),
+        n_i.into(),
+        c.into(),
+        nh.into(),
+        start_i.into(),
+        lmax_i.into(),
+    ];
+    // SAFETY: args match `attention_cached_forward_hdN(float*, const float* x3, int x5)`; out
+    // holds B*n*C, qkv B*n*3C, the caches B*NH*lmax*hd of which rows < start+n are read (written
+    // by the append above, in stream order).
+    unsafe { dev.launch(&name, &cfg, &args) }
+}

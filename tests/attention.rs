@@ -1,0 +1,611 @@
+//! The fused causal attention kernels (`kernels/attention.cu`, launchers in
+//! `pepler_cuda::kernels::attention`) against the CPU reference `pepler_cuda::ops::attention`, on
+//! the emulated device: forward (out and the per-row log-sum-exp), backward (dqkv against the
+//! reference's backward from the reference's probabilities), attention dropout on and off, padded
+//! keys (including a query that sees no key at all), the KV-cache path bit for bit against the full
+//! computation, bitwise determinism across runs and shuffled schedules, and launcher errors.
+//! Shapes: head sizes 8, 16, 24, 40, 64, 128 (every kernel variant, channels not a multiple of 32),
+//! odd L (1, 5, 27, 33: partial 16-row blocks and 32-key tiles), one L = 300 case per head size.
+//! GPU-only twins (`*_on_cuda`, ignored) run the same bodies on the CUDA device.
+
+mod common;
+
+use common::*;
+use pepler_cuda::device::{Device, EmuOptions};
+use pepler_cuda::kernels::attention as ka;
+use pepler_cuda::ops::attention::{self as oa, AttnShape};
+use pepler_cuda::ops::dropout::DropoutSite;
+
+/// A value the kernels never write: the tail of every oversized output must keep it.
+const SENTINEL: f32 = 123.0;
+/// Elements past the end of every output buffer (the launchers slice views to the exact size).
+const TAIL: usize = 7;
+
+/// One attention problem with its inputs.
+struct Case {
+    s: AttnShape,
+    mask: Option<Vec<i32>>,
+    dropout: Option<DropoutSite>,
+    qkv: Vec<f32>,
+    dout: Vec<f32>,
+}
+
+/// What the kernels (or the reference) produce for a [`Case`].
+struct Outputs {
+    out: Vec<f32>,
+    lse: Vec<f32>,
+    dqkv: Vec<f32>,
+}
+
+impl Case {
+    /// `padded`: sequence 0 pads its first key (so its query 0 sees no key), every other sequence
+    /// pads its last third (right padding, as PEPLER batches) and one key in the middle.
+    fn new(
+        b: usize,
+        l: usize,
+        nh: usize,
+        hd: usize,
+        padded: bool,
+        dropout: bool,
+        seed: u64,
+    ) -> Case {
+        let s = AttnShape {
+            b,
+            l,
+            c: nh * hd,
+            nh,
+        };
+        let mask = padded.then(|| {
+            let mut m = vec![1i32; b * l];
+            for bi in 0..b {
+                let row = &mut m[bi * l..(bi + 1) * l];
+                if bi == 0 {
+                    row[0] = 0;
+                } else {
+                    row[l - l / 3..].fill(0);
+                    row[l / 2] = 0;
+                }
+            }
+            m
+        });
+        let dropout = dropout.then_some(DropoutSite {
+            p: 0.25,
+            seed: 42 + seed,
+            step: 7,
+            site: 3,
+        });
+        Case {
+            s,
+            mask,
+            dropout,
+            // [-2, 2): scores q.k/sqrt(hd) with a standard deviation of about 4/3, so the
+            // softmax is far from uniform and the online max actually moves.
+            qkv: rand_vec(b * l * 3 * s.c, seed, -2.0, 2.0),
+            dout: rand_vec(b * l * s.c, seed + 1, -1.0, 1.0),
+        }
+    }
+
+    fn ctx(&self) -> String {
+        format!(
+            "b={} l={} nh={} hd={} mask={} dropout={}",
+            self.s.b,
+            self.s.l,
+            self.s.nh,
+            self.s.hd(),
+            self.mask.is_some(),
+            self.dropout.is_some()
+        )
+    }
+
+    fn reference(&self) -> Outputs {
+        let s = self.s;
+        let mut out = vec![0.0; s.b * s.l * s.c];
+        let mut att = vec![0.0; s.b * s.nh * s.l * s.l];
+        let mut lse = vec![0.0; s.b * s.nh * s.l];
+        let mut dqkv = vec![0.0; s.b * s.l * 3 * s.c];
+        let mask = self.mask.as_deref();
+        oa::attention_forward(
+            &mut out,
+            &mut att,
+            &self.qkv,
+            mask,
+            self.dropout.as_ref(),
+            s,
+        );
+        oa::attention_row_lse(&mut lse, &self.qkv, mask, s);
+        oa::attention_backward(
+            &mut dqkv,
+            &self.dout,
+            &self.qkv,
+            &att,
+            self.dropout.as_ref(),
+            s,
+        );
+        Outputs { out, lse, dqkv }
+    }
+
+    /// Forward then backward on `dev`, every output buffer oversized by [`TAIL`] sentinels and
+    /// `dqkv` pre-filled with NaN (it is `=`: every element must be written).
+    fn run(&self, dev: &Device) -> Outputs {
+        let s = self.s;
+        let (n_out, n_lse, n_qkv) = (s.b * s.l * s.c, s.b * s.nh * s.l, s.b * s.l * 3 * s.c);
+        let with_tail = |n: usize, fill: f32| {
+            let mut v = vec![fill; n + TAIL];
+            v[n..].fill(SENTINEL);
+            up(dev, &v)
+        };
+        let qkv = up(dev, &self.qkv);
+        let dout = up(dev, &self.dout);
+        let mask = self.mask.as_ref().map(|m| dev.upload(m).unwrap());
+        let mut out = with_tail(n_out, f32::NAN);
+        let mut lse = with_tail(n_lse, f32::NAN);
+        let mut dqkv = with_tail(n_qkv, f32::NAN);
+        let mut scratch = dev
+            .alloc::<f32>(ka::attention_backward_scratch_len(s).unwrap())
+            .unwrap();
+        ka::attention_forward(
+            dev,
+            out.view_mut(),
+            lse.view_mut(),
+            qkv.view(),
+            mask.as_ref().map(|m| m.view()),
+            self.dropout,
+            s,
+        )
+        .unwrap();
+        ka::attention_backward(
+            dev,
+            dqkv.view_mut(),
+            dout.view(),
+            qkv.view(),
+            out.view(),
+            lse.view(),
+            mask.as_ref().map(|m| m.view()),
+            self.dropout,
+            s,
+            scratch.view_mut(),
+        )
+        .unwrap();
+        let (out, lse, dqkv) = (
+            down(dev, out.view()),
+            down(dev, lse.view()),
+            down(dev, dqkv.view()),
+        );
+        for (what, v, n) in [
+            ("out", &out, n_out),
+            ("lse", &lse, n_lse),
+            ("dqkv", &dqkv, n_qkv),
+        ] {
+            assert!(
+                v[n..].iter().all(|&x| x == SENTINEL),
+                "{} {what}: written past its {n} elements",
+                self.ctx()
+            );
+        }
+        Outputs {
+            out: out[..n_out].to_vec(),
+            lse: lse[..n_lse].to_vec(),
+            dqkv: dqkv[..n_qkv].to_vec(),
+        }
+    }
+
+    /// Compare with the reference. Rows with no visible key: lse exactly +inf, out exactly 0.
+    fn check(&self, got: &Outputs, want: &Outputs) {
+        let ctx = self.ctx();
+        let s = self.s;
+        let (mut lse_g, mut lse_w) = (Vec::new(), Vec::new());
+        for (i, (&g, &w)) in got.lse.iter().zip(&want.lse).enumerate() {
+            if w == f32::INFINITY {
+                assert_eq!(
+                    g,
+                    f32::INFINITY,
+                    "{ctx}: lse[{i}] of a row with no visible key"
+                );
+                let (b, t) = (i / (s.nh * s.l), i % s.l);
+                let h = i / s.l % s.nh;
+                let o = &got.out[(b * s.l + t) * s.c + h * s.hd()..][..s.hd()];
+                assert!(o.iter().all(|&x| x == 0.0), "{ctx}: out of an empty row");
+            } else {
+                lse_g.push(g);
+                lse_w.push(w);
+            }
+        }
+        for (name, g, w) in [
+            ("attention.lse", &lse_g, &lse_w),
+            ("attention.out", &got.out, &want.out),
+            ("attention.dqkv", &got.dqkv, &want.dqkv),
+        ] {
+            eprintln!(
+                "{ctx} {name}: {:.3} of the tolerance",
+                tolerance_share(name, g, w)
+            );
+            assert_close(name, &ctx, g, w);
+        }
+    }
+}
+
+/// The worst element's |actual - expected| / (atol + rtol |expected|) (printed: the margins).
+fn tolerance_share(name: &str, actual: &[f32], expected: &[f32]) -> f32 {
+    let (atol, rtol) = tolerance(name);
+    actual
+        .iter()
+        .zip(expected)
+        .map(|(&a, &e)| (a - e).abs() / (atol + rtol * e.abs()))
+        .fold(0.0, f32::max)
+}
+
+/// The head sizes the tests cover: all three kernel variants, channels not a multiple of 32.
+const HDS: &[usize] = &[8, 16, 24, 40, 64, 128];
+
+/// Small cases for every head size: odd L around the 16-row block and 32-key tile boundaries,
+/// with the mask and dropout switched on in turn.
+fn small_cases_match_reference(dev: &Device) {
+    for (k, &hd) in HDS.iter().enumerate() {
+        for (i, &(l, padded, dropout)) in [
+            (1, false, false),
+            (5, true, true),
+            (27, true, false),
+            (33, false, true),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let case = Case::new(2, l, 2, hd, padded, dropout, (10 * k + i) as u64);
+            case.check(&case.run(dev), &case.reference());
+        }
+    }
+}
+
+/// One long sequence per head size (L = 300: ten key tiles, causal skipping, long online softmax).
+fn long_cases_match_reference(dev: &Device) {
+    for (k, &hd) in HDS.iter().enumerate() {
+        // alternate padding and dropout so that both meet a long sequence
+        let case = Case::new(
+            1,
+            300,
+            1 + k % 2,
+            hd,
+            k % 2 == 0,
+            k % 3 != 2,
+            100 + k as u64,
+        );
+        case.check(&case.run(dev), &case.reference());
+    }
+}
+
+fn backward_is_bitwise_deterministic(dev: &Device, shuffled: &Device, case: &Case) {
+    let want = case.reference();
+    let first = case.run(dev);
+    let second = case.run(dev);
+    let third = case.run(shuffled);
+    for (name, a, b, c) in [
+        ("out", &first.out, &second.out, &third.out),
+        ("lse", &first.lse, &second.lse, &third.lse),
+        ("dqkv", &first.dqkv, &second.dqkv, &third.dqkv),
+    ] {
+        assert_bits_eq(&format!("attention {name} run 1 vs run 2"), a, b);
+        assert_bits_eq(
+            &format!("attention {name} plain vs shuffled schedule"),
+            a,
+            c,
+        );
+    }
+    case.check(&first, &want);
+}
+
+/// Decoding: prefill `n0` positions, then one at a time up to `l`; every step's output must be the
+/// full forward's rows bit for bit, the caches must hold k and v, and both must match the CPU
+/// cached reference.
+fn cached_matches_full(dev: &Device, b: usize, l: usize, nh: usize, hd: usize, n0: usize) {
+    let case = Case::new(b, l, nh, hd, false, false, 500 + hd as u64);
+    let s = case.s;
+    let c = s.c;
+    let lmax = l + 3;
+    let full = {
+        let qkv = up(dev, &case.qkv);
+        let mut out = dev.alloc::<f32>(b * l * c).unwrap();
+        let mut lse = dev.alloc::<f32>(b * nh * l).unwrap();
+        ka::attention_forward(
+            dev,
+            out.view_mut(),
+            lse.view_mut(),
+            qkv.view(),
+            None,
+            None,
+            s,
+        )
+        .unwrap();
+        down(dev, out.view())
+    };
+    let n_cache = b * nh * lmax * hd;
+    let mut kc = up(dev, &vec![f32::NAN; n_cache]);
+    let mut vc = up(dev, &vec![f32::NAN; n_cache]);
+    let (mut kc_ref, mut vc_ref) = (vec![0.0; n_cache], vec![0.0; n_cache]);
+    let mut start = 0;
+    while start < l {
+        let n = if start == 0 { n0 } else { 1 };
+        let mut qkv_step = Vec::new();
+        for bi in 0..b {
+            qkv_step.extend_from_slice(
+                &case.qkv[(bi * l + start) * 3 * c..(bi * l + start + n) * 3 * c],
+            );
+        }
+        let mut out = up(dev, &vec![f32::NAN; b * n * c + TAIL]);
+        let qkv_dev = up(dev, &qkv_step);
+        ka::attention_cached_forward(
+            dev,
+            out.view_mut(),
+            qkv_dev.view(),
+            kc.view_mut(),
+            vc.view_mut(),
+            start,
+            n,
+            lmax,
+            s,
+        )
+        .unwrap();
+        let got = down(dev, out.view());
+        assert!(
+            got[b * n * c..].iter().all(|x| x.is_nan()),
+            "cached out: written past its end"
+        );
+        let mut want = vec![0.0; b * n * c];
+        oa::attention_cached_forward(
+            &mut want,
+            &qkv_step,
+            &mut kc_ref,
+            &mut vc_ref,
+            start,
+            n,
+            lmax,
+            s,
+        );
+        let ctx = format!("cached b={b} hd={hd} start={start} n={n}");
+        assert_close("attention.out", &ctx, &got[..b * n * c], &want);
+        for bi in 0..b {
+            assert_bits_eq(
+                &format!("{ctx}: cached vs full forward, sequence {bi}"),
+                &got[bi * n * c..(bi + 1) * n * c],
+                &full[(bi * l + start) * c..(bi * l + start + n) * c],
+            );
+        }
+        start += n;
+    }
+    // the caches hold exactly the k and v rows (copies), and nothing past position l
+    let (kc, vc) = (down(dev, kc.view()), down(dev, vc.view()));
+    for bh in 0..b * nh {
+        let rows = |cache: &[f32]| cache[bh * lmax * hd..][..l * hd].to_vec();
+        assert_bits_eq("k_cache", &rows(&kc), &rows(&kc_ref));
+        assert_bits_eq("v_cache", &rows(&vc), &rows(&vc_ref));
+        assert!(kc[(bh * lmax + l) * hd..(bh + 1) * lmax * hd]
+            .iter()
+            .all(|x| x.is_nan()));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// emulated device
+
+#[test]
+fn attention_matches_reference_for_every_head_size_small_l() {
+    small_cases_match_reference(&emu());
+}
+
+#[test]
+fn attention_matches_reference_at_l300() {
+    long_cases_match_reference(&emu());
+}
+
+#[test]
+fn attention_is_bitwise_deterministic_across_runs_and_schedules() {
+    // 70 positions: three query/key tiles; padded keys and dropout on; hd 40 (partial lanes).
+    let case = Case::new(2, 70, 2, 40, true, true, 77);
+    let shuffled = Device::emu_with(EmuOptions {
+        shuffle: Some(Some(4242)),
+        ..Default::default()
+    })
+    .unwrap();
+    backward_is_bitwise_deterministic(&emu(), &shuffled, &case);
+}
+
+#[test]
+fn attention_cached_forward_reproduces_the_full_forward_bits() {
+    let dev = emu();
+    // prefill 20 (more than one 16-row block, R = 4), decode to 37 (past one 32-key tile)
+    cached_matches_full(&dev, 2, 37, 2, 8, 20);
+    cached_matches_full(&dev, 2, 37, 2, 64, 20);
+    // hd 128 uses 8-row blocks: prefill 9
+    cached_matches_full(&dev, 1, 35, 2, 128, 9);
+}
+
+#[test]
+fn attention_launchers_reject_bad_sizes() {
+    let dev = emu();
+    let s = AttnShape {
+        b: 2,
+        l: 5,
+        c: 16,
+        nh: 2,
+    };
+    let qkv = dev.alloc::<f32>(2 * 5 * 48).unwrap();
+    let mut out = dev.alloc::<f32>(2 * 5 * 16).unwrap();
+    let mut lse = dev.alloc::<f32>(2 * 2 * 5).unwrap();
+    let mask = dev.upload(&[1i32; 9]).unwrap();
+    let err = |r: anyhow::Result<()>| r.unwrap_err().to_string();
+
+    let e = err(ka::attention_forward(
+        &dev,
+        out.view_mut(),
+        lse.view_mut(),
+        qkv.slice(..479),
+        None,
+        None,
+        s,
+    ));
+    assert!(
+        e.contains("attention_forward: qkv has 479 elements, needs at least 480"),
+        "{e}"
+    );
+    let e = err(ka::attention_forward(
+        &dev,
+        out.view_mut(),
+        lse.slice_mut(..19),
+        qkv.view(),
+        None,
+        None,
+        s,
+    ));
+    assert!(e.contains("lse has 19 elements, needs at least 20"), "{e}");
+    let e = err(ka::attention_forward(
+        &dev,
+        out.view_mut(),
+        lse.view_mut(),
+        qkv.view(),
+        Some(mask.view()),
+        None,
+        s,
+    ));
+    assert!(
+        e.contains("key_mask has 9 elements, needs at least 10"),
+        "{e}"
+    );
+    let bad_p = DropoutSite {
+        p: 1.0,
+        seed: 1,
+        step: 1,
+        site: 1,
+    };
+    let e = err(ka::attention_forward(
+        &dev,
+        out.view_mut(),
+        lse.view_mut(),
+        qkv.view(),
+        None,
+        Some(bad_p),
+        s,
+    ));
+    assert!(e.contains("dropout p=1 must be in [0, 1)"), "{e}");
+    let e = err(ka::attention_forward(
+        &dev,
+        out.view_mut(),
+        lse.view_mut(),
+        qkv.view(),
+        None,
+        None,
+        AttnShape { c: 15, ..s },
+    ));
+    assert!(
+        e.contains("c=15 must be a positive multiple of nh=2"),
+        "{e}"
+    );
+    let big = AttnShape {
+        b: 1,
+        l: 1,
+        c: 2 * 129,
+        nh: 2,
+    };
+    let e = err(ka::attention_forward(
+        &dev,
+        out.view_mut(),
+        lse.view_mut(),
+        qkv.view(),
+        None,
+        None,
+        big,
+    ));
+    assert!(e.contains("head size 129 is not supported"), "{e}");
+
+    let mut dqkv = dev.alloc::<f32>(2 * 5 * 48).unwrap();
+    let mut scratch = dev.alloc::<f32>(19).unwrap();
+    assert_eq!(ka::attention_backward_scratch_len(s).unwrap(), 20);
+    let e = err(ka::attention_backward(
+        &dev,
+        dqkv.view_mut(),
+        out.view(),
+        qkv.view(),
+        out.view(),
+        lse.view(),
+        None,
+        None,
+        s,
+        scratch.view_mut(),
+    ));
+    assert!(
+        e.contains("attention_backward: scratch has 19 elements, needs at least 20"),
+        "{e}"
+    );
+
+    let mut kc = dev.alloc::<f32>(2 * 2 * 6 * 8).unwrap();
+    let mut vc = dev.alloc::<f32>(2 * 2 * 6 * 8).unwrap();
+    let e = err(ka::attention_cached_forward(
+        &dev,
+        out.view_mut(),
+        qkv.view(),
+        kc.view_mut(),
+        vc.view_mut(),
+        4,
+        3,
+        6,
+        s,
+    ));
+    assert!(e.contains("positions 4+3 exceed the cache length 6"), "{e}");
+    let e = err(ka::attention_cached_forward(
+        &dev,
+        out.view_mut(),
+        qkv.view(),
+        kc.view_mut(),
+        vc.slice_mut(..10),
+        0,
+        1,
+        6,
+        s,
+    ));
+    assert!(
+        e.contains("v_cache has 10 elements, needs at least 192"),
+        "{e}"
+    );
+    // zero-sized work is a no-op
+    ka::attention_forward(
+        &dev,
+        out.view_mut(),
+        lse.view_mut(),
+        qkv.view(),
+        None,
+        None,
+        AttnShape { b: 0, ..s },
+    )
+    .unwrap();
+}
+
+// ------------------------------------------------------------------------------------------
+// GPU-only: the same bodies on the CUDA device
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_matches_reference_for_every_head_size_on_cuda() {
+    let dev = gpu();
+    small_cases_match_reference(&dev);
+    long_cases_match_reference(&dev);
+    // PEPLER's shape: GPT-2 small heads, a padded batch, dropout on
+    let case = Case::new(16, 26, 12, 64, true, true, 9);
+    case.check(&case.run(&dev), &case.reference());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_is_bitwise_deterministic_on_cuda() {
+    let dev = gpu();
+    let case = Case::new(8, 300, 4, 64, true, true, 78);
+    // on a GPU the second device handle stands in for a different schedule: blocks run
+    // concurrently in whatever order the hardware picks
+    backward_is_bitwise_deterministic(&dev, &gpu(), &case);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_cached_forward_reproduces_the_full_forward_bits_on_cuda() {
+    let dev = gpu();
+    cached_matches_full(&dev, 2, 37, 2, 8, 20);
+    cached_matches_full(&dev, 4, 70, 12, 64, 20);
+    cached_matches_full(&dev, 1, 35, 2, 128, 9);
+}
