@@ -10,7 +10,8 @@
 //!    kernels were compiled.
 //!
 //! Environment: `NVCC`, `CUDA_HOME`, `PEPLER_PTXAS_INFO=1` (per-kernel registers/spills as cargo
-//! warnings), `PEPLER_EMU_TSAN=1` (emulated kernels under ThreadSanitizer, see docs/emulator.md).
+//! warnings), `PEPLER_EMU_TSAN=1` / `PEPLER_EMU_ASAN=1` (emulated kernels under ThreadSanitizer /
+//! AddressSanitizer, see docs/emulator.md; `scripts/sanitize.sh` runs both).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
     for var in [
+        "PEPLER_EMU_ASAN",
         "NVCC",
         "CUDA_HOME",
         "PEPLER_PTXAS_INFO",
@@ -62,6 +64,7 @@ fn main() {
     // nvcc runs in the background while the host compiler builds the emulated kernels
     let fatbin = start_fatbin(&kdir, &out, &sources);
     build_emulator(&root, &kdir, &out, &files);
+    write_signatures(&root, &out, &files);
     if let Some(finish) = fatbin {
         finish();
     }
@@ -87,10 +90,10 @@ fn cu_files(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn check_unique_names(root: &Path, files: &[(PathBuf, Vec<String>)]) {
+fn check_unique_names(root: &Path, files: &[(PathBuf, Vec<KernelDecl>)]) {
     let mut seen: std::collections::HashMap<&str, &Path> = Default::default();
-    for (path, names) in files {
-        for n in names {
+    for (path, kernels) in files {
+        for n in kernels.iter().map(|k| k.name.as_str()) {
             if let Some(prev) = seen.insert(n, path) {
                 panic!(
                     "kernel `{n}` is defined in both {} and {}: kernel names must be unique",
@@ -105,27 +108,72 @@ fn check_unique_names(root: &Path, files: &[(PathBuf, Vec<String>)]) {
 // ------------------------------------------------------------------------------------------------
 // the emulated kernels
 
-fn build_emulator(root: &Path, kdir: &Path, out: &Path, files: &[(PathBuf, Vec<String>)]) {
+/// Host compiler flags shared by the emulator runtime and the kernels. `-ffp-contract=off`: the
+/// host compiler never fuses a multiply and an add on its own (GCC's default for GNU C++ is `fast`,
+/// which contracts as soon as the target has FMA), so an emulated kernel computes exactly the
+/// operations written; where the order of rounding matters the kernels say `__fmaf_rn` explicitly
+/// (nvcc contracts by default, so an unfused `a * b + c` may round differently on a GPU).
+const HOST_FLAGS: &[&str] = &["-pthread", "-ffp-contract=off"];
+
+/// Instrumentation of the emulated kernels for the emulator's strict mode (memcheck/initcheck):
+/// every load and store the compiler cannot prove local becomes a call to `__asan_{load,store}N_noabort`
+/// (GCC's kernel-AddressSanitizer ABI, outlined), which kernels/emu/emu_runtime.cpp implements
+/// itself — no ASan runtime, no shadow memory. Not combinable with -fsanitize=thread/address, so the
+/// TSan/ASan builds (scripts/sanitize.sh) leave it out.
+const MEMCHECK_FLAGS: &[&str] = &[
+    "-fsanitize=kernel-address",
+    "--param=asan-instrumentation-with-call-threshold=0",
+    "--param=asan-stack=0",
+    "--param=asan-globals=0",
+    "--param=asan-use-after-return=0",
+];
+
+fn build_emulator(root: &Path, kdir: &Path, out: &Path, files: &[(PathBuf, Vec<KernelDecl>)]) {
     let gen = out.join("emu_gen");
     std::fs::create_dir_all(&gen).expect("create OUT_DIR/emu_gen");
     let shim = kdir.join("emu").join("cuda_emu.h");
-    let mut build = cc::Build::new();
-    build
-        .cpp(true)
-        .std("c++20")
-        .opt_level(2)
-        .flag("-pthread")
-        .flag_if_supported("-Wno-unused-parameter")
-        .flag_if_supported("-Wno-unknown-pragmas")
-        .include(kdir)
-        .file(kdir.join("emu").join("emu_runtime.cpp"));
+    let base = || {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .std("c++20")
+            .opt_level(2)
+            .flag_if_supported("-Wno-unused-parameter")
+            .flag_if_supported("-Wno-unknown-pragmas")
+            .include(kdir);
+        for f in HOST_FLAGS {
+            b.flag(f);
+        }
+        b
+    };
+    let mut runtime = base();
+    runtime.file(kdir.join("emu").join("emu_runtime.cpp"));
+    let mut build = base();
     let tsan = env("PEPLER_EMU_TSAN").is_some_and(|v| v != "0");
-    if tsan {
-        build.flag("-fsanitize=thread").flag("-g");
+    let asan = env("PEPLER_EMU_ASAN").is_some_and(|v| v != "0");
+    if tsan && asan {
+        panic!("PEPLER_EMU_TSAN and PEPLER_EMU_ASAN cannot be combined: build them one at a time");
+    }
+    for (on, san, lib) in [(tsan, "thread", "tsan"), (asan, "address", "asan")] {
+        if !on {
+            continue;
+        }
+        let flag = format!("-fsanitize={san}");
+        for b in [&mut runtime, &mut build] {
+            b.flag(&flag).flag("-g").flag("-fno-omit-frame-pointer");
+        }
         // rustc links with -nodefaultlibs, so the driver flag alone does not pull in the runtime
-        println!("cargo:rustc-link-arg=-fsanitize=thread");
-        println!("cargo:rustc-link-lib=dylib=tsan");
-        println!("cargo:warning=PEPLER_EMU_TSAN: emulated kernels built with -fsanitize=thread");
+        println!("cargo:rustc-link-arg={flag}");
+        println!("cargo:rustc-link-lib=dylib={lib}");
+        println!(
+            "cargo:warning=PEPLER_EMU_{}: emulated kernels built with {flag} (strict-mode memcheck \
+             instrumentation off in this build)",
+            lib.to_uppercase()
+        );
+    }
+    if !tsan && !asan {
+        for f in MEMCHECK_FLAGS {
+            build.flag(f);
+        }
     }
 
     let mut table = format!(
@@ -133,36 +181,62 @@ fn build_emulator(root: &Path, kdir: &Path, out: &Path, files: &[(PathBuf, Vec<S
         shim.display()
     );
     let mut entries = String::new();
+    let test_dir = kdir.join("test");
     for (i, (path, kernels)) in files.iter().enumerate() {
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let wrapper = gen.join(format!("k{i:03}_{stem}.cpp"));
+        // production kernels (kernels/*.cu, not kernels/test/) may not use float atomics: the shim
+        // turns one into a compile error there (determinism, docs/emulator.md)
+        let production = !path.starts_with(&test_dir);
         let mut w = format!(
-            "// generated by build.rs: emulation trampolines for {}\n#include \"{}\"\n#include \"{}\"\n",
+            "// generated by build.rs: emulation trampolines for {}\n{}#include \"{}\"\n#include \"{}\"\n",
             rel(root, path),
+            if production { "#define PEPLER_EMU_PRODUCTION_KERNEL 1\n" } else { "" },
             shim.display(),
             path.display()
         );
         for k in kernels {
+            let name = &k.name;
+            let names = k
+                .params
+                .iter()
+                .map(|(n, _)| format!("\"{n}\""))
+                .chain(std::iter::once("nullptr".to_string()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let types = k
+                .params
+                .iter()
+                .map(|(_, t)| format!("\"{}\"", t.replace('"', "")))
+                .chain(std::iter::once("nullptr".to_string()))
+                .collect::<Vec<_>>()
+                .join(", ");
             let _ = writeln!(
                 w,
-                "extern \"C\" void emu_{k}(void** p) {{ pepler_emu::call_kernel({k}, p); }}\n\
-                 extern \"C\" const pepler_emu::KernelSig emu_sig_{k} = pepler_emu::kernel_sig({k});"
+                "extern \"C\" void emu_{name}(void** p) {{ pepler_emu::call_kernel({name}, p); }}\n\
+                 extern \"C\" const pepler_emu::KernelSig emu_sig_{name} = pepler_emu::kernel_sig({name});\n\
+                 extern \"C\" const char* const emu_pnames_{name}[] = {{{names}}};\n\
+                 extern \"C\" const char* const emu_ptypes_{name}[] = {{{types}}};"
             );
             let _ = writeln!(
                 table,
-                "extern \"C\" void emu_{k}(void**);\nextern \"C\" const pepler_emu::KernelSig emu_sig_{k};"
+                "extern \"C\" void emu_{name}(void**);\nextern \"C\" const pepler_emu::KernelSig emu_sig_{name};\n\
+                 extern \"C\" const char* const emu_pnames_{name}[];\nextern \"C\" const char* const emu_ptypes_{name}[];"
             );
-            let _ = writeln!(entries, "    {{\"{k}\", emu_{k}, &emu_sig_{k}}},");
+            let _ = writeln!(
+                entries,
+                "    {{\"{name}\", emu_{name}, &emu_sig_{name}, emu_pnames_{name}, emu_ptypes_{name}}},"
+            );
         }
         write_if_changed(&wrapper, &w);
         build.file(&wrapper);
     }
     let count = files.iter().map(|(_, k)| k.len()).sum::<usize>();
     if count == 0 {
-        entries.push_str("    {nullptr, nullptr, nullptr},\n");
+        entries.push_str("    {nullptr, nullptr, nullptr, nullptr, nullptr},\n");
     }
     let _ = write!(
         table,
@@ -171,9 +245,38 @@ fn build_emulator(root: &Path, kdir: &Path, out: &Path, files: &[(PathBuf, Vec<S
     );
     let table_path = gen.join("emu_kernel_table.cpp");
     write_if_changed(&table_path, &table);
-    build.file(&table_path);
+    runtime.file(&table_path);
+    // the runtime (and the table) are not instrumented: only kernel code is checked
+    build.objects(runtime.compile_intermediates());
     build.compile("pepler_emu");
     println!("cargo:rustc-link-lib=pthread");
+}
+
+/// `OUT_DIR/kernel_sigs.rs` (included by `src/device/sigs.rs`): every kernel's parameters as
+/// written in its source, so that both devices check a launch's arguments (count, kind, size)
+/// before it runs.
+fn write_signatures(root: &Path, out: &Path, files: &[(PathBuf, Vec<KernelDecl>)]) {
+    let mut s = String::from("// generated by build.rs from the kernel sources\npub static KERNEL_SIGS: &[KernelSig] = &[\n");
+    for (path, kernels) in files {
+        for k in kernels {
+            let _ = writeln!(
+                s,
+                "    KernelSig {{ name: {:?}, file: {:?}, params: &[",
+                k.name,
+                rel(root, path)
+            );
+            for (n, t) in &k.params {
+                let (kind, size) = param_kind(t);
+                let _ = writeln!(
+                    s,
+                    "        ParamSig {{ name: {n:?}, ty: {t:?}, kind: ParamKind::{kind}, size: {size} }},"
+                );
+            }
+            s.push_str("    ] },\n");
+        }
+    }
+    s.push_str("];\n");
+    write_if_changed(&out.join("kernel_sigs.rs"), &s);
 }
 
 /// Keeps mtimes stable so cc's outputs stay meaningful across reruns.
@@ -388,8 +491,14 @@ fn ptxas_table(log: &str) -> Vec<String> {
 // `__global__` definitions and whether they are `extern "C"` (directly or inside `extern "C" { }`).
 
 struct Scan {
-    kernels: Vec<String>,
+    kernels: Vec<KernelDecl>,
     not_extern_c: Vec<String>,
+}
+
+/// One `extern "C" __global__` kernel: its name and its parameters (name, C type) as written.
+struct KernelDecl {
+    name: String,
+    params: Vec<(String, String)>,
 }
 
 #[derive(PartialEq, Debug)]
@@ -524,13 +633,13 @@ fn scan_kernels(src: &str) -> Scan {
                     let close = skip_parens(&toks, open);
                     let is_definition = toks.get(close) == Some(&Tok::Punct('{'));
                     if is_definition {
-                        let list = if extern_c {
-                            &mut scan.kernels
-                        } else {
-                            &mut scan.not_extern_c
-                        };
-                        if !list.contains(&name) {
-                            list.push(name);
+                        if !extern_c {
+                            if !scan.not_extern_c.contains(&name) {
+                                scan.not_extern_c.push(name);
+                            }
+                        } else if !scan.kernels.iter().any(|k| k.name == name) {
+                            let params = parse_params(&toks[open + 1..close - 1]);
+                            scan.kernels.push(KernelDecl { name, params });
                         }
                     }
                     i = close;
@@ -542,6 +651,119 @@ fn scan_kernels(src: &str) -> Scan {
         i += 1;
     }
     scan
+}
+
+/// The parameters of a kernel signature (the tokens between its parentheses): `(name, type)` with
+/// the type normalised to single spaces, `*` attached and `__restrict__` dropped, e.g.
+/// `("weight", "const float*")`. An unnamed parameter is called `argN`.
+fn parse_params(toks: &[Tok]) -> Vec<(String, String)> {
+    let mut params = Vec::new();
+    let mut cur: Vec<&Tok> = Vec::new();
+    let mut depth = 0i32;
+    let flush = |cur: &mut Vec<&Tok>, params: &mut Vec<(String, String)>| {
+        if cur.is_empty() {
+            return;
+        }
+        // a default argument never appears in kernels; drop `= ...` defensively
+        if let Some(eq) = cur.iter().position(|t| **t == Tok::Punct('=')) {
+            cur.truncate(eq);
+        }
+        let idents: Vec<usize> = (0..cur.len())
+            .filter(|&i| matches!(cur[i], Tok::Ident(_)))
+            .collect();
+        let n_type_words = idents
+            .iter()
+            .filter(|&&i| !matches!(cur[i], Tok::Ident(x) if is_qualifier(x)))
+            .count();
+        // `float* out`: the last identifier is the name when the type has another word
+        let name_at = match idents.last() {
+            Some(&i) if n_type_words >= 2 && i + 1 == cur.len() => Some(i),
+            _ => None,
+        };
+        let name = match name_at {
+            Some(i) => match cur[i] {
+                Tok::Ident(x) => x.clone(),
+                _ => unreachable!(),
+            },
+            None => format!("arg{}", params.len()),
+        };
+        let mut ty = String::new();
+        for (i, t) in cur.iter().enumerate() {
+            if Some(i) == name_at {
+                continue;
+            }
+            match t {
+                Tok::Ident(x)
+                    if matches!(x.as_str(), "__restrict__" | "__restrict" | "restrict") => {}
+                Tok::Ident(x) => {
+                    if !ty.is_empty() && !ty.ends_with(['<', ':']) {
+                        ty.push(' ');
+                    }
+                    ty.push_str(x);
+                }
+                Tok::Punct(c) => {
+                    while *c != '<' && *c != ':' && ty.ends_with(' ') {
+                        ty.pop();
+                    }
+                    ty.push(*c);
+                }
+                Tok::Str(x) => ty.push_str(x),
+            }
+        }
+        params.push((name, ty.trim().to_string()));
+        cur.clear();
+    };
+    for t in toks {
+        match t {
+            Tok::Punct('(' | '<' | '[') => depth += 1,
+            Tok::Punct(')' | '>' | ']') => depth -= 1,
+            Tok::Punct(',') if depth == 0 => {
+                flush(&mut cur, &mut params);
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(t);
+    }
+    flush(&mut cur, &mut params);
+    if params.len() == 1 && params[0].1 == "void" {
+        params.clear();
+    }
+    params
+}
+
+fn is_qualifier(w: &str) -> bool {
+    matches!(
+        w,
+        "const" | "volatile" | "__restrict__" | "__restrict" | "restrict" | "__grid_constant__"
+    )
+}
+
+/// Kind and size in bytes of a parameter type as the device layer checks it (Rust
+/// `device::sigs::ParamKind`): `Ptr` (8 bytes, `const` pointee or not), `F32`, `F64`, `Int`
+/// (signed or unsigned of the given size), or `Other` (size taken from the C++ compiler, through
+/// the emulator's table).
+fn param_kind(ty: &str) -> (&'static str, usize) {
+    if ty.contains('*') {
+        let pointee_const = ty.starts_with("const ") || ty.contains(" const*");
+        return (if pointee_const { "ConstPtr" } else { "Ptr" }, 8);
+    }
+    let words: Vec<&str> = ty
+        .split(' ')
+        .filter(|w| !is_qualifier(w) && !w.is_empty())
+        .collect();
+    match words.join(" ").as_str() {
+        "float" => ("F32", 4),
+        "double" => ("F64", 8),
+        "int" | "signed" | "signed int" | "int32_t" | "unsigned" | "unsigned int" | "uint32_t" => {
+            ("Int", 4)
+        }
+        "long long" | "long long int" | "int64_t" | "long" | "long int" | "ptrdiff_t"
+        | "unsigned long long" | "uint64_t" | "size_t" | "unsigned long" => ("Int", 8),
+        "short" | "unsigned short" | "int16_t" | "uint16_t" => ("Int", 2),
+        "char" | "signed char" | "unsigned char" | "int8_t" | "uint8_t" | "bool" => ("Int", 1),
+        _ => ("Other", 0),
+    }
 }
 
 /// `toks[open]` is `(`: returns the index after the matching `)`.

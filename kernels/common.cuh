@@ -14,7 +14,12 @@
 //     in the mask must execute the same op; a full mask needs blockDim a multiple of 32.
 //  5. Use `__syncthreads()` only where the whole block reaches the same call (early `return` is ok).
 //  6. Math: expf/tanhf/rsqrtf/fmaxf...; no fast-math intrinsics (__expf, __fdividef): parity.
-//  7. No float atomics in anything that feeds a result (determinism); atomicAdd exists for tests.
+//  7. No float atomics in anything that feeds a result (determinism): a float atomicAdd in a production
+//     kernel does not compile under emulation; in kernels/test/ it is a strict-mode error unless the
+//     launch allows it. Where the rounding order matters, write __fmaf_rn (nvcc contracts a*b+c into
+//     an FMA by default; the host build does not: -ffp-contract=off).
+//  8. Vector (64/128-bit) global or shared memory accesses through load_vec/store_vec (or
+//     load_float4/store_float4) below: a GPU faults on a misaligned one; the emulator reports it.
 #pragma once
 
 #ifndef __CUDACC__
@@ -45,6 +50,50 @@ __host__ __device__ __forceinline__ constexpr T ceil_div(T a, T b) {
     type* name = reinterpret_cast<type*>(pepler_dyn_smem_bytes_)
 #else
 #define DYN_SMEM(type, name) type* name = reinterpret_cast<type*>(::pepler_emu::dyn_smem())
+#endif
+
+// ----------------------------------------------------------------------------------------------
+// vector loads and stores: one 64/128-bit access on a GPU, which must be naturally aligned (a
+// misaligned float4 faults there, but works on x86). Under emulation the alignment is checked
+// (strict mode: an error naming the kernel, thread and source line); the access itself is then
+// element-wise, so memcheck still sees every element.
+
+template <class V>
+__device__ __forceinline__ V load_vec(const void* p
+#ifndef __CUDACC__
+                                      , ::pepler_emu::Loc loc = ::pepler_emu::Loc::current()
+#endif
+) {
+    static_assert(sizeof(V) == 4 || sizeof(V) == 8 || sizeof(V) == 16, "vector accesses are 4, 8 or 16 bytes");
+#ifndef __CUDACC__
+    ::pepler_emu::check_vector_align(p, sizeof(V), false, loc);
+#endif
+    return *reinterpret_cast<const V*>(p);
+}
+
+template <class V>
+__device__ __forceinline__ void store_vec(void* p, V v
+#ifndef __CUDACC__
+                                          , ::pepler_emu::Loc loc = ::pepler_emu::Loc::current()
+#endif
+) {
+    static_assert(sizeof(V) == 4 || sizeof(V) == 8 || sizeof(V) == 16, "vector accesses are 4, 8 or 16 bytes");
+#ifndef __CUDACC__
+    ::pepler_emu::check_vector_align(p, sizeof(V), true, loc);
+#endif
+    *reinterpret_cast<V*>(p) = v;
+}
+
+#ifdef __CUDACC__
+__device__ __forceinline__ float4 load_float4(const float* p) { return load_vec<float4>(p); }
+__device__ __forceinline__ void store_float4(float* p, float4 v) { store_vec<float4>(p, v); }
+#else
+inline float4 load_float4(const float* p, ::pepler_emu::Loc loc = ::pepler_emu::Loc::current()) {
+    return load_vec<float4>(p, loc);
+}
+inline void store_float4(float* p, float4 v, ::pepler_emu::Loc loc = ::pepler_emu::Loc::current()) {
+    store_vec<float4>(p, v, loc);
+}
 #endif
 
 // ----------------------------------------------------------------------------------------------

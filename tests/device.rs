@@ -441,3 +441,145 @@ fn cuda_memory_roundtrips_and_rejects_bad_ld() {
         .sgemm(&cfg, buf.view(), buf.view(), out.view_mut())
         .is_err());
 }
+
+// ------------------------------------------------------------------------------------------
+// Kernel argument checks (both devices) and the signature table build.rs reads from the sources.
+
+/// Argument mistakes a GPU would turn into garbage parameters: wrong count, a scalar where a
+/// pointer goes, a float where an int goes, an 8-byte int where a 4-byte one goes.
+fn check_argument_errors(dev: &Device) {
+    use pepler_cuda::device::KernelArg;
+    let mut out = dev.alloc::<f32>(64).unwrap();
+    let cfg = LaunchConfig::linear(1, 32, 0);
+    let cases: Vec<(Vec<KernelArg>, &str)> = vec![
+        (
+            vec![KernelArg::from(&out.view_mut())],
+            "takes 2 parameters, 1 arguments",
+        ),
+        (
+            vec![1i32.into(), 1i32.into()],
+            "parameter 0 `out` is `float*` (8 bytes) but an i32",
+        ),
+        (
+            vec![KernelArg::from(&out.view_mut()), 1.0f32.into()],
+            "parameter 1 `n` is `int` (4 bytes) but an f32",
+        ),
+        (
+            vec![KernelArg::from(&out.view_mut()), 1i64.into()],
+            "parameter 1 `n` is `int` (4 bytes) but an i64 (8 bytes)",
+        ),
+    ];
+    for (args, want) in cases {
+        // SAFETY: every case is rejected before the kernel runs (that is what is tested).
+        let err = unsafe { dev.launch("emu_strict_write_past_end", &cfg, &args) }.unwrap_err();
+        assert!(format!("{err:#}").contains(want), "{want:?} not in {err:#}");
+    }
+    // SAFETY: as above: no such kernel.
+    let err = unsafe { dev.launch("no_such_kernel", &cfg, &[]) }.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("no kernel of that name"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn kernel_arguments_are_checked_against_the_source_signature() {
+    check_argument_errors(&Device::emu().unwrap());
+}
+
+#[test]
+fn signature_table_agrees_with_the_cpp_compiler() {
+    use pepler_cuda::device::emu_ffi;
+    use pepler_cuda::device::sigs::{self, ParamKind};
+    let all = sigs::all();
+    assert!(all.iter().any(|k| k.name == "layernorm_forward"));
+    for k in all {
+        let cpp = emu_ffi::kernel_param_sizes(k.name)
+            .unwrap_or_else(|| panic!("{} not in the emulator", k.name));
+        assert_eq!(cpp.len(), k.params.len(), "{}: parameter count", k.name);
+        for (p, &size) in k.params.iter().zip(&cpp) {
+            if p.kind != ParamKind::Other {
+                assert_eq!(p.size, size, "{} parameter `{}` ({})", k.name, p.name, p.ty);
+            }
+        }
+    }
+    let ln = sigs::lookup("layernorm_forward").unwrap();
+    let names: Vec<_> = ln.params.iter().map(|p| p.name).collect();
+    assert_eq!(
+        names,
+        ["out", "mean", "rstd", "inp", "weight", "bias", "rows", "c", "eps"]
+    );
+    assert_eq!(ln.params[3].ty, "const float*");
+    assert_eq!(ln.params[3].kind, ParamKind::ConstPtr);
+    assert_eq!(ln.params[0].kind, ParamKind::Ptr);
+    assert_eq!(ln.params[8].kind, ParamKind::F32);
+    assert_eq!(ln.file, "kernels/layernorm.cu");
+}
+
+#[test]
+fn alloc_uninit_is_poisoned_and_writes_make_it_readable() {
+    let dev = Device::emu_with(pepler_cuda::device::EmuOptions {
+        strict: Some(true),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut buf = dev.alloc_uninit::<f32>(8).unwrap();
+    let err = format!("{:#}", dev.download(buf.view()).unwrap_err());
+    assert!(
+        err.contains("element 0") && err.contains("8 element(s)"),
+        "{err}"
+    );
+    dev.htod(&[1.0, 2.0], buf.slice_mut(0..2)).unwrap();
+    dev.zero(buf.slice_mut(2..4)).unwrap();
+    assert_eq!(dev.download(buf.slice(0..4)).unwrap(), [1.0, 2.0, 0.0, 0.0]);
+    let err = format!("{:#}", dev.download(buf.view()).unwrap_err());
+    assert!(
+        err.contains("element 4") && err.contains("4 element(s)"),
+        "{err}"
+    );
+    // a device copy carries the state: written elements stay readable, the others do not
+    let mut copy = dev.alloc::<f32>(8).unwrap();
+    dev.dtod(buf.view(), copy.view_mut()).unwrap();
+    assert_eq!(
+        dev.download(copy.slice(0..4)).unwrap(),
+        [1.0, 2.0, 0.0, 0.0]
+    );
+    assert!(dev.download(copy.slice(3..5)).is_err());
+    // unchecked, the poison is NaN (0xFF bytes)
+    let lax = Device::emu_with(pepler_cuda::device::EmuOptions {
+        strict: Some(false),
+        ..Default::default()
+    })
+    .unwrap();
+    let raw = lax.alloc_uninit::<u32>(4).unwrap();
+    assert_eq!(lax.download(raw.view()).unwrap(), [u32::MAX; 4]);
+    assert!(
+        dev.alloc::<f32>(4)
+            .map(|b| dev.download(b.view()).unwrap())
+            .unwrap()
+            == [0.0; 4]
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn kernel_arguments_are_checked_on_cuda() {
+    check_argument_errors(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn dynamic_shared_memory_opt_in_on_cuda() {
+    use pepler_cuda::device::KernelArg;
+    let dev = gpu();
+    let mut out = dev.alloc::<f32>(32).unwrap();
+    let big = LaunchConfig::linear(1, 32, 64 * 1024);
+    let args = [KernelArg::from(&out.view_mut()), 0i32.into()];
+    // SAFETY: emu_strict_smem_oob(float*, int) with 32 threads writes out[0..32) and smem[0..32).
+    assert!(unsafe { dev.launch("emu_strict_smem_oob", &big, &args) }.is_err());
+    dev.opt_in_dyn_smem("emu_strict_smem_oob", 64 * 1024)
+        .unwrap();
+    // SAFETY: as above.
+    unsafe { dev.launch("emu_strict_smem_oob", &big, &args) }.unwrap();
+    assert_eq!(dev.download(out.view()).unwrap(), vec![1.0; 32]);
+}

@@ -2,7 +2,9 @@
 //! warp shuffles at every width and mode against the CUDA rules computed here, votes, the
 //! mma/ldmatrix fragment layouts against a naive matrix product, built-in indices at odd sizes,
 //! barriers with early exits, dynamic shared memory fill, conversions against the `half` crate,
-//! and the broken kernels the emulator must turn into errors (not hangs) quickly.
+//! and the broken kernels the emulator must turn into errors (not hangs) quickly; and strict mode
+//! (`kernels/test/emu_strict.cu`): memcheck, initcheck, synccheck (`__activemask`) and the
+//! determinism rules, each with a planted bug that must be reported naming the kernel.
 
 use std::ffi::c_void;
 use std::time::{Duration, Instant};
@@ -55,6 +57,8 @@ fn run(name: &str, grid: [u32; 3], block: [u32; 3], smem: usize, args: Args) -> 
     let opts = EmuOptions {
         watchdog_ms: Some(10_000),
         shuffle: Some(None),
+        strict: Some(true),
+        ..Default::default()
     };
     run_opts(opts, name, grid, block, smem, args)
 }
@@ -63,6 +67,8 @@ fn quick_watchdog() -> EmuOptions {
     EmuOptions {
         watchdog_ms: Some(300),
         shuffle: Some(None),
+        strict: Some(true),
+        ..Default::default()
     }
 }
 
@@ -70,6 +76,17 @@ fn shuffled(seed: u64) -> EmuOptions {
     EmuOptions {
         watchdog_ms: Some(10_000),
         shuffle: Some(Some(seed)),
+        strict: Some(true),
+        ..Default::default()
+    }
+}
+
+/// `opts` without strict mode: for the tests that show what a bug does to the output when nothing
+/// reports it (NaN from the shared-memory fill).
+fn lenient(opts: EmuOptions) -> EmuOptions {
+    EmuOptions {
+        strict: Some(false),
+        ..opts
     }
 }
 
@@ -401,6 +418,7 @@ fn barrier_with_early_exits_and_1024_threads() {
     let opts = EmuOptions {
         watchdog_ms: Some(10_000),
         shuffle: Some(None),
+        ..Default::default()
     };
     for (n, block) in [(1000, 1024), (1, 64), (37, 37), (64, 96)] {
         let (input, out) = reduce(opts, n, block, true);
@@ -417,8 +435,33 @@ fn missing_syncthreads_is_exposed_by_shuffle_mode() {
         assert_eq!(out[0], input.iter().sum::<f32>(), "seed {seed}");
     }
     // Planted bug (no barrier between the writes and thread 0's reads). The default schedule runs
-    // each thread until it waits, in thread order: thread 0 reads before the others write.
-    let (_, out) = reduce(quick_watchdog(), 64, 96, false);
+    // each thread until it waits, in thread order: thread 0 reads before the others write. Strict
+    // mode reports that read directly (initcheck of shared memory); without it the sum is NaN.
+    if emu_ffi::memcheck_instrumented() {
+        let err = run_opts(
+            quick_watchdog(),
+            "emu_test_reduce",
+            [1, 1, 1],
+            [96, 1, 1],
+            64 * 4,
+            Args::default()
+                .cptr([1f32; 64].as_ptr())
+                .ptr([0f32; 2].as_mut_ptr())
+                .int(64)
+                .int(0),
+        )
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        for needle in [
+            "emu_test_reduce",
+            "thread (0,0,0)",
+            "dynamic shared memory",
+            "missing __syncthreads()",
+        ] {
+            assert!(msg.contains(needle), "{needle:?} not in: {msg}");
+        }
+    }
+    let (_, out) = reduce(lenient(quick_watchdog()), 64, 96, false);
     assert!(
         out[0].is_nan(),
         "default schedule: missing __syncthreads not exposed (sum {})",
@@ -428,7 +471,7 @@ fn missing_syncthreads_is_exposed_by_shuffle_mode() {
     // function of the seed: for these seeds thread 0 reads slots that still hold the NaN fill,
     // every time, not by luck.
     for seed in 1..=4 {
-        let (_, out) = reduce(shuffled(seed), 64, 96, false);
+        let (_, out) = reduce(lenient(shuffled(seed)), 64, 96, false);
         assert!(
             out[0].is_nan(),
             "seed {seed}: missing __syncthreads not exposed (sum {})",
@@ -441,7 +484,24 @@ fn missing_syncthreads_is_exposed_by_shuffle_mode() {
 fn dynamic_shared_memory_is_nan_filled_for_every_block() {
     let n = 100;
     let mut out = vec![0u32; 3 * n];
-    run(
+    // the kernel reads dynamic shared memory it never wrote: an initcheck error in strict mode
+    if emu_ffi::memcheck_instrumented() {
+        let err = run(
+            "emu_test_smem_fill",
+            [3, 1, 1],
+            [64, 1, 1],
+            n * 4,
+            Args::default().ptr(out.as_mut_ptr()).int(n as i32),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("initcheck")
+                && format!("{err:#}").contains("emu_test_smem_fill"),
+            "{err:#}"
+        );
+    }
+    run_opts(
+        lenient(quick_watchdog()),
         "emu_test_smem_fill",
         [3, 1, 1],
         [64, 1, 1],
@@ -539,6 +599,7 @@ fn deadlock_is_detected_at_once_with_a_census() {
     let opts = EmuOptions {
         watchdog_ms: Some(60_000),
         shuffle: Some(None),
+        ..Default::default()
     };
     expect_error(
         opts,
@@ -719,7 +780,11 @@ fn float_atomic_add() {
     let n: usize = 1000;
     let input: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
     let mut acc = vec![0f32; 1];
-    run(
+    run_opts(
+        EmuOptions {
+            allow_float_atomics: true,
+            ..quick_watchdog()
+        },
         "emu_test_atomic",
         [4, 1, 1],
         [256, 1, 1],
@@ -861,7 +926,7 @@ mod gpu {
 
     #[test]
     #[ignore = "needs a CUDA GPU"]
-    fn gpu_and_emulator_agree_on_test_kernels() {
+    fn test_kernels_agree_with_the_emulator_on_cuda() {
         let gpu = Device::cuda().expect("a CUDA GPU and a build with nvcc");
         cross_check(Some(&gpu));
     }
@@ -1015,5 +1080,485 @@ mod gpu {
             cfg,
             &[A::In(&vals), A::Out(2), A::Int(1000), A::Int(1)],
         );
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Strict mode (docs/emulator.md): the emulated device as compute-sanitizer. Each planted bug of
+// kernels/test/emu_strict.cu must be reported, naming the kernel; launches go through the device
+// layer, whose views give every pointer its entitled range.
+
+mod strict {
+    use super::*;
+    use pepler_cuda::device::{Device, KernelArg, LaunchConfig, MAX_DYN_SMEM, MAX_DYN_SMEM_OPTIN};
+
+    /// The memcheck/initcheck hooks are compiled into every build but the TSan/ASan ones
+    /// (scripts/sanitize.sh), where the sanitizer checks memory instead.
+    fn memcheck_built() -> bool {
+        let built = emu_ffi::memcheck_instrumented();
+        if !built {
+            eprintln!("sanitizer build: strict-mode memcheck hooks not compiled in, test skipped");
+        }
+        built
+    }
+
+    fn device(strict: bool) -> Device {
+        Device::emu_with(EmuOptions {
+            watchdog_ms: Some(10_000),
+            shuffle: Some(None),
+            strict: Some(strict),
+            allow_float_atomics: false,
+        })
+        .unwrap()
+    }
+
+    fn launch(
+        dev: &Device,
+        name: &str,
+        cfg: LaunchConfig,
+        args: &[KernelArg],
+    ) -> anyhow::Result<()> {
+        // SAFETY: every test passes the kernel's parameters in order, pointers from live device
+        // buffers; what the planted bugs touch outside their views is inside the emulated
+        // allocations' redzones or other views of the same buffer.
+        unsafe { dev.launch(name, &cfg, args) }
+    }
+
+    fn assert_reported(err: anyhow::Error, needles: &[&str]) {
+        let msg = format!("{err:#}");
+        eprintln!("{msg}");
+        for n in needles {
+            assert!(msg.contains(n), "{n:?} not in: {msg}");
+        }
+    }
+
+    #[test]
+    fn memcheck_reports_a_write_one_past_the_end() {
+        if !memcheck_built() {
+            return;
+        }
+        let dev = device(true);
+        // an exact-size buffer, and a view of a larger one: both end at element 40
+        let mut exact = dev.alloc::<f32>(40).unwrap();
+        let mut big = dev.alloc::<f32>(64).unwrap();
+        let views = [exact.view_mut(), big.slice_mut(0..40)];
+        for v in views {
+            let err = launch(
+                &dev,
+                "emu_strict_write_past_end",
+                LaunchConfig::linear(1, 64, 0),
+                &[KernelArg::from(&v), 40i32.into()],
+            )
+            .unwrap_err();
+            assert_reported(
+                err,
+                &[
+                    "emu_strict_write_past_end",
+                    "block (0,0,0) thread (40,0,0)",
+                    "out-of-bounds write of 4 bytes at element 40 of argument 0 `out` (float*)",
+                    "entitled to elements [0, 40)",
+                    "one past the end",
+                ],
+            );
+        }
+        // the same launch without the planted thread is clean
+        launch(
+            &dev,
+            "emu_strict_write_past_end",
+            LaunchConfig::linear(1, 40, 0),
+            &[KernelArg::from(&big.slice_mut(0..40)), 39i32.into()],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn memcheck_reports_a_read_before_the_start() {
+        if !memcheck_built() {
+            return;
+        }
+        let dev = device(true);
+        let data: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let input = dev.upload(&data).unwrap();
+        let mut out = dev.alloc::<f32>(32).unwrap();
+        // in the middle of a buffer (element -1 is real memory) and at its start (the redzone)
+        for start in [16usize, 0] {
+            let err = launch(
+                &dev,
+                "emu_strict_read_before_start",
+                LaunchConfig::linear(1, 32, 0),
+                &[
+                    KernelArg::from(&out.view_mut()),
+                    input.slice(start..start + 32).into(),
+                    32i32.into(),
+                ],
+            )
+            .unwrap_err();
+            assert_reported(
+                err,
+                &[
+                    "emu_strict_read_before_start",
+                    "thread (0,0,0)",
+                    "out-of-bounds read of 4 bytes at element -1 of argument 1 `in` (const float*)",
+                    "before the start",
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn memcheck_reports_a_read_past_the_batch_prefix() {
+        if !memcheck_built() {
+            return;
+        }
+        // buffers sized for a batch of 4 rows, a launch for 2: the views are the 2-row prefix
+        let (rows, cap, c) = (2usize, 4usize, 16usize);
+        let dev = device(true);
+        let input = dev.upload(&vec![1f32; cap * c]).unwrap();
+        let mut out = dev.alloc::<f32>(cap).unwrap();
+        let err = launch(
+            &dev,
+            "emu_strict_row_sum",
+            LaunchConfig::linear(cap as u32, 32, 0),
+            &[
+                KernelArg::from(&out.slice_mut(0..rows)),
+                input.slice(0..rows * c).into(),
+                (rows as i32).into(),
+                (c as i32).into(),
+                (cap as i32).into(),
+            ],
+        )
+        .unwrap_err();
+        assert_reported(
+            err,
+            &[
+                "emu_strict_row_sum",
+                "block (2,0,0) thread (0,0,0)",
+                "out-of-bounds read of 4 bytes at element 32 of argument 1 `inp`",
+                "entitled to elements [0, 32)",
+            ],
+        );
+        // without strict mode the bug goes unseen: the rows past the batch are real memory
+        let dev = device(false);
+        let input = dev.upload(&vec![1f32; cap * c]).unwrap();
+        let mut out = dev.alloc::<f32>(cap).unwrap();
+        launch(
+            &dev,
+            "emu_strict_row_sum",
+            LaunchConfig::linear(cap as u32, 32, 0),
+            &[
+                KernelArg::from(&out.slice_mut(0..rows)),
+                input.slice(0..rows * c).into(),
+                (rows as i32).into(),
+                (c as i32).into(),
+                (cap as i32).into(),
+            ],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn initcheck_reports_an_output_the_kernel_missed() {
+        if !memcheck_built() {
+            return;
+        }
+        let n = 40usize;
+        for strict in [true, false] {
+            let dev = device(strict);
+            let input = dev.upload(&vec![1.5f32; n]).unwrap();
+            let mut out = dev.alloc_uninit::<f32>(n).unwrap();
+            launch(
+                &dev,
+                "emu_strict_missed_write",
+                LaunchConfig::linear(1, 64, 0),
+                &[
+                    KernelArg::from(&out.view_mut()),
+                    input.view().into(),
+                    (n as i32).into(),
+                ],
+            )
+            .unwrap();
+            let got = dev.download(out.view());
+            if strict {
+                assert_reported(
+                    got.unwrap_err(),
+                    &[
+                        "element 20 of this F32 view of 40 elements was never written",
+                        "1 element(s)",
+                        "`emu_strict_missed_write`",
+                    ],
+                );
+                // the elements the kernel did write download fine
+                assert_eq!(dev.download(out.slice(0..20)).unwrap(), vec![3.0; 20]);
+            } else {
+                // unchecked, the poison shows as NaN in the output
+                let got = got.unwrap();
+                assert!(got[20].is_nan() && got[19] == 3.0 && got[21] == 3.0);
+            }
+        }
+    }
+
+    #[test]
+    fn initcheck_reports_a_missing_barrier() {
+        if !memcheck_built() {
+            return;
+        }
+        let dev = device(true);
+        let data: Vec<f32> = (0..512).map(|i| (i % 10) as f32).collect();
+        let input = dev.upload(&data).unwrap();
+        let mut out = dev.alloc_uninit::<f32>(2).unwrap();
+        let run = |out: &mut pepler_cuda::device::DeviceBuffer<f32>, with_barrier: i32| {
+            launch(
+                &dev,
+                "emu_strict_static_smem_sum",
+                LaunchConfig::linear(2, 256, 0),
+                &[
+                    KernelArg::from(&out.view_mut()),
+                    input.view().into(),
+                    with_barrier.into(),
+                ],
+            )
+        };
+        assert_reported(
+            run(&mut out, 0).unwrap_err(),
+            &[
+                "emu_strict_static_smem_sum",
+                "block (0,0,0) thread (0,0,0)",
+                "static __shared__ memory",
+                "missing __syncthreads()",
+            ],
+        );
+        run(&mut out, 1).unwrap();
+        let want: Vec<f32> = data.chunks(256).map(|c| c.iter().sum()).collect();
+        assert_eq!(dev.download(out.view()).unwrap(), want);
+    }
+
+    #[test]
+    fn static_shared_memory_is_poisoned_per_block() {
+        if !memcheck_built() {
+            return;
+        }
+        for strict in [true, false] {
+            let dev = device(strict);
+            let mut out = dev.alloc::<f32>(64).unwrap();
+            let r = launch(
+                &dev,
+                "emu_strict_stale_static_smem",
+                LaunchConfig::linear(2, 32, 0),
+                &[KernelArg::from(&out.view_mut())],
+            );
+            if strict {
+                // block 1 reads what only block 0 wrote
+                assert_reported(
+                    r.unwrap_err(),
+                    &[
+                        "emu_strict_stale_static_smem",
+                        "block (1,0,0)",
+                        "static __shared__",
+                    ],
+                );
+            } else {
+                // unchecked: block 1 sees block 0's values (on a GPU: garbage)
+                r.unwrap();
+                assert_eq!(dev.download(out.view()).unwrap(), vec![1.0; 64]);
+            }
+        }
+    }
+
+    #[test]
+    fn memcheck_reports_dynamic_shared_memory_out_of_bounds() {
+        if !memcheck_built() {
+            return;
+        }
+        let dev = device(true);
+        let mut out = dev.alloc::<f32>(32).unwrap();
+        let cfg = LaunchConfig::linear(1, 32, 32 * 4);
+        launch(
+            &dev,
+            "emu_strict_smem_oob",
+            cfg,
+            &[KernelArg::from(&out.view_mut()), 0i32.into()],
+        )
+        .unwrap();
+        let err = launch(
+            &dev,
+            "emu_strict_smem_oob",
+            cfg,
+            &[KernelArg::from(&out.view_mut()), 1i32.into()],
+        )
+        .unwrap_err();
+        assert_reported(
+            err,
+            &[
+                "emu_strict_smem_oob",
+                "thread (31,0,0)",
+                "out-of-bounds write of 4 bytes at byte offset 128 of dynamic shared memory, which has 128 bytes",
+            ],
+        );
+    }
+
+    #[test]
+    fn memcheck_reports_a_write_through_a_const_pointer() {
+        if !memcheck_built() {
+            return;
+        }
+        let dev = device(true);
+        let input = dev.upload(&[1f32; 32]).unwrap();
+        let err = launch(
+            &dev,
+            "emu_strict_write_const",
+            LaunchConfig::linear(1, 32, 0),
+            &[input.view().into()],
+        )
+        .unwrap_err();
+        assert_reported(
+            err,
+            &[
+                "emu_strict_write_const",
+                "argument 0 `in`",
+                "pointer to const",
+            ],
+        );
+    }
+
+    #[test]
+    fn misaligned_vector_load_is_reported() {
+        let dev = device(true);
+        let input = dev
+            .upload(&(0..160).map(|i| i as f32).collect::<Vec<_>>())
+            .unwrap();
+        let mut out = dev.alloc::<f32>(32).unwrap();
+        let run = |out: &mut pepler_cuda::device::DeviceBuffer<f32>, offset: i32| {
+            launch(
+                &dev,
+                "emu_strict_vector_load",
+                LaunchConfig::linear(1, 32, 0),
+                &[
+                    KernelArg::from(&out.view_mut()),
+                    input.view().into(),
+                    offset.into(),
+                ],
+            )
+        };
+        run(&mut out, 4).unwrap();
+        let want: Vec<f32> = (0..32)
+            .map(|t| (0..4).map(|j| (4 + 4 * t + j) as f32).sum())
+            .collect();
+        assert_eq!(dev.download(out.view()).unwrap(), want);
+        assert_reported(
+            run(&mut out, 1).unwrap_err(),
+            &[
+                "emu_strict_vector_load",
+                "thread (0,0,0)",
+                "misaligned 16-byte vector load",
+                "4 mod 16",
+            ],
+        );
+    }
+
+    #[test]
+    fn float_atomic_is_an_error_in_strict_mode() {
+        let dev = device(true);
+        let input = dev.upload(&[1f32; 256]).unwrap();
+        let mut acc = dev.alloc::<f32>(1).unwrap();
+        let err = launch(
+            &dev,
+            "emu_test_atomic",
+            LaunchConfig::linear(1, 256, 0),
+            &[
+                KernelArg::from(&acc.view_mut()),
+                input.view().into(),
+                256i32.into(),
+            ],
+        )
+        .unwrap_err();
+        assert_reported(err, &["emu_test_atomic", "float atomicAdd", "determinism"]);
+    }
+
+    #[test]
+    fn production_kernels_cannot_use_float_atomics() {
+        // build.rs compiles kernels/*.cu with PEPLER_EMU_PRODUCTION_KERNEL: there a float
+        // atomicAdd does not compile at all. Checked with the same host compiler on a snippet.
+        let kdir = concat!(env!("CARGO_MANIFEST_DIR"), "/kernels");
+        let src = "#define PEPLER_EMU_PRODUCTION_KERNEL 1\n#include \"common.cuh\"\n\
+                   extern \"C\" __global__ void k(float* a, int* b) { atomicAdd(b, 1); atomicAdd(a, 1.0f); }\n";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.cpp");
+        std::fs::write(&file, src).unwrap();
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let out = std::process::Command::new(&cxx)
+            .args(["-std=c++20", "-fsyntax-only", "-I", kdir])
+            .arg(&file)
+            .output()
+            .expect("the host C++ compiler (it built the emulator) runs");
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "float atomicAdd compiled in a production kernel"
+        );
+        assert!(
+            log.contains("float atomicAdd/atomicSub in a production kernel"),
+            "{log}"
+        );
+        // the integer atomic alone is fine
+        std::fs::write(&file, src.replace("atomicAdd(a, 1.0f);", "")).unwrap();
+        let out = std::process::Command::new(&cxx)
+            .args(["-std=c++20", "-fsyntax-only", "-I", kdir])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn activemask_returns_the_lanes_in_the_branch() {
+        let dev = device(true);
+        let mut out = dev.alloc::<u32>(64).unwrap();
+        launch(
+            &dev,
+            "emu_strict_activemask",
+            LaunchConfig::linear(1, 64, 0),
+            &[KernelArg::from(&out.view_mut())],
+        )
+        .unwrap();
+        let got = dev.download(out.view()).unwrap();
+        for (t, m) in got.iter().enumerate() {
+            let lane = t % 32;
+            let want = match lane {
+                0..=9 => 0x0000_03ff,
+                10..=19 => 0x000f_fc00,
+                _ => 0,
+            };
+            assert_eq!(*m, want, "thread {t}");
+        }
+    }
+
+    #[test]
+    fn dynamic_shared_memory_above_48k_needs_an_opt_in() {
+        let dev = device(true);
+        let mut out = dev.alloc::<f32>(32).unwrap();
+        let big = LaunchConfig::linear(1, 32, 64 * 1024);
+        let args = [KernelArg::from(&out.view_mut()), 0i32.into()];
+        let err = launch(&dev, "emu_strict_smem_oob", big, &args).unwrap_err();
+        assert!(format!("{err:#}").contains("opt_in_dyn_smem"), "{err:#}");
+        assert!(dev
+            .opt_in_dyn_smem("emu_strict_smem_oob", MAX_DYN_SMEM_OPTIN + 1)
+            .is_err());
+        assert!(dev.opt_in_dyn_smem("no_such_kernel", MAX_DYN_SMEM).is_err());
+        dev.opt_in_dyn_smem("emu_strict_smem_oob", 64 * 1024)
+            .unwrap();
+        launch(&dev, "emu_strict_smem_oob", big, &args).unwrap();
+        // the opt-in is per kernel
+        let err = launch(
+            &dev,
+            "emu_test_smem_fill",
+            big,
+            &[KernelArg::from(&out.view_mut()), 1i32.into()],
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("opt_in_dyn_smem"), "{err:#}");
     }
 }

@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -72,6 +73,12 @@ struct PeplerEmuOptions {
     int64_t watchdog_ms;    // <= 0: PEPLER_EMU_WATCHDOG_MS, default 10000
     int32_t shuffle;        // -1: PEPLER_EMU_SHUFFLE decides; 0: off; 1: on with shuffle_seed
     uint64_t shuffle_seed;  // used when shuffle == 1
+    int32_t strict;         // -1: PEPLER_EMU_STRICT decides (default on); 0: off; 1: on
+    int32_t allow_float_atomics;  // 1: float atomicAdd/atomicSub allowed in strict mode
+    // The entitled range of each pointer parameter, 2 values per parameter (address, bytes), for
+    // `n_arg_ranges` parameters (null: unknown, e.g. raw host pointers; then nothing is checked).
+    const uint64_t* arg_ranges;
+    size_t n_arg_ranges;
 };
 }
 
@@ -223,7 +230,7 @@ std::string lane_list(unsigned bits) {
     return s.empty() ? "none" : s;
 }
 
-enum class Wait : uint8_t { None, Barrier, WarpEnter, WarpGather };
+enum class Wait : uint8_t { None, Barrier, WarpEnter, WarpGather, ActiveMask };
 
 struct Thr {
     Ctx ctx;
@@ -231,6 +238,7 @@ struct Thr {
     bool exited = false;
     Wait wait = Wait::None;
     Site site;  // last primitive entered (for diagnostics)
+    unsigned active_mask = 0;  // result of a resolved __activemask()
 #if PEPLER_TSAN
     void* tsan_fiber = nullptr;
 #endif
@@ -293,8 +301,13 @@ struct Block {
     uint3 idx;
     unsigned n;
     bool serial;
+    bool strict;
+    bool allow_float_atomics;
     std::mt19937_64 rng;
     unsigned char* smem = nullptr;
+    size_t smem_bytes = 0;
+    // strict mode: one "written by this block" bit per byte of dynamic and of static shared memory
+    std::vector<uint8_t> smem_written, static_written;
 
     // guards everything below against the launching thread's watchdog; never held across a switch
     std::mutex m;
@@ -391,11 +404,60 @@ struct Block {
         check_failed();
     }
 
+    // lock held: resolves the __activemask() calls of warp w once no lane of it can still arrive,
+    // i.e. every lane that exists is waiting there, waiting elsewhere (barrier, warp operation) or
+    // has exited. The lanes waiting at the same call site form the mask each of them gets. `me`:
+    // the calling (running) thread, which is not put on the run queue.
+    void resolve_active_mask(unsigned w, int me) {
+        unsigned waiting = 0;
+        for (unsigned l = 0; l < 32; ++l) {
+            const unsigned j = w * 32 + l;
+            if (j >= n) break;
+            const Thr& t = thr[j];
+            if (t.exited) continue;
+            if (!t.blocked) return;  // runnable: it may still reach the same call
+            if (t.wait == Wait::ActiveMask) waiting |= 1u << l;
+        }
+        while (waiting) {
+            const unsigned first = static_cast<unsigned>(__builtin_ctz(waiting));
+            const Site& fs = thr[w * 32 + first].site;
+            unsigned group = 0;
+            for (unsigned l = first; l < 32; ++l)
+                if (((waiting >> l) & 1u) && thr[w * 32 + l].site.same(fs)) group |= 1u << l;
+            for (unsigned l = first; l < 32; ++l) {
+                if (!((group >> l) & 1u)) continue;
+                const unsigned j = w * 32 + l;
+                thr[j].active_mask = group;
+                thr[j].wait = Wait::None;
+                if (static_cast<int>(j) == me) thr[j].blocked = false;
+                else release(j);
+            }
+            waiting &= ~group;
+        }
+    }
+
+    unsigned active_mask(unsigned me, Loc loc) {
+        TsanIgnore ig;
+        Lock lk(m);
+        enter(lk, me, loc, "__activemask()");
+        Thr& t = thr[me];
+        t.blocked = true;
+        t.wait = Wait::ActiveMask;
+        resolve_active_mask(me / 32, static_cast<int>(me));
+        if (t.blocked) {
+            if (runq.empty()) fail_throw(block_name() + ": deadlock, every live thread waits: " + census(false));
+            switch_out(lk, me);
+            check_failed();
+        }
+        return t.active_mask;
+    }
+
     // lock held: wait until another thread releases this one.
     void block_me(Lock& lk, unsigned me, Wait w) {
         Thr& t = thr[me];
         t.blocked = true;
         t.wait = w;
+        resolve_active_mask(me / 32, -1);
         if (runq.empty()) fail_throw(block_name() + ": deadlock, every live thread waits: " + census(false));
         switch_out(lk, me);
         check_failed();
@@ -432,6 +494,7 @@ struct Block {
                                  lane_list(W.arrived).c_str(), me / 32, W.site.str().c_str(), W.mask));
             return;
         }
+        resolve_active_mask(me / 32, -1);
         if (bar_arrived > 0 && bar_arrived == live) release_barrier();
         if (runq.empty() && live > 0) fail(block_name() + ": deadlock, every live thread waits: " + census(false));
     }
@@ -624,10 +687,13 @@ struct Settings {
     int64_t watchdog_ms;
     bool shuffle;
     uint64_t seed;
+    bool strict;
+    bool allow_float_atomics;
 };
 
 Settings settings_from(const PeplerEmuOptions* o) {
-    Settings s{10000, false, 0};
+    Settings s{10000, false, 0, true, false};
+    if (const char* e = std::getenv("PEPLER_EMU_STRICT"); e && *e) s.strict = std::strcmp(e, "0") != 0;
     if (const char* e = std::getenv("PEPLER_EMU_WATCHDOG_MS"); e && *e) {
         long long v = std::atoll(e);
         if (v > 0) s.watchdog_ms = v;
@@ -646,8 +712,125 @@ Settings settings_from(const PeplerEmuOptions* o) {
             s.shuffle = true;
             s.seed = o->shuffle_seed;
         }
+        if (o->strict >= 0) s.strict = o->strict != 0;
+        s.allow_float_atomics = o->allow_float_atomics == 1;
     }
     return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// strict mode: memcheck and initcheck of device memory (docs/emulator.md, "Strict mode")
+//
+// The Rust side registers every emulated device allocation (address, size, and whether it starts
+// initialised) and tells each launch the entitled range of every pointer argument: the extent of
+// the View/ViewMut the launcher passed. The kernels are compiled with GCC's outlined
+// kernel-AddressSanitizer instrumentation (build.rs), so every load and store of kernel code calls
+// one of the __asan_*_noabort hooks below. A hook allows an access that lies inside the range of a
+// pointer argument (a store needs a non-const one), or outside every registered device allocation
+// (locals, shared memory, the emulator's own memory); anything else touches device memory this
+// launch is not entitled to and is reported with the kernel, argument, element index and
+// block/thread. Initcheck: each allocation made uninitialised keeps one "written" bit per byte;
+// host copies and kernel stores set bits, a kernel load of an unset byte is reported, and so is a
+// download of one (Rust side), naming the last kernel that had the buffer as an output.
+
+struct MemAlloc {
+    size_t bytes = 0;
+    size_t redzone = 0;  // bytes of padding the allocation owns on each side (reported as out of bounds)
+    std::unique_ptr<uint8_t[]> written;  // one bit per byte; null: every byte is initialised
+    const char* last_writer = nullptr;   // kernel name (static string) of the last launch that had a
+                                         // writable argument in this allocation
+};
+std::mutex g_mem_m;
+std::map<uintptr_t, MemAlloc> g_mem;  // by start address
+
+// lock held: the allocation containing [a, a + n), or null
+MemAlloc* mem_find(uintptr_t a, size_t n, uintptr_t* base) {
+    auto it = g_mem.upper_bound(a);
+    if (it == g_mem.begin()) return nullptr;
+    --it;
+    if (a + n > it->first + it->second.bytes || a < it->first) return nullptr;
+    if (base) *base = it->first;
+    return &it->second;
+}
+
+inline bool bit_get(const uint8_t* b, size_t i) { return (b[i >> 3] >> (i & 7)) & 1u; }
+inline void bit_set(uint8_t* b, size_t i) { b[i >> 3] |= static_cast<uint8_t>(1u << (i & 7)); }
+
+struct ArgCheck {
+    unsigned idx;        // parameter index
+    uintptr_t lo, hi;    // entitled range [lo, hi)
+    bool writable;       // pointee not const
+    unsigned elem;       // pointee size (element index = byte offset / elem)
+    uintptr_t alloc_lo = 0, alloc_hi = 0;  // the registered allocation holding it (0: none)
+    uint8_t* written = nullptr;             // its initcheck bits (null: all initialised)
+};
+
+struct Span {
+    uintptr_t lo, hi;            // the allocation with its redzones
+    uintptr_t user_lo, user_hi;  // the allocation as the device layer sees it
+};
+
+struct LaunchCheck {
+    const KernelEntry* k = nullptr;
+    std::vector<ArgCheck> args;
+    std::vector<Span> allocs;  // every registered allocation, sorted
+};
+
+thread_local LaunchCheck* tl_check = nullptr;  // set on the runner thread while a strict launch runs
+
+// On the launching thread, before the launch: snapshot the allocations and resolve the arguments.
+void build_check(LaunchCheck& c, const KernelEntry* k, void** params, const uint64_t* ranges, size_t n_ranges) {
+    c.k = k;
+    std::lock_guard<std::mutex> g(g_mem_m);
+    c.allocs.reserve(g_mem.size());
+    for (auto& [lo, a] : g_mem) c.allocs.push_back(Span{lo - a.redzone, lo + a.bytes + a.redzone, lo, lo + a.bytes});
+    const KernelSig* sig = k->sig;
+    for (size_t i = 0; i < sig->n; ++i) {
+        const unsigned char kind = sig->kinds[i];
+        if (kind != KindPtr && kind != KindConstPtr) continue;
+        uintptr_t p = 0;
+        std::memcpy(&p, params[i], sizeof p);
+        ArgCheck a{static_cast<unsigned>(i), p, p, kind == KindPtr, sig->elem[i] ? sig->elem[i] : 1u};
+        if (ranges && i < n_ranges) {
+            // the pointer value the kernel gets is the start of the range
+            const uint64_t bytes = ranges[2 * i + 1];
+            a.hi = p + bytes;
+        } else {
+            continue;  // extent unknown (raw launch): not checked
+        }
+        uintptr_t base = 0;
+        if (MemAlloc* m = mem_find(p, a.hi - a.lo, &base); m && p != 0) {
+            a.alloc_lo = base;
+            a.alloc_hi = base + m->bytes;
+            a.written = m->written.get() ? m->written.get() : nullptr;
+            if (a.writable) m->last_writer = k->name;
+            // bit offset of lo inside the allocation is (lo - alloc_lo)
+        }
+        c.args.push_back(a);
+    }
+}
+
+}  // namespace
+}  // namespace pepler_emu
+extern "C" {
+extern unsigned char __start_pepler_emu_shared[] __attribute__((weak));
+extern unsigned char __stop_pepler_emu_shared[] __attribute__((weak));
+}
+namespace pepler_emu {
+namespace {
+
+// Every static __shared__ variable of every kernel lives in section pepler_emu_shared (cuda_emu.h):
+// 0xFF (NaN) before each block, as the dynamic shared memory.
+size_t static_shared_bytes() {
+    unsigned char* lo = __start_pepler_emu_shared;
+    unsigned char* hi = __stop_pepler_emu_shared;
+    return lo && hi > lo ? static_cast<size_t>(hi - lo) : 0;
+}
+
+void poison_static_shared() {
+    unsigned char* lo = __start_pepler_emu_shared;
+    unsigned char* hi = __stop_pepler_emu_shared;
+    if (lo && hi > lo) std::memset(lo, 0xff, static_cast<size_t>(hi - lo));
 }
 
 struct Job {
@@ -656,6 +839,7 @@ struct Job {
     size_t smem_bytes;
     void** params;
     Settings st;
+    LaunchCheck check;  // strict mode only
     // guarded by Runner::m
     uint64_t blocks_done = 0;
     bool done = false;
@@ -701,11 +885,19 @@ std::string run_block(Runner* R, Job* J, uint3 bidx) {
     B->idx = bidx;
     B->n = n;
     B->serial = J->st.shuffle;
+    B->strict = J->st.strict;
+    B->allow_float_atomics = J->st.allow_float_atomics;
     B->rng.seed(splitmix(J->st.seed ^ splitmix((uint64_t(bidx.z) << 42) ^ (uint64_t(bidx.y) << 21) ^ bidx.x)));
     if (J->smem_bytes) {
         B->smem = static_cast<unsigned char*>(std::aligned_alloc(64, (J->smem_bytes + 63) / 64 * 64));
         if (!B->smem) return fmt("emulator: cannot allocate %zu bytes of dynamic shared memory", J->smem_bytes);
         std::memset(B->smem, 0xff, J->smem_bytes);  // NaN for f32/bf16/f16, -1 for integers
+    }
+    B->smem_bytes = J->smem_bytes;
+    if (J->st.strict) {
+        poison_static_shared();
+        B->smem_written.assign((J->smem_bytes + 7) / 8, 0);
+        B->static_written.assign((static_shared_bytes() + 7) / 8, 0);
     }
     B->thr.reset(new Thr[n]);
     B->warps.resize((n + 31) / 32);
@@ -745,6 +937,9 @@ std::string run_block(Runner* R, Job* J, uint3 bidx) {
 }
 
 void run_job(Runner* R, Job* J) {
+    // the hooks run on this (runner) thread, in the kernel threads' fibers
+    tl_check = J->st.strict ? &J->check : nullptr;
+    struct Reset { ~Reset() { tl_check = nullptr; } } reset;
     const dim3 g = J->grid;
     const uint64_t nblocks = 1ull * g.x * g.y * g.z;
     std::vector<uint64_t> order;
@@ -815,7 +1010,8 @@ Runner* get_runner(std::string& err) {
 }
 
 // Runs a launch on the runner thread; "" on success.
-std::string launch(const KernelEntry* k, dim3 grid, dim3 block, size_t smem, void** params, const Settings& st) {
+std::string launch(const KernelEntry* k, dim3 grid, dim3 block, size_t smem, void** params, const Settings& st,
+                   const uint64_t* ranges, size_t n_ranges) {
     std::lock_guard<std::mutex> guard(g_launch);
     std::string err;
     Runner* R = get_runner(err);
@@ -827,6 +1023,7 @@ std::string launch(const KernelEntry* k, dim3 grid, dim3 block, size_t smem, voi
     J->smem_bytes = smem;
     J->params = params;
     J->st = st;
+    if (st.strict) build_check(J->check, k, params, ranges, n_ranges);
     Lock lk(R->m);
     R->job = J;
     R->cv.notify_all();
@@ -892,12 +1089,167 @@ void warp_exchange(WarpOp op, unsigned mask, const void* in, size_t in_len,
     cur().warp_exchange(tl_tid, op, mask, in, in_len, out_fn, ctx, loc);
 }
 
-unsigned active_mask() {
+unsigned active_mask_at(Loc loc) { return cur().active_mask(tl_tid, loc); }
+
+void float_atomic(const char* what, Loc loc) {
     Block& B = cur();
+    if (!B.strict || B.allow_float_atomics) return;
     TsanIgnore ig;
     Lock lk(B.m);
-    const WarpState& W = B.warps[tl_tid / 32];
-    return W.exists & ~W.exited;
+    B.fail_throw(B.where(tl_tid) +
+                 fmt(": float %s at %s:%u (determinism, strict mode): the sum depends on the order in which "
+                     "threads and blocks arrive, so it is not reproducible on a GPU; use a fixed-order "
+                     "reduction (EmuOptions::allow_float_atomics permits it in the emulator's own tests)",
+                     what, short_file(loc.file_name()), loc.line()));
+}
+
+void check_vector_align(const void* p, size_t bytes, bool store, Loc loc) {
+    if (reinterpret_cast<uintptr_t>(p) % bytes == 0) return;
+    Block& B = cur();
+    if (!B.strict) return;
+    TsanIgnore ig;
+    Lock lk(B.m);
+    B.fail_throw(B.where(tl_tid) + fmt(": misaligned %zu-byte vector %s at address %p (%zu mod %zu) at %s:%u; a GPU "
+                                       "faults on it (memcheck, strict mode)",
+                                       bytes, store ? "store" : "load", p, reinterpret_cast<uintptr_t>(p) % bytes,
+                                       bytes, short_file(loc.file_name()), loc.line()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// strict mode hooks (see "strict mode: memcheck and initcheck" above)
+
+// Reports a memcheck/initcheck error and ends the calling CUDA thread at once, without unwinding:
+// the hooks are called from kernel code that GCC compiles as if they could not throw, and letting
+// the thread go on would perform the bad access. Kernel frames own no resources, so dropping them
+// is safe; the block's other threads unwind at their next primitive as after any launch error.
+[[noreturn]] void abandon_thread(const std::string& msg) {
+    Block& B = cur();
+    const unsigned me = tl_tid;
+    {
+        TsanIgnore ig;
+        Lock lk(B.m);
+        B.fail(B.where(me) + ": " + msg);
+        B.thread_exit(me);
+    }
+#if PEPLER_TSAN
+    __tsan_switch_to_fiber(tl_sched_fiber, 1);
+#endif
+    Ctx dead;
+    ctx_switch(dead, tl_sched);
+    std::abort();  // never resumed
+}
+
+std::string arg_desc(const LaunchCheck& C, const ArgCheck& r) {
+    const char* name = C.k->param_names ? C.k->param_names[r.idx] : nullptr;
+    const char* type = C.k->param_types ? C.k->param_types[r.idx] : nullptr;
+    return fmt("argument %u `%s` (%s)", r.idx, name ? name : "?", type ? type : "?");
+}
+
+[[noreturn]] void report_out_of_bounds(const LaunchCheck& C, uintptr_t a, size_t n, bool store) {
+    // the allocation hit, and the argument of this launch nearest to the access inside it
+    uintptr_t alo = 0, ahi = 0;
+    for (const Span& sp : C.allocs)
+        if (a < sp.hi && a + n > sp.lo) {
+            alo = sp.user_lo;
+            ahi = sp.user_hi;
+            break;
+        }
+    const ArgCheck* best = nullptr;
+    uint64_t best_d = UINT64_MAX;
+    for (const ArgCheck& r : C.args) {
+        if (r.alloc_lo != alo || r.alloc_hi != ahi || alo == 0) continue;
+        const uint64_t d = a < r.lo ? r.lo - a : a >= r.hi ? a - r.hi : 0;
+        if (d < best_d) {
+            best_d = d;
+            best = &r;
+        }
+    }
+    const char* what = store ? "write" : "read";
+    if (!best)
+        abandon_thread(fmt("memcheck: out-of-bounds %s of %zu bytes at %p: device memory (an allocation of %zu "
+                           "bytes) that no argument of this launch covers",
+                           what, n, reinterpret_cast<void*>(a), static_cast<size_t>(ahi - alo)));
+    const long long elem = best->elem;
+    const long long off = static_cast<long long>(a) - static_cast<long long>(best->lo);
+    const long long idx = off >= 0 ? off / elem : -((-off + elem - 1) / elem);
+    const long long len = static_cast<long long>(best->hi - best->lo) / elem;
+    const char* where = idx < 0 ? "before the start" : idx == len ? "one past the end" : "past the end";
+    abandon_thread(fmt("memcheck: out-of-bounds %s of %zu bytes at element %lld of %s, which is entitled to "
+                       "elements [0, %lld) in this launch (%s)",
+                       what, n, idx, arg_desc(C, *best).c_str(), len, where));
+}
+
+void mc_access(uintptr_t a, size_t n, bool store) {
+    LaunchCheck* C = tl_check;
+    Block* B = tl_block;
+    if (!C || !B || B->failed.load(std::memory_order_relaxed)) return;
+    const ArgCheck* const_hit = nullptr;
+    for (const ArgCheck& r : C->args) {
+        if (a < r.lo || a + n > r.hi) continue;
+        if (store && !r.writable) {
+            const_hit = &r;
+            continue;
+        }
+        if (r.written) {
+            const size_t off = a - r.alloc_lo;
+            if (store) {
+                for (size_t i = 0; i < n; ++i) bit_set(r.written, off + i);
+            } else {
+                for (size_t i = 0; i < n; ++i)
+                    if (!bit_get(r.written, off + i))
+                        abandon_thread(fmt("initcheck: read of %zu bytes at element %lld of %s, which was never "
+                                           "written (device memory from alloc_uninit that no host copy or kernel "
+                                           "has written)",
+                                           n, static_cast<long long>((a - r.lo) / r.elem), arg_desc(*C, r).c_str()));
+            }
+        }
+        return;
+    }
+    // shared memory: initcheck per block (a read before any thread of the block wrote the byte,
+    // typically a missing __syncthreads()) and bounds of the dynamic part
+    const uintptr_t sm = reinterpret_cast<uintptr_t>(B->smem);
+    const uintptr_t st = reinterpret_cast<uintptr_t>(__start_pepler_emu_shared);
+    const uintptr_t st_end = reinterpret_cast<uintptr_t>(__stop_pepler_emu_shared);
+    uint8_t* bits = nullptr;
+    size_t off = 0;
+    const char* kind = nullptr;
+    if (sm && a >= sm && a + n <= sm + B->smem_bytes) {
+        bits = B->smem_written.data();
+        off = a - sm;
+        kind = "dynamic shared memory";
+    } else if (st && a >= st && a + n <= st_end && !B->static_written.empty()) {
+        bits = B->static_written.data();
+        off = a - st;
+        kind = "static __shared__ memory";
+    } else if (sm && a < sm + B->smem_bytes + 256 && a + n > sm - std::min<uintptr_t>(sm, 256)) {
+        const long long o = static_cast<long long>(a) - static_cast<long long>(sm);
+        abandon_thread(fmt("memcheck: out-of-bounds %s of %zu bytes at byte offset %lld of dynamic shared memory, "
+                           "which has %zu bytes in this launch",
+                           store ? "write" : "read", n, o, B->smem_bytes));
+    }
+    if (bits) {
+        if (store) {
+            for (size_t i = 0; i < n; ++i) bit_set(bits, off + i);
+        } else {
+            for (size_t i = 0; i < n; ++i)
+                if (!bit_get(bits, off + i))
+                    abandon_thread(fmt("initcheck: read of %zu bytes of %s (byte offset %zu) that no thread of "
+                                       "this block has written (a missing __syncthreads() between the write and "
+                                       "this read, or a read of another block's data)",
+                                       n, kind, off + i));
+        }
+        return;
+    }
+    if (const_hit)
+        abandon_thread(fmt("memcheck: write of %zu bytes at element %lld of %s, a pointer to const", n,
+                           static_cast<long long>((a - const_hit->lo) / const_hit->elem),
+                           arg_desc(*C, *const_hit).c_str()));
+    // outside every argument: an error only if it is device memory
+    auto it = std::upper_bound(C->allocs.begin(), C->allocs.end(), a + n,
+                               [](uintptr_t x, const Span& sp) { return x <= sp.lo; });
+    if (it == C->allocs.begin()) return;
+    --it;
+    if (a < it->hi && a + n > it->lo) report_out_of_bounds(*C, a, n, store);
 }
 
 // PTX shfl.sync: c = ((32 - width) << 8) | (up ? 0 : 31); segmask = c[12:8]
@@ -1041,7 +1393,8 @@ extern "C" int pepler_emu_launch_ex(const char* kernel_name, unsigned gx, unsign
         write_err(err, err_len, fmt("kernel `%s`: invalid launch configuration: %s", k->name, bad.c_str()));
         return 1;
     }
-    const std::string e = launch(k, dim3(gx, gy, gz), dim3(bx, by, bz), dynamic_smem_bytes, params, settings_from(opts));
+    const std::string e = launch(k, dim3(gx, gy, gz), dim3(bx, by, bz), dynamic_smem_bytes, params, settings_from(opts),
+                                 opts ? opts->arg_ranges : nullptr, opts ? opts->n_arg_ranges : 0);
     if (!e.empty()) {
         write_err(err, err_len, e);
         return 1;
@@ -1054,4 +1407,112 @@ extern "C" int pepler_emu_launch(const char* kernel_name, unsigned gx, unsigned 
                                  size_t err_len) {
     return pepler_emu_launch_ex(kernel_name, gx, gy, gz, bx, by, bz, dynamic_smem_bytes, params, nullptr, err,
                                 err_len);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the memcheck hooks (GCC -fsanitize=kernel-address, outlined: build.rs) and the device-memory
+// registry used by strict mode (src/device/emu.rs). Not in the ASan/TSan builds, whose runtimes
+// define the hooks themselves.
+
+#if !PEPLER_TSAN && !defined(__SANITIZE_ADDRESS__)
+#define PEPLER_MC_HOOK(N)                                                                            \
+    extern "C" void __asan_load##N##_noabort(uintptr_t a) { pepler_emu::mc_access(a, N, false); }   \
+    extern "C" void __asan_store##N##_noabort(uintptr_t a) { pepler_emu::mc_access(a, N, true); }   \
+    extern "C" void __asan_load##N(uintptr_t a) { pepler_emu::mc_access(a, N, false); }             \
+    extern "C" void __asan_store##N(uintptr_t a) { pepler_emu::mc_access(a, N, true); }
+PEPLER_MC_HOOK(1)
+PEPLER_MC_HOOK(2)
+PEPLER_MC_HOOK(4)
+PEPLER_MC_HOOK(8)
+PEPLER_MC_HOOK(16)
+#undef PEPLER_MC_HOOK
+extern "C" void __asan_loadN_noabort(uintptr_t a, size_t n) { pepler_emu::mc_access(a, n, false); }
+extern "C" void __asan_storeN_noabort(uintptr_t a, size_t n) { pepler_emu::mc_access(a, n, true); }
+extern "C" void __asan_loadN(uintptr_t a, size_t n) { pepler_emu::mc_access(a, n, false); }
+extern "C" void __asan_storeN(uintptr_t a, size_t n) { pepler_emu::mc_access(a, n, true); }
+extern "C" void __asan_handle_no_return(void) {}
+#endif
+
+// Registers an emulated device allocation of `bytes` at `addr`, which owns `redzone` bytes on each
+// side (an access there is out of bounds); `initialized`: zero-filled, else every byte starts
+// unwritten for initcheck.
+extern "C" void pepler_emu_mem_register(uint64_t addr, size_t bytes, size_t redzone, int initialized) {
+    MemAlloc a;
+    a.bytes = bytes;
+    a.redzone = redzone;
+    if (!initialized) {
+        a.written.reset(new uint8_t[(bytes + 7) / 8]);
+        std::memset(a.written.get(), 0, (bytes + 7) / 8);
+    }
+    std::lock_guard<std::mutex> g(g_mem_m);
+    g_mem[static_cast<uintptr_t>(addr)] = std::move(a);
+}
+
+extern "C" void pepler_emu_mem_unregister(uint64_t addr) {
+    std::lock_guard<std::mutex> g(g_mem_m);
+    g_mem.erase(static_cast<uintptr_t>(addr));
+}
+
+// Host writes (htod, memset): the bytes are initialised from now on.
+extern "C" void pepler_emu_mem_mark_written(uint64_t addr, size_t bytes) {
+    std::lock_guard<std::mutex> g(g_mem_m);
+    uintptr_t base = 0;
+    MemAlloc* m = mem_find(static_cast<uintptr_t>(addr), bytes, &base);
+    if (!m || !m->written) return;
+    for (size_t i = 0; i < bytes; ++i) bit_set(m->written.get(), addr - base + i);
+}
+
+// Device-to-device copies carry the initialisation state of every byte.
+extern "C" void pepler_emu_mem_copy_written(uint64_t src, uint64_t dst, size_t bytes) {
+    std::lock_guard<std::mutex> g(g_mem_m);
+    uintptr_t sb = 0, db = 0;
+    MemAlloc* s = mem_find(static_cast<uintptr_t>(src), bytes, &sb);
+    MemAlloc* d = mem_find(static_cast<uintptr_t>(dst), bytes, &db);
+    if (!d) return;
+    for (size_t i = 0; i < bytes; ++i) {
+        const bool w = !s || !s->written || bit_get(s->written.get(), src - sb + i);
+        if (w) {
+            if (d->written) bit_set(d->written.get(), dst - db + i);
+        } else {
+            if (!d->written) {
+                d->written.reset(new uint8_t[(d->bytes + 7) / 8]);
+                std::memset(d->written.get(), 0xff, (d->bytes + 7) / 8);
+            }
+            uint8_t* b = d->written.get();
+            const size_t k = dst - db + i;
+            b[k >> 3] = static_cast<uint8_t>(b[k >> 3] & ~(1u << (k & 7)));
+        }
+    }
+}
+
+// The offset of the first never-written byte of [addr, addr + bytes) (-1: all written); `count`
+// gets the number of such bytes and `writer` the last kernel launched with this allocation as a
+// writable argument ("" if none).
+extern "C" long long pepler_emu_mem_first_unwritten(uint64_t addr, size_t bytes, size_t* count, char* writer,
+                                                    size_t writer_len) {
+    std::lock_guard<std::mutex> g(g_mem_m);
+    uintptr_t base = 0;
+    MemAlloc* m = mem_find(static_cast<uintptr_t>(addr), bytes, &base);
+    long long first = -1;
+    size_t c = 0;
+    if (m && m->written) {
+        for (size_t i = 0; i < bytes; ++i)
+            if (!bit_get(m->written.get(), addr - base + i)) {
+                if (first < 0) first = static_cast<long long>(i);
+                ++c;
+            }
+    }
+    if (count) *count = c;
+    write_err(writer, writer_len, m && m->last_writer ? m->last_writer : "");
+    return first;
+}
+
+// 1 when the kernels carry strict mode's memcheck/initcheck instrumentation (not in the TSan/ASan
+// builds, which use their sanitizer's own instrumentation instead).
+extern "C" int pepler_emu_memcheck_instrumented(void) {
+#if !PEPLER_TSAN && !defined(__SANITIZE_ADDRESS__)
+    return 1;
+#else
+    return 0;
+#endif
 }

@@ -121,6 +121,43 @@ impl CudaDevice {
         Ok(CudaMem { addr, slice })
     }
 
+    /// Device memory with undefined contents (no memset: compute-sanitizer's initcheck then
+    /// reports kernel reads of bytes nothing wrote).
+    pub(crate) fn alloc_uninit(&self, bytes: usize) -> Result<CudaMem> {
+        // SAFETY: the memory is unset; Device::alloc_uninit documents that its contents are
+        // undefined until written, and no Rust value of a type with invalid bit patterns is read
+        // from it (downloads copy plain-old-data).
+        let slice = unsafe { self.stream.alloc::<u8>(bytes) }
+            .map_err(|e| anyhow!("cuda alloc of {bytes} bytes failed: {e:?}"))?;
+        let addr = {
+            let (addr, _sync) = slice.device_ptr(&self.stream);
+            addr
+        };
+        Ok(CudaMem { addr, slice })
+    }
+
+    /// cudaFuncAttributeMaxDynamicSharedMemorySize for kernel `name`, checked against the
+    /// device's opt-in maximum.
+    pub(crate) fn set_max_dyn_smem(&self, name: &str, bytes: u32) -> Result<()> {
+        use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+        let max = self
+            .ctx
+            .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map_err(|e| anyhow!("cuda device attribute: {e:?}"))?;
+        if i64::from(bytes) > i64::from(max) {
+            bail!(
+                "opt_in_dyn_smem {name}: {bytes} bytes of dynamic shared memory > {max}, this GPU's \
+                 opt-in maximum per block"
+            );
+        }
+        let f = self.function(name)?;
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )
+        .map_err(|e| anyhow!("opt_in_dyn_smem {name}: cuFuncSetAttribute failed: {e:?}"))
+    }
+
     pub(crate) fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
         self.ctx
             .bind_to_thread()

@@ -5,12 +5,17 @@
 //! with cuBLAS semantics). Everything above this layer (typed kernel launches in
 //! `crate::kernels`, the GPU backend) is written once against it:
 //!
-//! - memory: [`Device::alloc`] (zero-filled), [`Device::upload`], [`Device::htod`],
+//! - memory: [`Device::alloc`] (zero-filled), [`Device::alloc_uninit`] (poisoned on the emulated
+//!   device: NaN bytes, and strict mode reports reads of never-written bytes), [`Device::upload`], [`Device::htod`],
 //!   [`Device::dtoh`], [`Device::download`], [`Device::dtod`], [`Device::zero`]; buffers are typed
 //!   by [`Elem`] (f32, bf16, f16, i32, u32, u8) and borrowed as [`View`] / [`ViewMut`] (sub-ranges
 //!   with [`View::slice`] / [`ViewMut::slice_mut`] / [`ViewMut::split_at_mut`]).
 //! - kernels: [`Device::launch`] by name with a [`LaunchConfig`] and [`KernelArg`]s in signature
-//!   order (unsafe: the argument list is not type-checked against the kernel).
+//!   order. Both devices check the arguments' number, kinds and sizes against the kernel's source
+//!   signature ([`sigs`]); pointer types are not checked (unsafe). A pointer argument carries the
+//!   extent of the view it came from: on the emulated device in strict mode the kernel may touch
+//!   exactly that range ([`EmuOptions::strict`]), so launchers pass views sliced to what a launch
+//!   may touch. More than 48 KiB of dynamic shared memory needs [`Device::opt_in_dyn_smem`].
 //! - GEMM: [`Device::sgemm`] with a [`SgemmConfig`] (cuBLAS column-major semantics, fp32, no TF32).
 //! - [`Device::synchronize`].
 //!
@@ -22,13 +27,15 @@ pub mod embedded;
 pub mod emu;
 pub mod emu_ffi;
 pub mod gemm;
+pub mod sigs;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
 
@@ -115,6 +122,11 @@ pub struct LaunchConfig {
 /// Dynamic shared memory a launch may use without a per-kernel opt-in (all CUDA GPUs).
 pub const MAX_DYN_SMEM: u32 = 48 * 1024;
 
+/// The most dynamic shared memory a kernel can opt in to ([`Device::opt_in_dyn_smem`]) on the
+/// GPUs of the fatbin: 227 KiB on sm_90 (H100/H200). sm_80 allows 163 KiB and sm_86/sm_89 99 KiB;
+/// on a GPU the device's own limit applies.
+pub const MAX_DYN_SMEM_OPTIN: u32 = 227 * 1024;
+
 impl LaunchConfig {
     /// A 1-D launch: `grid` blocks of `block` threads.
     pub fn linear(grid: u32, block: u32, dyn_smem: u32) -> Self {
@@ -128,6 +140,11 @@ impl LaunchConfig {
     /// The limits every CUDA GPU enforces (the emulator enforces the same ones, so a shape that
     /// passes on the emulated device also launches on a GPU).
     pub fn validate(&self, kernel: &str) -> Result<()> {
+        self.validate_with_smem_limit(kernel, MAX_DYN_SMEM)
+    }
+
+    /// [`LaunchConfig::validate`] with a kernel's opted-in dynamic shared memory limit.
+    pub fn validate_with_smem_limit(&self, kernel: &str, max_dyn_smem: u32) -> Result<()> {
         let (gx, gy, gz) = self.grid;
         let (bx, by, bz) = self.block;
         if gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 {
@@ -147,21 +164,29 @@ impl LaunchConfig {
                 self.block
             );
         }
-        if self.dyn_smem > MAX_DYN_SMEM {
+        if self.dyn_smem > max_dyn_smem {
             bail!(
-                "launch {kernel}: {} bytes of dynamic shared memory > {MAX_DYN_SMEM}",
-                self.dyn_smem
+                "launch {kernel}: {} bytes of dynamic shared memory > {max_dyn_smem}{}",
+                self.dyn_smem,
+                if max_dyn_smem == MAX_DYN_SMEM {
+                    " (more needs Device::opt_in_dyn_smem for this kernel)"
+                } else {
+                    ""
+                }
             );
         }
         Ok(())
     }
 }
 
-/// A device address tagged with the device it belongs to.
+/// A device address tagged with the device it belongs to, and the extent of the view it came
+/// from (what a kernel given this pointer may touch: strict mode's memcheck on the emulated
+/// device).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DevPtr {
     addr: u64,
     device_id: u64,
+    bytes: u64,
 }
 
 impl DevPtr {
@@ -169,11 +194,17 @@ impl DevPtr {
     pub const NULL: DevPtr = DevPtr {
         addr: 0,
         device_id: 0,
+        bytes: 0,
     };
 
     /// The raw address (device virtual address on cuda, host address on emu).
     pub fn addr(&self) -> u64 {
         self.addr
+    }
+
+    /// The extent in bytes of the view this pointer came from.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 }
 
@@ -361,6 +392,7 @@ impl<'a, T: Elem> View<'a, T> {
         DevPtr {
             addr: self.addr,
             device_id: self.device_id,
+            bytes: (self.len * std::mem::size_of::<T>()) as u64,
         }
     }
     /// A sub-range. Panics when out of bounds, like slice indexing (a programming error).
@@ -386,6 +418,7 @@ impl<'a, T: Elem> ViewMut<'a, T> {
         DevPtr {
             addr: self.addr,
             device_id: self.device_id,
+            bytes: (self.len * std::mem::size_of::<T>()) as u64,
         }
     }
     /// A shorter-lived writable view of the same range (so one view can feed several calls).
@@ -470,6 +503,8 @@ pub struct Device {
     inner: Inner,
     id: u64,
     note: Option<String>,
+    /// Per-kernel dynamic shared memory limits above [`MAX_DYN_SMEM`] ([`Device::opt_in_dyn_smem`]).
+    smem_optin: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl fmt::Debug for Device {
@@ -535,6 +570,7 @@ impl Device {
             inner,
             id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
             note,
+            smem_optin: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -568,6 +604,20 @@ impl Device {
 
     /// A zero-filled buffer of `len` elements.
     pub fn alloc<T: Elem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        self.alloc_impl(len, true)
+    }
+
+    /// A buffer of `len` elements whose contents are undefined until written, for outputs that a
+    /// kernel overwrites (`=`) and scratch: cheaper than [`Device::alloc`] on a GPU (no memset;
+    /// compute-sanitizer's initcheck then sees reads of never-written bytes), and on the emulated
+    /// device filled with 0xFF bytes (NaN as floats, -1 as integers) with every byte tracked, so
+    /// that in strict mode a kernel reading a byte nothing wrote, or a download of one (an output
+    /// some thread forgot to write), is an error naming the kernel.
+    pub fn alloc_uninit<T: Elem>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        self.alloc_impl(len, false)
+    }
+
+    fn alloc_impl<T: Elem>(&self, len: usize, zeroed: bool) -> Result<DeviceBuffer<T>> {
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
             .ok_or_else(|| anyhow::anyhow!("alloc: {len} x {:?} overflows", T::DTYPE))?;
@@ -576,11 +626,19 @@ impl Device {
         } else {
             match &self.inner {
                 Inner::Cuda(d) => {
-                    let m = d.alloc_zeroed(bytes)?;
+                    let m = if zeroed {
+                        d.alloc_zeroed(bytes)?
+                    } else {
+                        d.alloc_uninit(bytes)?
+                    };
                     (m.addr(), Mem::Cuda(m))
                 }
                 Inner::Emu(_) => {
-                    let m = emu::HostMem::alloc_zeroed(bytes)?;
+                    let m = if zeroed {
+                        emu::HostMem::alloc_zeroed(bytes)?
+                    } else {
+                        emu::HostMem::alloc_poisoned(bytes)?
+                    };
                     (m.addr(), Mem::Emu(m))
                 }
             }
@@ -620,6 +678,7 @@ impl Device {
             // SAFETY: dst is a live, exclusively borrowed emu range of exactly bytes.len() bytes.
             Inner::Emu(_) => unsafe {
                 std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst.addr as *mut u8, bytes.len());
+                emu_ffi::mem::mark_written(dst.addr, bytes.len());
                 Ok(())
             },
         }
@@ -637,6 +696,11 @@ impl Device {
         }
         if dst.is_empty() {
             return Ok(());
+        }
+        if let Inner::Emu(d) = &self.inner {
+            if d.strict() {
+                check_written::<T>(src.addr, src.len, "dtoh")?;
+            }
         }
         let bytes: &mut [u8] = bytemuck::cast_slice_mut(dst);
         match &self.inner {
@@ -681,6 +745,7 @@ impl Device {
             // so they cannot overlap.
             Inner::Emu(_) => unsafe {
                 std::ptr::copy_nonoverlapping(src.addr as *const u8, dst.addr as *mut u8, bytes);
+                emu_ffi::mem::copy_written(src.addr, dst.addr, bytes);
                 Ok(())
             },
         }
@@ -698,20 +763,61 @@ impl Device {
             // SAFETY: dst is a live, exclusively borrowed range of `bytes` bytes.
             Inner::Emu(_) => unsafe {
                 std::ptr::write_bytes(dst.addr as *mut u8, 0, bytes);
+                emu_ffi::mem::mark_written(dst.addr, bytes);
                 Ok(())
             },
         }
     }
 
+    /// Allow kernel `name` to use up to `bytes` of dynamic shared memory (more than the default
+    /// [`MAX_DYN_SMEM`] = 48 KiB). CUDA's `cudaFuncAttributeMaxDynamicSharedMemorySize`: on a GPU
+    /// the limit is the device's opt-in maximum (227 KiB on sm_90, 163 KiB on sm_80, 99 KiB on
+    /// sm_86/89); the emulated device allows [`MAX_DYN_SMEM_OPTIN`]. Launches of that kernel on
+    /// this device (and its clones) are then validated against `bytes`.
+    pub fn opt_in_dyn_smem(&self, name: &str, bytes: u32) -> Result<()> {
+        if sigs::lookup(name).is_none() {
+            bail!("opt_in_dyn_smem: no kernel named {name}");
+        }
+        match &self.inner {
+            Inner::Cuda(d) => d.set_max_dyn_smem(name, bytes)?,
+            Inner::Emu(_) => {
+                if bytes > MAX_DYN_SMEM_OPTIN {
+                    bail!(
+                        "opt_in_dyn_smem {name}: {bytes} bytes of dynamic shared memory > \
+                         {MAX_DYN_SMEM_OPTIN}, the most any GPU allows"
+                    );
+                }
+            }
+        }
+        self.smem_optin
+            .lock()
+            .map_err(|_| anyhow::anyhow!("opt_in_dyn_smem: lock poisoned"))?
+            .insert(name.to_string(), bytes.max(MAX_DYN_SMEM));
+        Ok(())
+    }
+
     /// Launch kernel `name` (an `extern "C" __global__` function in `kernels/*.cu`).
     ///
+    /// Checked on both devices before anything runs: the launch shape (CUDA's limits; dynamic
+    /// shared memory up to 48 KiB or the kernel's [`Device::opt_in_dyn_smem`] limit), and the
+    /// number, kinds and sizes of `args` against the kernel's source signature ([`sigs`]).
+    ///
     /// # Safety
-    /// `args` must match the kernel's parameter list in number, order and type, and every pointer
+    /// `args` must match the kernel's parameter list in order and pointee type, and every pointer
     /// must cover what the kernel reads and writes for this launch shape (the typed wrappers in
-    /// `crate::kernels` establish this). Pointers must not be used by the host until the launch
-    /// completes (`synchronize`, `dtoh`).
+    /// `crate::kernels` establish this; pass views sliced to exactly that range, so that strict
+    /// mode on the emulated device can check it). Pointers must not be used by the host until the
+    /// launch completes (`synchronize`, `dtoh`).
     pub unsafe fn launch(&self, name: &str, cfg: &LaunchConfig, args: &[KernelArg]) -> Result<()> {
-        cfg.validate(name)?;
+        let limit = self
+            .smem_optin
+            .lock()
+            .map_err(|_| anyhow::anyhow!("launch {name}: lock poisoned"))?
+            .get(name)
+            .copied()
+            .unwrap_or(MAX_DYN_SMEM);
+        cfg.validate_with_smem_limit(name, limit)?;
+        sigs::check_args(name, args)?;
         for (i, a) in args.iter().enumerate() {
             if let KernelArg::Ptr(p) = a {
                 if *p != DevPtr::NULL && p.device_id != self.id {
@@ -771,3 +877,24 @@ const _: () = {
     assert_send_sync::<View<'static, f32>>();
     assert_send_sync::<ViewMut<'static, f32>>();
 };
+
+/// Strict mode on the emulated device: error if part of `[addr, addr + len elements)` was never
+/// written since `alloc_uninit` (an output a kernel forgot to write, or scratch read back).
+fn check_written<T: Elem>(addr: u64, len: usize, what: &str) -> Result<()> {
+    let size = std::mem::size_of::<T>();
+    if let Some((first, count, writer)) = emu_ffi::mem::first_unwritten(addr, len * size) {
+        let by = if writer.is_empty() {
+            "no kernel was launched with it as an output".to_string()
+        } else {
+            format!("the last kernel launched with it as an output was `{writer}`")
+        };
+        bail!(
+            "{what}: element {} of this {:?} view of {len} elements was never written since \
+             alloc_uninit ({} element(s) in all; initcheck, strict mode): {by}",
+            first / size,
+            T::DTYPE,
+            count.div_ceil(size)
+        );
+    }
+    Ok(())
+}
