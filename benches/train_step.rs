@@ -1,17 +1,25 @@
 //! One PEPLER training step (zero_grad + forward + backward + AdamW) at GPT-2 small shapes on the
-//! CPU backend: 12 layers, 768 wide, 12 heads, vocab 50260, n_positions 1024, random init, continuous
+//! CPU backend, the GPU backend on a CUDA GPU (`--device cuda`) or on the emulated device
+//! (`--device emu`, correctness only: far too slow to time): 12 layers, 768 wide, 12 heads, vocab 50260, n_positions 1024, random init, continuous
 //! prompt, dropout 0.1 in train mode, batch 8 x 22 text tokens (24 positions with the prompt),
 //! ragged rows; every parameter trainable (stage 2) by default. The same workload as
 //! `scripts/reference/bench_step.py`, so the two medians compare directly.
 //!
-//! Run: `cargo bench --bench train_step [-- --iters 10 --warmup 2 --stage 1|2 --batch 8 --text-len 22]`
-//! Prints the per-phase medians and one JSON line `{"framework":"pepler-cuda",...,"median_step_s":..}`.
+//! Run: `cargo bench --bench train_step [-- --device cpu|cuda|emu --iters 10 --warmup 2 --stage 1|2
+//! --batch B --text-len 22 --peak-tflops P]` (batch default: 8 on the CPU, 128 on a GPU, as the
+//! original PEPLER). Prints the per-phase medians, ms/step, tokens/s and the model FLOP
+//! utilisation (MFU: forward + backward FLOPs of the step over `--peak-tflops`, default 67 = the
+//! H100/H200 SXM fp32 peak, since this backend computes in fp32 without tensor cores), and one JSON
+//! line `{"framework":"pepler-cuda",...,"median_step_s":..}`. `--device cuda` without a usable GPU
+//! says so and benches the CPU backend instead.
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use pepler_cuda::backend::cpu::CpuBackend;
+use pepler_cuda::backend::gpu::GpuBackend;
 use pepler_cuda::backend::{AdamWParams, Backend};
+use pepler_cuda::device::Device;
 use pepler_cuda::model::batch::Batch;
 use pepler_cuda::model::config::ModelConfig;
 use pepler_cuda::model::params::ParamSet;
@@ -19,20 +27,25 @@ use pepler_cuda::model::pepler::{ForwardOptions, Pepler};
 use rand::{Rng, SeedableRng};
 
 struct Args {
+    device: String,
     iters: usize,
     warmup: usize,
     stage: u32,
+    /// 0: the device's default (8 on the CPU, 128 on a GPU).
     batch: usize,
     text_len: usize,
+    peak_tflops: f64,
 }
 
 fn parse_args() -> Result<Args> {
     let mut a = Args {
+        device: "cpu".to_string(),
         iters: 10,
         warmup: 2,
         stage: 2,
-        batch: 8,
+        batch: 0,
         text_len: 22,
+        peak_tflops: 67.0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -44,6 +57,18 @@ fn parse_args() -> Result<Args> {
             }
         };
         match argv[i].as_str() {
+            "--device" => {
+                a.device = argv.get(i + 1).cloned().unwrap_or_default();
+                if !["cpu", "cuda", "emu"].contains(&a.device.as_str()) {
+                    bail!("--device must be cpu, cuda or emu");
+                }
+            }
+            "--peak-tflops" => {
+                a.peak_tflops = match argv.get(i + 1).map(|s| s.parse::<f64>()) {
+                    Some(Ok(v)) if v > 0.0 => v,
+                    _ => bail!("--peak-tflops needs a positive number"),
+                }
+            }
             "--iters" => a.iters = val(i)?.max(1),
             "--warmup" => a.warmup = val(i)?,
             "--stage" => a.stage = val(i)? as u32,
@@ -57,8 +82,8 @@ fn parse_args() -> Result<Args> {
         }
         i += 2;
     }
-    if a.text_len < 4 || a.batch == 0 {
-        bail!("--text-len must be >= 4 and --batch >= 1");
+    if a.text_len < 4 {
+        bail!("--text-len must be >= 4");
     }
     Ok(a)
 }
@@ -108,8 +133,44 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Model FLOPs of one training step (forward + backward = 3x the forward's matmul FLOPs): the
+/// blocks' dense layers (12 C^2 per position per layer), causal attention (QK^T and PV, half the
+/// L x L square), and the LM head on the target positions only.
+fn step_flops(cfg: &ModelConfig, batch: &Batch) -> f64 {
+    let (c, v) = (cfg.n_embd as f64, cfg.vocab_size as f64);
+    let l = (batch.t + 2) as f64;
+    let rows = batch.b as f64 * l;
+    let targets = batch.mask.iter().filter(|&&m| m == 1).count() as f64;
+    let dense = 2.0 * rows * 12.0 * c * c * cfg.n_layer as f64;
+    let attn = 2.0 * 2.0 * batch.b as f64 * l * l / 2.0 * c * cfg.n_layer as f64;
+    let head = 2.0 * targets * c * v;
+    3.0 * (dense + attn + head)
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
+    match args.device.as_str() {
+        "cuda" => match Device::cuda() {
+            Ok(dev) => {
+                println!("device: {}", dev.name());
+                bench(GpuBackend::new(dev), &args, 128)
+            }
+            Err(e) => {
+                println!("no usable GPU ({e:#}): benching the CPU backend instead");
+                bench(CpuBackend::new(), &args, 8)
+            }
+        },
+        "emu" => bench(GpuBackend::new(Device::emu()?), &args, 2),
+        _ => bench(CpuBackend::new(), &args, 8),
+    }
+}
+
+fn bench<B: Backend>(be: B, args: &Args, default_batch: usize) -> Result<()> {
+    let batch_size = if args.batch == 0 {
+        default_batch
+    } else {
+        args.batch
+    };
     let cfg = ModelConfig::gpt2_small(1000, 1000); // dropout 0.1, continuous prompt, no rating head
     let t0 = Instant::now();
     let params = ParamSet::init(&cfg, 0);
@@ -123,9 +184,10 @@ fn main() -> Result<()> {
                 || n.starts_with("transformer.wte.")
         })
         .collect();
-    let mut model = Pepler::new(CpuBackend::new(), &params)?;
+    let backend = be.name();
+    let mut model = Pepler::new(be, &params)?;
     drop(params);
-    let batch = make_batch(&cfg, args.batch, args.text_len);
+    let batch = make_batch(&cfg, batch_size, args.text_len);
     let hp = AdamWParams {
         variant: pepler_cuda::backend::AdamWVariant::Torch,
         lr: 1e-3,
@@ -141,10 +203,10 @@ fn main() -> Result<()> {
     };
     let threads = rayon::current_num_threads();
     println!(
-        "train_step: GPT-2 small (vocab {}, {} params), batch {} x {} text tokens (+2 prompt), stage {}, {threads} rayon threads; init {init_s:.2}s",
+        "train_step on {backend}: GPT-2 small (vocab {}, {} params), batch {} x {} text tokens (+2 prompt), stage {}, {threads} rayon threads; init {init_s:.2}s",
         cfg.vocab_size,
         model.specs().iter().map(|s| s.numel()).sum::<usize>(),
-        args.batch,
+        batch_size,
         args.text_len,
         args.stage
     );
@@ -183,9 +245,19 @@ fn main() -> Result<()> {
         median(&mut bwd),
         median(&mut opt)
     );
+    let tokens = (batch.b * (batch.t + 2)) as f64;
+    let tflops = step_flops(&cfg, &batch) / m / 1e12;
     println!(
-        "{{\"framework\":\"pepler-cuda\",\"backend\":\"cpu\",\"threads\":{threads},\"stage\":{},\"median_step_s\":{m:.4}}}",
-        args.stage
+        "{:.2} ms/step, {:.0} tokens/s, {tflops:.2} TFLOP/s = MFU {:.1}% of {} TFLOP/s",
+        m * 1e3,
+        tokens / m,
+        100.0 * tflops / args.peak_tflops,
+        args.peak_tflops
+    );
+    println!(
+        "{{\"framework\":\"pepler-cuda\",\"backend\":\"{backend}\",\"threads\":{threads},\"batch\":{batch_size},\"stage\":{},\"median_step_s\":{m:.4},\"tokens_per_s\":{:.1},\"tflops\":{tflops:.3}}}",
+        args.stage,
+        tokens / m
     );
     Ok(())
 }

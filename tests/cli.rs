@@ -406,8 +406,8 @@ fn bad_input_is_a_clear_error() {
             vec!["--tokenizer".into(), "/nonexistent/tokenizer.json".into()],
             "/nonexistent/tokenizer.json",
         ),
-        (vec!["--device".into(), "cuda".into()], "not built yet"),
-        (vec!["--device".into(), "emu".into()], "not built yet"),
+        // no GPU on this machine: a clear error, not a silent fallback
+        (vec!["--device".into(), "cuda".into()], "--device cuda"),
         (vec!["--resume".into()], "state.json"),
         (vec!["--batch-size".into(), "0".into()], "--batch-size"),
         (vec!["--dropout".into(), "1.5".into()], "--dropout"),

@@ -1,8 +1,15 @@
-//! Model tests on the CPU backend with small random configs: gradients against finite differences,
-//! padding invariance, bitwise determinism, dropout, frozen-gradient skipping, and a forward/backward
-//! sanity check against the PyTorch fixtures (the full parity table is `pepler-cuda check-parity`).
+//! Model tests written once and run on every backend (burn's testgen pattern: `model_tests!` expands
+//! the bodies into one module per backend — `cpu`, `emu` (the GPU backend on the emulated device)
+//! and `cuda` (`#[ignore]`d, names ending `_on_cuda`)): gradients against finite differences,
+//! padding invariance, bitwise determinism, dropout, frozen-gradient skipping, a forward/backward
+//! check against the PyTorch fixtures (the full parity table is `pepler-cuda check-parity`), and
+//! the GPU backend against the CPU backend on random configurations (head sizes 8..128, L up to
+//! 300: forward, backward and three AdamW steps).
 
 use pepler_cuda::backend::cpu::CpuBackend;
+use pepler_cuda::backend::gpu::GpuBackend;
+use pepler_cuda::backend::Backend;
+use pepler_cuda::device::Device;
 use pepler_cuda::model::batch::Batch;
 use pepler_cuda::model::config::{ModelConfig, PromptKind, RecKind};
 use pepler_cuda::model::params::ParamSet;
@@ -110,15 +117,15 @@ fn with_logits(opts: ForwardOptions) -> ForwardOptions {
     }
 }
 
-fn loss_of(ps: &ParamSet, bt: &Batch) -> f64 {
-    let mut m = Pepler::new(CpuBackend::new(), ps).unwrap();
+fn loss_of<B: Backend>(mk: &impl Fn() -> B, ps: &ParamSet, bt: &Batch) -> f64 {
+    let mut m = Pepler::new(mk(), ps).unwrap();
     m.forward(bt, ForwardOptions::default()).unwrap().loss as f64
 }
 
 /// One training step's gradients from zero: the forward's output and every gradient (`need`: only
 /// those, as `Pepler::backward`).
-fn forward_backward(
-    m: &mut Pepler<CpuBackend>,
+fn forward_backward<B: Backend>(
+    m: &mut Pepler<B>,
     bt: &Batch,
     opts: ForwardOptions,
     need: Option<&[bool]>,
@@ -136,11 +143,11 @@ fn argmax_abs(x: &[f32]) -> usize {
         .unwrap()
 }
 
-fn gradient_check(prompt: PromptKind, rec: RecKind) {
+fn gradient_check<B: Backend>(mk: &impl Fn() -> B, prompt: PromptKind, rec: RecKind) {
     let cfg = tiny(prompt.clone(), rec);
     let ps = params(&cfg, 11);
     let bt = batch(&cfg);
-    let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+    let mut m = Pepler::new(mk(), &ps).unwrap();
     let (_, grads) = forward_backward(&mut m, &bt, train(), None);
     let mut checked = 0;
     for (spec, g) in grads.iter() {
@@ -156,7 +163,7 @@ fn gradient_check(prompt: PromptKind, rec: RecKind) {
             minus.get_mut(&spec.name).unwrap().data[i] -= h;
             let hp = plus.get(&spec.name).unwrap().data[i] as f64;
             let hm = minus.get(&spec.name).unwrap().data[i] as f64;
-            let fd = (loss_of(&plus, &bt) - loss_of(&minus, &bt)) / (hp - hm);
+            let fd = (loss_of(mk, &plus, &bt) - loss_of(mk, &minus, &bt)) / (hp - hm);
             let an = g.data[i] as f64;
             let err = (fd - an).abs();
             // f32 central differences: ~1e-3 relative on large entries, absolute floor for tiny ones.
@@ -171,28 +178,7 @@ fn gradient_check(prompt: PromptKind, rec: RecKind) {
     assert!(checked >= 3 * grads.len());
 }
 
-#[test]
-fn gradients_match_finite_differences_continuous_mlp() {
-    gradient_check(PromptKind::Continuous, RecKind::Mlp);
-}
-
-#[test]
-fn gradients_match_finite_differences_continuous_mf() {
-    gradient_check(PromptKind::Continuous, RecKind::Mf);
-}
-
-#[test]
-fn gradients_match_finite_differences_continuous() {
-    gradient_check(PromptKind::Continuous, RecKind::None);
-}
-
-#[test]
-fn gradients_match_finite_differences_discrete() {
-    gradient_check(PromptKind::Discrete, RecKind::None);
-}
-
-#[test]
-fn extra_padding_leaves_real_logits_and_losses_unchanged() {
+fn extra_padding_leaves_real_logits_and_losses_unchanged<B: Backend>(mk: &impl Fn() -> B) {
     for prompt in [PromptKind::Continuous, PromptKind::Discrete] {
         let rec = if prompt == PromptKind::Continuous {
             RecKind::Mf
@@ -217,7 +203,7 @@ fn extra_padding_leaves_real_logits_and_losses_unchanged() {
                 .extend_from_slice(&bt.mask[r * bt.t..(r + 1) * bt.t]);
             wide.mask.extend(std::iter::repeat_n(0u8, extra));
         }
-        let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+        let mut m = Pepler::new(mk(), &ps).unwrap();
         let opts = with_logits(ForwardOptions::default());
         let a = m.forward(&bt, opts).unwrap();
         let b = m.forward(&wide, opts).unwrap();
@@ -248,13 +234,12 @@ fn extra_padding_leaves_real_logits_and_losses_unchanged() {
     }
 }
 
-#[test]
-fn forward_and_backward_are_bitwise_deterministic() {
+fn forward_and_backward_are_bitwise_deterministic<B: Backend>(mk: &impl Fn() -> B) {
     let cfg = tiny(PromptKind::Continuous, RecKind::Mlp);
     let ps = params(&cfg, 3);
     let bt = batch(&cfg);
     let run = || {
-        let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+        let mut m = Pepler::new(mk(), &ps).unwrap();
         forward_backward(&mut m, &bt, with_logits(train()), None)
     };
     let (o1, g1) = run();
@@ -268,15 +253,14 @@ fn forward_and_backward_are_bitwise_deterministic() {
     }
 }
 
-#[test]
-fn dropout_changes_training_loss_deterministically_and_not_eval() {
+fn dropout_changes_training_loss_deterministically_and_not_eval<B: Backend>(mk: &impl Fn() -> B) {
     let mut cfg = tiny(PromptKind::Continuous, RecKind::None);
     cfg.dropout = 0.3;
     let ps = params(&cfg, 3);
     let bt = batch(&cfg);
-    let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+    let mut m = Pepler::new(mk(), &ps).unwrap();
     let at = |step| ForwardOptions { step, ..train() };
-    let loss = |m: &mut Pepler<CpuBackend>, opts| m.forward(&bt, opts).unwrap().loss;
+    let loss = |m: &mut Pepler<B>, opts| m.forward(&bt, opts).unwrap().loss;
     let eval = loss(&mut m, ForwardOptions::default());
     let t1 = loss(&mut m, at(1));
     let t1b = loss(&mut m, at(1));
@@ -292,7 +276,7 @@ fn dropout_changes_training_loss_deterministically_and_not_eval() {
     let h = 1e-2f32;
     let mut plus = ps.clone();
     plus.get_mut(name).unwrap().data[i] += h;
-    let mut mp = Pepler::new(CpuBackend::new(), &plus).unwrap();
+    let mut mp = Pepler::new(mk(), &plus).unwrap();
     let fd = (loss(&mut mp, at(7)) as f64 - out.loss as f64) / h as f64;
     let an = gi.data[i] as f64;
     assert!(
@@ -301,12 +285,11 @@ fn dropout_changes_training_loss_deterministically_and_not_eval() {
     );
 }
 
-#[test]
-fn skipped_gradients_stay_zero_and_the_rest_are_unchanged() {
+fn skipped_gradients_stay_zero_and_the_rest_are_unchanged<B: Backend>(mk: &impl Fn() -> B) {
     let cfg = tiny(PromptKind::Continuous, RecKind::Mf);
     let ps = params(&cfg, 9);
     let bt = batch(&cfg);
-    let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+    let mut m = Pepler::new(mk(), &ps).unwrap();
     let (_, all) = forward_backward(&mut m, &bt, train(), None);
     let need: Vec<bool> = ps.names().map(|n| n.contains("embeddings")).collect();
     let (_, some) = forward_backward(&mut m, &bt, train(), Some(&need));
@@ -351,8 +334,7 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
-#[test]
-fn forward_and_gradients_agree_with_pytorch_fixtures() {
+fn forward_and_gradients_agree_with_pytorch_fixtures<B: Backend>(mk: &impl Fn() -> B) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
     let mut n = 0;
     for case in [
@@ -366,7 +348,7 @@ fn forward_and_gradients_agree_with_pytorch_fixtures() {
         let cfg = ModelConfig::from_dump_json(&f.require_meta("config").unwrap()).unwrap();
         let ps = ParamSet::from_safetensors(&f, &cfg, "param.").unwrap();
         let bt = fixture_batch(&f, &cfg);
-        let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
+        let mut m = Pepler::new(mk(), &ps).unwrap();
         let (out, g) = forward_backward(&mut m, &bt, with_logits(train()), None);
         let want_logits = f.read_f32("out.logits", None).unwrap().data;
         let e = max_rel(out.logits.as_ref().unwrap(), &want_logits);
@@ -388,6 +370,304 @@ fn forward_and_gradients_agree_with_pytorch_fixtures() {
         n += 1;
     }
     assert_eq!(n, 4);
+}
+
+// ------------------------------------------------------------------ every backend
+
+/// Expands the test bodies above into a module per backend: `$mk` builds a fresh backend.
+macro_rules! model_tests {
+    ($module:ident, $mk:expr $(, #[$attr:meta])?) => {
+        mod $module {
+            use super::*;
+
+            fn mk() -> impl Backend {
+                $mk
+            }
+
+            $(#[$attr])?
+            #[test]
+            fn gradients_match_finite_differences() {
+                for (prompt, rec) in [
+                    (PromptKind::Continuous, RecKind::Mlp),
+                    (PromptKind::Continuous, RecKind::Mf),
+                    (PromptKind::Continuous, RecKind::None),
+                    (PromptKind::Discrete, RecKind::None),
+                ] {
+                    gradient_check(&mk, prompt, rec);
+                }
+            }
+
+            $(#[$attr])?
+            #[test]
+            fn extra_padding_leaves_real_logits_and_losses_unchanged() {
+                super::extra_padding_leaves_real_logits_and_losses_unchanged(&mk);
+            }
+
+            $(#[$attr])?
+            #[test]
+            fn forward_and_backward_are_bitwise_deterministic() {
+                super::forward_and_backward_are_bitwise_deterministic(&mk);
+            }
+
+            $(#[$attr])?
+            #[test]
+            fn dropout_changes_training_loss_deterministically_and_not_eval() {
+                super::dropout_changes_training_loss_deterministically_and_not_eval(&mk);
+            }
+
+            $(#[$attr])?
+            #[test]
+            fn skipped_gradients_stay_zero_and_the_rest_are_unchanged() {
+                super::skipped_gradients_stay_zero_and_the_rest_are_unchanged(&mk);
+            }
+
+            $(#[$attr])?
+            #[test]
+            fn forward_and_gradients_agree_with_pytorch_fixtures() {
+                super::forward_and_gradients_agree_with_pytorch_fixtures(&mk);
+            }
+        }
+    };
+}
+
+model_tests!(cpu, CpuBackend::new());
+model_tests!(
+    emu,
+    GpuBackend::new(Device::emu().expect("emulated device"))
+);
+// `cargo test -- --ignored _on_cuda` on a GPU machine runs exactly these (and the other *_on_cuda).
+model_tests!(
+    model_on_cuda,
+    GpuBackend::new(Device::cuda().expect("this test needs a CUDA GPU")),
+    #[ignore = "needs a CUDA GPU"]
+);
+
+// ------------------------------------------------------------------ GPU backend vs CPU backend
+
+/// A random configuration: `hd`-wide heads, `l` positions (prompt included), `b` sequences.
+struct RandomCase {
+    hd: usize,
+    nh: usize,
+    l: usize,
+    b: usize,
+    prompt: PromptKind,
+    rec: RecKind,
+    dropout: f32,
+}
+
+impl RandomCase {
+    fn config(&self) -> ModelConfig {
+        let mut cfg = tiny(self.prompt.clone(), self.rec);
+        cfg.n_embd = self.hd * self.nh;
+        cfg.n_head = self.nh;
+        cfg.n_layer = 2;
+        cfg.n_positions = self.l.max(16);
+        cfg.dropout = self.dropout;
+        cfg
+    }
+
+    /// Ragged rows: sequence r keeps `t - 3r` tokens (at least 2), the rest is padding.
+    fn batch(&self, cfg: &ModelConfig) -> Batch {
+        let p = if self.prompt == PromptKind::Discrete {
+            3
+        } else {
+            2
+        };
+        let t = self.l - p;
+        let mut text = Vec::new();
+        let mut mask = Vec::new();
+        for r in 0..self.b {
+            let n = t.saturating_sub(3 * r).max(2);
+            for j in 0..t {
+                let tok = match j {
+                    0 => cfg.bos_id,
+                    _ if j + 1 == n => cfg.eos_id,
+                    _ if j < n => ((r * 13 + j * 7) % 30) as u32,
+                    _ => cfg.pad_id,
+                };
+                text.push(tok);
+                mask.push((j < n) as u8);
+            }
+        }
+        let (p, prompt) = if self.prompt == PromptKind::Discrete {
+            (p, (0..self.b * p).map(|k| (k * 5 % 30) as u32).collect())
+        } else {
+            (0, vec![])
+        };
+        Batch {
+            b: self.b,
+            t,
+            p,
+            users: (0..self.b).map(|r| (r % cfg.n_users) as u32).collect(),
+            items: (0..self.b)
+                .map(|r| ((r * 2) % cfg.n_items) as u32)
+                .collect(),
+            text,
+            mask,
+            rating: (0..self.b).map(|r| 0.1 * r as f32 - 0.1).collect(),
+            prompt,
+        }
+    }
+}
+
+/// Everything one training run exposes, named as the parity table names it.
+fn three_steps<B: Backend>(be: B, ps: &ParamSet, bt: &Batch) -> Vec<(String, Vec<f32>)> {
+    use pepler_cuda::backend::{AdamWParams, AdamWVariant};
+    let hp = AdamWParams {
+        variant: AdamWVariant::Torch,
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.01,
+    };
+    let mut m = Pepler::new(be, ps).unwrap();
+    let all = vec![true; ps.len()];
+    let mut out = Vec::new();
+    for step in 1..=3u64 {
+        let opts = ForwardOptions {
+            step,
+            ..with_logits(train())
+        };
+        let (o, g) = forward_backward(&mut m, bt, opts, None);
+        if step == 1 {
+            out.push(("out.logits".to_string(), o.logits.unwrap()));
+            out.push(("out.loss".to_string(), vec![o.loss]));
+            for (spec, t) in g.iter() {
+                out.push((format!("grad.{}", spec.name), t.data.clone()));
+            }
+        }
+        m.adamw_step(hp, step, &all).unwrap();
+    }
+    for (spec, t) in m.download_params().unwrap().iter() {
+        out.push((format!("step3.param.{}", spec.name), t.data.clone()));
+    }
+    out
+}
+
+/// The GPU backend on `dev` against the CPU backend, every tensor within the parity table's
+/// tolerance for its name.
+fn gpu_matches_cpu_on_random_configs(dev: impl Fn() -> Device) {
+    use pepler_cuda::parity::compare::compare;
+    use pepler_cuda::parity::tolerances::tolerance_for;
+    let cases = [
+        RandomCase {
+            hd: 8,
+            nh: 3,
+            l: 300,
+            b: 1,
+            prompt: PromptKind::Continuous,
+            rec: RecKind::Mf,
+            dropout: 0.1,
+        },
+        RandomCase {
+            hd: 24,
+            nh: 2,
+            l: 33,
+            b: 3,
+            prompt: PromptKind::Discrete,
+            rec: RecKind::None,
+            dropout: 0.0,
+        },
+        RandomCase {
+            hd: 40,
+            nh: 1,
+            l: 57,
+            b: 2,
+            prompt: PromptKind::Continuous,
+            rec: RecKind::Mlp,
+            dropout: 0.1,
+        },
+        RandomCase {
+            hd: 64,
+            nh: 2,
+            l: 27,
+            b: 3,
+            prompt: PromptKind::Continuous,
+            rec: RecKind::Mf,
+            dropout: 0.1,
+        },
+        RandomCase {
+            hd: 128,
+            nh: 1,
+            l: 300,
+            b: 1,
+            prompt: PromptKind::Continuous,
+            rec: RecKind::None,
+            dropout: 0.0,
+        },
+    ];
+    for case in &cases {
+        let cfg = case.config();
+        let ps = params(&cfg, 17);
+        let bt = case.batch(&cfg);
+        let want = three_steps(CpuBackend::new(), &ps, &bt);
+        let got = three_steps(GpuBackend::new(dev()), &ps, &bt);
+        let mut bad = Vec::new();
+        for ((name, g), (_, w)) in got.iter().zip(&want) {
+            let tol = tolerance_for(name, 1e-3).expect("a parity name");
+            let row = compare(name, g, &[g.len()], w, &[w.len()], tol);
+            if !row.pass {
+                bad.push(format!(
+                    "{name}: max abs {:.3e}, {:.1}x its tolerance",
+                    row.max_abs, row.worst_ratio
+                ));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "hd {} nh {} L {} B {}: {} tensors outside tolerance:\n{}",
+            case.hd,
+            case.nh,
+            case.l,
+            case.b,
+            bad.len(),
+            bad.join("\n")
+        );
+    }
+}
+
+#[test]
+fn emu_matches_cpu_on_random_configs() {
+    gpu_matches_cpu_on_random_configs(|| Device::emu().unwrap());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_matches_cpu_on_random_configs_on_cuda() {
+    gpu_matches_cpu_on_random_configs(|| Device::cuda().expect("this test needs a CUDA GPU"));
+}
+
+/// After the first step of a shape, a training step allocates nothing on the device.
+#[test]
+fn gpu_backend_allocates_only_in_the_first_step() {
+    use pepler_cuda::backend::{AdamWParams, AdamWVariant};
+    let cfg = tiny(PromptKind::Continuous, RecKind::Mlp);
+    let ps = params(&cfg, 3);
+    let bt = batch(&cfg);
+    let mut m = Pepler::new(GpuBackend::new(Device::emu().unwrap()), &ps).unwrap();
+    let hp = AdamWParams {
+        variant: AdamWVariant::Hf,
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.0,
+    };
+    let all = vec![true; ps.len()];
+    let mut counts = Vec::new();
+    for step in 1..=3u64 {
+        m.zero_grads().unwrap();
+        m.forward(&bt, ForwardOptions { step, ..train() }).unwrap();
+        m.backward(None).unwrap();
+        m.adamw_step(hp, step, &all).unwrap();
+        counts.push(m.backend().allocations());
+    }
+    assert!(counts[0] > 0);
+    assert_eq!(
+        counts[0], counts[2],
+        "allocations after steps 1, 2, 3: {counts:?}"
+    );
 }
 
 /// One training step (zero_grad + forward + backward + AdamW on every parameter) at GPT-2 small

@@ -22,6 +22,7 @@
 //! - **Errors.** Methods return `anyhow::Result`: shape mismatches and out-of-range ids name the op.
 
 pub mod cpu;
+pub mod gpu;
 
 use anyhow::Result;
 

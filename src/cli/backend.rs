@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use super::train::DeviceArg;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::GpuBackend;
 use crate::backend::Backend;
 use crate::device::Device;
 
@@ -30,34 +31,34 @@ pub fn configure_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-/// Why the GPU backend cannot run here, in words, for `--device cuda|emu`.
-fn gpu_backend_missing(device: DeviceArg) -> String {
-    let probe = match device {
-        DeviceArg::Emu => Device::emu().map(|d| d.name()),
-        _ => Device::cuda().map(|d| d.name()),
-    };
-    let found = match probe {
-        Ok(name) => format!("the device is there ({name})"),
-        Err(e) => format!("and the device is not usable either: {e:#}"),
-    };
-    format!(
-        "the GPU backend (the whole training step in CUDA kernels) is not built yet — {found}. \
-         Use --device cpu (or auto)."
-    )
-}
-
-/// Runs `job` on the backend `device` names.
+/// Runs `job` on the backend `device` names: `cuda` and `emu` run the GPU backend (our CUDA
+/// kernels) on a real GPU or on the emulated device; `auto` prefers a usable GPU and says which
+/// backend it chose and why.
 pub fn dispatch<J: OnBackend>(device: DeviceArg, job: J) -> Result<J::Out> {
     match device {
         DeviceArg::Cpu => job.run(CpuBackend::new()),
-        DeviceArg::Auto => {
-            eprintln!(
-                "device auto: using the CPU backend ({} threads); the GPU backend is not built yet",
-                rayon::current_num_threads()
-            );
-            job.run(CpuBackend::new())
+        DeviceArg::Cuda => {
+            let dev = Device::cuda().context("--device cuda")?;
+            eprintln!("device cuda: {}", dev.name());
+            job.run(GpuBackend::new(dev))
         }
-        DeviceArg::Cuda | DeviceArg::Emu => Err(anyhow::anyhow!(gpu_backend_missing(device)))
-            .context(format!("--device {device:?}").to_lowercase()),
+        DeviceArg::Emu => {
+            let dev = Device::emu().context("--device emu")?;
+            eprintln!("device emu: {} (slow: for testing)", dev.name());
+            job.run(GpuBackend::new(dev))
+        }
+        DeviceArg::Auto => match Device::cuda() {
+            Ok(dev) => {
+                eprintln!("device auto: using the GPU backend on {}", dev.name());
+                job.run(GpuBackend::new(dev))
+            }
+            Err(e) => {
+                eprintln!(
+                    "device auto: no usable GPU ({e:#}); using the CPU backend ({} threads)",
+                    rayon::current_num_threads()
+                );
+                job.run(CpuBackend::new())
+            }
+        },
     }
 }

@@ -9,7 +9,9 @@ use super::compare::{compare, Row};
 use super::dump::ParityDump;
 use super::tolerances::{tolerance, tolerance_for, TensorClass, Tolerance};
 use crate::backend::cpu::CpuBackend;
+use crate::backend::gpu::GpuBackend;
 use crate::backend::{AdamWParams, Backend};
+use crate::device::Device;
 use crate::model::params::ParamSet;
 use crate::model::pepler::{ForwardOptions, Pepler};
 
@@ -68,14 +70,8 @@ pub fn check_dump_from(
 ) -> Result<CaseReport> {
     match backend {
         BackendChoice::Cpu => check_with(CpuBackend::new(), dump, start),
-        BackendChoice::Emu | BackendChoice::Cuda => {
-            let name = if backend == BackendChoice::Emu {
-                "emu"
-            } else {
-                "cuda"
-            };
-            bail!("backend `{name}`: not available yet: the GPU backend is a later issue")
-        }
+        BackendChoice::Emu => check_with(GpuBackend::new(Device::emu()?), dump, start),
+        BackendChoice::Cuda => check_with(GpuBackend::new(Device::cuda()?), dump, start),
     }
 }
 

@@ -24,7 +24,13 @@ pub struct GpuBuf<T: Elem> {
 
 impl<T: Elem> std::fmt::Debug for GpuBuf<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "GpuBuf[{}..{}] of {:?}", self.off, self.off + self.len, self.mem)
+        write!(
+            f,
+            "GpuBuf[{}..{}] of {:?}",
+            self.off,
+            self.off + self.len,
+            self.mem
+        )
     }
 }
 
@@ -42,7 +48,10 @@ impl<T: Elem> GpuBuf<T> {
     /// Splits one allocation into disjoint buffers of `lens` elements, each starting at a multiple
     /// of [`GROUP_ALIGN`]. `mem` must hold [`group_len`]`(lens)` elements.
     pub fn group(mem: DeviceBuffer<T>, lens: &[usize]) -> Vec<Self> {
-        assert!(mem.len() >= group_len(lens), "GpuBuf::group: allocation too small");
+        assert!(
+            mem.len() >= group_len(lens),
+            "GpuBuf::group: allocation too small"
+        );
         let mem = Arc::new(mem);
         group_offsets(lens)
             .into_iter()
@@ -79,6 +88,22 @@ impl<T: Elem> GpuBuf<T> {
     }
 }
 
+impl<T: Elem> GpuBuf<T> {
+    /// Elements `range` of the buffer, writable. Panics when out of bounds, like slice indexing.
+    pub fn slice_mut(&mut self, range: std::ops::Range<usize>) -> ViewMut<'_, T> {
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "GpuBuf::slice_mut {range:?} out of bounds for length {}",
+            self.len
+        );
+        // SAFETY: as `view_mut`: a sub-range of the range this GpuBuf owns exclusively.
+        unsafe {
+            self.mem
+                .slice_mut_unchecked(self.off + range.start..self.off + range.end)
+        }
+    }
+}
+
 /// Offsets of a group's tensors (each aligned to [`GROUP_ALIGN`]).
 pub fn group_offsets(lens: &[usize]) -> Vec<usize> {
     let mut off = 0;
@@ -101,8 +126,8 @@ pub fn group_len(lens: &[usize]) -> usize {
 pub fn arena_view_mut<T: Elem>(bufs: &mut [GpuBuf<T>]) -> Option<ViewMut<'_, T>> {
     let first = bufs.first()?;
     let mem = &first.mem;
-    let all_here = bufs.iter().all(|b| Arc::ptr_eq(&b.mem, mem))
-        && Arc::strong_count(mem) == bufs.len();
+    let all_here =
+        bufs.iter().all(|b| Arc::ptr_eq(&b.mem, mem)) && Arc::strong_count(mem) == bufs.len();
     if !all_here {
         return None;
     }
@@ -115,8 +140,8 @@ pub fn arena_view_mut<T: Elem>(bufs: &mut [GpuBuf<T>]) -> Option<ViewMut<'_, T>>
 pub fn arena_view<T: Elem>(bufs: &[GpuBuf<T>]) -> Option<View<'_, T>> {
     let first = bufs.first()?;
     let mem = &first.mem;
-    let all_here = bufs.iter().all(|b| Arc::ptr_eq(&b.mem, mem))
-        && Arc::strong_count(mem) == bufs.len();
+    let all_here =
+        bufs.iter().all(|b| Arc::ptr_eq(&b.mem, mem)) && Arc::strong_count(mem) == bufs.len();
     all_here.then(|| mem.view())
 }
 

@@ -120,7 +120,7 @@ fn slot_mut<'a>(op: &str, b: &'a mut GpuBuf<f32>, slot: usize) -> Result<ViewMut
     if slot >= b.len() {
         bail!("{op}: slot {slot} outside a buffer of {} elements", b.len());
     }
-    Ok(b.view_mut().slice_mut(slot..slot + 1))
+    Ok(b.slice_mut(slot..slot + 1))
 }
 
 impl Backend for GpuBackend {
