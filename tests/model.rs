@@ -302,6 +302,37 @@ fn skipped_gradients_stay_zero_and_the_rest_are_unchanged<B: Backend>(mk: &impl 
     }
 }
 
+fn grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them<B: Backend>(
+    mk: &impl Fn() -> B,
+) {
+    let cfg = tiny(PromptKind::Continuous, RecKind::Mlp);
+    let ps = params(&cfg, 4);
+    let bt = batch(&cfg);
+    let mut m = Pepler::new(mk(), &ps).unwrap();
+    let (_, g) = forward_backward(&mut m, &bt, train(), None);
+    let all: Vec<f32> = g.iter().flat_map(|(_, t)| t.data.iter().copied()).collect();
+    let want = pepler_cuda::ops::global_norm::global_norm(&all);
+    let norm = m.grad_norm().unwrap();
+    assert!((norm - want).abs() <= 1e-5 * want, "norm {norm} vs {want}");
+    // above the norm: unchanged, bit for bit
+    m.clip_grad_norm(2.0 * norm).unwrap();
+    assert_eq!(m.download_grads().unwrap(), g);
+    // half the norm: every gradient scaled by max / (norm + 1e-6)
+    m.clip_grad_norm(0.5 * norm).unwrap();
+    let coef = 0.5 * norm / (norm + 1e-6);
+    for ((s, a), (_, b)) in m.download_grads().unwrap().iter().zip(g.iter()) {
+        for (x, y) in a.data.iter().zip(&b.data) {
+            assert!(
+                (x - y * coef).abs() <= 1e-6 * y.abs() + 1e-12,
+                "{}: {x} vs {}",
+                s.name,
+                y * coef
+            );
+        }
+    }
+    assert!(m.clip_grad_norm(0.0).is_err());
+}
+
 // ------------------------------------------------------------------ PyTorch fixtures
 
 fn fixture_batch(f: &SafetensorsFile, cfg: &ModelConfig) -> Batch {
@@ -419,6 +450,12 @@ macro_rules! model_tests {
             #[test]
             fn skipped_gradients_stay_zero_and_the_rest_are_unchanged() {
                 super::skipped_gradients_stay_zero_and_the_rest_are_unchanged(&mk);
+            }
+
+            $(#[$attr])?
+            #[test]
+            fn grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them() {
+                super::grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them(&mk);
             }
 
             $(#[$attr])?

@@ -332,6 +332,24 @@ pub trait Backend {
         bufs.iter_mut().try_for_each(|b| self.zero(b))
     }
 
+    /// `out[slot]` = the L2 norm of every element of the group (=), a deterministic reduction
+    /// (the global gradient norm). See `ops::global_norm`.
+    fn global_norm(
+        &self,
+        out: &mut Self::Buf<f32>,
+        slot: usize,
+        group: &[Self::Buf<f32>],
+    ) -> Result<()>;
+    /// Multiplies every buffer of the group by `min(1, max_norm / (norm[slot] + 1e-6))`, the norm
+    /// read on the device (torch's `clip_grad_norm_` without a host round trip).
+    fn clip_group(
+        &self,
+        group: &mut [Self::Buf<f32>],
+        norm: &Self::Buf<f32>,
+        slot: usize,
+        max_norm: f32,
+    ) -> Result<()>;
+
     // ---------------------------------------------------------------- optimizer
     /// One AdamW update (`hp.variant`) of `param` from `grad` with moments `m`, `v`; `step` counts from 1.
     fn adamw_update(

@@ -108,7 +108,8 @@ pub(crate) struct Acts<B: Backend> {
     pub lnf_sel: B::Buf<f32>,
     pub logits: B::Buf<f32>,
     pub losses: B::Buf<f32>,
-    /// `[text loss, rating loss]` on the device: the one read of a training step.
+    /// `[text loss, rating loss, gradient norm]` on the device: the losses are the one read of a
+    /// training step; the gradient norm is read when asked (per epoch).
     pub scalars: B::Buf<f32>,
     pub ui: B::Buf<f32>,
     pub rec_z: Vec<B::Buf<f32>>,
@@ -175,7 +176,7 @@ impl<B: Backend> Acts<B> {
             lnf_sel: f(rows * c)?,
             logits: f(rows * cfg.vocab_size)?,
             losses: f(rows)?,
-            scalars: f(2)?,
+            scalars: f(3)?,
             ui: f(rc)?,
             rec_z,
             rec_a,

@@ -325,6 +325,42 @@ impl<B: Backend> Pepler<B> {
         be.adamw_update_group(params, grads, m, v, &tensors, hp, step)
     }
 
+    /// The global L2 norm of the accumulated gradients, computed on the device (slot 2 of the
+    /// step's scalars) and read back: for the per-epoch report, not for every step.
+    pub fn grad_norm(&mut self) -> Result<f32> {
+        self.norm_on_device()?;
+        let a = self
+            .acts
+            .as_ref()
+            .expect("norm_on_device needs activations");
+        Ok(self.be.download(&a.scalars, 3)?[2])
+    }
+
+    /// Scales every gradient by `min(1, max_norm / (norm + 1e-6))` (torch's `clip_grad_norm_`),
+    /// with the norm computed and applied on the device: no host read.
+    pub fn clip_grad_norm(&mut self, max_norm: f32) -> Result<()> {
+        if !(max_norm.is_finite() && max_norm > 0.0) {
+            bail!("clip_grad_norm: the maximum norm must be a positive number, not {max_norm}");
+        }
+        self.norm_on_device()?;
+        let Pepler {
+            be, grads, acts, ..
+        } = self;
+        let a = acts.as_ref().expect("norm_on_device needs activations");
+        be.clip_group(grads, &a.scalars, 2, max_norm)
+    }
+
+    fn norm_on_device(&mut self) -> Result<()> {
+        if self.grads.is_empty() || self.acts.is_none() {
+            bail!("grad_norm: no gradients yet (zero_grads, forward, backward first)");
+        }
+        let Pepler {
+            be, grads, acts, ..
+        } = self;
+        let a = acts.as_mut().expect("checked above");
+        be.global_norm(&mut a.scalars, 2, grads)
+    }
+
     /// Element count of every parameter, in canonical order.
     fn lens(&self) -> Vec<usize> {
         self.specs.iter().map(|s| s.numel()).collect()

@@ -564,6 +564,26 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn global_norm(&self, out: &mut CpuBuf<f32>, slot: usize, group: &[CpuBuf<f32>]) -> Result<()> {
+        let all: Vec<f32> = group.iter().flat_map(|b| b.0.iter().copied()).collect();
+        pre_mut("global_norm", "out", out, slot + 1)?[slot] = ops::global_norm::global_norm(&all);
+        Ok(())
+    }
+
+    fn clip_group(
+        &self,
+        group: &mut [CpuBuf<f32>],
+        norm: &CpuBuf<f32>,
+        slot: usize,
+        max_norm: f32,
+    ) -> Result<()> {
+        let norm = pre("clip_group", "norm", norm, slot + 1)?[slot];
+        for b in group {
+            ops::global_norm::scale_by_clip(&mut b.0, norm, max_norm);
+        }
+        Ok(())
+    }
+
     fn adamw_update(
         &self,
         param: &mut CpuBuf<f32>,

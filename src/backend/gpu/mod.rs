@@ -33,7 +33,8 @@ use super::{
 };
 use crate::device::{Device, DeviceBuffer, ViewMut};
 use crate::kernels::{
-    adamw, attention, classifier, dropout, embedding, gelu, layernorm, matmul, rating, residual,
+    adamw, attention, classifier, dropout, embedding, gelu, global_norm, layernorm, matmul, rating,
+    residual,
 };
 
 /// Scratch buffers grown on demand and reused (see the module docs).
@@ -555,6 +556,46 @@ impl Backend for GpuBackend {
             n,
             grad_scale,
         )
+    }
+
+    fn global_norm(&self, out: &mut GpuBuf<f32>, slot: usize, group: &[GpuBuf<f32>]) -> Result<()> {
+        let out = slot_mut("global_norm", out, slot)?;
+        let Some(all) = buf::arena_view(group) else {
+            bail!("global_norm: the buffers are not one whole group (alloc_group)");
+        };
+        // Over the whole arena: the alignment gaps are zero (zero_group clears them, no op writes
+        // them), so they add nothing to the sum of squares.
+        let n = all.len();
+        let nf = global_norm::global_norm_scratch_len(n);
+        self.with_scratch(nf, 0, |scratch, _| {
+            global_norm::global_norm(&self.dev, out, scratch, all, n)
+        })
+    }
+
+    fn clip_group(
+        &self,
+        group: &mut [GpuBuf<f32>],
+        norm: &GpuBuf<f32>,
+        slot: usize,
+        max_norm: f32,
+    ) -> Result<()> {
+        if slot >= norm.len() {
+            bail!(
+                "clip_group: slot {slot} outside a buffer of {} elements",
+                norm.len()
+            );
+        }
+        let norm = norm.view().slice(slot..slot + 1);
+        match buf::arena_view_mut(group) {
+            Some(all) => {
+                let n = all.len();
+                global_norm::scale_by_clip(&self.dev, all, norm, max_norm, n)
+            }
+            None => group.iter_mut().try_for_each(|b| {
+                let n = b.len();
+                global_norm::scale_by_clip(&self.dev, b.view_mut(), norm, max_norm, n)
+            }),
+        }
     }
 
     // ---------------------------------------------------------------- optimizer
