@@ -61,6 +61,7 @@ fn job(args: &EvaluateArgs) -> EvaluateJob {
 
 /// `generate`: writes generated.jsonl (and metrics.json) and prints where.
 pub fn run_generate(args: &EvaluateArgs) -> Result<i32> {
+    super::train::check_threads(args.threads)?;
     super::backend::configure_threads(args.threads)?;
     let j = job(args);
     let out = j.out_dir.join(GENERATED_FILE);
@@ -71,6 +72,7 @@ pub fn run_generate(args: &EvaluateArgs) -> Result<i32> {
 
 /// `evaluate`: generates, then prints the metrics table and writes metrics.json.
 pub fn run_evaluate(args: &EvaluateArgs) -> Result<i32> {
+    super::train::check_threads(args.threads)?;
     super::backend::configure_threads(args.threads)?;
     let j = job(args);
     let out = j.out_dir.join(METRICS_FILE);

@@ -131,10 +131,10 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = RecArg::None)]
     pub rec: RecArg,
     /// Weight of the rating loss: loss = text loss + lambda * MSE (the original's rating_reg).
-    #[arg(long = "lambda", default_value_t = 0.01)]
+    #[arg(long = "lambda", default_value_t = 0.01, allow_negative_numbers = true)]
     pub rec_lambda: f32,
     /// Learning rate (default: 1e-3; 1e-4 for the discrete prompt).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// AdamW formula: `torch` (torch.optim.AdamW, what the parity fixtures check) or `hf`
     /// (transformers.AdamW, which the original scripts use: eps before the bias correction,
@@ -142,7 +142,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = AdamWVariant::Torch)]
     pub adamw: AdamWVariant,
     /// AdamW weight decay (decoupled).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub weight_decay: f64,
     /// Batch size.
     #[arg(long, default_value_t = 128)]
@@ -157,7 +157,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 20)]
     pub max_words: usize,
     /// Dropout probability during training (GPT-2's residual, embedding and attention dropout).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub dropout: f32,
     /// Seed for initialisation, batch order and dropout: same seed, same bits.
     #[arg(long, default_value_t = 42)]
@@ -176,6 +176,10 @@ pub struct TrainArgs {
     /// Continue the interrupted run in --out (same options required).
     #[arg(long)]
     pub resume: bool,
+    /// Delete the run already in --out (best model, resume state, logs) and start over. Without
+    /// it, training into a directory that holds a run is refused.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Stop after this many epochs (this invocation), leaving a state that --resume continues:
     /// for time-boxed jobs.
     #[arg(long, value_name = "EPOCHS")]
@@ -221,13 +225,26 @@ impl TrainArgs {
     }
 }
 
+/// The most CPU worker threads `--threads` may ask for (each thread reserves a stack).
+pub const MAX_THREADS: usize = 1024;
+
+/// Checks `--threads` before any thread is created.
+pub fn check_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads.filter(|&n| n > MAX_THREADS) {
+        anyhow::bail!("--threads {n} is too many: at most {MAX_THREADS}");
+    }
+    Ok(())
+}
+
 pub fn run(args: &TrainArgs) -> Result<i32> {
+    check_threads(args.data.threads)?;
     crate::cli::backend::configure_threads(args.data.threads)?;
     let job = crate::pipeline::TrainJob {
         cfg: args.config(),
         out_dir: args.out.clone(),
         control: RunControl {
             resume: args.resume,
+            overwrite: args.overwrite,
             stop_after_epochs: args.stop_after,
         },
         evaluate: !args.no_eval,

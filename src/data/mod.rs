@@ -29,6 +29,7 @@ mod dataset;
 mod encode;
 mod jsonl;
 mod pickle;
+mod pickle_guard;
 pub mod synthetic;
 
 use std::path::Path;
@@ -41,8 +42,12 @@ pub use encode::{
     encode_explanation, encode_split, EncodeOptions, EncodedSplit, TextStyle,
     MAX_EXPLANATION_TOKENS, MAX_PROMPT_TOKENS,
 };
-pub use jsonl::{load_jsonl_dataset, random_split, read_jsonl};
-pub use pickle::{load_pickle_dataset, read_index_file, read_reviews_pickle, read_split_dir};
+pub use jsonl::{load_jsonl_dataset, parse_jsonl, random_split, read_jsonl};
+pub use pickle::{
+    load_pickle_dataset, parse_index, parse_reviews_pickle, read_index_file, read_reviews_pickle,
+    read_split_dir,
+};
+pub use pickle_guard::{MAX_PICKLE_DEPTH, MAX_PICKLE_EXPANSION};
 pub use synthetic::{SyntheticConfig, SyntheticTruth};
 
 impl Dataset {
