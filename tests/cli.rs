@@ -260,6 +260,42 @@ fn pretrained_model_directory_and_tokenizer() {
         "{}",
         o.stderr
     );
+    assert!(
+        !o.stderr.contains("warning"),
+        "3 new rows for <bos>/<eos>/<pad> are expected: {}",
+        o.stderr
+    );
+
+    // A checkpoint with a much smaller vocabulary than the tokenizer's: fresh rows, with a warning.
+    let mut small = cfg.clone();
+    small.vocab_size = 1000;
+    let small_dir = tmp.path().join("small_vocab");
+    ParamSet::init(&small, 1).save_hf_dir(&small_dir).unwrap();
+    let o = run(&[
+        &[
+            "train",
+            "--model",
+            small_dir.to_str().unwrap(),
+            "--tokenizer",
+        ][..],
+        &[
+            concat!(env!("CARGO_MANIFEST_DIR"), "/assets/gpt2/tokenizer.json"),
+            "--out",
+            tmp.path().join("small_run").to_str().unwrap(),
+            "--no-eval",
+            "--epochs",
+            "0",
+            "--device",
+            "cpu",
+        ],
+    ]
+    .concat());
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("warning") && o.stderr.contains("49260 rows are new random embeddings"),
+        "{}",
+        o.stderr
+    );
 
     let run_dir = tmp.path().join("run");
     let s = train_ok(
@@ -462,6 +498,11 @@ fn bad_input_is_a_clear_error() {
             vec!["--weight-decay".into(), "-0.5".into()],
             "--weight-decay",
         ),
+        (
+            vec!["--seed".into(), "-3".into()],
+            "invalid value '-3' for '--seed",
+        ),
+        (vec!["--data".into(), FIXTURES.into()], "is a folder"),
         (vec!["--threads".into(), "100000".into()], "--threads"),
         (
             vec!["--batch-size".into(), "100000000".into()],
@@ -513,6 +554,15 @@ fn bad_input_is_a_clear_error() {
             o.stderr
         );
     }
+    let file = tmp.path().join("a_file");
+    std::fs::write(&file, "x").unwrap();
+    let o = run(&["train", "--out", file.to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr.contains("is a file, not a directory"),
+        "{}",
+        o.stderr
+    );
     let o = run(&[
         "evaluate",
         "--run",

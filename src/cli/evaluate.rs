@@ -29,6 +29,7 @@ impl From<SplitArg> for Split {
 /// Generate explanations (greedy, KV cache) with a trained run's best model, for every record of a
 /// split of the run's dataset, and score them with the paper's metrics.
 #[derive(Clone, Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct EvaluateArgs {
     /// The run directory `train` wrote (holds model.safetensors and model.json).
     #[arg(long, default_value = "runs/pepler", value_name = "DIR")]

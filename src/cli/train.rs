@@ -51,7 +51,9 @@ pub enum DeviceArg {
 }
 
 /// Options shared by every subcommand that loads data and a model.
+// `allow_negative_numbers`: `--seed -3` is a bad value to report as such, not an unknown option.
 #[derive(Clone, Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct DataArgs {
     /// Reviews: the original `reviews.pickle` (needs --index-dir) or a JSON-lines file with
     /// user, item, rating, template = [feature, adjective, sentence, sentiment] per line.
@@ -104,6 +106,7 @@ impl DataArgs {
 ///
 /// With no options: the built-in synthetic dataset and a built-in tiny GPT-2 (random init).
 #[derive(Clone, Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub data: DataArgs,
@@ -131,10 +134,10 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = RecArg::None)]
     pub rec: RecArg,
     /// Weight of the rating loss: loss = text loss + lambda * MSE (the original's rating_reg).
-    #[arg(long = "lambda", default_value_t = 0.01, allow_negative_numbers = true)]
+    #[arg(long = "lambda", default_value_t = 0.01)]
     pub rec_lambda: f32,
     /// Learning rate (default: 1e-3; 1e-4 for the discrete prompt).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     pub lr: Option<f64>,
     /// AdamW formula: `torch` (torch.optim.AdamW, what the parity fixtures check) or `hf`
     /// (transformers.AdamW, which the original scripts use: eps before the bias correction,
@@ -142,7 +145,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = AdamWVariant::Torch)]
     pub adamw: AdamWVariant,
     /// AdamW weight decay (decoupled).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
     /// Batch size.
     #[arg(long, default_value_t = 128)]
@@ -157,7 +160,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 20)]
     pub max_words: usize,
     /// Dropout probability during training (GPT-2's residual, embedding and attention dropout).
-    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.1)]
     pub dropout: f32,
     /// Seed for initialisation, batch order and dropout: same seed, same bits.
     #[arg(long, default_value_t = 42)]

@@ -55,6 +55,13 @@ impl Dataset {
     /// seeded 8:1:1 split when `None`), anything else as the original `reviews.pickle`, which
     /// needs `index_dir` (the split folder, e.g. `TripAdvisor/1`).
     pub fn load(path: &Path, index_dir: Option<&Path>, seed: u64) -> Result<Dataset> {
+        if path.is_dir() {
+            anyhow::bail!(
+                "{}: is a folder; --data takes the reviews file itself (reviews.pickle or a \
+                 .jsonl), and --index-dir the split folder",
+                path.display()
+            );
+        }
         let ext = path
             .extension()
             .and_then(|e| e.to_str())

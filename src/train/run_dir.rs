@@ -48,6 +48,12 @@ impl RunDirLock {
 /// Creates `dir` if needed and locks it for this process; another process holding it is an
 /// error naming the directory (two trainings into one `--out` would overwrite each other's files).
 pub fn lock(dir: &Path) -> Result<RunDirLock> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(
+            "{}: is a file, not a directory: the output of a run is a directory",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
