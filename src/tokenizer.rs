@@ -76,6 +76,10 @@ impl Tokenizer {
 
     /// Parses tokenizer JSON bytes; `source` names them in error messages.
     pub fn from_json_bytes(bytes: &[u8], source: &str) -> Result<Self> {
+        // `tokenizers` 0.22 panics (`expect("Helper")` in its decoder) on some malformed JSON:
+        // check the syntax first, so a broken file is an error naming it.
+        serde_json::from_slice::<serde_json::Value>(bytes)
+            .map_err(|e| anyhow!("tokenizer file {source} is not valid JSON: {e}"))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| anyhow!("tokenizer file {source} is not a valid tokenizer JSON: {e}"))?;
         let id_of = |tok: &str| {

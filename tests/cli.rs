@@ -47,6 +47,28 @@ fn run(args: &[&str]) -> Output {
     o
 }
 
+/// [`run`] with extra environment variables.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_pepler-cuda"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the binary runs");
+    let o = Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!o.stderr.contains("panicked"), "panic: {}", o.stderr);
+    o
+}
+
+fn sha256(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    format!("{:x}", Sha256::digest(bytes))
+}
+
 fn train_ok(dir: &Path, extra: &[&str]) -> serde_json::Value {
     let out = dir.to_str().unwrap();
     let mut args = vec!["train", "--out", out];
@@ -238,6 +260,42 @@ fn pretrained_model_directory_and_tokenizer() {
         "{}",
         o.stderr
     );
+    assert!(
+        !o.stderr.contains("warning"),
+        "3 new rows for <bos>/<eos>/<pad> are expected: {}",
+        o.stderr
+    );
+
+    // A checkpoint with a much smaller vocabulary than the tokenizer's: fresh rows, with a warning.
+    let mut small = cfg.clone();
+    small.vocab_size = 1000;
+    let small_dir = tmp.path().join("small_vocab");
+    ParamSet::init(&small, 1).save_hf_dir(&small_dir).unwrap();
+    let o = run(&[
+        &[
+            "train",
+            "--model",
+            small_dir.to_str().unwrap(),
+            "--tokenizer",
+        ][..],
+        &[
+            concat!(env!("CARGO_MANIFEST_DIR"), "/assets/gpt2/tokenizer.json"),
+            "--out",
+            tmp.path().join("small_run").to_str().unwrap(),
+            "--no-eval",
+            "--epochs",
+            "0",
+            "--device",
+            "cpu",
+        ],
+    ]
+    .concat());
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("warning") && o.stderr.contains("49260 rows are new random embeddings"),
+        "{}",
+        o.stderr
+    );
 
     let run_dir = tmp.path().join("run");
     let s = train_ok(
@@ -261,7 +319,7 @@ fn pretrained_model_directory_and_tokenizer() {
             "--model",
             tmp.path().join("nope").to_str().unwrap(),
             "--out",
-            run_dir.to_str().unwrap(),
+            tmp.path().join("nope_run").to_str().unwrap(),
         ][..],
         TINY,
     ]
@@ -361,6 +419,28 @@ fn bad_input_is_a_clear_error() {
     let out = tmp.path().join("run");
     let out = out.to_str().unwrap();
     let index = format!("{FIXTURES}/tiny/1");
+    // Split folders that leak a test review into training, and that list one review twice.
+    let split_dir = |name: &str, train: &str, test: &str| -> PathBuf {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("train.index"), train).unwrap();
+        std::fs::write(d.join("validation.index"), "7").unwrap();
+        std::fs::write(d.join("test.index"), test).unwrap();
+        d
+    };
+    let leak = split_dir("leak", "0 1 2 3 4 5 6", "8 6");
+    let dup = split_dir("dup", "0 1 2 3 4 5 6 2", "8");
+    // A GPT-2 directory whose weights hold a NaN.
+    let nan_model = tmp.path().join("nan_gpt2");
+    let mut cfg = ModelConfig::tiny(1, 1);
+    cfg.vocab_size = 50257;
+    cfg.n_layer = 1;
+    let mut params = ParamSet::init(&cfg, 1);
+    params
+        .get_mut("transformer.h.0.mlp.c_fc.weight")
+        .unwrap()
+        .data[5] = f32::NAN;
+    params.save_hf_dir(&nan_model).unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec![
@@ -412,6 +492,52 @@ fn bad_input_is_a_clear_error() {
         (vec!["--batch-size".into(), "0".into()], "--batch-size"),
         (vec!["--dropout".into(), "1.5".into()], "--dropout"),
         (vec!["--lr".into(), "0".into()], "--lr must be a positive"),
+        // Negative numbers are values, not unknown options.
+        (vec!["--lr".into(), "-1".into()], "--lr must be a positive"),
+        (
+            vec!["--weight-decay".into(), "-0.5".into()],
+            "--weight-decay",
+        ),
+        (
+            vec!["--seed".into(), "-3".into()],
+            "invalid value '-3' for '--seed",
+        ),
+        (vec!["--data".into(), FIXTURES.into()], "is a folder"),
+        (vec!["--threads".into(), "100000".into()], "--threads"),
+        (
+            vec!["--batch-size".into(), "100000000".into()],
+            "--batch-size",
+        ),
+        (
+            vec!["--synthetic-reviews".into(), "100000000".into()],
+            "--synthetic-reviews",
+        ),
+        (vec!["--synthetic-users".into(), "900000".into()], "pairs"),
+        // The built-in model has 64 positions: refused before training, not after it.
+        (vec!["--max-words".into(), "70".into()], "--max-words 70"),
+        (vec!["--resume".into(), "--overwrite".into()], "pass one"),
+        (
+            vec![
+                "--data".into(),
+                format!("{FIXTURES}/tiny/reviews.pickle"),
+                "--index-dir".into(),
+                leak.to_str().unwrap().into(),
+            ],
+            "both the train split",
+        ),
+        (
+            vec![
+                "--data".into(),
+                format!("{FIXTURES}/tiny/reviews.pickle"),
+                "--index-dir".into(),
+                dup.to_str().unwrap().into(),
+            ],
+            "appears more than once",
+        ),
+        (
+            vec!["--model".into(), nan_model.to_str().unwrap().into()],
+            "model.safetensors: tensor `transformer.h.0.mlp.c_fc.weight` holds NaN",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["train", "--out", out, "--epochs", "1"];
@@ -428,6 +554,15 @@ fn bad_input_is_a_clear_error() {
             o.stderr
         );
     }
+    let file = tmp.path().join("a_file");
+    std::fs::write(&file, "x").unwrap();
+    let o = run(&["train", "--out", file.to_str().unwrap(), "--device", "cpu"]);
+    assert_eq!(o.code, 2);
+    assert!(
+        o.stderr.contains("is a file, not a directory"),
+        "{}",
+        o.stderr
+    );
     let o = run(&[
         "evaluate",
         "--run",
@@ -502,4 +637,97 @@ fn help_explains_every_option() {
             );
         }
     }
+}
+
+/// The run directory's guarantees against `kill -9`: a kill right after ANY rename of a
+/// checkpoint file (the crash hook ends the process there, with no cleanup) leaves a directory
+/// whose best model evaluates and whose resume state continues to exactly the bytes of a run
+/// that was never killed.
+#[test]
+fn a_kill_at_every_checkpoint_rename_leaves_a_run_that_resumes_and_evaluates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = tmp.path().join("reference");
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let args = |dir: &Path, resume: bool| -> Vec<String> {
+        let mut a: Vec<String> = ["train", "--out", dir.to_str().unwrap(), "--no-eval"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(TINY.iter().map(|s| s.to_string()));
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let o = run(&strs(&args(&reference, false)));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    let mut kills = 0;
+    let mut last = None;
+    let mut evals = 0;
+    for k in 1.. {
+        let dir = tmp.path().join(format!("killed_{k}"));
+        let spec = format!("{k}:model.,state.");
+        let o = run_env(
+            &strs(&args(&dir, false)),
+            &[("PEPLER_CRASH_AFTER_RENAME", spec.as_str())],
+        );
+        if o.code == 0 {
+            break; // the run has fewer checkpoint renames than k: every one was covered
+        }
+        assert_eq!(o.code, 137, "kill {k}: {}", o.stderr);
+        assert!(o.stderr.contains("crashing after rename"), "{}", o.stderr);
+        kills += 1;
+        // What the kill left evaluates: checked where the kill came between the best model's
+        // tensors and its model.json (the case that used to break `evaluate`); the other kills
+        // leave the same model files whole.
+        if o.stderr.contains("model.safetensors)") {
+            let o = run(&[
+                "evaluate",
+                "--run",
+                dir.to_str().unwrap(),
+                "--device",
+                "cpu",
+                "--out",
+                tmp.path().join(format!("eval_{k}")).to_str().unwrap(),
+            ]);
+            assert_eq!(o.code, 0, "evaluate after kill {k}: {}", o.stderr);
+            evals += 1;
+        }
+        // ... and resumes to the bytes of the run that was never killed.
+        let o = run(&strs(&args(&dir, true)));
+        assert_eq!(o.code, 0, "resume after kill {k}: {}", o.stderr);
+        for f in [
+            "model.safetensors",
+            "state.safetensors",
+            "model.json",
+            "state.json",
+        ] {
+            assert_eq!(
+                sha256(&dir.join(f)),
+                sha256(&reference.join(f)),
+                "{f} after kill {k} and resume"
+            );
+        }
+        last = Some(dir);
+    }
+    let dir = last.expect("at least one kill");
+    let o = run(&[
+        "evaluate",
+        "--run",
+        dir.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(
+        o.code, 0,
+        "evaluate after the last kill and resume: {}",
+        o.stderr
+    );
+    // Sequential tuning, one epoch per stage: the initial state, then per stage the best model
+    // and the stage's end state, two files each.
+    assert_eq!(kills, 10, "checkpoint renames in a run");
+    assert_eq!(evals, 2, "one kill right after each stage's best model");
 }

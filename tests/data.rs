@@ -13,6 +13,7 @@ use pepler_cuda::data::{
     encode_explanation, encode_split, random_split, read_jsonl, Dataset, EncodeOptions, Padding,
     Split, TextStyle,
 };
+use pepler_cuda::data::{read_index_file, read_reviews_pickle};
 use pepler_cuda::tokenizer::Tokenizer;
 
 const BOS: u32 = 50257;
@@ -668,4 +669,66 @@ fn unreadable_or_garbled_index_file_is_an_error_naming_it() {
     );
     let e = err_text(Dataset::load(&fx("tiny/reviews.pickle"), None, 0));
     assert!(e.contains("needs its split folder"), "{e}");
+}
+
+#[test]
+fn index_file_is_read_whole_whatever_the_whitespace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = tmp.path().join("one.index");
+    let many = tmp.path().join("many.index");
+    std::fs::write(&one, "0 1 2 3 4 5 6\n").unwrap();
+    // One index per line (with a CRLF, a tab, a blank line): all seven, not the first only.
+    std::fs::write(&many, "0\n1\r\n2\t3\n\n4  5\n6").unwrap();
+    let expected: Vec<usize> = (0..7).collect();
+    assert_eq!(read_index_file(&one).unwrap(), expected);
+    assert_eq!(read_index_file(&many).unwrap(), expected);
+    std::fs::write(&many, "0\n1\nx\n").unwrap();
+    let err = err_text(read_index_file(&many));
+    assert!(
+        err.contains("many.index line 3") && err.contains("\"x\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn splits_that_share_or_repeat_a_review_are_refused() {
+    let raw = || read_reviews_pickle(&fx("tiny/reviews.pickle")).unwrap();
+    let leak = Dataset::from_raw(
+        "r",
+        raw(),
+        [vec![0, 1, 2], vec![3], vec![4, 2]],
+        ["train.index", "validation.index", "test.index"],
+    );
+    let err = err_text(leak);
+    assert!(
+        err.contains("index 2 is in both the train split (train.index) and the test split"),
+        "{err}"
+    );
+    let dup = Dataset::from_raw(
+        "r",
+        raw(),
+        [vec![0, 1, 1], vec![3], vec![4]],
+        ["train.index", "validation.index", "test.index"],
+    );
+    let err = err_text(dup);
+    assert!(
+        err.contains("train.index: index 1 appears more than once"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_rating_beyond_f32_is_named_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("big.jsonl");
+    std::fs::write(
+        &path,
+        "{\"user\": \"u\", \"item\": \"i\", \"rating\": 1e308, \"text\": \"fine\"}\n",
+    )
+    .unwrap();
+    let err = err_text(read_jsonl(&path));
+    assert!(
+        err.contains("big.jsonl line 1") && err.contains("outside the range"),
+        "{err}"
+    );
 }

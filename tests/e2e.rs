@@ -10,10 +10,10 @@ use pepler_cuda::data::Split;
 use pepler_cuda::model::config::{PromptKind, RecKind};
 use pepler_cuda::model::params::ParamSet;
 use pepler_cuda::pipeline::{EvaluateJob, TrainJob, TrainSummary};
-use pepler_cuda::train::checkpoint;
 use pepler_cuda::train::config::{DataSource, TrainConfig};
 use pepler_cuda::train::run_log::RunLog;
 use pepler_cuda::train::trainer::RunControl;
+use pepler_cuda::train::{checkpoint, run_dir};
 
 fn tiny_config() -> TrainConfig {
     TrainConfig {
@@ -42,9 +42,43 @@ fn train(cfg: &TrainConfig, out: &Path, control: RunControl) -> TrainSummary {
     .unwrap()
 }
 
+/// Every file a run writes whose bytes must not depend on anything but the seed and the inputs
+/// (`metrics.jsonl` holds wall-clock timings besides: see [`without_timings`]).
+const FILES: &[&str] = &[
+    checkpoint::MODEL_FILE,
+    checkpoint::MODEL_SIDECAR,
+    checkpoint::STATE_FILE,
+    checkpoint::STATE_SIDECAR,
+    "loss_curve.svg",
+    "generated.jsonl",
+    "metrics.json",
+];
+
+fn sha256(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    format!("{:x}", Sha256::digest(bytes))
+}
+
+/// `metrics.jsonl` with the two wall-clock fields of each line blanked, byte for byte otherwise.
+fn without_timings(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut r: pepler_cuda::train::run_log::EpochRecord = serde_json::from_str(l).unwrap();
+            // Floats round-trip exactly: parsing and re-serialising a line gives it back.
+            assert_eq!(serde_json::to_string(&r).unwrap(), l);
+            r.seconds = 0.0;
+            r.tokens_per_s = 0.0;
+            serde_json::to_string(&r).unwrap() + "\n"
+        })
+        .collect()
+}
+
 /// The epoch records without the wall-clock fields.
 fn records(dir: &Path) -> Vec<(String, u32, u64, f64, f64, bool)> {
-    RunLog::open(dir, true)
+    RunLog::open(dir, true, "")
         .unwrap()
         .records()
         .iter()
@@ -80,6 +114,7 @@ fn interrupted_and_resumed_run_equals_uninterrupted_and_files_are_sane() {
             RunControl {
                 resume,
                 stop_after_epochs: stop,
+                ..RunControl::default()
             },
         );
         assert_eq!(part.finished, stop.is_none());
@@ -92,7 +127,7 @@ fn interrupted_and_resumed_run_equals_uninterrupted_and_files_are_sane() {
         &b,
         RunControl {
             resume: true,
-            stop_after_epochs: None,
+            ..RunControl::default()
         },
     );
     assert!(
@@ -113,6 +148,19 @@ fn interrupted_and_resumed_run_equals_uninterrupted_and_files_are_sane() {
         );
     }
     assert_eq!(records(&a), records(&b));
+    // Same seed, same bytes: every file the two runs wrote is identical, timings aside, although
+    // `b` was interrupted three times (and its metrics.jsonl re-read each time).
+    for f in FILES {
+        assert_eq!(
+            sha256(&a.join(f)),
+            sha256(&b.join(f)),
+            "{f} differs between two runs with the same seed"
+        );
+    }
+    assert_eq!(
+        without_timings(&a.join(RunLog::METRICS_FILE)),
+        without_timings(&b.join(RunLog::METRICS_FILE))
+    );
     assert_eq!(resumed.metrics.as_ref(), Some(&metrics));
     assert_eq!(resumed.test_loss, full.test_loss);
 
@@ -185,7 +233,7 @@ fn resume_refuses_a_changed_configuration_and_a_missing_state() {
             out_dir: dir.clone(),
             control: RunControl {
                 resume: true,
-                stop_after_epochs: None,
+                ..RunControl::default()
             },
             evaluate: false,
         };
@@ -201,4 +249,141 @@ fn resume_refuses_a_changed_configuration_and_a_missing_state() {
     cfg.lr = 0.5;
     let err = resume_error(&cfg);
     assert!(err.contains("different configuration"), "{err}");
+}
+
+fn train_err(cfg: &TrainConfig, out: &Path, control: RunControl) -> String {
+    let job = TrainJob {
+        cfg: cfg.clone(),
+        out_dir: out.to_path_buf(),
+        control,
+        evaluate: false,
+    };
+    format!(
+        "{:#}",
+        job.run(CpuBackend::new()).err().expect("the run must fail")
+    )
+}
+
+fn quick_config() -> TrainConfig {
+    TrainConfig {
+        epochs: 1,
+        strategy: pepler_cuda::train::strategy::Strategy::Full,
+        ..tiny_config()
+    }
+}
+
+#[test]
+fn a_run_is_never_overwritten_without_overwrite_and_a_locked_directory_is_refused() {
+    let cfg = quick_config();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    train(&cfg, &dir, RunControl::default());
+    let before: Vec<String> = FILES[..4].iter().map(|f| sha256(&dir.join(f))).collect();
+
+    // A fresh run into a directory holding one: refused, nothing touched.
+    let err = train_err(&cfg, &dir, RunControl::default());
+    assert!(
+        err.contains("already holds a run")
+            && err.contains("--resume")
+            && err.contains("--overwrite"),
+        "{err}"
+    );
+    let after: Vec<String> = FILES[..4].iter().map(|f| sha256(&dir.join(f))).collect();
+    assert_eq!(before, after, "a refused run must not touch the files");
+
+    // Locked by another writer: train, resume and evaluate into it are refused.
+    let lock = run_dir::lock(&dir).unwrap();
+    for control in [
+        RunControl {
+            overwrite: true,
+            ..RunControl::default()
+        },
+        RunControl {
+            resume: true,
+            ..RunControl::default()
+        },
+    ] {
+        let err = train_err(&cfg, &dir, control);
+        assert!(err.contains("another pepler-cuda process"), "{err}");
+    }
+    let err = EvaluateJob {
+        run_dir: dir.clone(),
+        split: Split::Test,
+        out_dir: dir.clone(),
+        batch_size: 0,
+    }
+    .run(CpuBackend::new())
+    .expect_err("evaluate into a locked directory fails");
+    assert!(format!("{err:#}").contains("another pepler-cuda process"));
+    drop(lock);
+
+    // --overwrite starts over: the same seed gives the same bytes again.
+    let mut other = cfg.clone();
+    other.seed = 9;
+    train(
+        &other,
+        &dir,
+        RunControl {
+            overwrite: true,
+            ..RunControl::default()
+        },
+    );
+    assert_ne!(sha256(&dir.join(checkpoint::MODEL_FILE)), before[0]);
+    train(
+        &cfg,
+        &dir,
+        RunControl {
+            overwrite: true,
+            ..RunControl::default()
+        },
+    );
+    assert_eq!(sha256(&dir.join(checkpoint::MODEL_FILE)), before[0]);
+}
+
+#[test]
+fn a_resume_state_from_another_run_or_with_a_bad_stage_is_refused() {
+    let cfg = quick_config();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let mut cfg_b = cfg.clone();
+    cfg_b.seed = 5;
+    let stop = RunControl {
+        stop_after_epochs: Some(1),
+        ..RunControl::default()
+    };
+    let resume = RunControl {
+        resume: true,
+        ..RunControl::default()
+    };
+    let mut cfg2 = cfg.clone();
+    cfg2.epochs = 2;
+    let mut cfg2_b = cfg_b.clone();
+    cfg2_b.epochs = 2;
+    train(&cfg2, &a, stop);
+    train(&cfg2_b, &b, stop);
+    // b's directory with a's resume state: b's options do not match it, a's do not match b's
+    // best model and log.
+    std::fs::copy(
+        a.join(checkpoint::STATE_FILE),
+        b.join(checkpoint::STATE_FILE),
+    )
+    .unwrap();
+    let err = train_err(&cfg2_b, &b, resume);
+    assert!(err.contains("different configuration"), "{err}");
+    let err = train_err(&cfg2, &b, resume);
+    assert!(
+        err.contains("belongs to run") && err.contains("two runs"),
+        "{err}"
+    );
+
+    // A stage index past the strategy's stages (a hand-edited or corrupt state): an error.
+    let st = checkpoint::load_state(&a).unwrap();
+    let mut side = st.sidecar.clone();
+    side.stage = 7;
+    checkpoint::save_state(&a, &st.params, &st.moments, &side).unwrap();
+    let err = train_err(&cfg2, &a, resume);
+    assert!(
+        err.contains("stage 7") && err.contains("state.safetensors"),
+        "{err}"
+    );
 }

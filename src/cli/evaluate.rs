@@ -29,6 +29,7 @@ impl From<SplitArg> for Split {
 /// Generate explanations (greedy, KV cache) with a trained run's best model, for every record of a
 /// split of the run's dataset, and score them with the paper's metrics.
 #[derive(Clone, Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct EvaluateArgs {
     /// The run directory `train` wrote (holds model.safetensors and model.json).
     #[arg(long, default_value = "runs/pepler", value_name = "DIR")]
@@ -61,6 +62,7 @@ fn job(args: &EvaluateArgs) -> EvaluateJob {
 
 /// `generate`: writes generated.jsonl (and metrics.json) and prints where.
 pub fn run_generate(args: &EvaluateArgs) -> Result<i32> {
+    super::train::check_threads(args.threads)?;
     super::backend::configure_threads(args.threads)?;
     let j = job(args);
     let out = j.out_dir.join(GENERATED_FILE);
@@ -71,6 +73,7 @@ pub fn run_generate(args: &EvaluateArgs) -> Result<i32> {
 
 /// `evaluate`: generates, then prints the metrics table and writes metrics.json.
 pub fn run_evaluate(args: &EvaluateArgs) -> Result<i32> {
+    super::train::check_threads(args.threads)?;
     super::backend::configure_threads(args.threads)?;
     let j = job(args);
     let out = j.out_dir.join(METRICS_FILE);

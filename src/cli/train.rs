@@ -51,7 +51,9 @@ pub enum DeviceArg {
 }
 
 /// Options shared by every subcommand that loads data and a model.
+// `allow_negative_numbers`: `--seed -3` is a bad value to report as such, not an unknown option.
 #[derive(Clone, Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct DataArgs {
     /// Reviews: the original `reviews.pickle` (needs --index-dir) or a JSON-lines file with
     /// user, item, rating, template = [feature, adjective, sentence, sentiment] per line.
@@ -104,6 +106,7 @@ impl DataArgs {
 ///
 /// With no options: the built-in synthetic dataset and a built-in tiny GPT-2 (random init).
 #[derive(Clone, Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct TrainArgs {
     #[command(flatten)]
     pub data: DataArgs,
@@ -176,6 +179,10 @@ pub struct TrainArgs {
     /// Continue the interrupted run in --out (same options required).
     #[arg(long)]
     pub resume: bool,
+    /// Delete the run already in --out (best model, resume state, logs) and start over. Without
+    /// it, training into a directory that holds a run is refused.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Stop after this many epochs (this invocation), leaving a state that --resume continues:
     /// for time-boxed jobs.
     #[arg(long, value_name = "EPOCHS")]
@@ -221,13 +228,26 @@ impl TrainArgs {
     }
 }
 
+/// The most CPU worker threads `--threads` may ask for (each thread reserves a stack).
+pub const MAX_THREADS: usize = 1024;
+
+/// Checks `--threads` before any thread is created.
+pub fn check_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads.filter(|&n| n > MAX_THREADS) {
+        anyhow::bail!("--threads {n} is too many: at most {MAX_THREADS}");
+    }
+    Ok(())
+}
+
 pub fn run(args: &TrainArgs) -> Result<i32> {
+    check_threads(args.data.threads)?;
     crate::cli::backend::configure_threads(args.data.threads)?;
     let job = crate::pipeline::TrainJob {
         cfg: args.config(),
         out_dir: args.out.clone(),
         control: RunControl {
             resume: args.resume,
+            overwrite: args.overwrite,
             stop_after_epochs: args.stop_after,
         },
         evaluate: !args.no_eval,

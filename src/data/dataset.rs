@@ -206,6 +206,29 @@ impl Dataset {
                 );
             }
         }
+        // Each review in at most one split, at most once: a review in two splits leaks test
+        // data into training (or validation), and a duplicate silently weights a review twice.
+        let mut owner: Vec<Option<usize>> = vec![None; reviews.len()];
+        for (k, idx) in [&train, &valid, &test].into_iter().enumerate() {
+            for &i in idx.iter() {
+                match owner[i] {
+                    None => owner[i] = Some(k),
+                    Some(j) if j == k => bail!(
+                        "{}: index {i} appears more than once in the {} split",
+                        split_sources[k],
+                        Split::ALL[k]
+                    ),
+                    Some(j) => bail!(
+                        "index {i} is in both the {} split ({}) and the {} split ({}): the \
+                         splits must not share reviews",
+                        Split::ALL[j],
+                        split_sources[j],
+                        Split::ALL[k],
+                        split_sources[k]
+                    ),
+                }
+            }
+        }
         let mut user_features = vec![Vec::new(); users.len()];
         let mut item_features = vec![Vec::new(); items.len()];
         let mut seen_user: HashSet<(u32, &str)> = HashSet::new();

@@ -39,19 +39,30 @@ pub fn load_jsonl_dataset(path: &Path, index_dir: Option<&Path>, seed: u64) -> R
 
 /// Reads the reviews of a JSON-lines file, in file order.
 pub fn read_jsonl(path: &Path) -> Result<Vec<RawReview>> {
-    let content = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read JSON-lines file {}", path.display()))?;
+    parse_jsonl(&bytes, &path.display().to_string())
+}
+
+/// [`read_jsonl`] on the file's bytes; `source` names it in errors (with the line).
+pub fn parse_jsonl(bytes: &[u8], source: &str) -> Result<Vec<RawReview>> {
     let mut out = Vec::new();
-    for (n, line) in content.lines().enumerate() {
+    for (n, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let line = std::str::from_utf8(line).map_err(|e| {
+            anyhow!(
+                "{source} line {}: not UTF-8 text (invalid byte at column {})",
+                n + 1,
+                e.valid_up_to() + 1
+            )
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        let review =
-            parse_line(line).with_context(|| format!("{} line {}", path.display(), n + 1))?;
+        let review = parse_line(line).with_context(|| format!("{source} line {}", n + 1))?;
         out.push(review);
     }
     if out.is_empty() {
-        bail!("{}: no reviews", path.display());
+        bail!("{source}: no reviews");
     }
     Ok(out)
 }
@@ -74,7 +85,8 @@ fn parse_line(line: &str) -> Result<RawReview> {
     let rating = match obj.get("rating") {
         Some(Value::Number(n)) => n
             .as_f64()
-            .ok_or_else(|| anyhow!("field 'rating' is not a number"))?,
+            .ok_or_else(|| anyhow!("field 'rating' is not a number"))
+            .and_then(|x| super::pickle::rating_f32(x).context("field 'rating'"))?,
         Some(other) => bail!("field 'rating' is not a number: {other}"),
         None => bail!("has no 'rating' field"),
     };
@@ -116,7 +128,7 @@ fn parse_line(line: &str) -> Result<RawReview> {
     Ok(RawReview {
         user,
         item,
-        rating: rating as f32,
+        rating,
         feature,
         adjective,
         sentence,

@@ -29,6 +29,7 @@ mod dataset;
 mod encode;
 mod jsonl;
 mod pickle;
+mod pickle_guard;
 pub mod synthetic;
 
 use std::path::Path;
@@ -41,8 +42,12 @@ pub use encode::{
     encode_explanation, encode_split, EncodeOptions, EncodedSplit, TextStyle,
     MAX_EXPLANATION_TOKENS, MAX_PROMPT_TOKENS,
 };
-pub use jsonl::{load_jsonl_dataset, random_split, read_jsonl};
-pub use pickle::{load_pickle_dataset, read_index_file, read_reviews_pickle, read_split_dir};
+pub use jsonl::{load_jsonl_dataset, parse_jsonl, random_split, read_jsonl};
+pub use pickle::{
+    load_pickle_dataset, parse_index, parse_reviews_pickle, read_index_file, read_reviews_pickle,
+    read_split_dir,
+};
+pub use pickle_guard::{MAX_PICKLE_DEPTH, MAX_PICKLE_EXPANSION};
 pub use synthetic::{SyntheticConfig, SyntheticTruth};
 
 impl Dataset {
@@ -50,6 +55,13 @@ impl Dataset {
     /// seeded 8:1:1 split when `None`), anything else as the original `reviews.pickle`, which
     /// needs `index_dir` (the split folder, e.g. `TripAdvisor/1`).
     pub fn load(path: &Path, index_dir: Option<&Path>, seed: u64) -> Result<Dataset> {
+        if path.is_dir() {
+            anyhow::bail!(
+                "{}: is a folder; --data takes the reviews file itself (reviews.pickle or a \
+                 .jsonl), and --index-dir the split folder",
+                path.display()
+            );
+        }
         let ext = path
             .extension()
             .and_then(|e| e.to_str())

@@ -24,13 +24,22 @@ pub fn load_pickle_dataset(pickle: &Path, index_dir: &Path) -> Result<Dataset> {
 pub fn read_reviews_pickle(path: &Path) -> Result<Vec<RawReview>> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read the reviews pickle {}", path.display()))?;
+    parse_reviews_pickle(&bytes, path)
+}
+
+/// [`read_reviews_pickle`] on the file's bytes; `path` names it in errors.
+pub fn parse_reviews_pickle(bytes: &[u8], path: &Path) -> Result<Vec<RawReview>> {
+    // The unpickler recurses once per nesting level and copies shared (memoised) values: check
+    // nesting depth and the size of the decoded value before it runs (see `pickle_guard`).
+    super::pickle_guard::check(bytes)
+        .with_context(|| format!("{}: refusing to unpickle", path.display()))?;
     // replace_unresolved_globals: a stray class reference (e.g. a numpy scalar) becomes None
     // and is then reported as "not a number" for the field it sits in, instead of failing the
     // whole file with an opaque unpickler error. decode_strings: Python 2 `str` pickles.
     let opts = DeOptions::new()
         .replace_unresolved_globals()
         .decode_strings();
-    let value = serde_pickle::value_from_slice(&bytes, opts).map_err(|e| {
+    let value = serde_pickle::value_from_slice(bytes, opts).map_err(|e| {
         anyhow!(
             "{} is not a readable pickle (truncated or corrupt?): {e}",
             path.display()
@@ -60,6 +69,7 @@ fn review_from_value(v: Value) -> Result<RawReview> {
     let user = id_string(take(&mut dict, "user")?).context("field 'user'")?;
     let item = id_string(take(&mut dict, "item")?).context("field 'item'")?;
     let rating = number(&take(&mut dict, "rating")?).context("field 'rating' is not a number")?;
+    let rating = rating_f32(rating).context("field 'rating'")?;
     let template = match take(&mut dict, "template")? {
         Value::Tuple(t) | Value::List(t) => t,
         other => bail!(
@@ -81,12 +91,24 @@ fn review_from_value(v: Value) -> Result<RawReview> {
     Ok(RawReview {
         user,
         item,
-        rating: rating as f32,
+        rating,
         feature,
         adjective,
         sentence,
         sentiment,
     })
+}
+
+/// A rating as the f32 the model uses: a finite number within f32's range (1e308 is a finite
+/// f64 but would become infinity).
+pub(crate) fn rating_f32(x: f64) -> Result<f32> {
+    if !x.is_finite() {
+        bail!("{x} is not a finite number");
+    }
+    if x.abs() > f32::MAX as f64 {
+        bail!("{x} is outside the range of ratings this program handles (|rating| <= 3.4e38)");
+    }
+    Ok(x as f32)
 }
 
 fn take(dict: &mut BTreeMap<HashableValue, Value>, key: &str) -> Result<Value> {
@@ -113,6 +135,7 @@ fn number(v: &Value) -> Result<f64> {
     match v {
         Value::F64(x) if x.is_finite() => Ok(*x),
         Value::F64(x) => bail!("{x} is not a finite number"),
+        Value::Int(i) => bail!("{i} is too large"),
         Value::I64(i) => Ok(*i as f64),
         Value::Bool(b) => Ok(f64::from(u8::from(*b))),
         other => bail!("found {}", type_name(other)),
@@ -161,22 +184,39 @@ pub fn read_split_dir(dir: &Path) -> Result<([Vec<usize>; 3], [String; 3])> {
     Ok((lists, names))
 }
 
-/// One index file: the FIRST line, space-separated non-negative integers (as the original's
-/// `f.readline().split(' ')`; we also accept repeated whitespace). An empty list is returned
-/// as-is; `Dataset::from_raw` reports it as an empty split.
+/// One index file: non-negative integer review indices separated by any whitespace, on one
+/// line (as the original writes them: `f.readline().split(' ')`) or on many (every line is read;
+/// the original's reader would silently keep only the first). An empty list is returned as-is;
+/// `Dataset::from_raw` reports it as an empty split, and duplicates or indices shared between
+/// splits.
 pub fn read_index_file(path: &Path) -> Result<Vec<usize>> {
-    let content = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read index file {}", path.display()))?;
-    let first = content.lines().next().unwrap_or("");
-    first
-        .split_whitespace()
-        .map(|tok| {
-            tok.parse::<usize>().map_err(|_| {
-                anyhow!(
-                    "index file {}: {tok:?} is not a non-negative integer index",
-                    path.display()
-                )
-            })
-        })
-        .collect()
+    parse_index(&bytes, &path.display().to_string())
+}
+
+/// Largest index accepted (far beyond any dataset; keeps a garbage number from looking valid).
+pub const MAX_INDEX: usize = u32::MAX as usize;
+
+/// [`read_index_file`] on the file's bytes; `source` names it in errors (with the line).
+pub fn parse_index(bytes: &[u8], source: &str) -> Result<Vec<usize>> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        anyhow!(
+            "index file {source}: not text (invalid UTF-8 at byte {})",
+            e.valid_up_to()
+        )
+    })?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        for tok in line.split_whitespace() {
+            match tok.parse::<usize>() {
+                Ok(i) if i <= MAX_INDEX => out.push(i),
+                _ => bail!(
+                    "index file {source} line {}: {tok:?} is not a non-negative integer index",
+                    n + 1
+                ),
+            }
+        }
+    }
+    Ok(out)
 }

@@ -209,9 +209,40 @@ pub fn generate_with_truth(cfg: &SyntheticConfig) -> Result<(Dataset, SyntheticT
     ))
 }
 
+/// Largest synthetic user or item count.
+pub const MAX_ENTITIES: usize = 1_000_000;
+/// Largest synthetic review count (the largest real dataset, Yelp, has 1.29M).
+pub const MAX_REVIEWS: usize = 5_000_000;
+/// Largest users x items product (the generator scans every pair).
+pub const MAX_PAIRS: usize = 20_000_000;
+
 fn check(cfg: &SyntheticConfig) -> Result<()> {
     if cfg.n_users == 0 || cfg.n_items == 0 || cfg.n_reviews == 0 {
         bail!("synthetic dataset: n_users, n_items and n_reviews must be positive");
+    }
+    // The generator visits every (user, item) pair and keeps every review in memory: bound the
+    // sizes before allocating anything (the real datasets have at most ~1.3M reviews).
+    for (name, v, max) in [
+        ("n_users (--synthetic-users)", cfg.n_users, MAX_ENTITIES),
+        ("n_items (--synthetic-items)", cfg.n_items, MAX_ENTITIES),
+        (
+            "n_reviews (--synthetic-reviews)",
+            cfg.n_reviews,
+            MAX_REVIEWS,
+        ),
+    ] {
+        if v > max {
+            bail!("synthetic dataset: {name} is {v}, at most {max} are supported");
+        }
+    }
+    if cfg.n_users.saturating_mul(cfg.n_items) > MAX_PAIRS {
+        bail!(
+            "synthetic dataset: {} users x {} items = {} pairs to consider, at most {MAX_PAIRS} \
+             are supported; use fewer users or items",
+            cfg.n_users,
+            cfg.n_items,
+            cfg.n_users.saturating_mul(cfg.n_items)
+        );
     }
     if cfg.n_features == 0 || cfg.n_features > FEATURES.len() {
         bail!(

@@ -9,11 +9,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use safetensors::tensor::{Dtype, Metadata, TensorInfo, TensorView};
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use safetensors::SafeTensorError;
 
 use super::config::ModelConfig;
 use super::params::{fill_normal, init_tensor, seeded_rng, HostTensor, ParamSet, INIT_STD};
+
+/// The tokens PEPLER adds to GPT-2's vocabulary (<bos>, <eos>, <pad>).
+const PEPLER_ADDED_TOKENS: usize = 3;
 
 /// Metadata key holding our `ModelConfig` JSON in checkpoints we write.
 pub const META_CONFIG: &str = "pepler_config";
@@ -235,46 +238,178 @@ fn describe_parse_error(path: &Path, bytes: &[u8], e: SafeTensorError) -> anyhow
     }
 }
 
-/// Writes f32 tensors (in the given order of names; safetensors sorts them on disk) with string
-/// metadata, atomically (`<path>.tmp` + rename).
+/// Writes f32 tensors with string metadata, atomically and durably ([`write_durable_with`]).
+/// The bytes depend only on the names, shapes, values and metadata: tensors are stored sorted
+/// by name and the header's keys (metadata included) are sorted, so the same model gives the same
+/// file (the `safetensors` crate serialises its metadata `HashMap` in a random order).
 pub fn write_f32_tensors<'a>(
     path: impl AsRef<Path>,
     tensors: impl IntoIterator<Item = (&'a str, &'a HostTensor)>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
     let path = path.as_ref();
-    let mut views = Vec::new();
-    for (name, t) in tensors {
-        let bytes: &[u8] = bytemuck::cast_slice(&t.data);
-        let view = TensorView::new(Dtype::F32, t.shape.clone(), bytes)
-            .map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e:?}", path.display()))?;
-        views.push((name.to_string(), view));
+    let mut sorted: Vec<(&str, &HostTensor)> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+        bail!("{}: tensor `{}` given twice", path.display(), w[0].0);
     }
-    let tmp = tmp_path(path);
-    let res = safetensors::serialize_to_file(views, &Some(metadata), &tmp)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", tmp.display()))
-        .and_then(|_| {
-            std::fs::rename(&tmp, path)
-                .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-        });
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let meta: serde_json::Map<String, serde_json::Value> = metadata
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(meta));
     }
-    res
+    let mut offset = 0usize;
+    for (name, t) in &sorted {
+        let numel: usize = t.shape.iter().product();
+        if numel != t.data.len() {
+            bail!(
+                "{}: tensor `{name}` has shape {:?} but {} values",
+                path.display(),
+                t.shape,
+                t.data.len()
+            );
+        }
+        let end = offset + 4 * t.data.len();
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    // serde_json's map is ordered by key: the header text is a function of its content.
+    let mut head = serde_json::to_vec(&header)?;
+    // The format pads the header with spaces so the data starts 8-byte aligned.
+    head.resize(head.len().next_multiple_of(8), b' ');
+    write_durable_with(path, |w| {
+        w.write_all(&(head.len() as u64).to_le_bytes())?;
+        w.write_all(&head)?;
+        for (_, t) in &sorted {
+            if cfg!(target_endian = "little") {
+                w.write_all(bytemuck::cast_slice(&t.data))?;
+            } else {
+                for x in &t.data {
+                    w.write_all(&x.to_le_bytes())?;
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
-/// Writes a small text file atomically.
+/// Writes a small text file atomically and durably.
 pub fn write_text_atomic(path: &Path, text: &str) -> Result<()> {
+    write_durable(path, text.as_bytes())
+}
+
+/// Writes `bytes` to `path` atomically and durably ([`write_durable_with`]).
+pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_durable_with(path, |w| w.write_all(bytes))
+}
+
+/// Writes a file so that a reader (or a crash, or a power cut) sees either the old file or the
+/// complete new one, never a mix: the content goes to `<path>.tmp`, which is flushed to disk
+/// (`fsync`) and renamed over `path`; then the directory is flushed so the rename itself is
+/// durable. A failure (a full disk) removes the temporary file and leaves `path` untouched.
+pub fn write_durable_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<()> {
     let tmp = tmp_path(path);
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    let res = (|| -> Result<()> {
+        let file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+        fill(&mut w).with_context(|| format!("writing {}", tmp.display()))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("flushing {} to disk", tmp.display()))?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return res;
+    }
+    crash_point(path);
+    sync_dir(path)
+}
+
+/// Flushes the directory holding `path`, so a rename into it survives a power cut.
+fn sync_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Ok(()) => Ok(()),
+        // Some file systems cannot flush a directory; the rename is as durable as they allow.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("flushing directory {} to disk", dir.display())),
+    }
+}
+
+/// Environment variable for crash tests: `PEPLER_CRASH_AFTER_RENAME=N` ends the process at once
+/// (no destructors, no cleanup, no flush: what `kill -9` leaves) right after the N-th durable
+/// rename of this process, counting from 1. `N:a,b` counts only files whose name starts with
+/// `a` or `b`. Tests use it to prove that a kill at any rename leaves a run that resumes.
+pub const CRASH_ENV: &str = "PEPLER_CRASH_AFTER_RENAME";
+
+fn crash_point(path: &Path) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RENAMES: AtomicU64 = AtomicU64::new(0);
+    let Ok(spec) = std::env::var(CRASH_ENV) else {
+        return;
+    };
+    let (n, filter) = spec.split_once(':').unwrap_or((spec.as_str(), ""));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if !filter.is_empty() && !filter.split(',').any(|p| name.starts_with(p)) {
+        return;
+    }
+    let k = RENAMES.fetch_add(1, Ordering::SeqCst) + 1;
+    if n.trim().parse::<u64>().ok() == Some(k) {
+        eprintln!(
+            "{CRASH_ENV}: crashing after rename {k} ({})",
+            path.display()
+        );
+        // `_exit` semantics: Rust's `exit` runs no destructors of ours and flushes nothing we
+        // buffer; unlike `abort` it leaves no core dump behind in tests.
+        std::process::exit(137);
+    }
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".tmp");
     PathBuf::from(s)
+}
+
+/// `t` unchanged if every value is finite; otherwise an error naming the file, the tensor and the
+/// first bad element (a model with NaN or infinite weights cannot train or generate, and the
+/// failure would otherwise surface much later as a NaN loss).
+fn all_finite(file: &SafetensorsFile, name: &str, t: HostTensor) -> Result<HostTensor> {
+    if let Some((i, x)) = t.data.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        let count = t.data.iter().filter(|x| !x.is_finite()).count();
+        bail!(
+            "{}: tensor `{name}` holds {x} at element {i} ({count} non-finite values in all): \
+             the weights are corrupt (or were saved from a diverged run)",
+            file.path().display()
+        );
+    }
+    Ok(t)
 }
 
 /// Non-parameter buffers some GPT-2 checkpoints store (causal masks), the tied LM head, and the
@@ -301,7 +436,8 @@ impl ParamSet {
         cfg.validate()
             .with_context(|| format!("{}: model config", file.path().display()))?;
         ParamSet::try_from_fn(cfg, |spec| {
-            file.read_f32(&format!("{prefix}{}", spec.name), Some(&spec.shape))
+            let name = format!("{prefix}{}", spec.name);
+            all_finite(file, &name, file.read_f32(&name, Some(&spec.shape))?)
         })
     }
 
@@ -418,9 +554,21 @@ impl ParamSet {
                         t.shape
                     );
                 }
-                return Ok(resize_vocab(t, v, seed));
+                if v > t.shape[0] + PEPLER_ADDED_TOKENS {
+                    // More than PEPLER's <bos>/<eos>/<pad> rows are missing: those tokens get
+                    // untrained embeddings, which the user should know about.
+                    eprintln!(
+                        "warning: {p}: tensor `{name}` has {} rows but the vocabulary has {v} \
+                         tokens: {} rows are new random embeddings, not only PEPLER's \
+                         {PEPLER_ADDED_TOKENS} added tokens (is config.json's vocab_size or the \
+                         tokenizer the model's?)",
+                        t.shape[0],
+                        v - t.shape[0]
+                    );
+                }
+                return Ok(resize_vocab(all_finite(file, &name, t)?, v, seed));
             }
-            file.read_f32(&name, Some(&spec.shape))
+            all_finite(file, &name, file.read_f32(&name, Some(&spec.shape))?)
         })
     }
 }

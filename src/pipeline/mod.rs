@@ -20,6 +20,7 @@ use crate::metrics::{evaluate_all, EvalInputs, FeatureIndex, MetricsReport, Rati
 use crate::model::pepler::{ForwardOptions, Pepler};
 use crate::train::checkpoint;
 use crate::train::config::TrainConfig;
+use crate::train::run_dir;
 use crate::train::run_log::write_atomic;
 use crate::train::session::Session;
 use crate::train::trainer::{self, evaluate_loss, RunControl};
@@ -165,6 +166,9 @@ impl OnBackend for TrainJob {
     fn run<B: Backend>(self, be: B) -> Result<TrainSummary> {
         let cfg = &self.cfg;
         cfg.validate()?;
+        // Before the (possibly long) data load: the directory is ours, and holds no run that a
+        // fresh start would destroy. The lock is held until the last file is written.
+        let _lock = run_dir::prepare(&self.out_dir, self.control.resume, self.control.overwrite)?;
         let session = Session::load(cfg)?;
         let mc = session.model_config(cfg)?;
         println!(
@@ -290,8 +294,8 @@ impl OnBackend for EvaluateJob {
             Split::Valid => &session.valid,
             Split::Test => &session.test,
         };
-        std::fs::create_dir_all(&self.out_dir)
-            .with_context(|| format!("creating {}", self.out_dir.display()))?;
+        // One writer per directory: not while a training writes into it, nor two evaluations.
+        let _lock = run_dir::lock(&self.out_dir)?;
         let mut model = Pepler::new(be, &params)?;
         let batch_size = if self.batch_size == 0 {
             cfg.batch_size

@@ -11,6 +11,11 @@ use crate::backend::AdamWVariant;
 use crate::data::SyntheticConfig;
 use crate::model::config::{PromptKind, RecKind};
 
+/// The largest `--batch-size` (the original uses 128).
+pub const MAX_BATCH_SIZE: usize = 8192;
+/// The largest `--max-words` (GPT-2 has 1024 positions).
+pub const MAX_WORDS: usize = 4096;
+
 /// Where the reviews come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -115,6 +120,19 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
+        }
+        if self.batch_size > MAX_BATCH_SIZE {
+            // Activations grow with batch x length x vocabulary: refuse before allocating.
+            bail!(
+                "--batch-size {} is too large: at most {MAX_BATCH_SIZE}",
+                self.batch_size
+            );
+        }
+        if self.max_words > MAX_WORDS {
+            bail!(
+                "--max-words {} is too large: at most {MAX_WORDS}",
+                self.max_words
+            );
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("--lr must be a positive number, got {}", self.lr);

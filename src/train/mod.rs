@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod early_stop;
+pub mod run_dir;
 pub mod run_log;
 pub mod session;
 pub mod strategy;

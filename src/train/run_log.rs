@@ -1,12 +1,13 @@
 //! What a training run leaves behind besides checkpoints: `metrics.jsonl` (one JSON object per epoch)
 //! and `loss_curve.svg` (train and validation loss per epoch), both rewritten after every epoch so an
-//! interrupted run still has them. On `--resume` the existing records are read back first.
+//! interrupted run still has them. On `--resume` the existing records are read back first; their
+//! lines are kept byte for byte (never re-serialised), so resuming never changes an earlier record.
+//! Every record names its run ([`EpochRecord::run_id`]): a log from another run is refused.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -29,44 +30,52 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// The validation loss was the best so far and a checkpoint was written.
     pub improved: bool,
+    /// The run the record belongs to (`checkpoint::run_id`; empty in logs of older versions).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub run_id: String,
 }
 
 pub struct RunLog {
     metrics_path: PathBuf,
     plot_path: PathBuf,
     records: Vec<EpochRecord>,
+    /// Each record's line exactly as it is in the file (written once, never re-serialised).
+    lines: Vec<String>,
 }
 
 impl RunLog {
     pub const METRICS_FILE: &'static str = "metrics.jsonl";
     pub const PLOT_FILE: &'static str = "loss_curve.svg";
 
-    /// Starts a log in `dir`. With `resume`, earlier records in `dir/metrics.jsonl` are kept.
-    pub fn open(dir: &Path, resume: bool) -> Result<Self> {
+    /// Starts a log in `dir` for run `run_id`. With `resume`, earlier records in
+    /// `dir/metrics.jsonl` are kept; a record of another run is an error.
+    pub fn open(dir: &Path, resume: bool, run_id: &str) -> Result<Self> {
         let metrics_path = dir.join(Self::METRICS_FILE);
         let mut records = Vec::new();
+        let mut lines = Vec::new();
         if resume && metrics_path.exists() {
             let text = fs::read_to_string(&metrics_path)
                 .with_context(|| format!("reading {}", metrics_path.display()))?;
-            for (i, line) in text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-            {
-                let rec: EpochRecord = serde_json::from_str(line).with_context(|| {
-                    format!(
-                        "{}: line {} is not an epoch record",
+            for (rec, line) in parse_records(&text, &metrics_path.display().to_string())? {
+                if !rec.run_id.is_empty() && !run_id.is_empty() && rec.run_id != run_id {
+                    bail!(
+                        "{}: epoch {} of stage `{}` belongs to run {}, not to the run being \
+                         resumed ({run_id}): the directory mixes two runs",
                         metrics_path.display(),
-                        i + 1
-                    )
-                })?;
+                        rec.epoch,
+                        rec.stage,
+                        rec.run_id
+                    );
+                }
                 records.push(rec);
+                lines.push(line.to_string());
             }
         }
         let log = Self {
             metrics_path,
             plot_path: dir.join(Self::PLOT_FILE),
             records,
+            lines,
         };
         log.write_all()?;
         Ok(log)
@@ -78,19 +87,26 @@ impl RunLog {
 
     /// Drops records after `global_step` (a resumed run repeats the epochs after its checkpoint).
     pub fn truncate_after_step(&mut self, global_step: u64) -> Result<()> {
-        self.records.retain(|r| r.global_step <= global_step);
+        let keep = self
+            .records
+            .iter()
+            .take_while(|r| r.global_step <= global_step)
+            .count();
+        self.records.truncate(keep);
+        self.lines.truncate(keep);
         self.write_all()
     }
 
     pub fn append(&mut self, rec: EpochRecord) -> Result<()> {
+        self.lines.push(serde_json::to_string(&rec)?);
         self.records.push(rec);
         self.write_all()
     }
 
     fn write_all(&self) -> Result<()> {
         let mut text = String::new();
-        for r in &self.records {
-            text.push_str(&serde_json::to_string(r)?);
+        for line in &self.lines {
+            text.push_str(line);
             text.push('\n');
         }
         write_atomic(&self.metrics_path, text.as_bytes())?;
@@ -104,19 +120,25 @@ impl RunLog {
     }
 }
 
-/// Writes `bytes` to `path` through `<path>.tmp` and a rename, so readers never see half a file.
+/// The records of a `metrics.jsonl` text with their lines (blank lines skipped); `source` names
+/// the file in errors, with the line number.
+pub fn parse_records<'a>(text: &'a str, source: &str) -> Result<Vec<(EpochRecord, &'a str)>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let rec: EpochRecord = serde_json::from_str(line)
+            .with_context(|| format!("{source}: line {} is not an epoch record", i + 1))?;
+        out.push((rec, line));
+    }
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` atomically and durably (temporary file, fsync, rename, fsync of
+/// the directory), so readers and crashes never see half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().ok();
-    drop(f);
-    fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    crate::model::safetensors_io::write_durable(path, bytes)
 }
 
 /// Train and validation loss against the epoch number across all stages, as an SVG document.
@@ -197,24 +219,39 @@ mod tests {
             tokens_per_s: 1000.0,
             seconds: 1.0,
             improved: true,
+            run_id: "r1".into(),
         }
     }
 
     #[test]
     fn log_round_trips_and_draws_both_curves() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = RunLog::open(dir.path(), false).unwrap();
+        let mut log = RunLog::open(dir.path(), false, "r1").unwrap();
         log.append(rec(1, 3.0, 3.2)).unwrap();
         log.append(rec(2, 2.5, 2.9)).unwrap();
         log.append(rec(3, 2.0, 2.8)).unwrap();
         let svg = fs::read_to_string(dir.path().join(RunLog::PLOT_FILE)).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("validation") && svg.contains("<polyline"));
 
-        let mut resumed = RunLog::open(dir.path(), true).unwrap();
+        let before = fs::read_to_string(dir.path().join(RunLog::METRICS_FILE)).unwrap();
+        let mut resumed = RunLog::open(dir.path(), true, "r1").unwrap();
         assert_eq!(resumed.records().len(), 3);
         resumed.truncate_after_step(20).unwrap();
-        assert_eq!(RunLog::open(dir.path(), true).unwrap().records().len(), 2);
-        assert!(RunLog::open(dir.path(), false)
+        let after = fs::read_to_string(dir.path().join(RunLog::METRICS_FILE)).unwrap();
+        assert!(
+            before.starts_with(&after) && after.lines().count() == 2,
+            "earlier records are kept byte for byte:\n{before}\n{after}"
+        );
+        assert_eq!(
+            RunLog::open(dir.path(), true, "r1")
+                .unwrap()
+                .records()
+                .len(),
+            2
+        );
+        let err = RunLog::open(dir.path(), true, "r2").err().unwrap();
+        assert!(format!("{err:#}").contains("belongs to run r1"), "{err:#}");
+        assert!(RunLog::open(dir.path(), false, "r2")
             .unwrap()
             .records()
             .is_empty());

@@ -130,14 +130,7 @@ impl Session {
         let (nu, ni) = (self.dataset.n_users(), self.dataset.n_items());
         let mut mc = match &cfg.model_dir {
             None => ModelConfig::tiny(nu, ni),
-            Some(dir) => {
-                let path = dir.join("config.json");
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("{}: cannot read the model config", path.display()))?;
-                ModelConfig::from_hf_config_json(&text, nu, ni)
-                    .with_context(|| format!("{}", path.display()))?
-                    .with_pepler_vocab()
-            }
+            Some(dir) => read_hf_config(&dir.join("config.json"), nu, ni)?,
         };
         mc.n_users = nu;
         mc.n_items = ni;
@@ -170,6 +163,24 @@ impl Session {
                 mc.n_positions
             );
         }
+        // Generation after training feeds prompt + <bos> + up to max_words - 1 tokens: check it
+        // now rather than after the whole training.
+        let prompt = [&self.train, &self.valid, &self.test]
+            .iter()
+            .map(|s| s.prompt_width.max(2))
+            .max()
+            .unwrap_or(2);
+        if prompt + cfg.max_words > mc.n_positions {
+            bail!(
+                "--max-words {} does not fit the model's {} positions: generation needs the \
+                 prompt ({prompt} positions), <bos> and up to {} more tokens; use --max-words {} \
+                 at most",
+                cfg.max_words,
+                mc.n_positions,
+                cfg.max_words - 1,
+                mc.n_positions.saturating_sub(prompt)
+            );
+        }
         mc.validate()?;
         Ok(mc)
     }
@@ -197,7 +208,80 @@ impl Session {
     }
 }
 
+/// The largest model `--model` may describe, in parameters (64 GB of fp32 weights); a larger
+/// config.json is refused before anything is allocated.
+pub const MAX_MODEL_PARAMS: u64 = 16_000_000_000;
+
+/// Reads a Hugging Face `config.json` (with PEPLER's vocabulary) and bounds its sizes before
+/// anything is allocated from them; every error names the file.
+pub fn read_hf_config(path: &Path, n_users: usize, n_items: usize) -> Result<ModelConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read the model config", path.display()))?;
+    parse_hf_config(&text, n_users, n_items).with_context(|| format!("{}", path.display()))
+}
+
+/// [`read_hf_config`] on the file's text.
+pub fn parse_hf_config(text: &str, n_users: usize, n_items: usize) -> Result<ModelConfig> {
+    let mc = ModelConfig::from_hf_config_json(text, n_users, n_items)?.with_pepler_vocab();
+    mc.validate()?;
+    let (v, p, c, l) = (
+        mc.vocab_size as u64,
+        mc.n_positions as u64,
+        mc.n_embd as u64,
+        mc.n_layer as u64,
+    );
+    let prompts = (n_users as u64).saturating_add(n_items as u64);
+    // GPT-2: wte + wpe + per layer ~12 c^2 (attention 4 c^2, MLP 8 c^2); plus the prompt vectors.
+    let params = v
+        .saturating_add(p)
+        .saturating_add(prompts)
+        .saturating_mul(c)
+        .saturating_add(l.saturating_mul(12).saturating_mul(c).saturating_mul(c));
+    if params > MAX_MODEL_PARAMS {
+        bail!(
+            "the model it describes (vocab_size {v}, n_positions {p}, n_embd {c}, n_layer {l}) \
+             has about {params} parameters, more than the {MAX_MODEL_PARAMS} supported"
+        );
+    }
+    Ok(mc)
+}
+
+/// A fingerprint of a dataset's content (ids, ratings, texts and the three splits), for the run
+/// id: resuming on changed data is refused.
+pub fn data_fingerprint(ds: &Dataset) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for r in &ds.reviews {
+        h.update(r.user.to_le_bytes());
+        h.update(r.item.to_le_bytes());
+        h.update(r.rating.to_bits().to_le_bytes());
+        for s in [&r.feature, &r.adjective, &r.sentence] {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+        h.update(r.sentiment.to_le_bytes());
+    }
+    for names in [ds.users.names(), ds.items.names()] {
+        for n in names {
+            h.update((n.len() as u64).to_le_bytes());
+            h.update(n.as_bytes());
+        }
+    }
+    for split in [&ds.train, &ds.valid, &ds.test] {
+        h.update((split.len() as u64).to_le_bytes());
+        for &i in split.iter() {
+            h.update((i as u64).to_le_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Session {
+    /// [`data_fingerprint`] of this session's dataset.
+    pub fn data_fingerprint(&self) -> String {
+        data_fingerprint(&self.dataset)
+    }
+
     /// Model token ids back to the tokenizer's (the identity without a compact vocabulary).
     pub fn tokenizer_ids(&self, ids: &[u32]) -> Result<Vec<u32>> {
         match &self.vocab {

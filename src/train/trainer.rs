@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::checkpoint::{self, Sidecar};
 use super::config::TrainConfig;
 use super::early_stop::{EarlyStopping, Verdict};
+use super::run_dir;
 use super::run_log::{EpochRecord, RunLog};
 use super::session::Session;
 use super::strategy::{stages, Stage};
@@ -105,6 +106,9 @@ pub struct TrainOutcome {
 pub struct RunControl {
     /// Continue from the run directory's resume state.
     pub resume: bool,
+    /// Without `resume`: delete a run already in the directory and start over (without it, a
+    /// directory holding a run is refused rather than destroyed).
+    pub overwrite: bool,
     /// Stop this call after so many epochs, leaving a resumable state (time-boxed jobs).
     pub stop_after_epochs: Option<u32>,
 }
@@ -163,7 +167,14 @@ pub fn train<B: Backend>(
     let plan = stages(cfg.strategy, cfg.stage1_wte, &model_cfg)?;
     model.seed = cfg.seed;
 
+    let run_id = checkpoint::run_id(
+        cfg,
+        &model_cfg,
+        session.tokenizer.sha256(),
+        &session.data_fingerprint(),
+    )?;
     let mut side = Sidecar {
+        run_id: run_id.clone(),
         train_config: cfg.clone(),
         model_config: model_cfg.clone(),
         tokenizer_sha256: session.tokenizer.sha256().to_string(),
@@ -177,23 +188,73 @@ pub fn train<B: Backend>(
         val_loss: None,
         vocab: session.vocab.clone(),
     };
-    let mut log = RunLog::open(out_dir, resume)?;
+    if !resume {
+        // A fresh run never silently destroys another: the caller clears the directory only
+        // when asked to (`--overwrite`, see `run_dir::prepare`).
+        run_dir::refuse_existing_run(out_dir, control.overwrite)?;
+    }
+    let mut log;
     if resume {
         let st = checkpoint::load_state(out_dir)?;
+        let state_path = out_dir.join(checkpoint::STATE_FILE);
         if st.sidecar.train_config != *cfg {
             bail!(
                 "{}: the run was started with a different configuration; resume it with the same \
                  options (saved: {})",
-                out_dir.join(checkpoint::STATE_SIDECAR).display(),
+                state_path.display(),
                 serde_json::to_string(&st.sidecar.train_config)?
             );
         }
         if st.sidecar.tokenizer_sha256 != side.tokenizer_sha256 {
-            bail!("{}: the run used another tokenizer", out_dir.display());
+            bail!(
+                "{}: the run used another tokenizer than {}",
+                state_path.display(),
+                session.tokenizer.source()
+            );
         }
+        if st.sidecar.model_config != model_cfg {
+            bail!(
+                "{}: the saved model configuration differs from the one these options and data \
+                 give (was the data or the model directory changed?)",
+                state_path.display()
+            );
+        }
+        if !st.sidecar.run_id.is_empty() && st.sidecar.run_id != run_id {
+            bail!(
+                "{}: the resume state belongs to run {}, but these options and data make run \
+                 {run_id} (was the data changed, or the state copied from another run?)",
+                state_path.display(),
+                st.sidecar.run_id
+            );
+        }
+        if st.sidecar.stage >= plan.len() || plan[st.sidecar.stage].name != st.sidecar.stage_name {
+            bail!(
+                "{}: stage {} (`{}`) is not a stage of the `{}` strategy ({} stages)",
+                state_path.display(),
+                st.sidecar.stage,
+                st.sidecar.stage_name,
+                serde_json::to_value(cfg.strategy)?.as_str().unwrap_or("?"),
+                plan.len()
+            );
+        }
+        if out_dir.join(checkpoint::MODEL_FILE).exists() {
+            let (_, best) = checkpoint::load_model(out_dir)?;
+            if best.run_id != st.sidecar.run_id {
+                bail!(
+                    "{}: the best model belongs to run {} but the resume state to run {}: the \
+                     directory mixes two runs; start over (--overwrite) or restore the run's files",
+                    out_dir.join(checkpoint::MODEL_FILE).display(),
+                    best.run_id,
+                    st.sidecar.run_id
+                );
+            }
+        }
+        checkpoint::refresh_sidecar_copies(out_dir)?;
         model.upload_params(&st.params)?;
         model.set_optimizer_moments(st.moments)?;
         side = st.sidecar;
+        side.run_id = run_id.clone();
+        log = RunLog::open(out_dir, true, &run_id)?;
         log.truncate_after_step(side.global_step)?;
         eprintln!(
             "resuming {} at stage `{}`, epoch {}, step {}",
@@ -203,17 +264,10 @@ pub fn train<B: Backend>(
             side.global_step
         );
     } else {
-        // A fresh run starts from a clean directory state: no stale best model or resume state.
-        for f in [
-            checkpoint::MODEL_FILE,
-            checkpoint::MODEL_SIDECAR,
-            checkpoint::STATE_FILE,
-            checkpoint::STATE_SIDECAR,
-        ] {
-            let _ = std::fs::remove_file(out_dir.join(f));
-        }
         // A resume state from the very start: a run interrupted in its first epoch can resume.
+        // It comes before any other file, so a directory with run files always has one.
         save_resume_state(model, out_dir, &side)?;
+        log = RunLog::open(out_dir, false, &run_id)?;
     }
 
     let hp = AdamWParams {
@@ -271,9 +325,11 @@ pub fn train<B: Backend>(
                 )?;
                 if !out.loss.is_finite() {
                     bail!(
-                        "the training loss became {} at step {} (lower --lr?)",
+                        "the training loss became {} at step {} (stage `{}`, epoch {epoch}): the \
+                         model diverged; lower --lr",
                         out.loss,
-                        side.global_step
+                        side.global_step,
+                        stage.name
                     );
                 }
                 model.backward(Some(&flags))?;
@@ -292,6 +348,17 @@ pub fn train<B: Backend>(
             let train_losses = sum.mean();
             let val = evaluate_loss(model, &session.valid, cfg.batch_size)?;
             let val_loss = val.criterion();
+            if !val_loss.is_finite() {
+                // Not an ordinary "no improvement": every later epoch would be NaN as well.
+                bail!(
+                    "the validation loss became {val_loss} after epoch {epoch} of stage `{}` \
+                     (step {}; training loss {:.4}): the model diverged; lower --lr and start \
+                     over (--overwrite), or resume from the last saved state with other options",
+                    stage.name,
+                    side.global_step,
+                    train_losses.criterion()
+                );
+            }
             let verdict = side.early_stopping.observe(val_loss);
             side.epoch = epoch;
             side.val_loss = Some(val_loss);
@@ -310,6 +377,7 @@ pub fn train<B: Backend>(
                 tokens_per_s: tokens as f64 / seconds.max(1e-9),
                 seconds,
                 improved: verdict == Verdict::Improved,
+                run_id: run_id.clone(),
             };
             println!(
                 "{:<6} epoch {:>3} | train loss {:.4} (ppl {:.2}) | valid loss {:.4} (ppl {:.2}){} | {:.0} tok/s | {:.1}s{}",
