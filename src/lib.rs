@@ -10,6 +10,8 @@
 //! - `model`:    GPT-2 + PEPLER written once: parameters, HF safetensors I/O, forward/backward.
 //! - `optim`:    AdamW with per-tensor trainable flags.
 //! - `tokenizer`, `data`, `metrics`, `train`, `generate`: the PEPLER pipeline.
+//! - `experiment`: the paper's experiments (resumable grids of runs, tables, figures, attention
+//!   maps, scoring any system's output).
 //! - `pipeline`: the jobs behind the subcommands (train, generate, evaluate) on any backend.
 //! - `cli`:      the command line (clap), one module per subcommand.
 //! - `parity`:   PyTorch reference dumps and the one tolerance table.
@@ -18,6 +20,7 @@ pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod experiment;
 pub mod generate;
 pub mod kernels;
 pub mod metrics;

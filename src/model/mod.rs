@@ -7,3 +7,4 @@ pub mod decode;
 pub mod params;
 pub mod pepler;
 pub mod safetensors_io;
+pub mod sizes;

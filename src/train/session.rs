@@ -129,7 +129,9 @@ impl Session {
     pub fn model_config(&self, cfg: &TrainConfig) -> Result<ModelConfig> {
         let (nu, ni) = (self.dataset.n_users(), self.dataset.n_items());
         let mut mc = match &cfg.model_dir {
-            None => ModelConfig::tiny(nu, ni),
+            None => cfg
+                .model_size
+                .map_or_else(|| ModelConfig::tiny(nu, ni), |size| size.config(nu, ni)),
             Some(dir) => {
                 let path = dir.join("config.json");
                 let text = std::fs::read_to_string(&path)
