@@ -111,8 +111,8 @@ mod tests {
             (ModelSize::Xl, 1558),
         ] {
             let mut cfg = size.config(1, 1);
-            cfg.vocab_size = 50257;
             cfg.validate().unwrap();
+            cfg.vocab_size = 50257; // the released count excludes PEPLER's three added tokens
             let n: usize = param_specs(&cfg)
                 .iter()
                 .filter(|s| s.name.starts_with("transformer."))
