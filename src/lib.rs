@@ -9,6 +9,8 @@
 //! - `backend`:  the `Backend` trait the model is written against, and its implementations.
 //! - `model`:    GPT-2 + PEPLER written once: parameters, HF safetensors I/O, forward/backward.
 //! - `tokenizer`, `data`, `metrics`, `train`, `generate`: the PEPLER pipeline.
+//! - `experiment`: the paper's experiments (resumable grids of runs, tables, figures, attention
+//!   maps, scoring any system's output).
 //! - `pipeline`: the jobs behind the subcommands (train, generate, evaluate) on any backend.
 //! - `cli`:      the command line (clap), one module per subcommand.
 //! - `parity`:   PyTorch reference dumps and the one tolerance table.
@@ -17,6 +19,7 @@ pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod device;
+pub mod experiment;
 pub mod generate;
 pub mod kernels;
 pub mod metrics;

@@ -24,6 +24,12 @@ enum Command {
     Evaluate(cli::evaluate::EvaluateArgs),
     /// Compare a backend against a PyTorch reference dump; exit 1 on any failure.
     CheckParity(cli::check_parity::CheckParityArgs),
+    /// Run one of the paper's experiments as a resumable grid: tables, figures and report.md.
+    Experiment(cli::experiment::ExperimentArgs),
+    /// Draw the attention heatmap of a (user, item) explanation (the paper's Fig. 8).
+    Attention(cli::attention::AttentionArgs),
+    /// Score any system's explanations (JSON lines) with exactly `evaluate`'s metrics.
+    Score(cli::score::ScoreArgs),
 }
 
 fn main() {
@@ -33,6 +39,9 @@ fn main() {
         Command::Generate(args) => cli::evaluate::run_generate(args),
         Command::Evaluate(args) => cli::evaluate::run_evaluate(args),
         Command::CheckParity(args) => cli::check_parity::run(args),
+        Command::Experiment(args) => cli::experiment::run(args),
+        Command::Attention(args) => cli::attention::run(args),
+        Command::Score(args) => cli::score::run(args),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -177,8 +177,8 @@ impl LnCase {
         layernorm::layernorm_backward(
             dev,
             dinp.view_mut(),
-            dw.view_mut(),
-            db.view_mut(),
+            Some(dw.view_mut()),
+            Some(db.view_mut()),
             scratch.view_mut(),
             dout.view(),
             x.view(),

@@ -115,6 +115,10 @@ pub struct TrainArgs {
     /// initialised.
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    /// Without --model: a built-in GPT-2 shape, randomly initialised (tiny, small, medium, large,
+    /// xl); default: tiny.
+    #[arg(long, value_name = "SIZE", conflicts_with = "model")]
+    pub size: Option<crate::model::sizes::ModelSize>,
     /// A tokenizer.json (GPT-2 BPE) instead of the model directory's or the built-in one.
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
@@ -224,6 +228,7 @@ impl TrainArgs {
             zero_prompts: self.zero_prompts,
             full_vocab: self.full_vocab,
             adamw: self.adamw,
+            model_size: self.size,
         }
     }
 }

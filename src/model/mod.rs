@@ -10,3 +10,4 @@ pub mod heads;
 pub mod params;
 pub mod pepler;
 pub mod safetensors_io;
+pub mod sizes;

@@ -182,9 +182,12 @@ impl OnBackend for TrainJob {
         );
         match &cfg.model_dir {
             None => println!(
-                "model: built-in tiny GPT-2 ({} layers, {} wide, {} heads), RANDOMLY INITIALISED — \
+                "model: built-in {} GPT-2 ({} layers, {} wide, {} heads), RANDOMLY INITIALISED — \
                  pass --model <gpt2 dir> for pretrained weights",
-                mc.n_layer, mc.n_embd, mc.n_head
+                cfg.model_size.map_or("tiny", |s| s.name()),
+                mc.n_layer,
+                mc.n_embd,
+                mc.n_head
             ),
             Some(dir) => println!(
                 "model: GPT-2 from {} ({} layers, {} wide)",

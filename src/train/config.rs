@@ -10,6 +10,7 @@ use super::strategy::{Stage1Wte, Strategy};
 use crate::backend::AdamWVariant;
 use crate::data::SyntheticConfig;
 use crate::model::config::{PromptKind, RecKind};
+use crate::model::sizes::ModelSize;
 
 /// The largest `--batch-size` (the original uses 128).
 pub const MAX_BATCH_SIZE: usize = 8192;
@@ -81,6 +82,10 @@ pub struct TrainConfig {
     /// Which AdamW formula (`torch.optim.AdamW`, or `transformers.AdamW` as the original scripts).
     #[serde(default)]
     pub adamw: AdamWVariant,
+    /// A built-in GPT-2 shape (randomly initialised) instead of the tiny model, when `model_dir`
+    /// is `None`. Omitted from the JSON when unset, so earlier runs' sidecars still compare equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_size: Option<ModelSize>,
 }
 
 impl TrainConfig {
@@ -113,6 +118,7 @@ impl TrainConfig {
             zero_prompts: false,
             full_vocab: false,
             adamw: AdamWVariant::Torch,
+            model_size: None,
         }
     }
 

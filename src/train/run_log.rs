@@ -1,8 +1,9 @@
 //! What a training run leaves behind besides checkpoints: `metrics.jsonl` (one JSON object per epoch)
-//! and `loss_curve.svg` (train and validation loss per epoch), both rewritten after every epoch so an
-//! interrupted run still has them. On `--resume` the existing records are read back first; their
-//! lines are kept byte for byte (never re-serialised), so resuming never changes an earlier record.
-//! Every record names its run ([`EpochRecord::run_id`]): a log from another run is refused.
+//! and `loss_curve.svg` + `loss_curve.png` (train and validation loss per epoch), all rewritten
+//! after every epoch so an interrupted run still has them. On `--resume` the existing records are
+//! read back first; their lines are kept byte for byte (never re-serialised), so resuming never
+//! changes an earlier record. Every record names its run ([`EpochRecord::run_id`]): a log from
+//! another run is refused.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -116,7 +117,10 @@ impl RunLog {
     fn plot(&self) -> Result<()> {
         let svg = render_loss_curve(&self.records)
             .with_context(|| format!("drawing {}", self.plot_path.display()))?;
-        write_atomic(&self.plot_path, svg.as_bytes())
+        write_atomic(&self.plot_path, svg.as_bytes())?;
+        // The same curve as PNG, for viewers without SVG (drawn by the experiment figures).
+        let png = crate::experiment::plot::loss_curve_figure(&self.records)?.png;
+        write_atomic(&self.plot_path.with_extension("png"), &png)
     }
 }
 
@@ -143,6 +147,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Train and validation loss against the epoch number across all stages, as an SVG document.
 pub fn render_loss_curve(records: &[EpochRecord]) -> Result<String> {
+    // Text is laid out with the embedded font (plotters has no other with `ab_glyph`).
+    crate::experiment::plot::register_fonts();
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 420)).into_drawing_area();

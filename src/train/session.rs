@@ -129,7 +129,9 @@ impl Session {
     pub fn model_config(&self, cfg: &TrainConfig) -> Result<ModelConfig> {
         let (nu, ni) = (self.dataset.n_users(), self.dataset.n_items());
         let mut mc = match &cfg.model_dir {
-            None => ModelConfig::tiny(nu, ni),
+            None => cfg
+                .model_size
+                .map_or_else(|| ModelConfig::tiny(nu, ni), |size| size.config(nu, ni)),
             Some(dir) => read_hf_config(&dir.join("config.json"), nu, ni)?,
         };
         mc.n_users = nu;

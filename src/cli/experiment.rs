@@ -1,0 +1,371 @@
+//! `pepler-cuda experiment splits|strategies|lambda|sizes`: the paper's experiments as resumable
+//! grids of training runs, with tables, figures and a report (see `crate::experiment`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::train::{DataArgs, PromptArg, RecArg};
+use crate::backend::AdamWVariant;
+use crate::experiment::aggregate::aggregate;
+use crate::experiment::report::{shell_line, write_report};
+use crate::experiment::{
+    collect, grid, run_grid, splits_under, Axes, GridControl, Kind, RunStatus, SizeSpec,
+    SplitSource, Variant,
+};
+use crate::model::config::{PromptKind, RecKind};
+use crate::model::sizes::ModelSize;
+use crate::train::config::{DataSource, TrainConfig};
+use crate::train::strategy::{Stage1Wte, Strategy};
+
+/// A Table 5 row, as `--variants` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VariantArg {
+    /// PEPLER: continuous prompt, --strategy (default sequential), no rating head.
+    Pepler,
+    /// PEPLER (MF): + matrix-factorisation rating head, full fine-tuning, --lambda.
+    PeplerMf,
+    /// PEPLER (MLP): + MLP rating head, full fine-tuning, --lambda.
+    PeplerMlp,
+    /// PEPLER-D: discrete prompt, full fine-tuning, lr 1e-4 unless --lr is given.
+    PeplerD,
+}
+
+impl From<VariantArg> for Variant {
+    fn from(v: VariantArg) -> Variant {
+        match v {
+            VariantArg::Pepler => Variant::Pepler,
+            VariantArg::PeplerMf => Variant::PeplerMf,
+            VariantArg::PeplerMlp => Variant::PeplerMlp,
+            VariantArg::PeplerD => Variant::PeplerD,
+        }
+    }
+}
+
+/// Options every experiment shares: the data and its splits, the training options of every run,
+/// where results go and how much of the grid to run now.
+#[derive(Clone, Debug, Args)]
+pub struct ExperimentCommon {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Folder holding the split folders `1`, `2`, … (each with train.index, validation.index,
+    /// test.index), e.g. TripAdvisor/ of the released data; needs --data. Every run of the grid
+    /// is repeated on each split and figures show mean ± standard deviation over splits. Without
+    /// it, one split: --index-dir, the JSON-lines file's seeded split, or the synthetic data set.
+    #[arg(long, value_name = "DIR", conflicts_with = "index_dir")]
+    pub index_root: Option<PathBuf>,
+    /// Only these split folders of --index-root (comma-separated names; default: every folder
+    /// named by a number).
+    #[arg(
+        long,
+        value_name = "NAMES",
+        value_delimiter = ',',
+        requires = "index_root"
+    )]
+    pub splits: Vec<String>,
+    /// Experiment directory: one sub-directory per run, plus table.md/.csv/.json, results.csv,
+    /// the figures (SVG and PNG) and report.md. Default: runs/<experiment>.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Train at most this many runs in this call, then stop (finished runs are skipped and do not
+    /// count); the same command continues the grid.
+    #[arg(long, value_name = "N")]
+    pub max_runs: Option<usize>,
+    /// Stop the run in progress after this many epochs and end the call there (for time-boxed
+    /// jobs); the same command resumes that run where it stopped.
+    #[arg(long, value_name = "EPOCHS")]
+    pub stop_after: Option<u32>,
+    /// A Hugging Face GPT-2 directory (config.json + model.safetensors [+ tokenizer.json]) for
+    /// every run. Without it: the built-in tiny GPT-2 (or --size), randomly initialised.
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Without --model: a built-in GPT-2 shape, randomly initialised (tiny, small, medium, large,
+    /// xl); default: tiny. (The `sizes` experiment sets this per run.)
+    #[arg(long, value_name = "SIZE", conflicts_with = "model")]
+    pub size: Option<ModelSize>,
+    /// A tokenizer.json (GPT-2 BPE) instead of the model directory's or the built-in one.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Prompt kind of every run (the `splits` variants set their own).
+    #[arg(long, value_enum, default_value_t = PromptArg::Continuous)]
+    pub prompt: PromptArg,
+    /// Training strategy of every run where the experiment does not sweep or fix it: sequential,
+    /// prompt-only or full (default: sequential; the λ sweep and the rating-head variants use full,
+    /// as the original reg.py).
+    #[arg(long, value_enum)]
+    pub strategy: Option<Strategy>,
+    /// Whether the word-embedding table trains in the prompt stage (`train`: as the original
+    /// code; `freeze`: as the paper).
+    #[arg(long, value_enum, default_value_t = Stage1Wte::Train)]
+    pub stage1_wte: Stage1Wte,
+    /// Rating head of every run where the experiment does not set it.
+    #[arg(long, value_enum, default_value_t = RecArg::None)]
+    pub rec: RecArg,
+    /// Weight of the rating loss where the experiment does not sweep it.
+    #[arg(long = "lambda", default_value_t = 0.01)]
+    pub rec_lambda: f32,
+    /// Learning rate where the experiment does not sweep it (default: 1e-3; 1e-4 for the
+    /// discrete prompt).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// AdamW formula: `torch` (torch.optim.AdamW) or `hf` (transformers.AdamW, as the original).
+    #[arg(long, value_enum, default_value_t = AdamWVariant::Torch)]
+    pub adamw: AdamWVariant,
+    /// AdamW weight decay (decoupled).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Maximum epochs per stage (early stopping usually ends a stage first).
+    #[arg(long, default_value_t = 100)]
+    pub epochs: u32,
+    /// Early stopping: a stage ends after this many epochs without a new best validation loss.
+    #[arg(long, default_value_t = 5)]
+    pub endure: u32,
+    /// Explanations are cut to this many BPE tokens; generation stops after as many.
+    #[arg(long, default_value_t = 20)]
+    pub max_words: usize,
+    /// Dropout probability during training.
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f32,
+    /// Seed of every run (initialisation, batch order, dropout): same seed, same bits.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Keep GPT-2's full 50260-token vocabulary in built-in models (default: only the tokens in
+    /// the data).
+    #[arg(long)]
+    pub full_vocab: bool,
+}
+
+/// Which experiment, with its own grid options.
+#[derive(Clone, Debug, Subcommand)]
+pub enum ExperimentCmd {
+    /// The paper's Table 5: each variant on every split, every metric as mean ± std over splits.
+    Splits {
+        /// The variants (table rows), comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "pepler")]
+        variants: Vec<VariantArg>,
+        #[command(flatten)]
+        common: ExperimentCommon,
+    },
+    /// The paper's Fig. 6: BLEU-4 of the tuning strategies over learning rates.
+    Strategies {
+        /// The strategies (one line each), comma-separated.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "sequential,full,prompt-only"
+        )]
+        strategies: Vec<Strategy>,
+        /// The learning rates, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1e-4,1e-3,1e-2")]
+        lrs: Vec<f64>,
+        #[command(flatten)]
+        common: ExperimentCommon,
+    },
+    /// The paper's Fig. 7: BLEU-4 and RMSE of PEPLER (MF) and PEPLER (MLP) over λ (full
+    /// fine-tuning unless --strategy is given).
+    Lambda {
+        /// The rating heads (one line each), comma-separated: mf, mlp.
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "mf,mlp")]
+        recs: Vec<RecArg>,
+        /// The regularisation coefficients λ, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1e-3,1e-2,1e-1,1,10")]
+        lambdas: Vec<f64>,
+        #[command(flatten)]
+        common: ExperimentCommon,
+    },
+    /// The paper's Fig. 9: BLEU-4 over GPT-2 sizes. Built-in shapes are RANDOMLY INITIALISED;
+    /// give NAME=DIR for pretrained weights of that size.
+    Sizes {
+        /// The sizes, comma-separated: tiny, small, medium, large, xl, each optionally
+        /// `=<Hugging Face GPT-2 directory>` (e.g. medium=models/gpt2-medium).
+        #[arg(long, value_delimiter = ',', default_value = "small,medium,large")]
+        sizes: Vec<SizeSpec>,
+        #[command(flatten)]
+        common: ExperimentCommon,
+    },
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ExperimentArgs {
+    #[command(subcommand)]
+    pub cmd: ExperimentCmd,
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+impl ExperimentCommon {
+    /// The configuration every run starts from; the grid overrides what it sweeps. Built from
+    /// `TrainConfig::defaults` so fields added later keep their defaults.
+    pub fn base_config(&self, kind: Kind) -> TrainConfig {
+        let prompt = match self.prompt {
+            PromptArg::Continuous => PromptKind::Continuous,
+            PromptArg::Discrete => PromptKind::Discrete,
+        };
+        let mut c = TrainConfig::defaults(prompt);
+        c.data = self.data.source();
+        c.model_dir = self.model.as_deref().map(absolute);
+        c.model_size = self.size;
+        c.tokenizer = self.tokenizer.as_deref().map(absolute);
+        if let Some(s) = self.strategy {
+            c.strategy = s;
+        } else if kind == Kind::Lambda {
+            c.strategy = Strategy::Full;
+        }
+        c.stage1_wte = self.stage1_wte;
+        c.rec = match self.rec {
+            RecArg::None => RecKind::None,
+            RecArg::Mf => RecKind::Mf,
+            RecArg::Mlp => RecKind::Mlp,
+        };
+        c.rec_lambda = self.rec_lambda;
+        if let Some(lr) = self.lr {
+            c.lr = lr;
+        }
+        c.adamw = self.adamw;
+        c.weight_decay = self.weight_decay;
+        c.batch_size = self.batch_size;
+        c.epochs = self.epochs;
+        c.endure = self.endure;
+        c.max_words = self.max_words;
+        c.dropout = self.dropout;
+        c.seed = self.seed;
+        c.full_vocab = self.full_vocab;
+        c
+    }
+
+    /// The splits of the grid (see --index-root).
+    pub fn split_sources(&self, base: &TrainConfig) -> Result<Vec<SplitSource>> {
+        match &self.index_root {
+            Some(root) => {
+                let Some(data) = &self.data.data else {
+                    bail!("--index-root needs --data (the reviews file the split folders index)");
+                };
+                splits_under(&absolute(data), &absolute(root), &self.splits)
+            }
+            None => Ok(vec![SplitSource {
+                name: "main".into(),
+                data: base.data.clone(),
+            }]),
+        }
+    }
+}
+
+pub fn run(args: &ExperimentArgs) -> Result<i32> {
+    let (common, axes) = match &args.cmd {
+        ExperimentCmd::Splits { variants, common } => (
+            common,
+            Axes::Splits {
+                variants: variants.iter().map(|&v| v.into()).collect(),
+            },
+        ),
+        ExperimentCmd::Strategies {
+            strategies,
+            lrs,
+            common,
+        } => (
+            common,
+            Axes::Strategies {
+                strategies: strategies.clone(),
+                lrs: lrs.clone(),
+            },
+        ),
+        ExperimentCmd::Lambda {
+            recs,
+            lambdas,
+            common,
+        } => (
+            common,
+            Axes::Lambda {
+                recs: recs
+                    .iter()
+                    .map(|r| match r {
+                        RecArg::None => RecKind::None,
+                        RecArg::Mf => RecKind::Mf,
+                        RecArg::Mlp => RecKind::Mlp,
+                    })
+                    .collect(),
+                lambdas: lambdas.clone(),
+            },
+        ),
+        ExperimentCmd::Sizes { sizes, common } => (
+            common,
+            Axes::Sizes {
+                sizes: sizes.clone(),
+            },
+        ),
+    };
+    for v in match &axes {
+        Axes::Strategies { lrs, .. } => lrs.as_slice(),
+        Axes::Lambda { lambdas, .. } => lambdas.as_slice(),
+        _ => &[],
+    } {
+        if !(v.is_finite() && *v > 0.0) {
+            bail!("swept values must be positive numbers (they are drawn on a log scale), got {v}");
+        }
+    }
+    super::backend::configure_threads(common.data.threads)?;
+    let kind = axes.kind();
+    let base = common.base_config(kind);
+    let splits = common.split_sources(&base)?;
+    let runs = grid(&axes, &base, &splits, common.lr.is_some())?;
+    let out = common
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(kind.name()));
+    println!(
+        "experiment {kind}: {} runs ({} grid points x {} splits) -> {}",
+        runs.len(),
+        runs.len() / splits.len(),
+        splits.len(),
+        out.display()
+    );
+    if let Axes::Sizes { sizes } = &axes {
+        if sizes.iter().any(|s| s.hf_dir.is_none()) {
+            println!(
+                "note: built-in GPT-2 shapes are RANDOMLY INITIALISED (no download): the sweep \
+                 measures the architecture, not pre-training; give SIZE=DIR for pretrained weights"
+            );
+        }
+    }
+    if let DataSource::Synthetic { .. } = base.data {
+        println!("note: the built-in synthetic data set (pass --data for real reviews)");
+    }
+    let outcome = run_grid(
+        &out,
+        &runs,
+        GridControl {
+            device: common.data.device,
+            max_runs: common.max_runs,
+            stop_after_epochs: common.stop_after,
+        },
+    )?;
+    let records = collect(&out, &runs)?;
+    let agg = aggregate(kind, &out, &records)?;
+    let cmdline = shell_line(&std::env::args().collect::<Vec<_>>());
+    write_report(kind, &out, &cmdline, &runs, Some(&outcome), &agg)?;
+    println!();
+    if agg.rows.is_empty() {
+        println!("no run has finished yet");
+    } else {
+        print!("{}", agg.table_md);
+    }
+    let finished = outcome.count(RunStatus::Finished) + outcome.count(RunStatus::Skipped);
+    println!(
+        "\n{finished} of {} runs finished ({} now, {} earlier); report: {}",
+        runs.len(),
+        outcome.count(RunStatus::Finished),
+        outcome.count(RunStatus::Skipped),
+        out.join("report.md").display()
+    );
+    if !outcome.complete() {
+        println!("the grid is not complete: run the same command again to continue it");
+    }
+    Ok(0)
+}
