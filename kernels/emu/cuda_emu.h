@@ -264,18 +264,36 @@ void warp_exchange(WarpOp op, unsigned mask, const void* in, size_t in_len,
 
 int shfl_source_lane(WarpOp op, int lane, int b, int width);
 
+// The warp-exchange callbacks read the runtime's exchange slots, not kernel memory: they are
+// compiled in the kernels' translation units but must not carry strict mode's memcheck
+// instrumentation (a slot that happens to sit next to a block's dynamic shared memory would read as
+// an out-of-bounds access, raised while the runtime holds the block's lock).
+#if defined(__GNUC__)
+#define PEPLER_EMU_RUNTIME_ACCESS __attribute__((no_sanitize("address", "kernel-address")))
+#else
+#define PEPLER_EMU_RUNTIME_ACCESS
+#endif
+
+template <class T>
+struct ShflCtx {
+    WarpOp op;
+    int b, width;
+    T result;
+};
+
+template <class T>
+PEPLER_EMU_RUNTIME_ACCESS void shfl_out(void* c, const unsigned char (*slots)[64], int lane) {
+    ShflCtx<T>* x = static_cast<ShflCtx<T>*>(c);
+    const int src = shfl_source_lane(x->op, lane, x->b, x->width);
+    unsigned char* dst = reinterpret_cast<unsigned char*>(&x->result);
+    for (size_t i = 0; i < sizeof(T); ++i) dst[i] = slots[src][i];
+}
+
 template <class T>
 inline T shfl(WarpOp op, unsigned mask, T var, int b, int width, Loc loc) {
     static_assert(sizeof(T) <= 64 && std::is_trivially_copyable_v<T>, "shuffle of an unsupported type");
-    struct Ctx { WarpOp op; int b, width; T result; } ctx{op, b, width, var};
-    warp_exchange(
-        op, mask, &var, sizeof(T),
-        [](void* c, const unsigned char (*slots)[64], int lane) {
-            Ctx* x = static_cast<Ctx*>(c);
-            int src = shfl_source_lane(x->op, lane, x->b, x->width);
-            std::memcpy(&x->result, slots[src], sizeof(T));
-        },
-        &ctx, loc);
+    ShflCtx<T> ctx{op, b, width, var};
+    warp_exchange(op, mask, &var, sizeof(T), &shfl_out<T>, &ctx, loc);
     return ctx.result;
 }
 
@@ -377,17 +395,21 @@ inline T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = 32,
 }
 
 namespace pepler_emu {
+struct VoteCtx {
+    unsigned mask;
+    unsigned result;
+};
+
+PEPLER_EMU_RUNTIME_ACCESS inline void vote_out(void* c, const unsigned char (*slots)[64], int) {
+    VoteCtx* x = static_cast<VoteCtx*>(c);
+    for (int l = 0; l < 32; ++l)
+        if (((x->mask >> l) & 1u) && slots[l][0]) x->result |= 1u << l;
+}
+
 inline unsigned vote(WarpOp op, unsigned mask, int pred, Loc loc) {
-    struct Ctx { unsigned mask; unsigned result; } ctx{mask, 0};
+    VoteCtx ctx{mask, 0};
     unsigned char p = pred ? 1 : 0;
-    warp_exchange(
-        op, mask, &p, 1,
-        [](void* c, const unsigned char (*slots)[64], int) {
-            Ctx* x = static_cast<Ctx*>(c);
-            for (int l = 0; l < 32; ++l)
-                if (((x->mask >> l) & 1u) && slots[l][0]) x->result |= 1u << l;
-        },
-        &ctx, loc);
+    warp_exchange(op, mask, &p, 1, &vote_out, &ctx, loc);
     return ctx.result;
 }
 }  // namespace pepler_emu
