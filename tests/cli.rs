@@ -570,6 +570,11 @@ fn bad_input_is_a_clear_error() {
     ]);
     assert_eq!(o.code, 2);
     assert!(o.stderr.contains("no such run directory"), "{}", o.stderr);
+    for (flag, value) in [("--batch-size", "100000000"), ("--threads", "100000")] {
+        let o = run(&["evaluate", "--run", out, flag, value]);
+        assert_eq!(o.code, 2);
+        assert!(o.stderr.contains(flag), "{}", o.stderr);
+    }
 }
 
 #[test]

@@ -51,6 +51,19 @@ pub struct EvaluateArgs {
     pub threads: Option<usize>,
 }
 
+/// Checks the options that have a bound before any work starts.
+fn check(args: &EvaluateArgs) -> Result<()> {
+    super::train::check_threads(args.threads)?;
+    let max = crate::train::config::MAX_BATCH_SIZE;
+    if args.batch_size > max {
+        anyhow::bail!(
+            "--batch-size {} is too large: at most {max}",
+            args.batch_size
+        );
+    }
+    Ok(())
+}
+
 fn job(args: &EvaluateArgs) -> EvaluateJob {
     EvaluateJob {
         run_dir: args.run.clone(),
@@ -62,7 +75,7 @@ fn job(args: &EvaluateArgs) -> EvaluateJob {
 
 /// `generate`: writes generated.jsonl (and metrics.json) and prints where.
 pub fn run_generate(args: &EvaluateArgs) -> Result<i32> {
-    super::train::check_threads(args.threads)?;
+    check(args)?;
     super::backend::configure_threads(args.threads)?;
     let j = job(args);
     let out = j.out_dir.join(GENERATED_FILE);
@@ -73,7 +86,7 @@ pub fn run_generate(args: &EvaluateArgs) -> Result<i32> {
 
 /// `evaluate`: generates, then prints the metrics table and writes metrics.json.
 pub fn run_evaluate(args: &EvaluateArgs) -> Result<i32> {
-    super::train::check_threads(args.threads)?;
+    check(args)?;
     super::backend::configure_threads(args.threads)?;
     let j = job(args);
     let out = j.out_dir.join(METRICS_FILE);
