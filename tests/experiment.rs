@@ -365,6 +365,9 @@ fn sweeps_write_results_and_figures() {
     assert!(o.stdout.contains("RANDOMLY INITIALISED"), "{}", o.stdout);
     assert!(exp.join("tiny/split-main/run.json").exists());
     assert!(read(&exp.join("bleu_4.svg")).contains("GPT-2 size"));
+    let o = run(&["experiment", "sizes", "--sizes", "tiny", "--size", "small"]);
+    assert_eq!(o.code, 2);
+    assert!(o.stderr.contains("--sizes NAME[=DIR]"), "{}", o.stderr);
     let o = run(&["experiment", "sizes", "--sizes", "tiny,huge"]);
     assert_eq!(o.code, 2);
     assert!(

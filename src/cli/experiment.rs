@@ -310,6 +310,19 @@ pub fn run(args: &ExperimentArgs) -> Result<i32> {
             bail!("swept values must be positive numbers (they are drawn on a log scale), got {v}");
         }
     }
+    // Options the grid would silently override are errors that point at the grid's own option.
+    match &axes {
+        Axes::Sizes { .. } if common.model.is_some() || common.size.is_some() => {
+            bail!("experiment sizes sets the model per run: use --sizes NAME[=DIR], not --model/--size")
+        }
+        Axes::Strategies { .. } if common.strategy.is_some() || common.lr.is_some() => {
+            bail!("experiment strategies sweeps --strategies and --lrs; drop --strategy/--lr")
+        }
+        Axes::Lambda { .. } if common.rec != RecArg::None => {
+            bail!("experiment lambda sets the rating head per run: use --recs, not --rec")
+        }
+        _ => {}
+    }
     super::backend::configure_threads(common.data.threads)?;
     let kind = axes.kind();
     let base = common.base_config(kind);

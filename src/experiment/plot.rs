@@ -128,10 +128,9 @@ pub fn sweep_figure(title: &str, x: &XAxis, y_label: &str, series: &[Series]) ->
         .map(|p| p.1 + p.2)
         .fold(f64::NEG_INFINITY, f64::max);
     let pad = ((hi - lo) * 0.08).max(hi.abs() * 0.02).max(1e-6);
-    let (y0, y1) = (
-        (lo - pad).min(if lo >= 0.0 { 0.0 } else { lo - pad }),
-        hi + pad,
-    );
+    let y0 = (lo - pad).min(if lo >= 0.0 { 0.0 } else { lo - pad });
+    // Headroom above the data for the legend box in the upper right corner.
+    let y1 = hi + pad + (hi + pad - y0) * 0.06 * (series.len() as f64 + 1.0);
     let (xmin, xmax) = finite
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
