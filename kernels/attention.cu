@@ -41,9 +41,9 @@
 //     (one query per lane) from its first key's tile to L, staging Q, dout, lse and D.
 //   rowdot, append: one warp per (b, h, t) row / one thread per element, 256-thread blocks.
 //   Dynamic shared memory (floats, hs = hd | 1 keeps lane-per-row reads on 32 distinct banks):
-//     forward: 32*hs (K) + 32*hd (V) + 4R*hd (Q) + 4*32 (P)          hd128: 37.5 KiB
-//     dq:      2*32*hs (K, V) + 2*4R*hd (Q, dout) + 4*32 (dS)          hd128: 41.5 KiB
-//     dkv:     2*32*hs (Q, dout) + 2*32 (lse, D) + 2*4R*hd (K, V) + 2*4*32 (P r, dS)  hd128: 41.8 KiB
+//     forward: 32*hs (K) + 32*hd (V) + 4R*hd (Q) + 4*32 (P)          hd128: 36.6 KiB
+//     dq:      2*32*hs (K, V) + 2*4R*hd (Q, dout) + 4*32 (dS)          hd128: 40.8 KiB
+//     dkv:     2*32*hs (Q, dout) + 2*32 (lse, D) + 2*4R*hd (K, V) + 2*4*32 (P r, dS)  hd128: 41.5 KiB
 //   (src/kernels/attention.rs computes the same numbers: `attention_smem_bytes`.)
 //
 // Never materialises an L x L matrix in global memory. Determinism: no atomics; every output element

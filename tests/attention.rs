@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use pepler_cuda::device::{Device, EmuOptions};
+use pepler_cuda::device::{Device, EmuOptions, MAX_DYN_SMEM};
 use pepler_cuda::kernels::attention as ka;
 use pepler_cuda::ops::attention::{self as oa, AttnShape};
 use pepler_cuda::ops::dropout::DropoutSite;
@@ -416,6 +416,22 @@ fn attention_cached_forward_reproduces_the_full_forward_bits() {
     cached_matches_full(&dev, 2, 37, 2, 64, 20);
     // hd 128 uses 8-row blocks: prefill 9
     cached_matches_full(&dev, 1, 35, 2, 128, 9);
+}
+
+#[test]
+fn attention_shared_memory_fits_48_kib_for_every_head_size() {
+    // the launch would fail on a GPU (and the emulator) otherwise; hd 128 is the tightest
+    for hd in 1..=ka::ATTN_MAX_HD {
+        for which in [
+            ka::AttnKernel::Forward,
+            ka::AttnKernel::BackwardDq,
+            ka::AttnKernel::BackwardDkv,
+        ] {
+            let bytes = ka::attention_smem_bytes(which, hd).unwrap();
+            assert!(bytes <= MAX_DYN_SMEM, "{which:?} hd={hd}: {bytes} bytes");
+        }
+    }
+    assert!(ka::attention_smem_bytes(ka::AttnKernel::Forward, 129).is_err());
 }
 
 #[test]
