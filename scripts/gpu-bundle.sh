@@ -48,10 +48,10 @@ echo "   built in $(( $(date +%s) - t0 ))s"
 
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/tests" "$out/benches"
-python3 - "$out" <target/gpu-bundle.json <<'EOF'
+python3 - "$out" target/gpu-bundle.json <<'EOF'
 import json, os, shutil, sys
 out = sys.argv[1]
-for line in sys.stdin:
+for line in open(sys.argv[2]):
     try:
         m = json.loads(line)
     except ValueError:
