@@ -1414,7 +1414,7 @@ extern "C" int pepler_emu_launch(const char* kernel_name, unsigned gx, unsigned 
 // registry used by strict mode (src/device/emu.rs). Not in the ASan/TSan builds, whose runtimes
 // define the hooks themselves.
 
-#if !PEPLER_TSAN && !defined(__SANITIZE_ADDRESS__)
+#if PEPLER_EMU_MEMCHECK  // build.rs: the kernels are instrumented (GCC, not the TSan/ASan builds)
 #define PEPLER_MC_HOOK(N)                                                                            \
     extern "C" void __asan_load##N##_noabort(uintptr_t a) { pepler_emu::mc_access(a, N, false); }   \
     extern "C" void __asan_store##N##_noabort(uintptr_t a) { pepler_emu::mc_access(a, N, true); }   \
@@ -1508,9 +1508,10 @@ extern "C" long long pepler_emu_mem_first_unwritten(uint64_t addr, size_t bytes,
 }
 
 // 1 when the kernels carry strict mode's memcheck/initcheck instrumentation (not in the TSan/ASan
-// builds, which use their sanitizer's own instrumentation instead).
+// builds, which use their sanitizer's own instrumentation instead, nor with a compiler that lacks
+// GCC's flags).
 extern "C" int pepler_emu_memcheck_instrumented(void) {
-#if !PEPLER_TSAN && !defined(__SANITIZE_ADDRESS__)
+#if PEPLER_EMU_MEMCHECK
     return 1;
 #else
     return 0;
