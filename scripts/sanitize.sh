@@ -59,7 +59,7 @@ part_shuffle() {
 }
 
 part_tsan() {
-  local env=(PEPLER_EMU_TSAN=1 CARGO_TARGET_DIR=target/tsan
+  local env=(-u NVCC PEPLER_EMU_TSAN=1 CARGO_TARGET_DIR=target/tsan
              TSAN_OPTIONS="suppressions=$PWD/kernels/emu/tsan.supp halt_on_error=1")
   seed_target target/tsan
   env "${env[@]}" cargo build --tests "${test_args[@]}" -q || return 1
@@ -78,10 +78,11 @@ part_asan() {
   local libasan; libasan=$(${CXX:-c++} -print-file-name=libasan.so)
   [ -f "$libasan" ] || { echo "!! no libasan.so next to ${CXX:-c++}"; return 1; }
   seed_target target/asan
-  PEPLER_EMU_ASAN=1 CARGO_TARGET_DIR=target/asan cargo build --tests "${test_args[@]}" -q || return 1
+  # NVCC unset in the sanitizer builds: they test the emulated kernels and need no fatbin
+  env -u NVCC PEPLER_EMU_ASAN=1 CARGO_TARGET_DIR=target/asan cargo build --tests "${test_args[@]}" -q || return 1
   # the ASan runtime must be the first library loaded (the Rust side is not instrumented); only the
   # test binaries run under it, not cargo's build
-  PEPLER_EMU_ASAN=1 CARGO_TARGET_DIR=target/asan LD_PRELOAD="$libasan" \
+  env -u NVCC PEPLER_EMU_ASAN=1 CARGO_TARGET_DIR=target/asan LD_PRELOAD="$libasan" \
     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0" \
     cargo test -q "${test_args[@]}" || return 1
 }
