@@ -40,12 +40,15 @@ fi
 echo "== cargo build (kernels: nvcc fatbin + emulated)"
 cargo build --all-targets
 
-echo "== cargo test"
+# the kernel tests run on the emulated device in strict mode (memcheck, initcheck, synccheck and the
+# determinism rules; docs/emulator.md): the default, pinned here so the environment cannot turn it off
+export PEPLER_EMU_STRICT=1
+echo "== cargo test (emulated kernels in strict mode)"
 cargo test
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "== GPU found ($(nvidia-smi -L | head -n 1)): running the GPU-only tests"
-  cargo test -- --ignored
+  cargo test -- --ignored _on_cuda
 else
   echo "== no GPU (nvidia-smi found none): GPU-only tests (#[ignore]) not run"
 fi

@@ -56,6 +56,21 @@ void __tsan_ignore_thread_end(void);
 }
 #endif
 
+// AddressSanitizer build (PEPLER_EMU_ASAN=1, scripts/sanitize.sh): ASan must be told about every
+// stack switch, or it takes the fiber stacks for overflows of the runner's stack, and stale poison
+// from frames dropped by an unwinding (or abandoned) CUDA thread would show up as false reports
+// when the stack is reused by the next block.
+#if defined(__SANITIZE_ADDRESS__)
+#define PEPLER_ASAN 1
+extern "C" {
+void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom, size_t size);
+void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old, size_t* size_old);
+void __asan_unpoison_memory_region(void const volatile* addr, size_t size);
+}
+#else
+#define PEPLER_ASAN 0
+#endif
+
 thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
 thread_local dim3 blockDim;
@@ -234,6 +249,7 @@ enum class Wait : uint8_t { None, Barrier, WarpEnter, WarpGather, ActiveMask };
 
 struct Thr {
     Ctx ctx;
+    unsigned char* stack = nullptr;  // its fiber stack (ASan annotations)
     bool blocked = false;  // waits in a primitive until another thread releases it
     bool exited = false;
     Wait wait = Wait::None;
@@ -283,6 +299,10 @@ int g_start_sync;
 int g_block_sync;
 
 thread_local Ctx tl_sched;  // the runner thread's scheduler context
+#if PEPLER_ASAN
+thread_local const void* tl_sched_bottom = nullptr;  // the runner thread's own stack, for ASan
+thread_local size_t tl_sched_size = 0;
+#endif
 #if PEPLER_TSAN
 thread_local void* tl_sched_fiber = nullptr;
 #endif
@@ -393,7 +413,14 @@ struct Block {
 #if PEPLER_TSAN
         __tsan_switch_to_fiber(tl_sched_fiber, 1 /* no sync: fibers stay unsynchronised */);
 #endif
+#if PEPLER_ASAN
+        void* fake = nullptr;
+        __sanitizer_start_switch_fiber(&fake, tl_sched_bottom, tl_sched_size);
+#endif
         ctx_switch(thr[me].ctx, tl_sched);
+#if PEPLER_ASAN
+        __sanitizer_finish_switch_fiber(fake, &tl_sched_bottom, &tl_sched_size);
+#endif
         lk.lock();
     }
 
@@ -626,7 +653,14 @@ struct Block {
             // scheduler (checked: a missing barrier is then no longer reported)
             __tsan_switch_to_fiber(thr[next].tsan_fiber, 1);
 #endif
+#if PEPLER_ASAN
+            void* fake = nullptr;
+            __sanitizer_start_switch_fiber(&fake, thr[next].stack, kStackSize);
+#endif
             ctx_switch(tl_sched, thr[next].ctx);
+#if PEPLER_ASAN
+            __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
         }
     }
 };
@@ -643,6 +677,9 @@ Block& cur() {
 // that is safe because no fiber switches while an exception is in flight or being handled (the
 // emulator only switches inside primitives, never from a destructor or a catch block).
 void fiber_entry() {
+#if PEPLER_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &tl_sched_bottom, &tl_sched_size);
+#endif
     Block* B = tl_block;
     const unsigned me = tl_tid;
     hb_acquire(&g_start_sync);
@@ -667,6 +704,9 @@ void fiber_entry() {
     }
 #if PEPLER_TSAN
     __tsan_switch_to_fiber(tl_sched_fiber, 1);
+#endif
+#if PEPLER_ASAN
+    __sanitizer_start_switch_fiber(nullptr, tl_sched_bottom, tl_sched_size);  // this fiber is done
 #endif
     Ctx dead;
     ctx_switch(dead, tl_sched);
@@ -908,6 +948,13 @@ std::string run_block(Runner* R, Job* J, uint3 bidx) {
     B->live = n;
     for (unsigned i = 0; i < n; ++i) {
         ctx_init(B->thr[i].ctx, R->stacks[i].base, kStackSize, fiber_entry);
+        B->thr[i].stack = R->stacks[i].base;
+#if PEPLER_ASAN
+        {
+            const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+            __asan_unpoison_memory_region(R->stacks[i].base + page, kStackSize - page);
+        }
+#endif
 #if PEPLER_TSAN
         // creating TSan fibers is expensive: one per stack, reused by every block
         if (!R->stacks[i].tsan_fiber) R->stacks[i].tsan_fiber = __tsan_create_fiber(0);
@@ -1133,6 +1180,9 @@ void check_vector_align(const void* p, size_t bytes, bool store, Loc loc) {
     }
 #if PEPLER_TSAN
     __tsan_switch_to_fiber(tl_sched_fiber, 1);
+#endif
+#if PEPLER_ASAN
+    __sanitizer_start_switch_fiber(nullptr, tl_sched_bottom, tl_sched_size);  // this fiber is done
 #endif
     Ctx dead;
     ctx_switch(dead, tl_sched);
@@ -1414,7 +1464,7 @@ extern "C" int pepler_emu_launch(const char* kernel_name, unsigned gx, unsigned 
 // registry used by strict mode (src/device/emu.rs). Not in the ASan/TSan builds, whose runtimes
 // define the hooks themselves.
 
-#if !PEPLER_TSAN && !defined(__SANITIZE_ADDRESS__)
+#if PEPLER_EMU_MEMCHECK  // build.rs: the kernels are instrumented (GCC, not the TSan/ASan builds)
 #define PEPLER_MC_HOOK(N)                                                                            \
     extern "C" void __asan_load##N##_noabort(uintptr_t a) { pepler_emu::mc_access(a, N, false); }   \
     extern "C" void __asan_store##N##_noabort(uintptr_t a) { pepler_emu::mc_access(a, N, true); }   \
@@ -1508,9 +1558,10 @@ extern "C" long long pepler_emu_mem_first_unwritten(uint64_t addr, size_t bytes,
 }
 
 // 1 when the kernels carry strict mode's memcheck/initcheck instrumentation (not in the TSan/ASan
-// builds, which use their sanitizer's own instrumentation instead).
+// builds, which use their sanitizer's own instrumentation instead, nor with a compiler that lacks
+// GCC's flags).
 extern "C" int pepler_emu_memcheck_instrumented(void) {
-#if !PEPLER_TSAN && !defined(__SANITIZE_ADDRESS__)
+#if PEPLER_EMU_MEMCHECK
     return 1;
 #else
     return 0;

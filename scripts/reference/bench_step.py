@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times one PEPLER training step in PyTorch (CPU) at GPT-2 small shapes.
+"""Times one PEPLER training step in PyTorch (CPU, or a CUDA GPU with --device cuda) at GPT-2 small shapes.
 
 Model: HF GPT2LMHeadModel, 12 layers, n_embd 768, 12 heads, vocab 50260 (GPT-2 + <bos>/<eos>/<pad>),
 n_positions 1024, randomly initialised (no download), dropout 0.1 in train mode as in the original,
@@ -8,8 +8,13 @@ Batch: 8 rows x 22 text tokens (<bos> w.. <eos> <pad>.., ragged), i.e. 24 positi
 One step = zero_grad + forward + loss.backward() + AdamW(lr 1e-3, eps 1e-6, wd 0).
 --stage 2 (default) trains every parameter (the expensive stage); --stage 1 trains prompts + wte.
 Warmup 2 steps, then the median of 10 timed steps. Prints one JSON line.
+--device cuda runs the same step in eager mode on GPU 0 (fp32, TF32 off for matmuls as in the
+pepler-cuda parity setting), synchronising before each clock read; inputs are drawn on the CPU with the
+same generator, so both devices train on identical batches. Needs only torch + transformers (checked
+with torch 2.11 on the GPU machine).
 
 Usage: python scripts/reference/bench_step.py --threads 2
+       python scripts/reference/bench_step.py --device cuda --batch 128
 """
 
 import argparse
@@ -36,7 +41,21 @@ def main():
                     help="eager mirrors the original (transformers 4.18)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
+
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("bench_step.py: --device cuda but torch sees no CUDA GPU "
+                     f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+        # fp32 everywhere, as the pepler-cuda parity runs: no TF32 in matmuls or convolutions
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    dev = torch.device(args.device)
+
+    def sync():
+        if args.device == "cuda":
+            torch.cuda.synchronize()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -48,6 +67,7 @@ def main():
     model = ContinuousPepler(cfg)
     n_users, n_items = 1000, 1000
     model.init_prompt(n_users, n_items, "none", 0, 0)
+    model.to(dev)
     model.train()
 
     if args.stage == 1:
@@ -70,6 +90,7 @@ def main():
         mask[b, :n + 2] = 1
     user = torch.randint(0, n_users, (B,), generator=g)
     item = torch.randint(0, n_items, (B,), generator=g)
+    text, mask, user, item = (t.to(dev) for t in (text, mask, user, item))
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -80,16 +101,19 @@ def main():
 
     for _ in range(args.warmup):
         step()
+    sync()
     times = []
     for _ in range(args.iters):
         t0 = time.perf_counter()
-        step()
+        step()  # .item() on the loss already waits for the GPU; sync() makes it explicit
+        sync()
         times.append(time.perf_counter() - t0)
     print(json.dumps({
         "framework": "pytorch", "threads": args.threads, "median_step_s": round(statistics.median(times), 4),
         "min_step_s": round(min(times), 4), "batch": B, "text_len": T, "seq_len": T + 2,
         "stage": args.stage, "attn": args.attn, "torch": torch.__version__,
-        "trainable_params": sum(p.numel() for p in params),
+        "trainable_params": sum(p.numel() for p in params), "device": args.device,
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
     }))
 
 
