@@ -31,7 +31,6 @@ pub const TOLERANCES: &[(&str, f32, f32)] = &[
     // -- end of the attention rows
 ];
 
-
 pub fn tolerance(name: &str) -> (f32, f32) {
     TOLERANCES
         .iter()
