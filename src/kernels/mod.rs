@@ -6,12 +6,15 @@
 //! be longer than needed (buffers are often allocated for the largest batch), never shorter.
 //! Zero-sized work returns without launching.
 
+pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod residual;
 pub mod softmax;
 
 use anyhow::{bail, Result};
+
+use crate::device::{DevPtr, Elem, KernelArg, View};
 
 /// Threads per block for the elementwise and warp-per-row kernels.
 pub(crate) const BLOCK: u32 = 256;
@@ -34,4 +37,15 @@ pub(crate) fn to_i32(kernel: &str, what: &str, v: usize) -> Result<i32> {
 pub(crate) fn grid_for(kernel: &str, a: usize, b: usize) -> Result<u32> {
     let g = a.div_ceil(b);
     u32::try_from(g).map_err(|_| anyhow::anyhow!("{kernel}: grid of {g} blocks is too large"))
+}
+
+/// An optional input as a kernel argument: the view's pointer, or NULL.
+pub(crate) fn opt_ref<T: Elem>(v: &Option<View<'_, T>>) -> KernelArg {
+    v.map_or(KernelArg::Ptr(DevPtr::NULL), KernelArg::from)
+}
+
+/// `a * b` with an error naming the kernel on overflow.
+pub(crate) fn mul(kernel: &str, what: &str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b)
+        .ok_or_else(|| anyhow::anyhow!("{kernel}: {what} ({a} x {b}) overflows"))
 }

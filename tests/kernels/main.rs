@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod embedding;
 mod gelu;
 mod layernorm;
 mod residual;
@@ -21,6 +22,21 @@ use pepler_cuda::kernels;
 const ROWS: &[usize] = &[1, 7, 33];
 const COLS: &[usize] = &[1, 3, 45, 771];
 const EPS: f32 = 1e-5;
+
+/// The emulated device in shuffle mode (random block order and thread interleaving, a pure
+/// function of `seed`), without touching the environment.
+fn emu_shuffled(seed: u64) -> pepler_cuda::device::Device {
+    pepler_cuda::device::Device::emu_with(pepler_cuda::device::EmuOptions {
+        shuffle: Some(Some(seed)),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Upload i32 data.
+fn up_i32(dev: &pepler_cuda::device::Device, v: &[i32]) -> pepler_cuda::device::DeviceBuffer<i32> {
+    dev.upload(v).unwrap()
+}
 
 #[test]
 fn launch_wrappers_reject_bad_sizes() {

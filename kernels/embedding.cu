@@ -1,0 +1,127 @@
+// embedding.cu — the GPT-2 encoder's row gather (+ position embedding) and its deterministic
+// scatter-add backward (CPU reference: src/ops/embedding.rs, `EmbedShape`).
+//
+// Geometry of one call (EmbedShape): `batch` sequences of `seq` positions in `out`; this call fills
+// positions offset..offset+n of each from `ids` (batch x n, i32); `c` channels; the position index
+// of out position 0 is pos0 (KV-cache decoding). `table` is (rows, c), `wpe` (n_positions, c).
+//
+// embedding_forward:                                                                    (out: =)
+//   out[b, offset+j, k] = table[ids[b*n+j], k] (+ wpe[pos0+offset+j, k])
+//   Launch: one thread per (b, j, k), block 256, grid CEIL_DIV(batch*n*c, 256) (64-bit index).
+//
+// embedding_backward_chain (pass 1 of the table gradient):                   (scratch: =)
+//   For each position p = b*n+j of the call: next[p] = the smallest p' > p with ids[p'] == ids[p]
+//   (-1 if none), head[p] = 1 if no p' < p has the same id. O((batch*n)^2) comparisons, which is
+//   nothing at PEPLER's batch*n (a few thousand) and needs no sort and no atomics.
+//   scratch (i32, 2*batch*n): [next | head]. Launch: thread per position, block 256.
+// embedding_backward_table (pass 2):                                              (dtable: +=)
+//   For each head p and channel k: acc = dtable[id, k]; for q = p, next[p], ...: acc += dout[q, k];
+//   dtable[id, k] = acc. This is exactly the CPU reference's order ((dtable + g0) + g1) + ...,
+//   visiting occurrences in (b, j) order, so dtable is bit-identical to the CPU's, and each row of
+//   dtable is written by one thread per channel: no atomics even when an id repeats hundreds of
+//   times. Launch: grid (batch*n, CEIL_DIV(c, 256)), block min(256, c rounded up to a warp);
+//   blocks of non-head positions exit at once.
+// embedding_backward_wpe:                                                           (dwpe: +=)
+//   dwpe[pos0+offset+j, k] += dout[b, offset+j, k] for b = 0..batch in order (one thread per
+//   (j, k) accumulating in a register from dwpe's old value): the CPU's order, bit-identical.
+//   Launch: one thread per (j, k), block 256, grid CEIL_DIV(n*c, 256).
+//
+// Out-of-range ids (id < 0 or id >= rows): the host validates ids before upload (Batch::validate);
+// should one reach a kernel anyway, the forward leaves that output row untouched and the backward
+// skips that occurrence (it is neither a head nor part of a chain), so no kernel ever reads or
+// writes outside `table`/`dtable`.
+// Determinism: no atomics; every sum runs in (b, j) order, independent of the launch schedule.
+#include "common.cuh"
+
+extern "C" __global__ void embedding_forward(float* __restrict__ out, const float* __restrict__ table,
+                                             const int* __restrict__ ids, const float* __restrict__ wpe,
+                                             int batch, int n, int seq, int offset, int pos0, int c,
+                                             int rows) {
+    const long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+    const long long total = static_cast<long long>(batch) * n * c;
+    if (idx >= total) {
+        return;
+    }
+    const long long p = idx / c;  // b * n + j
+    const int k = static_cast<int>(idx % c);
+    const int b = static_cast<int>(p / n);
+    const int j = static_cast<int>(p % n);
+    const int id = ids[p];
+    if (id < 0 || id >= rows) {
+        return;  // see the header: out-of-range ids write nothing
+    }
+    float v = table[static_cast<long long>(id) * c + k];
+    if (wpe != nullptr) {
+        v += wpe[static_cast<long long>(pos0 + offset + j) * c + k];
+    }
+    out[(static_cast<long long>(b) * seq + offset + j) * c + k] = v;
+}
+
+extern "C" __global__ void embedding_backward_chain(int* __restrict__ scratch, const int* __restrict__ ids,
+                                                    int count, int rows) {
+    const int p = blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= count) {
+        return;
+    }
+    int* next = scratch;
+    int* head = scratch + count;
+    const int id = ids[p];
+    if (id < 0 || id >= rows) {
+        next[p] = -1;
+        head[p] = 0;
+        return;
+    }
+    int nx = -1;
+    for (int q = p + 1; q < count; q++) {
+        if (ids[q] == id) {
+            nx = q;
+            break;
+        }
+    }
+    int first = 1;
+    for (int q = 0; q < p; q++) {
+        if (ids[q] == id) {
+            first = 0;
+            break;
+        }
+    }
+    next[p] = nx;
+    head[p] = first;
+}
+
+extern "C" __global__ void embedding_backward_table(float* __restrict__ dtable, const int* __restrict__ scratch,
+                                                    const float* __restrict__ dout, const int* __restrict__ ids,
+                                                    int batch, int n, int seq, int offset, int c) {
+    const int count = batch * n;
+    const int p = blockIdx.x;
+    const int k = blockIdx.y * blockDim.x + threadIdx.x;
+    const int* next = scratch;
+    const int* head = scratch + count;
+    if (k >= c || head[p] == 0) {
+        return;
+    }
+    float* dst = dtable + static_cast<long long>(ids[p]) * c + k;
+    float acc = *dst;
+    for (int q = p; q >= 0; q = next[q]) {
+        const int b = q / n;
+        const int j = q % n;
+        acc += dout[(static_cast<long long>(b) * seq + offset + j) * c + k];
+    }
+    *dst = acc;
+}
+
+extern "C" __global__ void embedding_backward_wpe(float* __restrict__ dwpe, const float* __restrict__ dout,
+                                                  int batch, int n, int seq, int offset, int pos0, int c) {
+    const long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= static_cast<long long>(n) * c) {
+        return;
+    }
+    const int j = static_cast<int>(idx / c);
+    const int k = static_cast<int>(idx % c);
+    float* dst = dwpe + static_cast<long long>(pos0 + offset + j) * c + k;
+    float acc = *dst;
+    for (int b = 0; b < batch; b++) {
+        acc += dout[(static_cast<long long>(b) * seq + offset + j) * c + k];
+    }
+    *dst = acc;
+}
