@@ -50,6 +50,21 @@ pub fn crossentropy_forward(
         });
 }
 
+/// Mean of `losses[r]` over the rows with a target (`targets[r] >= 0`), summed in f64 in row order
+/// and cast to f32 once (NaN when no row has a target, as torch's mean reduction). The GPU's
+/// `crossentropy_mean` forms the same value on the device.
+pub fn crossentropy_mean(losses: &[f32], targets: &[i32]) -> f32 {
+    assert_eq!(losses.len(), targets.len(), "crossentropy_mean: lengths");
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for (&l, &t) in losses.iter().zip(targets) {
+        if t >= 0 {
+            sum += l as f64;
+            n += 1;
+        }
+    }
+    (sum / n as f64) as f32
+}
+
 /// Greedy decoding helper: `out[r]` = index of the largest logit of row `r` (first on ties).
 pub fn argmax_forward(out: &mut [i32], logits: &[f32], rows: usize, v: usize) {
     assert_eq!(out.len(), rows, "argmax_forward: out");

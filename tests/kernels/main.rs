@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod classifier;
 mod embedding;
 mod gelu;
 mod layernorm;

@@ -1,0 +1,197 @@
+// classifier.cu — the fused classifier: softmax cross-entropy over the vocabulary with ignored
+// targets, its gradient written in place of the logits, the mean loss as one device scalar, and
+// the greedy argmax (CPU reference: src/ops/crossentropy.rs).
+//
+// Layouts: logits (rows, v) fp32 row-major; targets (rows) i32, negative = ignored (HF's -100);
+// losses (rows) fp32; argmax out (rows) i32.
+//
+// crossentropy_forward:                                 (losses: =; logits -> dlogits: = in place)
+//   m = max_i x[i];  s = sum_i exp(x[i] - m);  losses[r] = log(s) - (x[t] - m)
+//   with has_dscale: x[i] <- exp(x[i] - m) / s * dscale, and x[t] -= dscale (the probabilities are
+//   never stored anywhere else). Ignored row (t < 0): loss 0, dlogits 0. A target >= v (the host
+//   validates targets, so only a bug gets here): loss NaN, so the mean shows it, dlogits 0; nothing
+//   is read or written outside the row.
+//   Launch: one block of CE_BLOCK (512) threads per row, grid rows; each thread strides over the
+//   row, then a block reduction (xor-butterfly per warp, then the warps' results added in warp
+//   order by every thread). Three passes over the row (max, sum, gradient): at V = 50260 a row is
+//   200 KB and stays in L2 between passes.
+//
+// crossentropy_mean:                                                           (out[0]: =)
+//   out[0] = (sum over rows with target >= 0 of losses[r], in f64) / (number of such rows), cast
+//   to f32 (the model's text loss, formed on the device so training needs no host read per op).
+//   NaN when no row has a target (0/0, as torch's mean reduction).
+//   Launch: ONE block of 256 threads; thread i sums rows i, i+256, ... in f64, then a fixed
+//   tree (shared memory, halving strides) adds the 256 partials.
+//
+// argmax_forward:                                                                (out: =)
+//   out[r] = the lowest index of the largest logit of row r (ties go to the lower index, as the CPU
+//   reference). NaN logits never win (the CPU's sequential `>` scan differs only for rows with a
+//   NaN, which greedy decoding never sees). Launch: one block of CE_BLOCK threads per row.
+//
+// Determinism: no atomics; every reduction's order is fixed by (rows, v) and the constant block
+// sizes, so results are bit-reproducible across runs and schedules. exp/log are the device's
+// libm (CUDA's within 2 ulp, the emulated device uses the host's): emu and cuda agree to a few
+// ulp, not bit for bit.
+#include "common.cuh"
+
+#define CE_BLOCK 512
+#define CE_WARPS (CE_BLOCK / 32)
+#define CE_MEAN_BLOCK 256
+
+// Sum over the block: every thread gets the same bits (warp butterflies, then warps in order).
+__device__ __forceinline__ float classifier_block_sum(float v, float* scratch) {
+    v = warp_reduce_sum(v);
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    __syncthreads();  // scratch may still be read by the previous reduction
+    if (lane == 0) {
+        scratch[warp] = v;
+    }
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < CE_WARPS; w++) {
+        total += scratch[w];
+    }
+    return total;
+}
+
+__device__ __forceinline__ float classifier_block_max(float v, float* scratch) {
+    v = warp_reduce_max(v);
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    __syncthreads();
+    if (lane == 0) {
+        scratch[warp] = v;
+    }
+    __syncthreads();
+    float m = scratch[0];
+    for (int w = 1; w < CE_WARPS; w++) {
+        m = fmaxf(m, scratch[w]);
+    }
+    return m;
+}
+
+extern "C" __global__ void __launch_bounds__(CE_BLOCK)
+    crossentropy_forward(float* __restrict__ losses, float* __restrict__ logits, const int* __restrict__ targets,
+                         int rows, int v, float dscale, int has_dscale) {
+    __shared__ float scratch[CE_WARPS];
+    const int r = blockIdx.x;
+    if (r >= rows) {
+        return;  // whole block
+    }
+    float* x = logits + static_cast<long long>(r) * v;
+    const int t = targets[r];
+    if (t < 0 || t >= v) {
+        if (has_dscale) {
+            for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
+                x[i] = 0.0f;
+            }
+        }
+        if (threadIdx.x == 0) {
+            losses[r] = t < 0 ? 0.0f : __int_as_float(0x7fc00000);  // NaN flags a bad target
+        }
+        return;
+    }
+
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
+        m = fmaxf(m, x[i]);
+    }
+    m = classifier_block_max(m, scratch);
+
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
+        s += expf(x[i] - m);
+    }
+    s = classifier_block_sum(s, scratch);
+
+    if (threadIdx.x == 0) {
+        // read x[t] before the gradient pass below overwrites it (the barrier orders the two)
+        losses[r] = logf(s) - (x[t] - m);
+    }
+    if (has_dscale) {
+        __syncthreads();
+        const float inv = 1.0f / s;
+        for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
+            float d = expf(x[i] - m) * inv * dscale;
+            if (i == t) {
+                d -= dscale;
+            }
+            x[i] = d;
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(CE_MEAN_BLOCK)
+    crossentropy_mean(float* __restrict__ out, const float* __restrict__ losses, const int* __restrict__ targets,
+                      int rows) {
+    __shared__ double sums[CE_MEAN_BLOCK];
+    __shared__ int counts[CE_MEAN_BLOCK];
+    double s = 0.0;
+    int n = 0;
+    for (int r = threadIdx.x; r < rows; r += CE_MEAN_BLOCK) {
+        if (targets[r] >= 0) {
+            s += static_cast<double>(losses[r]);
+            n += 1;
+        }
+    }
+    sums[threadIdx.x] = s;
+    counts[threadIdx.x] = n;
+    __syncthreads();
+    for (int stride = CE_MEAN_BLOCK / 2; stride > 0; stride >>= 1) {
+        if (static_cast<int>(threadIdx.x) < stride) {
+            sums[threadIdx.x] += sums[threadIdx.x + stride];
+            counts[threadIdx.x] += counts[threadIdx.x + stride];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        out[0] = static_cast<float>(sums[0] / static_cast<double>(counts[0]));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(CE_BLOCK)
+    argmax_forward(int* __restrict__ out, const float* __restrict__ logits, int rows, int v) {
+    __shared__ float best_v[CE_WARPS];
+    __shared__ int best_i[CE_WARPS];
+    const int r = blockIdx.x;
+    if (r >= rows) {
+        return;
+    }
+    const float* x = logits + static_cast<long long>(r) * v;
+    // (value, index) with index v meaning "none yet"; a candidate wins when larger, or equal with a
+    // lower index, so the result is the lowest index of the maximum whatever the order.
+    float bv = -INFINITY;
+    int bi = v;
+    for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
+        const float xi = x[i];
+        if (xi > bv || (xi == bv && i < bi)) {
+            bv = xi;
+            bi = i;
+        }
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, offset);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, offset);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) {
+        best_v[warp] = bv;
+        best_i[warp] = bi;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 0; w < CE_WARPS; w++) {
+            if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
+                bv = best_v[w];
+                bi = best_i[w];
+            }
+        }
+        out[r] = bi < v ? bi : 0;  // an all-NaN row: index 0, as the CPU's scan
+    }
+}
