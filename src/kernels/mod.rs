@@ -6,6 +6,7 @@
 //! be longer than needed (buffers are often allocated for the largest batch), never shorter.
 //! Zero-sized work returns without launching.
 
+pub mod adamw;
 pub mod classifier;
 pub mod embedding;
 pub mod gelu;

@@ -117,22 +117,24 @@ pub fn adamw_update_hf(
     });
 }
 
-/// The f32 scalars of one `transformers.AdamW` step, computed in f64 as its Python code does.
+/// The f32 scalars of one `transformers.AdamW` step, computed in f64 as its Python code does. A GPU
+/// kernel takes these same values as arguments.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct HfScalars {
-    beta1: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    eps: f32,
+pub struct HfScalars {
+    pub beta1: f32,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    pub eps: f32,
     /// `-(lr * sqrt(1 - b2^t) / (1 - b1^t))`.
-    neg_step_size: f32,
+    pub neg_step_size: f32,
     /// `-lr * weight_decay`, applied only when `weight_decay > 0` (as transformers does).
-    decay: Option<f32>,
+    pub decay: Option<f32>,
 }
 
 impl HfScalars {
-    fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, step: u64) -> Self {
+    /// Scalars for step `step` (counting from 1); f64 hyper-parameters as in [`AdamWScalars::new`].
+    pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, step: u64) -> Self {
         let t = step as f64;
         // Python's `beta ** step` (C `pow`), then `lr * math.sqrt(bc2) / bc1` left to right.
         let bias_correction1 = 1.0 - beta1.powf(t);

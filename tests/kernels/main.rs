@@ -9,6 +9,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod adamw;
 mod classifier;
 mod embedding;
 mod gelu;

@@ -1,0 +1,228 @@
+//! Launch wrappers for `kernels/adamw.cu` (CPU reference: `crate::ops::adamw`): a per-tensor
+//! update and the multi-tensor update of one flat parameter/grad/m/v allocation, both bit-identical
+//! to the CPU reference in both formulas (`torch`, `hf`). The f32 scalars are derived on the host
+//! by `ops::adamw` itself ([`AdamWScalars`], [`HfScalars`]), so the kernel sees the CPU's values.
+
+use anyhow::{bail, Result};
+
+use super::{check_len, grid_for, to_i32, BLOCK};
+use crate::backend::{AdamWParams, AdamWVariant};
+use crate::device::{Device, DeviceBuffer, KernelArg, LaunchConfig, View, ViewMut};
+use crate::ops::adamw::{AdamWScalars, HfScalars};
+
+/// Elements per block of the multi-tensor update (a tensor longer than this gets several blocks).
+pub const ADAMW_CHUNK: usize = 4096;
+/// Threads per block of the multi-tensor update (`ADAMW_BLOCK` in the .cu file).
+pub const ADAMW_BLOCK: u32 = 256;
+
+/// The kernel's scalar arguments for one step: variant, beta1, 1-beta1, beta2, 1-beta2,
+/// sqrt(1-beta2^t), eps, -step_size, decay; plus whether decay applies at all (hf with wd = 0
+/// skips it, as transformers does).
+fn scalar_args(hp: &AdamWParams, step: u64) -> Result<([KernelArg; 9], bool)> {
+    if step == 0 {
+        bail!("adamw: step counts from 1");
+    }
+    Ok(match hp.variant {
+        AdamWVariant::Torch => {
+            let s = AdamWScalars::new(hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, step);
+            (
+                [
+                    0i32.into(),
+                    // torch's lerp form never uses beta1 itself
+                    (hp.beta1 as f32).into(),
+                    s.one_minus_beta1.into(),
+                    s.beta2.into(),
+                    s.one_minus_beta2.into(),
+                    s.bias_correction2_sqrt.into(),
+                    s.eps.into(),
+                    s.neg_step_size.into(),
+                    s.decay.into(),
+                ],
+                // the CPU multiplies by `decay` always; by 1.0 (exact) when wd = 0
+                true,
+            )
+        }
+        AdamWVariant::Hf => {
+            let s = HfScalars::new(hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, step);
+            (
+                [
+                    1i32.into(),
+                    s.beta1.into(),
+                    s.one_minus_beta1.into(),
+                    s.beta2.into(),
+                    s.one_minus_beta2.into(),
+                    1.0f32.into(),
+                    s.eps.into(),
+                    s.neg_step_size.into(),
+                    s.decay.unwrap_or(0.0).into(),
+                ],
+                s.decay.is_some(),
+            )
+        }
+    })
+}
+
+/// One AdamW update (`hp.variant`) of `n` elements of `param` from `grad` with moments `m`, `v`
+/// (all `=` in place), `step` counting from 1; exactly `ops::adamw::adamw_update[_hf]`.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update(
+    dev: &Device,
+    param: ViewMut<'_, f32>,
+    grad: View<'_, f32>,
+    m: ViewMut<'_, f32>,
+    v: ViewMut<'_, f32>,
+    hp: &AdamWParams,
+    step: u64,
+    n: usize,
+) -> Result<()> {
+    const K: &str = "adamw_update";
+    check_len(K, "param", param.len(), n)?;
+    check_len(K, "grad", grad.len(), n)?;
+    check_len(K, "m", m.len(), n)?;
+    check_len(K, "v", v.len(), n)?;
+    let (scalars, has_decay) = scalar_args(hp, step)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (mut param, mut m, mut v) = (param, m, v);
+    let (param, m, v) = (param.slice_mut(..n), m.slice_mut(..n), v.slice_mut(..n));
+    let cfg = LaunchConfig::linear(grid_for(K, n, BLOCK as usize)?, BLOCK, 0);
+    let mut args = vec![
+        KernelArg::from(&param),
+        grad.slice(..n).into(),
+        KernelArg::from(&m),
+        KernelArg::from(&v),
+        to_i32(K, "n", n)?.into(),
+    ];
+    args.extend(scalars);
+    args.push(i32::from(has_decay).into());
+    // SAFETY: args match `adamw_update(float*, const float*, float*, float*, int, int, float x8,
+    // int)`; the four views hold n elements each, one thread per element.
+    unsafe { dev.launch(K, &cfg, &args) }
+}
+
+/// One tensor of a flat parameter allocation, for [`AdamWPlan`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdamWTensor {
+    /// First element of the tensor in the flat allocation.
+    pub offset: usize,
+    /// Number of elements.
+    pub len: usize,
+    /// Whether weight decay applies (`hp.weight_decay`) or not (as if it were 0).
+    pub decay: bool,
+    /// Frozen tensors (false) are never touched.
+    pub trainable: bool,
+}
+
+/// The per-block work table of the multi-tensor update, built and uploaded once per set of
+/// tensors (rebuild it when the trainable set changes, e.g. at stage 2 of sequential tuning).
+pub struct AdamWPlan {
+    /// 3 i32 per block: start, len (<= ADAMW_CHUNK), decay flag.
+    blocks: DeviceBuffer<i32>,
+    nblocks: usize,
+    /// Elements the flat buffers must hold (end of the last tensor).
+    extent: usize,
+}
+
+impl AdamWPlan {
+    /// Splits every trainable tensor into chunks of [`ADAMW_CHUNK`] and uploads the table.
+    /// Errors when tensors overlap or the allocation exceeds the kernels' int range.
+    pub fn new(dev: &Device, tensors: &[AdamWTensor]) -> Result<AdamWPlan> {
+        const K: &str = "AdamWPlan";
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        let mut extent = 0usize;
+        for (i, t) in tensors.iter().enumerate() {
+            let end = t
+                .offset
+                .checked_add(t.len)
+                .ok_or_else(|| anyhow::anyhow!("{K}: tensor {i} offset + len overflows"))?;
+            to_i32(K, "tensor end", end)?;
+            extent = extent.max(end);
+            if t.len > 0 {
+                spans.push((t.offset, end));
+            }
+        }
+        spans.sort_unstable();
+        if let Some(w) = spans.windows(2).find(|w| w[1].0 < w[0].1) {
+            bail!(
+                "{K}: tensors [{}, {}) and [{}, {}) overlap",
+                w[0].0,
+                w[0].1,
+                w[1].0,
+                w[1].1
+            );
+        }
+        let mut table = Vec::new();
+        for t in tensors.iter().filter(|t| t.trainable) {
+            let mut start = t.offset;
+            while start < t.offset + t.len {
+                let len = ADAMW_CHUNK.min(t.offset + t.len - start);
+                table.extend([start as i32, len as i32, i32::from(t.decay)]);
+                start += len;
+            }
+        }
+        let nblocks = table.len() / 3;
+        u32::try_from(nblocks).map_err(|_| anyhow::anyhow!("{K}: {nblocks} blocks"))?;
+        Ok(AdamWPlan {
+            blocks: dev.upload(&table)?,
+            nblocks,
+            extent,
+        })
+    }
+
+    /// Blocks of one launch (0 when nothing is trainable).
+    pub fn blocks(&self) -> usize {
+        self.nblocks
+    }
+
+    /// Elements the flat buffers must hold.
+    pub fn extent(&self) -> usize {
+        self.extent
+    }
+}
+
+/// One AdamW update (`hp.variant`, `step` from 1) of every trainable tensor of `plan` in the flat
+/// `params`/`grads`/`m`/`v` allocations, in ONE launch; each element exactly as
+/// [`adamw_update`] with `weight_decay = hp.weight_decay` for tensors with `decay` and 0 for the
+/// rest. Frozen tensors and gaps are not touched.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_multi(
+    dev: &Device,
+    plan: &AdamWPlan,
+    params: ViewMut<'_, f32>,
+    grads: View<'_, f32>,
+    m: ViewMut<'_, f32>,
+    v: ViewMut<'_, f32>,
+    hp: &AdamWParams,
+    step: u64,
+) -> Result<()> {
+    const K: &str = "adamw_update_multi";
+    let n = plan.extent;
+    check_len(K, "params", params.len(), n)?;
+    check_len(K, "grads", grads.len(), n)?;
+    check_len(K, "m", m.len(), n)?;
+    check_len(K, "v", v.len(), n)?;
+    let (scalars, has_decay) = scalar_args(hp, step)?;
+    if plan.nblocks == 0 {
+        return Ok(());
+    }
+    let (mut params, mut m, mut v) = (params, m, v);
+    let (params, m, v) = (params.slice_mut(..n), m.slice_mut(..n), v.slice_mut(..n));
+    let cfg = LaunchConfig::linear(plan.nblocks as u32, ADAMW_BLOCK, 0);
+    let mut args = vec![
+        KernelArg::from(&params),
+        grads.slice(..n).into(),
+        KernelArg::from(&m),
+        KernelArg::from(&v),
+        plan.blocks.view().into(),
+        to_i32(K, "blocks", plan.nblocks)?.into(),
+    ];
+    args.extend(scalars);
+    // Tensors without decay skip it: torch's CPU multiplies them by (1 - lr*0) = 1.0 exactly, hf
+    // skips it; with hf and wd = 0 no tensor decays.
+    args.push(i32::from(has_decay).into());
+    // SAFETY: args match `adamw_update_multi(float*, const float*, float*, float*, const int*, int,
+    // int, float x8, int)`; the table (built by AdamWPlan::new, on this device) holds 3*nblocks ints
+    // whose ranges lie inside [0, extent), and the four views hold extent elements each.
+    unsafe { dev.launch(K, &cfg, &args) }
+}
