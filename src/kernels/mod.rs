@@ -11,6 +11,7 @@ pub mod classifier;
 pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
+pub mod rating;
 pub mod residual;
 pub mod softmax;
 

@@ -14,6 +14,7 @@ mod classifier;
 mod embedding;
 mod gelu;
 mod layernorm;
+mod rating;
 mod residual;
 mod softmax;
 
