@@ -8,6 +8,7 @@
 
 pub mod adamw;
 pub mod classifier;
+pub mod dropout;
 pub mod embedding;
 pub mod gelu;
 pub mod layernorm;

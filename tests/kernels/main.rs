@@ -11,6 +11,7 @@ mod common;
 
 mod adamw;
 mod classifier;
+mod dropout;
 mod embedding;
 mod gelu;
 mod layernorm;
