@@ -12,6 +12,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
+pub mod matmul;
 pub mod rating;
 pub mod residual;
 pub mod softmax;

@@ -15,6 +15,7 @@ mod dropout;
 mod embedding;
 mod gelu;
 mod layernorm;
+mod matmul;
 mod rating;
 mod residual;
 mod softmax;

@@ -1,0 +1,274 @@
+//! The dense layer `y = x W (+ b)` and its backward on a [`Device`] (CPU reference:
+//! `crate::ops::matmul`, same [`WeightLayout`]s, same `=`/`+=` conventions): the GEMMs through
+//! [`Device::sgemm`] (cuBLAS sgemm without TF32 on cuda, the CPU GEMM with cuBLAS semantics on
+//! emu), the bias through `kernels/matmul.cu` (an add after the GEMM, and a deterministic two-pass
+//! column reduction for `dbias` with scratch from the caller).
+//!
+//! Row-major `(r, c)` is column-major `(c, r)`, so every product is written for cuBLAS transposed:
+//! `out^T (cout x rows) = W' (cout x cin) * inp^T (cin x rows)` where `W'` is `W` as stored
+//! (InOut: (cin, cout) row-major = (cout x cin) column-major, op N) or transposed (OutIn).
+
+use anyhow::{bail, Result};
+
+use super::{check_len, grid_for, mul, to_i32, BLOCK};
+use crate::device::{Device, GemmOp, KernelArg, LaunchConfig, SgemmConfig, View, ViewMut};
+use crate::ops::matmul::WeightLayout;
+
+/// Rows per partial sum of the bias gradient (`MM_BIAS_ROWS`): a constant, so the summation order
+/// depends on (rows, cout) only.
+pub const MM_BIAS_ROWS: usize = 64;
+
+/// Element counts (inp, out, weight), checked against the kernels' int range.
+fn sizes(kernel: &str, rows: usize, cin: usize, cout: usize) -> Result<(usize, usize, usize)> {
+    let ni = mul(kernel, "rows*cin", rows, cin)?;
+    let no = mul(kernel, "rows*cout", rows, cout)?;
+    let nw = mul(kernel, "cin*cout", cin, cout)?;
+    for (what, v) in [("rows*cin", ni), ("rows*cout", no), ("cin*cout", nw)] {
+        to_i32(kernel, what, v)?;
+    }
+    Ok((ni, no, nw))
+}
+
+/// The forward GEMM `out = inp W` (beta 0) as a cuBLAS call.
+pub fn matmul_forward_gemm(
+    rows: usize,
+    cin: usize,
+    cout: usize,
+    layout: WeightLayout,
+) -> SgemmConfig {
+    let (op_w, ldw) = match layout {
+        WeightLayout::InOut => (GemmOp::N, cout),
+        WeightLayout::OutIn => (GemmOp::T, cin),
+    };
+    SgemmConfig::new(op_w, GemmOp::N, cout, rows, cin, 1.0, ldw, cin, 0.0, cout)
+}
+
+/// The input-gradient GEMM `dinp = dout W^T` (beta 0).
+pub fn matmul_backward_dinp_gemm(
+    rows: usize,
+    cin: usize,
+    cout: usize,
+    layout: WeightLayout,
+) -> SgemmConfig {
+    let (op_w, ldw) = match layout {
+        WeightLayout::InOut => (GemmOp::T, cout),
+        WeightLayout::OutIn => (GemmOp::N, cin),
+    };
+    SgemmConfig::new(op_w, GemmOp::N, cin, rows, cout, 1.0, ldw, cout, 0.0, cin)
+}
+
+/// The weight-gradient GEMM `dW += x^T dout` (InOut) or `dout^T x` (OutIn) (beta 1). Returns the
+/// config and whether A is `dout` (InOut) or `inp` (OutIn).
+pub fn matmul_backward_dweight_gemm(
+    rows: usize,
+    cin: usize,
+    cout: usize,
+    layout: WeightLayout,
+) -> (SgemmConfig, bool) {
+    match layout {
+        // dW (cin, cout) row-major = (cout x cin) col-major = dout^T (cout x rows) * inp (rows x cin)
+        WeightLayout::InOut => (
+            SgemmConfig::new(
+                GemmOp::N,
+                GemmOp::T,
+                cout,
+                cin,
+                rows,
+                1.0,
+                cout,
+                cin,
+                1.0,
+                cout,
+            ),
+            true,
+        ),
+        // dW (cout, cin) row-major = (cin x cout) col-major = inp^T (cin x rows) * dout (rows x cout)
+        WeightLayout::OutIn => (
+            SgemmConfig::new(
+                GemmOp::N,
+                GemmOp::T,
+                cin,
+                cout,
+                rows,
+                1.0,
+                cin,
+                cout,
+                1.0,
+                cin,
+            ),
+            false,
+        ),
+    }
+}
+
+/// `out = inp W (+ bias)` (=): `out` (rows, cout), `inp` (rows, cin), `weight` per `layout`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward(
+    dev: &Device,
+    out: ViewMut<'_, f32>,
+    inp: View<'_, f32>,
+    weight: View<'_, f32>,
+    bias: Option<View<'_, f32>>,
+    rows: usize,
+    cin: usize,
+    cout: usize,
+    layout: WeightLayout,
+) -> Result<()> {
+    const K: &str = "matmul_forward";
+    let (ni, no, nw) = sizes(K, rows, cin, cout)?;
+    check_len(K, "out", out.len(), no)?;
+    check_len(K, "inp", inp.len(), ni)?;
+    check_len(K, "weight", weight.len(), nw)?;
+    if let Some(b) = &bias {
+        check_len(K, "bias", b.len(), cout)?;
+    }
+    if no == 0 {
+        return Ok(());
+    }
+    let mut out = out;
+    let cfg = matmul_forward_gemm(rows, cin, cout, layout);
+    dev.sgemm(
+        &cfg,
+        weight.slice(..nw),
+        inp.slice(..ni),
+        out.slice_mut(..no),
+    )?;
+    if let Some(b) = bias {
+        let args = [
+            KernelArg::from(&out.slice_mut(..no)),
+            b.slice(..cout).into(),
+            to_i32(K, "rows", rows)?.into(),
+            to_i32(K, "cout", cout)?.into(),
+        ];
+        let lc = LaunchConfig::linear(grid_for(K, no, BLOCK as usize)?, BLOCK, 0);
+        // SAFETY: args match `matmul_forward_bias(float*, const float*, int, int)`; out holds
+        // rows*cout (written by the GEMM before, same stream), bias cout.
+        unsafe { dev.launch("matmul_forward_bias", &lc, &args)? };
+    }
+    Ok(())
+}
+
+/// Launch shapes of the bias gradient: (pass 1, pass 2, number of row chunks).
+pub fn matmul_backward_bias_config(
+    rows: usize,
+    cout: usize,
+) -> Result<(LaunchConfig, LaunchConfig, usize)> {
+    const K: &str = "matmul_backward_bias";
+    let chunks = rows.div_ceil(MM_BIAS_ROWS).max(1);
+    if chunks > 65535 {
+        bail!("{K}: {rows} rows need {chunks} row chunks (grid y max 65535)");
+    }
+    let gx = grid_for(K, cout, BLOCK as usize)?;
+    let pass1 = LaunchConfig {
+        grid: (gx, chunks as u32, 1),
+        block: (BLOCK, 1, 1),
+        dyn_smem: 0,
+    };
+    Ok((pass1, LaunchConfig::linear(gx, BLOCK, 0), chunks))
+}
+
+/// Scratch elements (f32) the bias gradient needs for (rows, cout) (contents overwritten).
+pub fn matmul_backward_scratch_len(rows: usize, cout: usize) -> usize {
+    rows.div_ceil(MM_BIAS_ROWS).max(1) * cout
+}
+
+/// `dbias[o] += sum_r dout[r, o]` (two passes, fixed order; see `kernels/matmul.cu`).
+pub fn matmul_backward_bias(
+    dev: &Device,
+    dbias: ViewMut<'_, f32>,
+    scratch: ViewMut<'_, f32>,
+    dout: View<'_, f32>,
+    rows: usize,
+    cout: usize,
+) -> Result<()> {
+    const K: &str = "matmul_backward_bias";
+    let no = mul(K, "rows*cout", rows, cout)?;
+    to_i32(K, "rows*cout", no)?;
+    check_len(K, "dbias", dbias.len(), cout)?;
+    check_len(K, "dout", dout.len(), no)?;
+    let (pass1, pass2, chunks) = matmul_backward_bias_config(rows, cout)?;
+    check_len(K, "scratch", scratch.len(), chunks * cout)?;
+    if cout == 0 || rows == 0 {
+        return Ok(());
+    }
+    let (mut dbias, mut scratch) = (dbias, scratch);
+    let scratch = scratch.slice_mut(..chunks * cout);
+    let (rows_i, cout_i) = (to_i32(K, "rows", rows)?, to_i32(K, "cout", cout)?);
+    let args = [
+        KernelArg::from(&scratch),
+        dout.slice(..no).into(),
+        rows_i.into(),
+        cout_i.into(),
+        (MM_BIAS_ROWS as i32).into(),
+    ];
+    // SAFETY: args match `matmul_backward_bias(float*, const float*, int, int, int)`; dout holds
+    // rows*cout, scratch chunks*cout (one row per grid-y block).
+    unsafe { dev.launch(K, &pass1, &args)? };
+    let args = [
+        KernelArg::from(&dbias.slice_mut(..cout)),
+        scratch.as_view().into(),
+        (chunks as i32).into(),
+        cout_i.into(),
+    ];
+    // SAFETY: args match `matmul_backward_bias_reduce(float*, const float*, int, int)`; dbias holds
+    // cout, scratch chunks*cout written by pass 1 (same stream).
+    unsafe { dev.launch("matmul_backward_bias_reduce", &pass2, &args) }
+}
+
+/// Backward of [`matmul_forward`]: `dinp = dout W^T` (=), `dweight +=` (`x^T dout` stored per
+/// `layout`), `dbias += sum_rows dout`; `None` skips that gradient. `scratch` needs
+/// [`matmul_backward_scratch_len`] elements when `dbias` is given (it may be empty otherwise).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward(
+    dev: &Device,
+    dinp: Option<ViewMut<'_, f32>>,
+    dweight: Option<ViewMut<'_, f32>>,
+    dbias: Option<ViewMut<'_, f32>>,
+    scratch: ViewMut<'_, f32>,
+    dout: View<'_, f32>,
+    inp: View<'_, f32>,
+    weight: View<'_, f32>,
+    rows: usize,
+    cin: usize,
+    cout: usize,
+    layout: WeightLayout,
+) -> Result<()> {
+    const K: &str = "matmul_backward";
+    let (ni, no, nw) = sizes(K, rows, cin, cout)?;
+    check_len(K, "dout", dout.len(), no)?;
+    check_len(K, "inp", inp.len(), ni)?;
+    check_len(K, "weight", weight.len(), nw)?;
+    if let Some(d) = &dinp {
+        check_len(K, "dinp", d.len(), ni)?;
+    }
+    if let Some(d) = &dweight {
+        check_len(K, "dweight", d.len(), nw)?;
+    }
+    if let Some(d) = &dbias {
+        check_len(K, "dbias", d.len(), cout)?;
+        check_len(
+            K,
+            "scratch",
+            scratch.len(),
+            matmul_backward_scratch_len(rows, cout),
+        )?;
+    }
+    let (dout, inp, weight) = (dout.slice(..no), inp.slice(..ni), weight.slice(..nw));
+    if let Some(mut d) = dinp {
+        if ni > 0 {
+            let cfg = matmul_backward_dinp_gemm(rows, cin, cout, layout);
+            dev.sgemm(&cfg, weight, dout, d.slice_mut(..ni))?;
+        }
+    }
+    if let Some(mut d) = dweight {
+        if nw > 0 {
+            let (cfg, a_is_dout) = matmul_backward_dweight_gemm(rows, cin, cout, layout);
+            let (a, b) = if a_is_dout { (dout, inp) } else { (inp, dout) };
+            dev.sgemm(&cfg, a, b, d.slice_mut(..nw))?;
+        }
+    }
+    if let Some(d) = dbias {
+        matmul_backward_bias(dev, d, scratch, dout, rows, cout)?;
+    }
+    Ok(())
+}
