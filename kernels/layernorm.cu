@@ -20,9 +20,17 @@
 //   b*WPB + w, stepping by G*WPB. Each warp accumulates its rows into its own 2c floats of dynamic
 //   shared memory (dyn_smem = 2 * c * WPB * 4 bytes; lane l owns columns l, l+32, ...), then the
 //   block adds its WPB warps in order 0..WPB-1 and writes partials[b][0..2c) = [dbias | dweight].
-// layernorm_backward_reduce (pass 2):                             (dweight, dbias: +=)
+//   partials == NULL (no weight gradient wanted: frozen LayerNorm, stage 1): only dinp, no shared
+//   memory, no partial sums (launch: 8 warps per block, grid CEIL_DIV(rows, 8), dyn_smem 0).
+// layernorm_backward_reduce (pass 2, only when a weight gradient is wanted): (dweight, dbias: +=)
 //   dbias[i] += sum_{b=0..G-1} partials[b][i];  dweight[i] += sum_b partials[b][c + i]
-//   Launch: one thread per output (2c), block 256, grid CEIL_DIV(2c, 256).
+//   (a NULL dweight or dbias is skipped). Launch: one thread per output (2c), block 256, grid
+//   CEIL_DIV(2c, 256).
+//
+// residual_layernorm_forward:                                  (resid, out, mean, rstd: =)
+//   resid = a + b (the residual stream), then exactly layernorm_forward of resid: same launch
+//   (warp per row, 8 rows per 256-thread block), same two-pass statistics. Each lane re-reads only
+//   the resid elements it wrote itself, so no barrier is needed. mean/rstd may be NULL.
 //   Determinism: no atomics; every sum runs in an order fixed by (rows, c) alone (WPB and G are
 //   computed from them by the launcher in src/kernels/layernorm.rs, never from the GPU model), so
 //   the gradients are bit-reproducible run to run and under any block schedule.
@@ -72,13 +80,16 @@ extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* _
     const int warps = blockDim.x / 32;
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
+    const bool want_weights = partials != nullptr;
     float* acc_db = smem + static_cast<long long>(warp) * 2 * c;
     float* acc_dw = acc_db + c;
     // Each lane zeroes and later updates only its own columns, so no barrier is needed until the
     // block-wide sum below.
-    for (int i = lane; i < c; i += 32) {
-        acc_db[i] = 0.0f;
-        acc_dw[i] = 0.0f;
+    if (want_weights) {
+        for (int i = lane; i < c; i += 32) {
+            acc_db[i] = 0.0f;
+            acc_dw[i] = 0.0f;
+        }
     }
 
     for (long long row = static_cast<long long>(blockIdx.x) * warps + warp; row < rows;
@@ -104,9 +115,14 @@ extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* _
             const float n = (x[i] - m) * s;
             const float d = weight[i] * g[i];
             dx[i] += (d - dnorm_mean - n * dnorm_norm_mean) * s;
-            acc_db[i] += g[i];
-            acc_dw[i] += n * g[i];
+            if (want_weights) {
+                acc_db[i] += g[i];
+                acc_dw[i] += n * g[i];
+            }
         }
+    }
+    if (!want_weights) {
+        return;  // whole block (partials is a kernel argument)
     }
     __syncthreads();
 
@@ -132,8 +148,49 @@ extern "C" __global__ void layernorm_backward_reduce(float* __restrict__ dweight
         total += partials[static_cast<long long>(b) * 2 * c + i];
     }
     if (i < c) {
-        dbias[i] += total;
+        if (dbias != nullptr) dbias[i] += total;
     } else {
-        dweight[i - c] += total;
+        if (dweight != nullptr) dweight[i - c] += total;
+    }
+}
+
+extern "C" __global__ void residual_layernorm_forward(float* __restrict__ resid, float* __restrict__ out,
+                                                      float* __restrict__ mean, float* __restrict__ rstd,
+                                                      const float* __restrict__ a, const float* __restrict__ b,
+                                                      const float* __restrict__ weight,
+                                                      const float* __restrict__ bias, int rows, int c, float eps) {
+    const int warps = blockDim.x / 32;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const long long row = static_cast<long long>(blockIdx.x) * warps + warp;
+    if (row >= rows) {
+        return;  // whole warp
+    }
+    const float* xa = a + row * c;
+    const float* xb = b + row * c;
+    float* x = resid + row * c;
+
+    float sum = 0.0f;
+    for (int i = lane; i < c; i += 32) {
+        const float v = xa[i] + xb[i];
+        x[i] = v;
+        sum += v;
+    }
+    const float m = warp_reduce_sum(sum) / c;
+
+    float var = 0.0f;
+    for (int i = lane; i < c; i += 32) {
+        const float d = x[i] - m;
+        var += d * d;
+    }
+    const float s = 1.0f / sqrtf(warp_reduce_sum(var) / c + eps);
+
+    float* y = out + row * c;
+    for (int i = lane; i < c; i += 32) {
+        y[i] = (x[i] - m) * s * weight[i] + bias[i];
+    }
+    if (lane == 0) {
+        if (mean != nullptr) mean[row] = m;
+        if (rstd != nullptr) rstd[row] = s;
     }
 }

@@ -96,18 +96,21 @@ pub fn layernorm_forward(
     if rows == 0 {
         return Ok(());
     }
-    let opt = |v: &Option<ViewMut<'_, f32>>| {
-        v.as_ref()
-            .map_or(KernelArg::Ptr(crate::device::DevPtr::NULL), KernelArg::from)
+    let rows_only = |v: Option<ViewMut<'_, f32>>| -> KernelArg {
+        match v {
+            Some(mut v) => KernelArg::from(&v.slice_mut(..rows)),
+            None => KernelArg::Ptr(crate::device::DevPtr::NULL),
+        }
     };
+    let mut out = out;
     let cfg = layernorm_forward_config(rows)?;
     let args = [
-        KernelArg::from(&out),
-        opt(&mean),
-        opt(&rstd),
-        inp.into(),
-        weight.into(),
-        bias.into(),
+        KernelArg::from(&out.slice_mut(..n)),
+        rows_only(mean),
+        rows_only(rstd),
+        inp.slice(..n).into(),
+        weight.slice(..c).into(),
+        bias.slice(..c).into(),
         to_i32(K, "rows", rows)?.into(),
         to_i32(K, "c", c)?.into(),
         eps.into(),
@@ -118,14 +121,22 @@ pub fn layernorm_forward(
     unsafe { dev.launch(K, &cfg, &args) }
 }
 
+/// Launch shape of the backward's pass 1 when no weight gradient is wanted: a warp per row, 8 rows
+/// per 256-thread block, no shared memory.
+pub fn layernorm_backward_dinp_only_config(rows: usize) -> Result<LaunchConfig> {
+    layernorm_forward_config(rows)
+}
+
 /// LayerNorm backward: `dinp +=`, `dweight +=`, `dbias +=` (see `kernels/layernorm.cu`).
-/// `scratch` needs [`layernorm_backward_scratch_len`] elements (contents are overwritten).
+/// `None` skips that gradient; with both `None` the partial-sum work is skipped entirely (one
+/// launch, no shared memory) and `scratch` is unused (it may be empty). Otherwise `scratch` needs
+/// [`layernorm_backward_scratch_len`] elements (contents are overwritten).
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     dev: &Device,
     dinp: ViewMut<'_, f32>,
-    dweight: ViewMut<'_, f32>,
-    dbias: ViewMut<'_, f32>,
+    dweight: Option<ViewMut<'_, f32>>,
+    dbias: Option<ViewMut<'_, f32>>,
     scratch: ViewMut<'_, f32>,
     dout: View<'_, f32>,
     inp: View<'_, f32>,
@@ -140,40 +151,133 @@ pub fn layernorm_backward(
     check_len(K, "dinp", dinp.len(), n)?;
     check_len(K, "dout", dout.len(), n)?;
     check_len(K, "inp", inp.len(), n)?;
-    check_len(K, "dweight", dweight.len(), c)?;
-    check_len(K, "dbias", dbias.len(), c)?;
+    if let Some(dw) = &dweight {
+        check_len(K, "dweight", dw.len(), c)?;
+    }
+    if let Some(db) = &dbias {
+        check_len(K, "dbias", db.len(), c)?;
+    }
     check_len(K, "weight", weight.len(), c)?;
     check_len(K, "mean", mean.len(), rows)?;
     check_len(K, "rstd", rstd.len(), rows)?;
-    let (pass1, pass2, blocks) = layernorm_backward_config(rows, c)?;
-    check_len(K, "scratch", scratch.len(), blocks * 2 * c)?;
+    let want_weights = dweight.is_some() || dbias.is_some();
+    let (pass1, pass2, blocks) = if want_weights {
+        let cfg = layernorm_backward_config(rows, c)?;
+        check_len(K, "scratch", scratch.len(), cfg.2 * 2 * c)?;
+        cfg
+    } else {
+        // pass 2 is not launched
+        let p1 = layernorm_backward_dinp_only_config(rows)?;
+        (p1, p1, 0)
+    };
     if rows == 0 {
         return Ok(());
     }
     let (rows_i, c_i) = (to_i32(K, "rows", rows)?, to_i32(K, "c", c)?);
+    let mut dinp = dinp;
+    let dinp = dinp.slice_mut(..n);
+    let mut scratch = scratch;
+    let scratch = scratch.slice_mut(..blocks * 2 * c);
+    let partials = if want_weights {
+        KernelArg::from(&scratch)
+    } else {
+        KernelArg::Ptr(crate::device::DevPtr::NULL)
+    };
     let args1 = [
         KernelArg::from(&dinp),
-        KernelArg::from(&scratch),
-        dout.into(),
-        inp.into(),
-        weight.into(),
-        mean.into(),
-        rstd.into(),
+        partials,
+        dout.slice(..n).into(),
+        inp.slice(..n).into(),
+        weight.slice(..c).into(),
+        mean.slice(..rows).into(),
+        rstd.slice(..rows).into(),
         rows_i.into(),
         c_i.into(),
     ];
     // SAFETY: args match `layernorm_backward(float*, float*, const float* x5, int, int)`; dinp,
-    // dout, inp hold rows*c, weight c, mean/rstd rows, scratch blocks*2c (one 2c row per block);
-    // dyn_smem holds 2c floats per warp.
+    // dout, inp hold rows*c, weight c, mean/rstd rows, scratch blocks*2c (one 2c row per block) or
+    // NULL (then the kernel touches neither it nor shared memory); dyn_smem holds 2c floats per warp
+    // when partials are wanted.
     unsafe { dev.launch(K, &pass1, &args1)? };
+    if !want_weights {
+        return Ok(());
+    }
+    let slice_c = |v: Option<ViewMut<'_, f32>>| -> KernelArg {
+        match v {
+            Some(mut v) => KernelArg::from(&v.slice_mut(..c)),
+            None => KernelArg::Ptr(crate::device::DevPtr::NULL),
+        }
+    };
     let args2 = [
-        KernelArg::from(&dweight),
-        KernelArg::from(&dbias),
+        slice_c(dweight),
+        slice_c(dbias),
         scratch.as_view().into(),
         to_i32(K, "blocks", blocks)?.into(),
         c_i.into(),
     ];
     // SAFETY: args match `layernorm_backward_reduce(float*, float*, const float*, int, int)`;
-    // dweight/dbias hold c, scratch blocks*2c written by pass 1 (ordered on the same stream).
+    // dweight/dbias hold c or are NULL (skipped), scratch blocks*2c written by pass 1 (ordered on
+    // the same stream).
     unsafe { dev.launch("layernorm_backward_reduce", &pass2, &args2) }
+}
+
+/// `resid = a + b` (=), then [`layernorm_forward`] of `resid` into `out`, `mean`, `rstd` (=), in one
+/// launch (the residual add never makes a second trip through memory). `resid` must not alias
+/// `a` or `b`. CPU reference: `ops::layernorm::residual_layernorm_forward`.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_forward(
+    dev: &Device,
+    resid: ViewMut<'_, f32>,
+    out: ViewMut<'_, f32>,
+    mean: Option<ViewMut<'_, f32>>,
+    rstd: Option<ViewMut<'_, f32>>,
+    a: View<'_, f32>,
+    b: View<'_, f32>,
+    weight: View<'_, f32>,
+    bias: View<'_, f32>,
+    rows: usize,
+    c: usize,
+    eps: f32,
+) -> Result<()> {
+    const K: &str = "residual_layernorm_forward";
+    let n = ln_sizes(K, rows, c)?;
+    check_len(K, "resid", resid.len(), n)?;
+    check_len(K, "out", out.len(), n)?;
+    check_len(K, "a", a.len(), n)?;
+    check_len(K, "b", b.len(), n)?;
+    check_len(K, "weight", weight.len(), c)?;
+    check_len(K, "bias", bias.len(), c)?;
+    if let Some(m) = &mean {
+        check_len(K, "mean", m.len(), rows)?;
+    }
+    if let Some(r) = &rstd {
+        check_len(K, "rstd", r.len(), rows)?;
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    let rows_only = |v: Option<ViewMut<'_, f32>>| -> KernelArg {
+        match v {
+            Some(mut v) => KernelArg::from(&v.slice_mut(..rows)),
+            None => KernelArg::Ptr(crate::device::DevPtr::NULL),
+        }
+    };
+    let (mut resid, mut out) = (resid, out);
+    let cfg = layernorm_forward_config(rows)?;
+    let args = [
+        KernelArg::from(&resid.slice_mut(..n)),
+        KernelArg::from(&out.slice_mut(..n)),
+        rows_only(mean),
+        rows_only(rstd),
+        a.slice(..n).into(),
+        b.slice(..n).into(),
+        weight.slice(..c).into(),
+        bias.slice(..c).into(),
+        to_i32(K, "rows", rows)?.into(),
+        to_i32(K, "c", c)?.into(),
+        eps.into(),
+    ];
+    // SAFETY: args match `residual_layernorm_forward(float*, float*, float*, float*, const float* x4,
+    // int, int, float)`; resid/out/a/b hold rows*c, weight/bias c, mean/rstd rows or NULL.
+    unsafe { dev.launch(K, &cfg, &args) }
 }

@@ -64,6 +64,30 @@ pub fn layernorm_forward(
     }
 }
 
+/// The fused residual add + LayerNorm of `kernels/layernorm.cu`: `resid = a + b` (=, exactly
+/// `ops::residual::residual_forward`), then [`layernorm_forward`] of `resid` (=).
+///
+/// # Panics
+/// If a slice length does not match `rows`/`c`.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_forward(
+    resid: &mut [f32],
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    rows: usize,
+    c: usize,
+    eps: f32,
+) {
+    assert_eq!(resid.len(), rows * c, "residual_layernorm_forward: resid");
+    super::residual::residual_forward(resid, a, b);
+    layernorm_forward(out, mean, rstd, resid, weight, bias, rows, c, eps);
+}
+
 /// Backward of [`layernorm_forward`] given the saved `mean`/`rstd`. With `n = (x - mean) * rstd`,
 /// `g = weight * dout`:
 /// `dinp += (g - mean(g) - n * mean(g * n)) * rstd`, `dweight += sum_rows n * dout`,

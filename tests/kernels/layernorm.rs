@@ -51,6 +51,18 @@ impl LnCase {
     /// Forward then backward on `dev`, backward from the CPU's mean/rstd so the two passes are
     /// checked independently: (out, mean, rstd, dinp, dweight, dbias).
     fn run(&self, dev: &Device, cpu_mean: &[f32], cpu_rstd: &[f32]) -> [Vec<f32>; 6] {
+        self.run_grads(dev, cpu_mean, cpu_rstd, (true, true))
+    }
+
+    /// [`LnCase::run`] requesting only the weight gradients in `grads` (dweight, dbias); the others
+    /// come back as their initial values.
+    fn run_grads(
+        &self,
+        dev: &Device,
+        cpu_mean: &[f32],
+        cpu_rstd: &[f32],
+        grads: (bool, bool),
+    ) -> [Vec<f32>; 6] {
         let (rows, c) = (self.rows, self.c);
         let (x, w, b) = (up(dev, &self.x), up(dev, &self.w), up(dev, &self.b));
         let mut out = dev.upload(&vec![f32::NAN; rows * c]).unwrap();
@@ -86,8 +98,8 @@ impl LnCase {
         layernorm::layernorm_backward(
             dev,
             dinp.view_mut(),
-            dw.view_mut(),
-            db.view_mut(),
+            grads.0.then(|| dw.view_mut()),
+            grads.1.then(|| db.view_mut()),
             scratch.view_mut(),
             dout.view(),
             x.view(),
@@ -209,6 +221,121 @@ fn layernorm_backward_is_bitwise_deterministic_across_runs_and_schedules() {
         );
         assert_close(LN_NAMES[i], "rows=260 c=3073", &first[i], &want[i]);
     }
+}
+
+fn layernorm_backward_skips_absent_weight_gradients(dev: &Device) {
+    let case = LnCase::new(33, 771, 61);
+    let want = case.reference();
+    for grads in [(false, false), (true, false), (false, true)] {
+        let got = case.run_grads(dev, &want[1], &want[2], grads);
+        let ctx = format!("grads={grads:?}");
+        assert_close("layernorm.dinp", &ctx, &got[3], &want[3]);
+        if grads.0 {
+            assert_close("layernorm.dweight", &ctx, &got[4], &want[4]);
+        } else {
+            assert_bits_eq(&format!("dweight untouched {ctx}"), &got[4], &case.dw0);
+        }
+        if grads.1 {
+            assert_close("layernorm.dbias", &ctx, &got[5], &want[5]);
+        } else {
+            assert_bits_eq(&format!("dbias untouched {ctx}"), &got[5], &case.db0);
+        }
+    }
+    // without weight gradients the scratch is not needed at all
+    let (rows, c) = (case.rows, case.c);
+    let (x, w, m, r) = (
+        up(dev, &case.x),
+        up(dev, &case.w),
+        up(dev, &want[1]),
+        up(dev, &want[2]),
+    );
+    let (mut dinp, dout) = (up(dev, &case.dinp0), up(dev, &case.dout));
+    let mut empty = dev.alloc::<f32>(0).unwrap();
+    layernorm::layernorm_backward(
+        dev,
+        dinp.view_mut(),
+        None,
+        None,
+        empty.view_mut(),
+        dout.view(),
+        x.view(),
+        w.view(),
+        m.view(),
+        r.view(),
+        rows,
+        c,
+    )
+    .unwrap();
+    assert_close(
+        "layernorm.dinp",
+        "no scratch",
+        &down(dev, dinp.view()),
+        &want[3],
+    );
+}
+
+fn residual_layernorm_matches_reference(dev: &Device) {
+    for &rows in ROWS {
+        for &c in COLS {
+            let ctx = format!("rows={rows} c={c}");
+            let case = LnCase::new(rows, c, 500 + rows as u64 * 7 + c as u64);
+            let b = rand_vec(rows * c, 3 + c as u64, -2.0, 2.0);
+            let n = rows * c;
+            let (mut resid, mut out) = (vec![0.0; n], vec![0.0; n]);
+            let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+            ops::layernorm::residual_layernorm_forward(
+                &mut resid, &mut out, &mut mean, &mut rstd, &case.x, &b, &case.w, &case.b, rows, c,
+                EPS,
+            );
+            let (da, db) = (up(dev, &case.x), up(dev, &b));
+            let (dw, dbias) = (up(dev, &case.w), up(dev, &case.b));
+            let mut g_resid = up(dev, &vec![f32::NAN; n]);
+            let mut g_out = up(dev, &vec![f32::NAN; n]);
+            let mut g_mean = up(dev, &vec![f32::NAN; rows]);
+            let mut g_rstd = up(dev, &vec![f32::NAN; rows]);
+            layernorm::residual_layernorm_forward(
+                dev,
+                g_resid.view_mut(),
+                g_out.view_mut(),
+                Some(g_mean.view_mut()),
+                Some(g_rstd.view_mut()),
+                da.view(),
+                db.view(),
+                dw.view(),
+                dbias.view(),
+                rows,
+                c,
+                EPS,
+            )
+            .unwrap();
+            assert_close("residual.out", &ctx, &down(dev, g_resid.view()), &resid);
+            assert_close("layernorm.out", &ctx, &down(dev, g_out.view()), &out);
+            assert_close("layernorm.mean", &ctx, &down(dev, g_mean.view()), &mean);
+            assert_close("layernorm.rstd", &ctx, &down(dev, g_rstd.view()), &rstd);
+        }
+    }
+}
+
+#[test]
+fn layernorm_backward_skips_absent_weight_gradients_on_emu() {
+    layernorm_backward_skips_absent_weight_gradients(&emu());
+}
+
+#[test]
+fn residual_layernorm_forward_matches_cpu_on_emu() {
+    residual_layernorm_matches_reference(&emu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn layernorm_backward_skips_absent_weight_gradients_on_cuda() {
+    layernorm_backward_skips_absent_weight_gradients(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn residual_layernorm_forward_matches_cpu_on_cuda() {
+    residual_layernorm_matches_reference(&gpu());
 }
 
 #[test]
