@@ -11,6 +11,7 @@ pub mod classifier;
 pub mod dropout;
 pub mod embedding;
 pub mod gelu;
+pub mod global_norm;
 pub mod layernorm;
 pub mod matmul;
 pub mod rating;

@@ -5,6 +5,7 @@ pub mod crossentropy;
 pub mod dropout;
 pub mod embedding;
 pub mod gelu;
+pub mod global_norm;
 pub mod layernorm;
 pub mod matmul;
 pub mod rating;

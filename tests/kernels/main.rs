@@ -14,6 +14,7 @@ mod classifier;
 mod dropout;
 mod embedding;
 mod gelu;
+mod global_norm;
 mod layernorm;
 mod matmul;
 mod rating;
