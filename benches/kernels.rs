@@ -1,16 +1,26 @@
-//! Cost per launch of the first kernels, device-first names (`emu/layernorm_forward`), with the
-//! CPU reference on the same shape in the same run as the baseline. The emulated device runs the
-//! CUDA source on host threads (tens of ms per launch: it is a correctness tool, and this bench
-//! keeps that cost visible); the cuda rows appear only where a GPU is usable.
+//! Cost per launch of the kernels, device-first names (`emu/layernorm_forward`), with the CPU
+//! reference on the same shape in the same run as the baseline, and a napkin count of bytes moved
+//! per launch (criterion prints GB/s). The emulated device runs the CUDA source on host threads
+//! (tens of ms per launch: it is a correctness tool, and this bench keeps that cost visible); the
+//! cuda rows appear only where a GPU is usable. With a GPU the misc kernels' groups run at PEPLER's
+//! shapes (B 128, L 26 -> 3328 rows, C 768, V 50260) on cuda and the CPU; without one they run at
+//! small shapes on the CPU and the emulated device, and say so.
 //!
-//! `cargo bench --bench kernels`
+//! `cargo bench --bench kernels [-- <group filter>]`
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pepler_cuda::device::Device;
-use pepler_cuda::kernels::layernorm;
+use pepler_cuda::backend::{AdamWParams, AdamWVariant};
+use pepler_cuda::device::{Device, DeviceBuffer};
+use pepler_cuda::kernels::{
+    adamw, classifier, dropout, embedding, global_norm, layernorm, matmul, rating,
+};
 use pepler_cuda::ops;
+use pepler_cuda::ops::dropout::DropoutSite;
+use pepler_cuda::ops::embedding::EmbedShape;
+use pepler_cuda::ops::matmul::WeightLayout;
 
 /// GPT-2 small's width, a small batch of rows.
 const ROWS: usize = 64;
@@ -94,6 +104,536 @@ fn layernorm_forward(c: &mut Criterion) {
         Ok(dev) => bench_device(c, &group, &dev, &inp, &w, &b),
         Err(e) => eprintln!("cuda/layernorm_forward skipped: {e:#}"),
     }
+}
+
+// ------------------------------------------------------------------------------------------
+// the misc kernels (issue 7, section 2): one group per kernel
+
+/// Shapes of one run: PEPLER's with a GPU, small ones for the CPU-only machine.
+#[derive(Clone, Copy)]
+struct Shapes {
+    /// B * L rows of activations.
+    rows: usize,
+    /// Batch (sequences).
+    b: usize,
+    c: usize,
+    v: usize,
+    /// Rows of the cross-entropy (the text positions of a batch).
+    ce_rows: usize,
+    /// Parameters of the flat AdamW / grad-norm buffers.
+    params: usize,
+}
+
+const PEPLER: Shapes = Shapes {
+    rows: 128 * 26,
+    b: 128,
+    c: 768,
+    v: 50260,
+    ce_rows: 128 * 22,
+    params: 124_000_000,
+};
+
+const SMALL: Shapes = Shapes {
+    rows: 2 * 26,
+    b: 2,
+    c: 768,
+    v: 1031,
+    ce_rows: 2 * 22,
+    params: 100_000,
+};
+
+/// The devices to time and the shapes: cuda at PEPLER's shapes when a GPU is usable, else emu at
+/// small shapes (said once on stderr).
+fn devices() -> (Vec<Device>, Shapes) {
+    static DEVICES: OnceLock<(Vec<Device>, Shapes)> = OnceLock::new();
+    DEVICES
+        .get_or_init(|| match Device::cuda() {
+            Ok(d) => (vec![d], PEPLER),
+            Err(e) => {
+                eprintln!(
+                    "no usable GPU ({e:#}): the misc kernels are benched on the CPU reference and \
+                     the emulated device at small shapes (rows {}, V {}), not at PEPLER's",
+                    SMALL.rows, SMALL.v
+                );
+                (vec![Device::emu().unwrap()], SMALL)
+            }
+        })
+        .clone()
+}
+
+type Run = Box<dyn FnMut()>;
+
+/// One group `name_<shape>`: `cpu` on the host, then `dev_run(device)` on each device, each timed
+/// between device synchronisations, with `bytes` moved per call.
+fn run_group(
+    c: &mut Criterion,
+    name: &str,
+    shape: &str,
+    bytes: u64,
+    mut cpu: Run,
+    dev_run: impl Fn(&Device) -> Run,
+) {
+    let (devs, _) = devices();
+    let mut g = c.benchmark_group(format!("{name}_{shape}"));
+    g.throughput(Throughput::Bytes(bytes));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    g.bench_function(format!("cpu/{name}"), |bch| bch.iter(&mut cpu));
+    for dev in devs {
+        let mut f = dev_run(&dev);
+        g.bench_function(format!("{}/{name}", dev.kind()), |bch| {
+            bch.iter_custom(|iters| {
+                dev.synchronize().unwrap();
+                let t = Instant::now();
+                for _ in 0..iters {
+                    f();
+                }
+                dev.synchronize().unwrap();
+                t.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn ids(n: usize, rows: usize) -> Vec<i32> {
+    (0..n)
+        .map(|i| ((i * 2_654_435_761) % rows) as i32)
+        .collect()
+}
+
+fn f32_buf(dev: &Device, n: usize, seed: u32) -> DeviceBuffer<f32> {
+    dev.upload(&data(n, seed)).unwrap()
+}
+
+fn embedding(c: &mut Criterion) {
+    let s0 = devices().1;
+    let (rows_t, cc) = (s0.v, s0.c);
+    let s = EmbedShape {
+        batch: s0.b,
+        n: s0.rows / s0.b,
+        seq: s0.rows / s0.b,
+        offset: 0,
+        pos0: 0,
+        c: cc,
+    };
+    let shape = format!("{}x{}x{}", s.batch, s.n, cc);
+    let bytes = (4 * (3 * s.batch * s.n * cc + s.batch * s.n)) as u64;
+    let (table, wpe, id) = (
+        data(rows_t * cc, 1),
+        data(1024 * cc, 2),
+        ids(s.batch * s.n, rows_t),
+    );
+    let (t2, w2, i2) = (table.clone(), wpe.clone(), id.clone());
+    let mut out = vec![0.0; s.batch * s.seq * cc];
+    run_group(
+        c,
+        "embedding_forward",
+        &shape,
+        bytes,
+        Box::new(move || ops::embedding::embedding_forward(&mut out, &t2, &i2, Some(&w2), s)),
+        |dev| {
+            let (t, w, i) = (
+                dev.upload(&table).unwrap(),
+                dev.upload(&wpe).unwrap(),
+                dev.upload(&id).unwrap(),
+            );
+            let mut o = dev.alloc::<f32>(s.batch * s.seq * cc).unwrap();
+            let dev = dev.clone();
+            Box::new(move || {
+                embedding::embedding_forward(
+                    &dev,
+                    o.view_mut(),
+                    t.view(),
+                    i.view(),
+                    Some(w.view()),
+                    s,
+                )
+                .unwrap()
+            })
+        },
+    );
+    let dout = data(s.batch * s.seq * cc, 3);
+    let (d2, i2) = (dout.clone(), id.clone());
+    let (mut dt, mut dw) = (vec![0.0; rows_t * cc], vec![0.0; 1024 * cc]);
+    run_group(
+        c,
+        "embedding_backward",
+        &shape,
+        (4 * (3 * s.batch * s.n * cc + 2 * s.n * cc)) as u64,
+        Box::new(move || {
+            ops::embedding::embedding_backward(Some(&mut dt), Some(&mut dw), &d2, &i2, s)
+        }),
+        |dev| {
+            let (d, i) = (dev.upload(&dout).unwrap(), dev.upload(&id).unwrap());
+            let mut dt = dev.alloc::<f32>(rows_t * cc).unwrap();
+            let mut dw = dev.alloc::<f32>(1024 * cc).unwrap();
+            let mut scratch = dev
+                .alloc::<i32>(embedding::embedding_backward_scratch_len(&s))
+                .unwrap();
+            let dev = dev.clone();
+            Box::new(move || {
+                embedding::embedding_backward(
+                    &dev,
+                    Some(dt.view_mut()),
+                    Some(dw.view_mut()),
+                    scratch.view_mut(),
+                    d.view(),
+                    i.view(),
+                    s,
+                )
+                .unwrap()
+            })
+        },
+    );
+}
+
+fn classifier_groups(c: &mut Criterion) {
+    let s = devices().1;
+    let (rows, v) = (s.ce_rows, s.v);
+    let shape = format!("{rows}x{v}");
+    let logits = data(rows * v, 5);
+    let targets = ids(rows, v);
+    let (l2, t2) = (logits.clone(), targets.clone());
+    let mut losses = vec![0.0; rows];
+    // read the logits three times, write dlogits once
+    run_group(
+        c,
+        "crossentropy_forward",
+        &shape,
+        (4 * 4 * rows * v) as u64,
+        // the CPU side copies the logits first (it overwrites them): a small extra cost
+        Box::new(move || {
+            let mut x = l2.clone();
+            ops::crossentropy::crossentropy_forward(&mut losses, &mut x, &t2, rows, v, Some(1.0))
+        }),
+        |dev| {
+            let mut x = dev.upload(&logits).unwrap();
+            let t = dev.upload(&targets).unwrap();
+            let mut l = dev.alloc::<f32>(rows).unwrap();
+            let mut mean = dev.alloc::<f32>(1).unwrap();
+            let dev = dev.clone();
+            // dlogits overwrite the logits: later iterations see gradients, same cost
+            Box::new(move || {
+                classifier::crossentropy_forward(
+                    &dev,
+                    l.view_mut(),
+                    x.view_mut(),
+                    t.view(),
+                    rows,
+                    v,
+                    Some(1.0),
+                )
+                .unwrap();
+                classifier::crossentropy_mean(&dev, mean.view_mut(), l.view(), t.view(), rows)
+                    .unwrap();
+            })
+        },
+    );
+    let l3 = logits.clone();
+    let mut out = vec![0i32; s.b];
+    run_group(
+        c,
+        "argmax_forward",
+        &format!("{}x{v}", s.b),
+        (4 * s.b * v) as u64,
+        Box::new(move || ops::crossentropy::argmax_forward(&mut out, &l3[..s.b * v], s.b, v)),
+        |dev| {
+            let x = dev.upload(&logits[..s.b * v]).unwrap();
+            let mut o = dev.alloc::<i32>(s.b).unwrap();
+            let dev = dev.clone();
+            Box::new(move || {
+                classifier::argmax_forward(&dev, o.view_mut(), x.view(), s.b, v).unwrap()
+            })
+        },
+    );
+}
+
+fn adamw_groups(c: &mut Criterion) {
+    let s = devices().1;
+    let n = s.params;
+    let hp = AdamWParams {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay: 0.0,
+        variant: AdamWVariant::Torch,
+    };
+    let (mut p, g, mut m, mut v) = (data(n, 6), data(n, 7), vec![0.0; n], vec![0.0; n]);
+    // ~150 tensors as in GPT-2 small, all trainable
+    let per = n / 150;
+    let tensors: Vec<adamw::AdamWTensor> = (0..150)
+        .map(|i| adamw::AdamWTensor {
+            offset: i * per,
+            len: if i == 149 { n - i * per } else { per },
+            decay: i % 2 == 0,
+            trainable: true,
+        })
+        .collect();
+    run_group(
+        c,
+        "adamw_update_multi",
+        &format!("{n}"),
+        (4 * 7 * n) as u64,
+        Box::new(move || {
+            ops::adamw::adamw_update(
+                &mut p, &g, &mut m, &mut v, hp.lr, hp.beta1, hp.beta2, hp.eps, 0.0, 1,
+            )
+        }),
+        |dev| {
+            let plan = adamw::AdamWPlan::new(dev, &tensors).unwrap();
+            let (mut p, g) = (f32_buf(dev, n, 6), f32_buf(dev, n, 7));
+            let (mut m, mut v) = (dev.alloc::<f32>(n).unwrap(), dev.alloc::<f32>(n).unwrap());
+            let dev = dev.clone();
+            Box::new(move || {
+                adamw::adamw_update_multi(
+                    &dev,
+                    &plan,
+                    p.view_mut(),
+                    g.view(),
+                    m.view_mut(),
+                    v.view_mut(),
+                    &hp,
+                    1,
+                )
+                .unwrap()
+            })
+        },
+    );
+    let x = data(n, 8);
+    let x2 = x.clone();
+    run_group(
+        c,
+        "global_norm",
+        &format!("{n}"),
+        (4 * n) as u64,
+        Box::new(move || {
+            criterion::black_box(ops::global_norm::global_norm(&x2));
+        }),
+        |dev| {
+            let xd = dev.upload(&x).unwrap();
+            let mut norm = dev.alloc::<f32>(1).unwrap();
+            let mut scratch = dev
+                .alloc::<f32>(global_norm::global_norm_scratch_len(n))
+                .unwrap();
+            let dev = dev.clone();
+            Box::new(move || {
+                global_norm::global_norm(&dev, norm.view_mut(), scratch.view_mut(), xd.view(), n)
+                    .unwrap()
+            })
+        },
+    );
+}
+
+fn pointwise_groups(c: &mut Criterion) {
+    let s = devices().1;
+    let n = s.rows * s.c;
+    let site = DropoutSite {
+        p: 0.1,
+        seed: 1,
+        step: 2,
+        site: 3,
+    };
+    let x = data(n, 9);
+    let x2 = x.clone();
+    let mut out = vec![0.0; n];
+    run_group(
+        c,
+        "dropout_forward",
+        &format!("{}x{}", s.rows, s.c),
+        (8 * n) as u64,
+        Box::new(move || ops::dropout::dropout_forward(&mut out, &x2, &site)),
+        |dev| {
+            let xd = dev.upload(&x).unwrap();
+            let mut o = dev.alloc::<f32>(n).unwrap();
+            let dev = dev.clone();
+            Box::new(move || {
+                dropout::dropout_forward(&dev, o.view_mut(), xd.view(), site, n).unwrap()
+            })
+        },
+    );
+    let (b, cc) = (s.b, s.c);
+    let ui = data(b * 2 * cc, 10);
+    let (pred, target) = (data(b, 11), data(b, 12));
+    let (ui2, p2, t2) = (ui.clone(), pred.clone(), target.clone());
+    let (mut o, mut dp) = (vec![0.0; b], vec![0.0; b]);
+    run_group(
+        c,
+        "rating_mf_forward_and_mse",
+        &format!("{b}x{cc}"),
+        (4 * (2 * b * cc + 4 * b)) as u64,
+        Box::new(move || {
+            ops::rating::rating_mf_forward(&mut o, &ui2, b, cc);
+            criterion::black_box(ops::rating::mse_forward(&mut dp, &p2, &t2, 1.0));
+        }),
+        |dev| {
+            let (u, p, t) = (
+                dev.upload(&ui).unwrap(),
+                dev.upload(&pred).unwrap(),
+                dev.upload(&target).unwrap(),
+            );
+            let (mut o, mut dp, mut loss) = (
+                dev.alloc::<f32>(b).unwrap(),
+                dev.alloc::<f32>(b).unwrap(),
+                dev.alloc::<f32>(1).unwrap(),
+            );
+            let dev = dev.clone();
+            Box::new(move || {
+                rating::rating_mf_forward(&dev, o.view_mut(), u.view(), b, cc).unwrap();
+                rating::mse_forward(
+                    &dev,
+                    loss.view_mut(),
+                    dp.view_mut(),
+                    p.view(),
+                    t.view(),
+                    b,
+                    1.0,
+                )
+                .unwrap();
+            })
+        },
+    );
+}
+
+fn matmul_groups(c: &mut Criterion) {
+    let s = devices().1;
+    // the attention projection of one block: (rows, 768) x (768, 2304) + bias
+    let (rows, cin, cout) = (s.rows, s.c, 3 * s.c);
+    let shape = format!("{rows}x{cin}x{cout}");
+    let (x, w, b) = (data(rows * cin, 13), data(cin * cout, 14), data(cout, 15));
+    let (x2, w2, b2) = (x.clone(), w.clone(), b.clone());
+    let mut out = vec![0.0; rows * cout];
+    run_group(
+        c,
+        "matmul_forward",
+        &shape,
+        (4 * (rows * cin + cin * cout + 2 * rows * cout)) as u64,
+        Box::new(move || {
+            ops::matmul::matmul_forward(
+                &mut out,
+                &x2,
+                &w2,
+                Some(&b2),
+                rows,
+                cin,
+                cout,
+                WeightLayout::InOut,
+            )
+        }),
+        |dev| {
+            let (xd, wd, bd) = (
+                dev.upload(&x).unwrap(),
+                dev.upload(&w).unwrap(),
+                dev.upload(&b).unwrap(),
+            );
+            let mut o = dev.alloc::<f32>(rows * cout).unwrap();
+            let dev = dev.clone();
+            Box::new(move || {
+                matmul::matmul_forward(
+                    &dev,
+                    o.view_mut(),
+                    xd.view(),
+                    wd.view(),
+                    Some(bd.view()),
+                    rows,
+                    cin,
+                    cout,
+                    WeightLayout::InOut,
+                )
+                .unwrap()
+            })
+        },
+    );
+    let dout = data(rows * cout, 16);
+    let d2 = dout.clone();
+    let mut db = vec![0.0; cout];
+    run_group(
+        c,
+        "matmul_backward_bias",
+        &format!("{rows}x{cout}"),
+        (4 * (rows * cout + 2 * cout)) as u64,
+        Box::new(move || {
+            // the CPU reference's dbias loop alone (no GEMMs)
+            for r in 0..rows {
+                for (d, g) in db.iter_mut().zip(&d2[r * cout..(r + 1) * cout]) {
+                    *d += *g;
+                }
+            }
+        }),
+        |dev| {
+            let dd = dev.upload(&dout).unwrap();
+            let mut dbd = dev.alloc::<f32>(cout).unwrap();
+            let mut scratch = dev
+                .alloc::<f32>(matmul::matmul_backward_scratch_len(rows, cout))
+                .unwrap();
+            let dev = dev.clone();
+            Box::new(move || {
+                matmul::matmul_backward_bias(
+                    &dev,
+                    dbd.view_mut(),
+                    scratch.view_mut(),
+                    dd.view(),
+                    rows,
+                    cout,
+                )
+                .unwrap()
+            })
+        },
+    );
+}
+
+fn layernorm_groups(c: &mut Criterion) {
+    let s = devices().1;
+    let (rows, cc) = (s.rows, s.c);
+    let n = rows * cc;
+    let (a, b, w, bias) = (data(n, 17), data(n, 18), data(cc, 19), data(cc, 20));
+    let (a2, b2, w2, bias2) = (a.clone(), b.clone(), w.clone(), bias.clone());
+    let (mut r, mut o, mut m, mut rs) =
+        (vec![0.0; n], vec![0.0; n], vec![0.0; rows], vec![0.0; rows]);
+    run_group(
+        c,
+        "residual_layernorm_forward",
+        &format!("{rows}x{cc}"),
+        (4 * (4 * n + 2 * rows + 2 * cc)) as u64,
+        Box::new(move || {
+            ops::layernorm::residual_layernorm_forward(
+                &mut r, &mut o, &mut m, &mut rs, &a2, &b2, &w2, &bias2, rows, cc, EPS,
+            )
+        }),
+        |dev| {
+            let (ad, bd, wd, biasd) = (
+                dev.upload(&a).unwrap(),
+                dev.upload(&b).unwrap(),
+                dev.upload(&w).unwrap(),
+                dev.upload(&bias).unwrap(),
+            );
+            let (mut r, mut o) = (dev.alloc::<f32>(n).unwrap(), dev.alloc::<f32>(n).unwrap());
+            let (mut m, mut rs) = (
+                dev.alloc::<f32>(rows).unwrap(),
+                dev.alloc::<f32>(rows).unwrap(),
+            );
+            let dev = dev.clone();
+            Box::new(move || {
+                layernorm::residual_layernorm_forward(
+                    &dev,
+                    r.view_mut(),
+                    o.view_mut(),
+                    Some(m.view_mut()),
+                    Some(rs.view_mut()),
+                    ad.view(),
+                    bd.view(),
+                    wd.view(),
+                    biasd.view(),
+                    rows,
+                    cc,
+                    EPS,
+                )
+                .unwrap()
+            })
+        },
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -241,5 +781,15 @@ fn attention(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, layernorm_forward, attention);
+criterion_group!(
+    benches,
+    layernorm_forward,
+    attention,
+    embedding,
+    classifier_groups,
+    adamw_groups,
+    pointwise_groups,
+    matmul_groups,
+    layernorm_groups
+);
 criterion_main!(benches);

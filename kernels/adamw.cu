@@ -17,7 +17,7 @@
 // adamw_update: one tensor of n elements. Launch: block 256, grid CEIL_DIV(n, 256).
 // adamw_update_multi: every trainable tensor of one flat parameter/grad/m/v allocation in ONE
 //   launch. `blocks` (i32, 3 per block, built once on the host by AdamWPlan): block b updates
-//   elements [start, start + len) (len <= ADAMW_CHUNK, one tensor's slice) with weight decay iff
+//   elements [start, start + len) (len <= ADAMW_CHUNK = 4096 of src/kernels/adamw.rs, one tensor's slice) with weight decay iff
 //   flag != 0 and has_decay (hf with wd = 0 never decays; torch tensors without decay skip the
 //   multiplication by 1 - lr*0 = 1, which is exact). Frozen tensors and gaps between tensors have no block and are never touched.
 //   Launch: grid nblocks, block ADAMW_BLOCK (256); threads stride over the block's chunk.

@@ -1,101 +1,10 @@
-//! The first CUDA kernels (residual, gelu, layernorm, softmax) against their CPU references in
-//! `pepler_cuda::ops`, through the typed launch wrappers in `pepler_cuda::kernels`, on the emulated
-//! device (the exact kernel source, compiled for the host). Shapes are small and odd on purpose:
-//! rows not a multiple of the 8 rows a block handles, c not a multiple of 4 or 32, c = 1.
-//! GPU-only tests (`cargo test -- --ignored` on a machine with a GPU) run the same bodies on the
-//! CUDA device and compare it with the emulated device.
+//! `layernorm_forward` / `layernorm_backward` (kernels/layernorm.cu) against `ops::layernorm`.
 
-mod common;
-
-use common::*;
+use super::{COLS, EPS, ROWS};
+use crate::common::*;
 use pepler_cuda::device::{Device, EmuOptions};
-use pepler_cuda::kernels::{gelu, layernorm, residual, softmax};
+use pepler_cuda::kernels::layernorm;
 use pepler_cuda::ops;
-
-/// Odd shapes: rows around the 8-rows-per-block boundary, c below/above a warp, not /4.
-const ROWS: &[usize] = &[1, 7, 33];
-const COLS: &[usize] = &[1, 3, 45, 771];
-const EPS: f32 = 1e-5;
-
-// ------------------------------------------------------------------------------------------
-// test bodies, one per kernel, run on any device
-
-fn residual_matches_reference(dev: &Device) {
-    for &n in &[1usize, 3, 45, 771, 7 * 771 + 2] {
-        let (a, b) = (rand_vec(n, 1, -2.0, 2.0), rand_vec(n, 2, -2.0, 2.0));
-        let mut want = vec![0.0; n];
-        ops::residual::residual_forward(&mut want, &a, &b);
-        // aligned buffers (float4 path + scalar tail)
-        let (da, db) = (up(dev, &a), up(dev, &b));
-        let mut out = dev.upload(&vec![f32::NAN; n]).unwrap();
-        residual::residual_forward(dev, out.view_mut(), da.view(), db.view(), n).unwrap();
-        assert_close(
-            "residual.out",
-            &format!("n={n} aligned"),
-            &down(dev, out.view()),
-            &want,
-        );
-        // views starting one element in: misaligned, scalar path
-        let pad = |v: &[f32]| [&[7.0][..], v].concat();
-        let (da, db) = (up(dev, &pad(&a)), up(dev, &pad(&b)));
-        let mut out = dev.upload(&vec![f32::NAN; n + 1]).unwrap();
-        residual::residual_forward(dev, out.slice_mut(1..), da.slice(1..), db.slice(1..), n)
-            .unwrap();
-        let got = down(dev, out.view());
-        assert!(got[0].is_nan(), "residual wrote before its output view");
-        assert_close(
-            "residual.out",
-            &format!("n={n} misaligned"),
-            &got[1..],
-            &want,
-        );
-    }
-}
-
-fn gelu_matches_reference(dev: &Device) {
-    for &n in &[1usize, 45, 771, 3 * 771] {
-        let x = rand_vec(n, 3, -6.0, 6.0);
-        let g = rand_vec(n, 4, -1.0, 1.0);
-        let mut want = vec![0.0; n];
-        ops::gelu::gelu_forward(&mut want, &x);
-        let (dx, dg) = (up(dev, &x), up(dev, &g));
-        let mut out = dev.alloc::<f32>(n).unwrap();
-        gelu::gelu_forward(dev, out.view_mut(), dx.view(), n).unwrap();
-        assert_close("gelu.out", &format!("n={n}"), &down(dev, out.view()), &want);
-
-        let mut want = vec![0.0; n];
-        ops::gelu::gelu_backward(&mut want, &x, &g);
-        // `=` semantics: whatever was in dinp is overwritten
-        let mut dinp = dev.upload(&vec![123.0; n]).unwrap();
-        gelu::gelu_backward(dev, dinp.view_mut(), dx.view(), dg.view(), n).unwrap();
-        assert_close(
-            "gelu.dinp",
-            &format!("n={n}"),
-            &down(dev, dinp.view()),
-            &want,
-        );
-    }
-}
-
-fn softmax_matches_reference(dev: &Device) {
-    for &rows in ROWS {
-        for &c in COLS {
-            // large offsets per row: only a max-subtracted softmax survives them
-            let mut x = rand_vec(rows * c, 5, -8.0, 8.0);
-            for (r, row) in x.chunks_mut(c).enumerate() {
-                row.iter_mut().for_each(|v| *v += 80.0 * r as f32 - 100.0);
-            }
-            let mut want = vec![0.0; rows * c];
-            ops::softmax::softmax_forward(&mut want, &x, rows, c);
-            let dx = up(dev, &x);
-            let mut out = dev.alloc::<f32>(rows * c).unwrap();
-            softmax::softmax_forward(dev, out.view_mut(), dx.view(), rows, c).unwrap();
-            let got = down(dev, out.view());
-            assert_close("softmax.out", &format!("rows={rows} c={c}"), &got, &want);
-            assert!(got.iter().all(|v| v.is_finite()));
-        }
-    }
-}
 
 struct LnCase {
     rows: usize,
@@ -142,6 +51,18 @@ impl LnCase {
     /// Forward then backward on `dev`, backward from the CPU's mean/rstd so the two passes are
     /// checked independently: (out, mean, rstd, dinp, dweight, dbias).
     fn run(&self, dev: &Device, cpu_mean: &[f32], cpu_rstd: &[f32]) -> [Vec<f32>; 6] {
+        self.run_grads(dev, cpu_mean, cpu_rstd, (true, true))
+    }
+
+    /// [`LnCase::run`] requesting only the weight gradients in `grads` (dweight, dbias); the others
+    /// come back as their initial values.
+    fn run_grads(
+        &self,
+        dev: &Device,
+        cpu_mean: &[f32],
+        cpu_rstd: &[f32],
+        grads: (bool, bool),
+    ) -> [Vec<f32>; 6] {
         let (rows, c) = (self.rows, self.c);
         let (x, w, b) = (up(dev, &self.x), up(dev, &self.w), up(dev, &self.b));
         let mut out = dev.upload(&vec![f32::NAN; rows * c]).unwrap();
@@ -177,8 +98,8 @@ impl LnCase {
         layernorm::layernorm_backward(
             dev,
             dinp.view_mut(),
-            Some(dw.view_mut()),
-            Some(db.view_mut()),
+            grads.0.then(|| dw.view_mut()),
+            grads.1.then(|| db.view_mut()),
             scratch.view_mut(),
             dout.view(),
             x.view(),
@@ -226,24 +147,6 @@ fn layernorm_matches_reference(dev: &Device) {
             }
         }
     }
-}
-
-// ------------------------------------------------------------------------------------------
-// emulated device
-
-#[test]
-fn residual_forward_matches_cpu_on_emu() {
-    residual_matches_reference(&emu());
-}
-
-#[test]
-fn gelu_forward_and_backward_match_cpu_on_emu() {
-    gelu_matches_reference(&emu());
-}
-
-#[test]
-fn softmax_forward_matches_cpu_on_emu() {
-    softmax_matches_reference(&emu());
 }
 
 #[test]
@@ -320,75 +223,119 @@ fn layernorm_backward_is_bitwise_deterministic_across_runs_and_schedules() {
     }
 }
 
-#[test]
-fn launch_wrappers_reject_bad_sizes() {
-    let dev = emu();
-    let a = dev.alloc::<f32>(10).unwrap();
-    let mut out = dev.alloc::<f32>(10).unwrap();
-    let err = residual::residual_forward(&dev, out.view_mut(), a.view(), a.slice(..9), 10)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("residual_forward: b has 9 elements, needs at least 10"),
-        "{err}"
+fn layernorm_backward_skips_absent_weight_gradients(dev: &Device) {
+    let case = LnCase::new(33, 771, 61);
+    let want = case.reference();
+    for grads in [(false, false), (true, false), (false, true)] {
+        let got = case.run_grads(dev, &want[1], &want[2], grads);
+        let ctx = format!("grads={grads:?}");
+        assert_close("layernorm.dinp", &ctx, &got[3], &want[3]);
+        if grads.0 {
+            assert_close("layernorm.dweight", &ctx, &got[4], &want[4]);
+        } else {
+            assert_bits_eq(&format!("dweight untouched {ctx}"), &got[4], &case.dw0);
+        }
+        if grads.1 {
+            assert_close("layernorm.dbias", &ctx, &got[5], &want[5]);
+        } else {
+            assert_bits_eq(&format!("dbias untouched {ctx}"), &got[5], &case.db0);
+        }
+    }
+    // without weight gradients the scratch is not needed at all
+    let (rows, c) = (case.rows, case.c);
+    let (x, w, m, r) = (
+        up(dev, &case.x),
+        up(dev, &case.w),
+        up(dev, &want[1]),
+        up(dev, &want[2]),
     );
-    let err = softmax::softmax_forward(&dev, out.view_mut(), a.view(), 5, 0)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("c must be > 0"), "{err}");
-    let err = layernorm::layernorm_forward(
-        &dev,
-        out.view_mut(),
+    let (mut dinp, dout) = (up(dev, &case.dinp0), up(dev, &case.dout));
+    let mut empty = dev.alloc::<f32>(0).unwrap();
+    layernorm::layernorm_backward(
+        dev,
+        dinp.view_mut(),
         None,
         None,
-        a.view(),
-        a.view(),
-        a.slice(..4),
-        2,
-        5,
-        EPS,
+        empty.view_mut(),
+        dout.view(),
+        x.view(),
+        w.view(),
+        m.view(),
+        r.view(),
+        rows,
+        c,
     )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        err.contains("bias has 4 elements, needs at least 5"),
-        "{err}"
+    .unwrap();
+    assert_close(
+        "layernorm.dinp",
+        "no scratch",
+        &down(dev, dinp.view()),
+        &want[3],
     );
-    assert!(layernorm::layernorm_backward_scratch_len(1, 100_000).is_err());
-    // zero-sized work is a no-op
-    gelu::gelu_forward(&dev, out.view_mut(), a.view(), 0).unwrap();
 }
 
-// ------------------------------------------------------------------------------------------
-// GPU-only: the same bodies on the CUDA device, and cuda vs emu where bits must agree
+fn residual_layernorm_matches_reference(dev: &Device) {
+    for &rows in ROWS {
+        for &c in COLS {
+            let ctx = format!("rows={rows} c={c}");
+            let case = LnCase::new(rows, c, 500 + rows as u64 * 7 + c as u64);
+            let b = rand_vec(rows * c, 3 + c as u64, -2.0, 2.0);
+            let n = rows * c;
+            let (mut resid, mut out) = (vec![0.0; n], vec![0.0; n]);
+            let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+            ops::layernorm::residual_layernorm_forward(
+                &mut resid, &mut out, &mut mean, &mut rstd, &case.x, &b, &case.w, &case.b, rows, c,
+                EPS,
+            );
+            let (da, db) = (up(dev, &case.x), up(dev, &b));
+            let (dw, dbias) = (up(dev, &case.w), up(dev, &case.b));
+            let mut g_resid = up(dev, &vec![f32::NAN; n]);
+            let mut g_out = up(dev, &vec![f32::NAN; n]);
+            let mut g_mean = up(dev, &vec![f32::NAN; rows]);
+            let mut g_rstd = up(dev, &vec![f32::NAN; rows]);
+            layernorm::residual_layernorm_forward(
+                dev,
+                g_resid.view_mut(),
+                g_out.view_mut(),
+                Some(g_mean.view_mut()),
+                Some(g_rstd.view_mut()),
+                da.view(),
+                db.view(),
+                dw.view(),
+                dbias.view(),
+                rows,
+                c,
+                EPS,
+            )
+            .unwrap();
+            assert_close("residual.out", &ctx, &down(dev, g_resid.view()), &resid);
+            assert_close("layernorm.out", &ctx, &down(dev, g_out.view()), &out);
+            assert_close("layernorm.mean", &ctx, &down(dev, g_mean.view()), &mean);
+            assert_close("layernorm.rstd", &ctx, &down(dev, g_rstd.view()), &rstd);
+        }
+    }
+}
+
+#[test]
+fn layernorm_backward_skips_absent_weight_gradients_on_emu() {
+    layernorm_backward_skips_absent_weight_gradients(&emu());
+}
+
+#[test]
+fn residual_layernorm_forward_matches_cpu_on_emu() {
+    residual_layernorm_matches_reference(&emu());
+}
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn residual_forward_matches_cpu_on_cuda_and_emu_bitwise() {
-    let dev = gpu();
-    residual_matches_reference(&dev);
-    let emu = emu();
-    let n = 5 * 771 + 3;
-    let (a, b) = (rand_vec(n, 31, -3.0, 3.0), rand_vec(n, 32, -3.0, 3.0));
-    let run = |d: &Device| {
-        let (da, db) = (up(d, &a), up(d, &b));
-        let mut out = d.alloc::<f32>(n).unwrap();
-        residual::residual_forward(d, out.view_mut(), da.view(), db.view(), n).unwrap();
-        down(d, out.view())
-    };
-    assert_bits_eq("residual cuda vs emu", &run(&dev), &run(&emu));
+fn layernorm_backward_skips_absent_weight_gradients_on_cuda() {
+    layernorm_backward_skips_absent_weight_gradients(&gpu());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn gelu_forward_and_backward_match_cpu_on_cuda() {
-    gelu_matches_reference(&gpu());
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn softmax_forward_matches_cpu_on_cuda() {
-    softmax_matches_reference(&gpu());
+fn residual_layernorm_forward_matches_cpu_on_cuda() {
+    residual_layernorm_matches_reference(&gpu());
 }
 
 #[test]

@@ -1,0 +1,199 @@
+//! `crossentropy_forward`, `crossentropy_mean`, `argmax_forward` (kernels/classifier.cu) against
+//! `ops::crossentropy`.
+
+use super::{emu_shuffled, up_i32};
+use crate::common::*;
+use pepler_cuda::device::Device;
+use pepler_cuda::kernels::classifier;
+use pepler_cuda::ops::crossentropy as cpu;
+
+/// Odd vocabulary sizes: a single class, below a block, above a block, GPT-2's with added tokens.
+const VOCABS: &[usize] = &[1, 37, 1031, 50260];
+
+/// (logits, targets) for `rows` x `v`: row offsets up to 60 (only a max-subtracted softmax survives
+/// them), one ignored row, one target on the row's maximum, the rest random.
+fn ce_case(rows: usize, v: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
+    let mut x = rand_vec(rows * v, seed, -6.0, 6.0);
+    for (r, row) in x.chunks_mut(v).enumerate() {
+        row.iter_mut().for_each(|e| *e += 30.0 * r as f32 - 40.0);
+    }
+    let t = rand_vec(rows, seed + 1, 0.0, v as f32);
+    let mut targets: Vec<i32> = t.iter().map(|&u| (u as usize).min(v - 1) as i32).collect();
+    if rows > 1 {
+        targets[1] = -100;
+    }
+    if rows > 2 {
+        let row = &x[2 * v..3 * v];
+        let best = (0..v).fold(0, |b, j| if row[j] > row[b] { j } else { b });
+        targets[2] = best as i32;
+    }
+    (x, targets)
+}
+
+/// Device: (losses, dlogits or untouched logits, mean).
+fn ce_run(
+    dev: &Device,
+    x: &[f32],
+    targets: &[i32],
+    rows: usize,
+    v: usize,
+    dscale: Option<f32>,
+) -> [Vec<f32>; 3] {
+    let mut logits = up(dev, x);
+    let tg = up_i32(dev, targets);
+    let mut losses = up(dev, &vec![f32::NAN; rows]);
+    classifier::crossentropy_forward(
+        dev,
+        losses.view_mut(),
+        logits.view_mut(),
+        tg.view(),
+        rows,
+        v,
+        dscale,
+    )
+    .unwrap();
+    let mut mean = up(dev, &[f32::NAN]);
+    classifier::crossentropy_mean(dev, mean.view_mut(), losses.view(), tg.view(), rows).unwrap();
+    [losses.view(), logits.view(), mean.view()].map(|b| down(dev, b))
+}
+
+fn crossentropy_matches_reference(dev: &Device) {
+    for &v in VOCABS {
+        let rows = if v > 10_000 { 3 } else { 5 };
+        let (x, targets) = ce_case(rows, v, 40 + v as u64);
+        for dscale in [None, Some(0.37f32)] {
+            let ctx = format!("rows={rows} v={v} dscale={dscale:?}");
+            let (mut want_l, mut want_x) = (vec![0.0; rows], x.clone());
+            cpu::crossentropy_forward(&mut want_l, &mut want_x, &targets, rows, v, dscale);
+            let got = ce_run(dev, &x, &targets, rows, v, dscale);
+            assert_close("crossentropy.losses", &ctx, &got[0], &want_l);
+            if dscale.is_some() {
+                assert_close("crossentropy.dlogits", &ctx, &got[1], &want_x);
+                // the gradient of each valid row sums to 0 (softmax sums to 1); summed in f64 so that
+                // the check measures the kernel, not this loop
+                for (r, row) in got[1].chunks(v).enumerate() {
+                    let s: f64 = row.iter().map(|&d| d as f64).sum();
+                    assert!(s.abs() < 1e-5, "{ctx}: row {r} dlogits sum {s}");
+                }
+            } else {
+                assert_bits_eq(&format!("logits untouched {ctx}"), &got[1], &x);
+            }
+            // the mean of the device's own losses: checks the reduction alone
+            let want_mean = cpu::crossentropy_mean(&got[0], &targets);
+            assert_close("crossentropy.mean", &ctx, &got[2], &[want_mean]);
+        }
+    }
+}
+
+fn argmax_matches_reference(dev: &Device) {
+    for &v in VOCABS {
+        let rows = 4;
+        let (mut x, _) = ce_case(rows, v, 90 + v as u64);
+        // ties: row 1's maximum appears three times; row 3 is constant (answer 0)
+        if v > 3 {
+            let m = x[v..2 * v].iter().cloned().fold(f32::MIN, f32::max) + 1.0;
+            for j in [v - 1, v / 2, v / 3] {
+                x[v + j] = m;
+            }
+        }
+        x[3 * v..].fill(-2.0);
+        let mut want = vec![0i32; rows];
+        cpu::argmax_forward(&mut want, &x, rows, v);
+        let dx = up(dev, &x);
+        let mut out = up_i32(dev, &vec![-1; rows]);
+        classifier::argmax_forward(dev, out.view_mut(), dx.view(), rows, v).unwrap();
+        assert_eq!(dev.download(out.view()).unwrap(), want, "argmax v={v}");
+    }
+}
+
+#[test]
+fn crossentropy_forward_and_mean_match_cpu_on_emu() {
+    crossentropy_matches_reference(&emu());
+}
+
+#[test]
+fn argmax_matches_cpu_with_ties_on_emu() {
+    argmax_matches_reference(&emu());
+}
+
+#[test]
+fn crossentropy_gradient_and_mean_are_bitwise_deterministic_across_schedules() {
+    let (rows, v) = (6, 1031);
+    let (x, targets) = ce_case(rows, v, 3);
+    let a = ce_run(&emu(), &x, &targets, rows, v, Some(0.5));
+    let b = ce_run(&emu_shuffled(77), &x, &targets, rows, v, Some(0.5));
+    for (k, name) in ["losses", "dlogits", "mean"].iter().enumerate() {
+        assert_bits_eq(
+            &format!("crossentropy {name} plain vs shuffled"),
+            &a[k],
+            &b[k],
+        );
+    }
+}
+
+#[test]
+fn crossentropy_out_of_range_target_gives_nan_loss_and_zero_gradient() {
+    let dev = emu();
+    let (rows, v) = (2, 45);
+    let (x, _) = ce_case(rows, v, 8);
+    // logits sit between guards: nothing outside the view may change
+    let guard = [5.0f32; 3];
+    let mut buf = up(&dev, &[&guard[..], &x, &guard].concat());
+    let tg = up_i32(&dev, &[v as i32, 4]);
+    let mut losses = dev.alloc::<f32>(rows).unwrap();
+    classifier::crossentropy_forward(
+        &dev,
+        losses.view_mut(),
+        buf.slice_mut(3..3 + rows * v),
+        tg.view(),
+        rows,
+        v,
+        Some(1.0),
+    )
+    .unwrap();
+    let l = down(&dev, losses.view());
+    assert!(l[0].is_nan() && l[1].is_finite(), "{l:?}");
+    let got = down(&dev, buf.view());
+    assert_bits_eq(
+        "guards",
+        &[&got[..3], &got[3 + rows * v..]].concat(),
+        &[guard, guard].concat(),
+    );
+    assert!(got[3..3 + v].iter().all(|&d| d == 0.0));
+}
+
+#[test]
+fn crossentropy_mean_of_no_valid_rows_is_nan() {
+    let dev = emu();
+    let losses = up(&dev, &[1.0, 2.0]);
+    let tg = up_i32(&dev, &[-100, -1]);
+    let mut mean = up(&dev, &[0.0]);
+    classifier::crossentropy_mean(&dev, mean.view_mut(), losses.view(), tg.view(), 2).unwrap();
+    assert!(down(&dev, mean.view())[0].is_nan());
+    assert!(cpu::crossentropy_mean(&[1.0], &[-1]).is_nan());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn crossentropy_forward_and_mean_match_cpu_on_cuda() {
+    crossentropy_matches_reference(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn argmax_matches_cpu_with_ties_on_cuda() {
+    argmax_matches_reference(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn crossentropy_gradient_is_bitwise_deterministic_on_cuda() {
+    let dev = gpu();
+    let (rows, v) = (64, 50260);
+    let (x, targets) = ce_case(rows, v, 3);
+    let a = ce_run(&dev, &x, &targets, rows, v, Some(0.5));
+    let b = ce_run(&dev, &x, &targets, rows, v, Some(0.5));
+    for k in 0..3 {
+        assert_bits_eq("crossentropy run vs run (cuda)", &a[k], &b[k]);
+    }
+}
