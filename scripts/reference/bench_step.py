@@ -13,7 +13,9 @@ pepler-cuda parity setting), synchronising before each clock read; inputs are dr
 same generator, so both devices train on identical batches. Needs only torch + transformers (checked
 with torch 2.11 on the GPU machine).
 
-Usage: python scripts/reference/bench_step.py --threads 2
+--autocast bf16 runs forward and loss under bf16 autocast (the fastest plain-PyTorch option a user has).
+
+Usage: python scripts/reference/bench_step.py --threads 2 [--attn sdpa] [--autocast bf16]
        python scripts/reference/bench_step.py --device cuda --batch 128
 """
 
@@ -42,6 +44,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--autocast", choices=["off", "bf16"], default="off",
+                    help="bf16 autocast around forward + loss (the user's fastest PyTorch option; "
+                         "master weights and AdamW stay fp32)")
     args = ap.parse_args()
 
     if args.device == "cuda":
@@ -94,7 +99,9 @@ def main():
 
     def step():
         opt.zero_grad(set_to_none=True)
-        out, _ = model.pepler_forward(user, item, text, mask)
+        with torch.autocast(device_type=args.device, dtype=torch.bfloat16,
+                            enabled=args.autocast == "bf16"):
+            out, _ = model.pepler_forward(user, item, text, mask)
         out.loss.backward()
         opt.step()
         return out.loss.item()
@@ -111,7 +118,7 @@ def main():
     print(json.dumps({
         "framework": "pytorch", "threads": args.threads, "median_step_s": round(statistics.median(times), 4),
         "min_step_s": round(min(times), 4), "batch": B, "text_len": T, "seq_len": T + 2,
-        "stage": args.stage, "attn": args.attn, "torch": torch.__version__,
+        "stage": args.stage, "attn": args.attn, "autocast": args.autocast, "torch": torch.__version__,
         "trainable_params": sum(p.numel() for p in params), "device": args.device,
         "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
     }))
