@@ -49,7 +49,7 @@ run_part() {  # name, command...
 }
 
 part_shuffle() {
-  cargo build --tests "${test_args[@]}" -q || return 1
+  cargo build "${test_args[@]}" -q || return 1
   local seed
   for seed in 1 2 3; do
     echo "-- PEPLER_EMU_SHUFFLE=$seed PEPLER_EMU_STRICT=1"
@@ -62,7 +62,7 @@ part_tsan() {
   local env=(-u NVCC PEPLER_EMU_TSAN=1 CARGO_TARGET_DIR=target/tsan
              TSAN_OPTIONS="suppressions=$PWD/kernels/emu/tsan.supp halt_on_error=1")
   seed_target target/tsan
-  env "${env[@]}" cargo build --tests "${test_args[@]}" -q || return 1
+  env "${env[@]}" cargo build "${test_args[@]}" -q || return 1
   env "${env[@]}" cargo test -q "${test_args[@]}" -- --skip missing_syncthreads || return 1
   # the planted race must be found: TSan exits 66 when it reports one
   echo "-- planted race (emu_test_reduce without its barrier) must be reported"
@@ -79,7 +79,7 @@ part_asan() {
   [ -f "$libasan" ] || { echo "!! no libasan.so next to ${CXX:-c++}"; return 1; }
   seed_target target/asan
   # NVCC unset in the sanitizer builds: they test the emulated kernels and need no fatbin
-  env -u NVCC PEPLER_EMU_ASAN=1 CARGO_TARGET_DIR=target/asan cargo build --tests "${test_args[@]}" -q || return 1
+  env -u NVCC PEPLER_EMU_ASAN=1 CARGO_TARGET_DIR=target/asan cargo build "${test_args[@]}" -q || return 1
   # the ASan runtime must be the first library loaded (the Rust side is not instrumented); only the
   # test binaries run under it, not cargo's build
   env -u NVCC PEPLER_EMU_ASAN=1 CARGO_TARGET_DIR=target/asan LD_PRELOAD="$libasan" \

@@ -947,14 +947,15 @@ std::string run_block(Runner* R, Job* J, uint3 bidx) {
     }
     B->live = n;
     for (unsigned i = 0; i < n; ++i) {
-        ctx_init(B->thr[i].ctx, R->stacks[i].base, kStackSize, fiber_entry);
-        B->thr[i].stack = R->stacks[i].base;
 #if PEPLER_ASAN
         {
+            // before ctx_init writes the entry frame: poison left by the last block's frames
             const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
             __asan_unpoison_memory_region(R->stacks[i].base + page, kStackSize - page);
         }
 #endif
+        ctx_init(B->thr[i].ctx, R->stacks[i].base, kStackSize, fiber_entry);
+        B->thr[i].stack = R->stacks[i].base;
 #if PEPLER_TSAN
         // creating TSan fibers is expensive: one per stack, reused by every block
         if (!R->stacks[i].tsan_fiber) R->stacks[i].tsan_fiber = __tsan_create_fiber(0);
