@@ -248,6 +248,7 @@ pub(crate) fn rating_head_forward<B: Backend>(
 
 /// Backward of [`rating_head_forward`] from `a.dpred`: `+=` into the head's parameters and the
 /// user/item rows it read.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rating_head_backward<B: Backend>(
     be: &B,
     params: &[B::Buf<f32>],

@@ -642,6 +642,9 @@ impl Backend for GpuBackend {
             [grads[i].offset(), m[i].offset(), v[i].offset()] == [o, o, o]
                 && [grads[i].len(), m[i].len(), v[i].len()] == [l, l, l]
         });
+        if !same_layout {
+            return super::adamw_update_each(self, params, grads, m, v, tensors, hp, step);
+        }
         let key: Vec<(usize, usize, GroupTensor)> = params
             .iter()
             .zip(tensors)
@@ -656,10 +659,6 @@ impl Backend for GpuBackend {
         let (Some(pa), Some(ga), Some(ma), Some(va)) = arenas else {
             return super::adamw_update_each(self, params, grads, m, v, tensors, hp, step);
         };
-        if !same_layout {
-            drop((pa, ga, ma, va));
-            return super::adamw_update_each(self, params, grads, m, v, tensors, hp, step);
-        }
         let mut cache = self
             .adamw
             .lock()
