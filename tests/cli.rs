@@ -122,9 +122,25 @@ fn every_strategy_and_option_reaches_the_run() {
 
     let s = train_ok(
         &d("full"),
-        &["--strategy", "full", "--rec", "mf", "--lambda", "0.5"],
+        &[
+            "--strategy",
+            "full",
+            "--rec",
+            "mf",
+            "--lambda",
+            "0.5",
+            "--clip-grad-norm",
+            "0.25",
+        ],
     );
     assert_eq!(stages(&d("full")), ["full"]);
+    assert_eq!(s["train_config"]["clip_grad_norm"], 0.25);
+    // every epoch records the gradient norm of its last step
+    let log = std::fs::read_to_string(d("full").join("metrics.jsonl")).unwrap();
+    for line in log.lines() {
+        let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(rec["grad_norm"].as_f64().unwrap() > 0.0, "{line}");
+    }
     assert_eq!(s["train_config"]["rec"], "mf");
     assert_eq!(s["train_config"]["rec_lambda"], 0.5);
     let metrics: serde_json::Value =
@@ -492,6 +508,10 @@ fn bad_input_is_a_clear_error() {
         (vec!["--batch-size".into(), "0".into()], "--batch-size"),
         (vec!["--dropout".into(), "1.5".into()], "--dropout"),
         (vec!["--lr".into(), "0".into()], "--lr must be a positive"),
+        (
+            vec!["--clip-grad-norm".into(), "0".into()],
+            "--clip-grad-norm must be a positive",
+        ),
         // Negative numbers are values, not unknown options.
         (vec!["--lr".into(), "-1".into()], "--lr must be a positive"),
         (

@@ -169,6 +169,10 @@ pub struct TrainArgs {
     /// Seed for initialisation, batch order and dropout: same seed, same bits.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Clip the global gradient norm to this value before each optimizer step (torch's
+    /// clip_grad_norm_; computed and applied on the device). Default: no clipping, as the original.
+    #[arg(long, value_name = "MAX_NORM")]
+    pub clip_grad_norm: Option<f32>,
     /// Ablation: keep the user/item prompt vectors at zero (they never train), to measure what
     /// the prompts contribute.
     #[arg(long)]
@@ -229,6 +233,7 @@ impl TrainArgs {
             full_vocab: self.full_vocab,
             adamw: self.adamw,
             model_size: self.size,
+            clip_grad_norm: self.clip_grad_norm,
         }
     }
 }

@@ -86,6 +86,11 @@ pub struct TrainConfig {
     /// is `None`. Omitted from the JSON when unset, so earlier runs' sidecars still compare equal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_size: Option<ModelSize>,
+    /// Clip the global gradient norm to this value before each optimizer step (torch's
+    /// `clip_grad_norm_`); `None`, the default, does not clip, as the original. Omitted from the
+    /// JSON when unset, so earlier runs' sidecars still compare equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f32>,
 }
 
 impl TrainConfig {
@@ -119,11 +124,17 @@ impl TrainConfig {
             full_vocab: false,
             adamw: AdamWVariant::Torch,
             model_size: None,
+            clip_grad_norm: None,
         }
     }
 
     /// Checks the options that have a valid range; the error names the option.
     pub fn validate(&self) -> Result<()> {
+        if let Some(c) = self.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                bail!("--clip-grad-norm must be a positive number, not {c}");
+            }
+        }
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }

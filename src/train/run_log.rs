@@ -31,6 +31,9 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// The validation loss was the best so far and a checkpoint was written.
     pub improved: bool,
+    /// Global L2 norm of the gradients of the epoch's last step (before clipping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
     /// The run the record belongs to (`checkpoint::run_id`; empty in logs of older versions).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub run_id: String,
@@ -225,6 +228,7 @@ mod tests {
             tokens_per_s: 1000.0,
             seconds: 1.0,
             improved: true,
+            grad_norm: Some(0.5),
             run_id: "r1".into(),
         }
     }

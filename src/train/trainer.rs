@@ -306,6 +306,9 @@ pub fn train<B: Backend>(
             let mut sum = LossSum::default();
             let mut tokens = 0usize;
             let order_key = side.stage as u64 * 1_000_003 + epoch as u64;
+            // The gradient norm of the epoch's last step, for the record (one extra read a epoch).
+            let mut grad_norm = None;
+            let mut batches_done = 0u64;
             for batch in
                 session
                     .train
@@ -333,6 +336,13 @@ pub fn train<B: Backend>(
                     );
                 }
                 model.backward(Some(&flags))?;
+                batches_done += 1;
+                if batches_done == n_batches {
+                    grad_norm = Some(model.grad_norm()? as f64);
+                }
+                if let Some(max_norm) = cfg.clip_grad_norm {
+                    model.clip_grad_norm(max_norm)?;
+                }
                 model.adamw_step(hp, side.adam_step, &flags)?;
                 sum.add(batch.len(), out.text_loss, out.rating_loss);
                 tokens += mb.mask.iter().filter(|&&m| m == 1).count();
@@ -377,6 +387,7 @@ pub fn train<B: Backend>(
                 tokens_per_s: tokens as f64 / seconds.max(1e-9),
                 seconds,
                 improved: verdict == Verdict::Improved,
+                grad_norm,
                 run_id: run_id.clone(),
             };
             println!(
