@@ -32,13 +32,22 @@ fn tiny_config() -> TrainConfig {
 }
 
 fn train(cfg: &TrainConfig, out: &Path, control: RunControl) -> TrainSummary {
+    train_on(CpuBackend::new(), cfg, out, control)
+}
+
+fn train_on<B: pepler_cuda::backend::Backend>(
+    be: B,
+    cfg: &TrainConfig,
+    out: &Path,
+    control: RunControl,
+) -> TrainSummary {
     TrainJob {
         cfg: cfg.clone(),
         out_dir: out.to_path_buf(),
         control,
         evaluate: true,
     }
-    .run(CpuBackend::new())
+    .run(be)
     .unwrap()
 }
 
@@ -386,4 +395,45 @@ fn a_resume_state_from_another_run_or_with_a_bad_stage_is_refused() {
         err.contains("stage 7") && err.contains("state.safetensors"),
         "{err}"
     );
+}
+
+/// The GPU backend (our kernels, on the emulated device): a run interrupted after its first epoch
+/// and resumed writes exactly the bytes of an uninterrupted run, as on the CPU.
+#[test]
+fn interrupted_and_resumed_run_on_emu_equals_uninterrupted() {
+    use pepler_cuda::backend::gpu::GpuBackend;
+    use pepler_cuda::device::Device;
+    let cfg = TrainConfig {
+        data: DataSource::Synthetic {
+            users: 24,
+            items: 24,
+            reviews: 120,
+            seed: 5,
+        },
+        epochs: 2,
+        strategy: pepler_cuda::train::strategy::Strategy::Full,
+        ..tiny_config()
+    };
+    let emu = || GpuBackend::new(Device::emu().expect("emulated device"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert!(train_on(emu(), &cfg, &a, RunControl::default()).finished);
+    let first = RunControl {
+        stop_after_epochs: Some(1),
+        ..RunControl::default()
+    };
+    assert!(!train_on(emu(), &cfg, &b, first).finished);
+    let rest = RunControl {
+        resume: true,
+        ..RunControl::default()
+    };
+    assert!(train_on(emu(), &cfg, &b, rest).finished);
+    for f in FILES {
+        assert_eq!(
+            sha256(&a.join(f)),
+            sha256(&b.join(f)),
+            "{f} differs between the uninterrupted and the resumed run on emu"
+        );
+    }
+    assert_eq!(records(&a), records(&b));
 }
