@@ -153,19 +153,21 @@ fn main() -> Result<()> {
         "cuda" => match Device::cuda() {
             Ok(dev) => {
                 println!("device: {}", dev.name());
-                bench(GpuBackend::new(dev), &args, 128)
+                bench(GpuBackend::new(dev), "cuda", &args, 128)
             }
             Err(e) => {
                 println!("no usable GPU ({e:#}): benching the CPU backend instead");
-                bench(CpuBackend::new(), &args, 8)
+                bench(CpuBackend::new(), "cpu", &args, 8)
             }
         },
-        "emu" => bench(GpuBackend::new(Device::emu()?), &args, 2),
-        _ => bench(CpuBackend::new(), &args, 8),
+        "emu" => bench(GpuBackend::new(Device::emu()?), "emu", &args, 2),
+        _ => bench(CpuBackend::new(), "cpu", &args, 8),
     }
 }
 
-fn bench<B: Backend>(be: B, args: &Args, default_batch: usize) -> Result<()> {
+/// `kind` ("cpu", "cuda", "emu") is what the JSON line reports as the backend (gpu-check.sh checks
+/// that a `--device cuda` run really ran on the GPU).
+fn bench<B: Backend>(be: B, kind: &str, args: &Args, default_batch: usize) -> Result<()> {
     let batch_size = if args.batch == 0 {
         default_batch
     } else {
@@ -255,7 +257,7 @@ fn bench<B: Backend>(be: B, args: &Args, default_batch: usize) -> Result<()> {
         args.peak_tflops
     );
     println!(
-        "{{\"framework\":\"pepler-cuda\",\"backend\":\"{backend}\",\"threads\":{threads},\"batch\":{batch_size},\"stage\":{},\"median_step_s\":{m:.4},\"tokens_per_s\":{:.1},\"tflops\":{tflops:.3}}}",
+        "{{\"framework\":\"pepler-cuda\",\"backend\":\"{kind}\",\"device\":\"{backend}\",\"threads\":{threads},\"batch\":{batch_size},\"stage\":{},\"median_step_s\":{m:.4},\"tokens_per_s\":{:.1},\"tflops\":{tflops:.3}}}",
         args.stage,
         tokens / m
     );

@@ -98,7 +98,7 @@ for exe in tests/*; do
   part "tests:$(basename "$exe")" 60 1 "$exe" --ignored _on_cuda --test-threads=1
 done
 
-# Is there a GPU backend? (`train --device cuda` refuses with "not built yet" until there is.) The parts
+# Is there a GPU backend? (`train --device cuda` refused with "not built yet" before it existed.) The parts
 # that need it are reported "not available yet" without running.
 backend_note=""
 if [ $have_gpu = 1 ]; then
