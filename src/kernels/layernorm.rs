@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 
 use super::{check_len, grid_for, to_i32, BLOCK};
 use crate::device::{Device, KernelArg, LaunchConfig, View, ViewMut, MAX_DYN_SMEM};
+use crate::ops::shape::LnShape;
 
 /// Upper bound on pass-1 blocks of the backward. Fixed (not derived from the GPU's SM count) so
 /// that the reduction order, and with it every bit of dweight/dbias, depends on (rows, c) only.
@@ -83,16 +84,12 @@ pub fn layernorm_forward(
 ) -> Result<()> {
     const K: &str = "layernorm_forward";
     let n = ln_sizes(K, rows, c)?;
-    check_len(K, "out", out.len(), n)?;
-    check_len(K, "inp", inp.len(), n)?;
-    check_len(K, "weight", weight.len(), c)?;
-    check_len(K, "bias", bias.len(), c)?;
-    if let Some(m) = &mean {
-        check_len(K, "mean", m.len(), rows)?;
-    }
-    if let Some(r) = &rstd {
-        check_len(K, "rstd", r.len(), rows)?;
-    }
+    let (lm, lr) = (
+        mean.as_ref().map(|m| m.len()),
+        rstd.as_ref().map(|r| r.len()),
+    );
+    let (lo, li, lw, lb) = (out.len(), inp.len(), weight.len(), bias.len());
+    LnShape { rows, c }.check_forward(K, lo, lm, lr, li, lw, lb)?;
     if rows == 0 {
         return Ok(());
     }
@@ -148,18 +145,13 @@ pub fn layernorm_backward(
 ) -> Result<()> {
     const K: &str = "layernorm_backward";
     let n = ln_sizes(K, rows, c)?;
-    check_len(K, "dinp", dinp.len(), n)?;
-    check_len(K, "dout", dout.len(), n)?;
-    check_len(K, "inp", inp.len(), n)?;
-    if let Some(dw) = &dweight {
-        check_len(K, "dweight", dw.len(), c)?;
-    }
-    if let Some(db) = &dbias {
-        check_len(K, "dbias", db.len(), c)?;
-    }
-    check_len(K, "weight", weight.len(), c)?;
-    check_len(K, "mean", mean.len(), rows)?;
-    check_len(K, "rstd", rstd.len(), rows)?;
+    let (lw, lb) = (
+        dweight.as_ref().map(|d| d.len()),
+        dbias.as_ref().map(|d| d.len()),
+    );
+    let (ldi, ldo, li) = (dinp.len(), dout.len(), inp.len());
+    let (lwt, lm, lr) = (weight.len(), mean.len(), rstd.len());
+    LnShape { rows, c }.check_backward(K, ldi, lw, lb, ldo, li, lwt, lm, lr)?;
     let want_weights = dweight.is_some() || dbias.is_some();
     let (pass1, pass2, blocks) = if want_weights {
         let cfg = layernorm_backward_config(rows, c)?;

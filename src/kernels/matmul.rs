@@ -13,6 +13,7 @@ use anyhow::{bail, Result};
 use super::{check_len, grid_for, mul, to_i32, BLOCK};
 use crate::device::{Device, GemmOp, KernelArg, LaunchConfig, SgemmConfig, View, ViewMut};
 use crate::ops::matmul::WeightLayout;
+use crate::ops::shape::MatmulShape;
 
 /// Rows per partial sum of the bias gradient (`MM_BIAS_ROWS`): a constant, so the summation order
 /// depends on (rows, cout) only.
@@ -116,12 +117,14 @@ pub fn matmul_forward(
 ) -> Result<()> {
     const K: &str = "matmul_forward";
     let (ni, no, nw) = sizes(K, rows, cin, cout)?;
-    check_len(K, "out", out.len(), no)?;
-    check_len(K, "inp", inp.len(), ni)?;
-    check_len(K, "weight", weight.len(), nw)?;
-    if let Some(b) = &bias {
-        check_len(K, "bias", b.len(), cout)?;
-    }
+    let shape = MatmulShape {
+        rows,
+        cin,
+        cout,
+        layout,
+    };
+    let bias_len = bias.as_ref().map(|b| b.len());
+    shape.check_forward(K, out.len(), inp.len(), weight.len(), bias_len)?;
     if no == 0 {
         return Ok(());
     }
@@ -235,17 +238,16 @@ pub fn matmul_backward(
 ) -> Result<()> {
     const K: &str = "matmul_backward";
     let (ni, no, nw) = sizes(K, rows, cin, cout)?;
-    check_len(K, "dout", dout.len(), no)?;
-    check_len(K, "inp", inp.len(), ni)?;
-    check_len(K, "weight", weight.len(), nw)?;
-    if let Some(d) = &dinp {
-        check_len(K, "dinp", d.len(), ni)?;
-    }
-    if let Some(d) = &dweight {
-        check_len(K, "dweight", d.len(), nw)?;
-    }
-    if let Some(d) = &dbias {
-        check_len(K, "dbias", d.len(), cout)?;
+    let shape = MatmulShape {
+        rows,
+        cin,
+        cout,
+        layout,
+    };
+    let len = |v: &Option<ViewMut<'_, f32>>| v.as_ref().map(|v| v.len());
+    let (ld, lw, lb) = (len(&dinp), len(&dweight), len(&dbias));
+    shape.check_backward(K, ld, lw, lb, dout.len(), inp.len(), weight.len())?;
+    if dbias.is_some() {
         check_len(
             K,
             "scratch",

@@ -10,4 +10,5 @@ pub mod layernorm;
 pub mod matmul;
 pub mod rating;
 pub mod residual;
+pub mod shape;
 pub mod softmax;

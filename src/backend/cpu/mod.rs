@@ -10,6 +10,7 @@ use super::{
     AdamWParams, AdamWVariant, AttnShape, Backend, DropoutSite, Element, EmbedShape, WeightLayout,
 };
 use crate::ops;
+use crate::ops::shape::{LnShape, MatmulShape};
 
 /// A host buffer.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -181,10 +182,17 @@ impl Backend for CpuBackend {
         layout: WeightLayout,
     ) -> Result<()> {
         let op = "matmul_forward";
-        let out = pre_mut(op, "out", out, rows * cout)?;
-        let inp = pre(op, "inp", inp, rows * cin)?;
-        let w = pre(op, "weight", weight, cin * cout)?;
-        let b = bias.map(|b| pre(op, "bias", b, cout)).transpose()?;
+        let s = MatmulShape {
+            rows,
+            cin,
+            cout,
+            layout,
+        };
+        let bias_len = bias.map(|b| b.0.len());
+        s.check_forward(op, out.0.len(), inp.0.len(), weight.0.len(), bias_len)?;
+        let (ni, no, nw) = s.sizes(op)?;
+        let b = bias.map(|b| &b.0[..cout]);
+        let (out, inp, w) = (&mut out.0[..no], &inp.0[..ni], &weight.0[..nw]);
         ops::matmul::matmul_forward(out, inp, w, b, rows, cin, cout, layout);
         Ok(())
     }
@@ -203,16 +211,20 @@ impl Backend for CpuBackend {
         layout: WeightLayout,
     ) -> Result<()> {
         let op = "matmul_backward";
-        let dinp = dinp
-            .map(|d| pre_mut(op, "dinp", d, rows * cin))
-            .transpose()?;
-        let dweight = dweight
-            .map(|d| pre_mut(op, "dweight", d, cin * cout))
-            .transpose()?;
-        let dbias = dbias.map(|d| pre_mut(op, "dbias", d, cout)).transpose()?;
-        let dout = pre(op, "dout", dout, rows * cout)?;
-        let inp = pre(op, "inp", inp, rows * cin)?;
-        let w = pre(op, "weight", weight, cin * cout)?;
+        let s = MatmulShape {
+            rows,
+            cin,
+            cout,
+            layout,
+        };
+        let len = |b: &Option<&mut CpuBuf<f32>>| b.as_ref().map(|b| b.0.len());
+        let (ld, lw, lb) = (len(&dinp), len(&dweight), len(&dbias));
+        s.check_backward(op, ld, lw, lb, dout.0.len(), inp.0.len(), weight.0.len())?;
+        let (ni, no, nw) = s.sizes(op)?;
+        let dinp = dinp.map(|d| &mut d.0[..ni]);
+        let dweight = dweight.map(|d| &mut d.0[..nw]);
+        let dbias = dbias.map(|d| &mut d.0[..cout]);
+        let (dout, inp, w) = (&dout.0[..no], &inp.0[..ni], &weight.0[..nw]);
         ops::matmul::matmul_backward(dinp, dweight, dbias, dout, inp, w, rows, cin, cout, layout);
         Ok(())
     }
@@ -230,13 +242,18 @@ impl Backend for CpuBackend {
         eps: f32,
     ) -> Result<()> {
         let op = "layernorm_forward";
+        let s = LnShape { rows, c };
+        let (lm, lr) = (Some(mean.0.len()), Some(rstd.0.len()));
+        let (lo, li, lw, lb) = (out.0.len(), inp.0.len(), weight.0.len(), bias.0.len());
+        s.check_forward(op, lo, lm, lr, li, lw, lb)?;
+        let n = s.n(op)?;
         ops::layernorm::layernorm_forward(
-            pre_mut(op, "out", out, rows * c)?,
-            pre_mut(op, "mean", mean, rows)?,
-            pre_mut(op, "rstd", rstd, rows)?,
-            pre(op, "inp", inp, rows * c)?,
-            pre(op, "weight", weight, c)?,
-            pre(op, "bias", bias, c)?,
+            &mut out.0[..n],
+            &mut mean.0[..rows],
+            &mut rstd.0[..rows],
+            &inp.0[..n],
+            &weight.0[..c],
+            &bias.0[..c],
             rows,
             c,
             eps,
@@ -258,19 +275,26 @@ impl Backend for CpuBackend {
         c: usize,
     ) -> Result<()> {
         let op = "layernorm_backward";
+        let s = LnShape { rows, c };
+        let len = |b: &Option<&mut CpuBuf<f32>>| b.as_ref().map(|b| b.0.len());
+        let (lw, lb) = (len(&dweight), len(&dbias));
+        let (ldi, ldo, li) = (dinp.0.len(), dout.0.len(), inp.0.len());
+        let (lwt, lm, lr) = (weight.0.len(), mean.0.len(), rstd.0.len());
+        s.check_backward(op, ldi, lw, lb, ldo, li, lwt, lm, lr)?;
+        let n = s.n(op)?;
         // The reference always produces weight gradients; frozen ones land in scratch (c floats).
         let (mut scratch_w, mut scratch_b) = (Vec::new(), Vec::new());
         let dw = pre_mut_or_scratch(op, "dweight", dweight, c, &mut scratch_w)?;
         let db = pre_mut_or_scratch(op, "dbias", dbias, c, &mut scratch_b)?;
         ops::layernorm::layernorm_backward(
-            pre_mut(op, "dinp", dinp, rows * c)?,
+            &mut dinp.0[..n],
             dw,
             db,
-            pre(op, "dout", dout, rows * c)?,
-            pre(op, "inp", inp, rows * c)?,
-            pre(op, "weight", weight, c)?,
-            pre(op, "mean", mean, rows)?,
-            pre(op, "rstd", rstd, rows)?,
+            &dout.0[..n],
+            &inp.0[..n],
+            &weight.0[..c],
+            &mean.0[..rows],
+            &rstd.0[..rows],
             rows,
             c,
         );
