@@ -32,7 +32,9 @@ export NVCC
 echo "== nvcc: $NVCC ($("$NVCC" --version | tail -n 1))"
 
 # test targets with GPU-only tests, and the emulator's tests (its test kernels also run on the GPU)
-mapfile -t test_targets < <( (grep -l "_on_cuda" tests/*.rs; echo tests/emulator.rs) | xargs -n1 basename | sed 's/\.rs$//' | sort -u)
+# (a test binary is tests/<name>.rs or a folder tests/<name>/ with a main.rs; tests/common is shared code)
+mapfile -t test_targets < <( (grep -rl "_on_cuda" tests --include='*.rs'; echo tests/emulator.rs) \
+  | sed -E 's#^tests/([^/]+)/.*#\1#; s#^tests/##; s#\.rs$##' | grep -vx common | sort -u)
 bench_targets=(kernels train_step)
 echo "== test targets: ${test_targets[*]}; benches: ${bench_targets[*]}"
 
