@@ -9,7 +9,7 @@
 //! `cargo bench --bench kernels [-- <group filter>]`
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pepler_cuda::backend::{AdamWParams, AdamWVariant};
@@ -26,6 +26,18 @@ use pepler_cuda::ops::matmul::WeightLayout;
 const ROWS: usize = 64;
 const C: usize = 768;
 const EPS: f32 = 1e-5;
+
+/// Device time of the work `f` queues (`Device::time`: CUDA events on a GPU, so the clock
+/// measures the kernels, not the launch overhead of the host; the wall clock on emu).
+fn device_time(dev: &Device, f: &mut dyn FnMut()) -> Duration {
+    let secs = dev
+        .time(&mut || {
+            f();
+            Ok(())
+        })
+        .unwrap();
+    Duration::from_secs_f64(secs)
+}
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
@@ -53,26 +65,24 @@ fn bench_device(c: &mut Criterion, group: &str, dev: &Device, inp: &[f32], w: &[
         .measurement_time(Duration::from_secs(4));
     g.bench_function(format!("{}/layernorm_forward", dev.kind()), |bch| {
         bch.iter_custom(|iters| {
-            dev.synchronize().unwrap();
-            let t = Instant::now();
-            for _ in 0..iters {
-                layernorm::layernorm_forward(
-                    dev,
-                    out.view_mut(),
-                    Some(mean.view_mut()),
-                    Some(rstd.view_mut()),
-                    x.view(),
-                    dw.view(),
-                    db.view(),
-                    ROWS,
-                    C,
-                    EPS,
-                )
-                .unwrap();
-            }
-            // launches are asynchronous on a GPU: stop the clock only when they are done
-            dev.synchronize().unwrap();
-            t.elapsed()
+            // CUDA events on a GPU (launches are asynchronous), the wall clock on emu
+            device_time(dev, &mut || {
+                for _ in 0..iters {
+                    layernorm::layernorm_forward(
+                        dev,
+                        out.view_mut(),
+                        Some(mean.view_mut()),
+                        Some(rstd.view_mut()),
+                        x.view(),
+                        dw.view(),
+                        db.view(),
+                        ROWS,
+                        C,
+                        EPS,
+                    )
+                    .unwrap();
+                }
+            })
         })
     });
     g.finish();
@@ -184,13 +194,11 @@ fn run_group(
         let mut f = dev_run(&dev);
         g.bench_function(format!("{}/{name}", dev.kind()), |bch| {
             bch.iter_custom(|iters| {
-                dev.synchronize().unwrap();
-                let t = Instant::now();
-                for _ in 0..iters {
-                    f();
-                }
-                dev.synchronize().unwrap();
-                t.elapsed()
+                device_time(&dev, &mut || {
+                    for _ in 0..iters {
+                        f();
+                    }
+                })
             })
         });
     }
@@ -753,17 +761,15 @@ fn attention(c: &mut Criterion) {
         let mut best = f64::MAX;
         g.bench_function(format!("cuda/{group}"), |bch| {
             bch.iter_custom(|iters| {
-                dev.synchronize().unwrap();
-                let t = Instant::now();
-                for _ in 0..iters {
-                    if group == "attention_forward" {
-                        fwd(&mut out, &mut lse);
-                    } else {
-                        bwd(&mut dqkv, &out, &lse, &mut scratch);
+                let d = device_time(&dev, &mut || {
+                    for _ in 0..iters {
+                        if group == "attention_forward" {
+                            fwd(&mut out, &mut lse);
+                        } else {
+                            bwd(&mut dqkv, &out, &lse, &mut scratch);
+                        }
                     }
-                }
-                dev.synchronize().unwrap();
-                let d = t.elapsed();
+                });
                 best = best.min(d.as_secs_f64() / iters as f64);
                 d
             })

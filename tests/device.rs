@@ -3,40 +3,15 @@
 //! argument rejections), and the CUDA device's behaviour on a machine without a GPU.
 //! GPU-only tests (`cargo test -- --ignored`) run the same GEMMs through cuBLAS.
 
+mod common;
+
+use common::assert_close;
 use pepler_cuda::device::gemm::{sgemm_reference, sgemm_slices};
 use pepler_cuda::device::{Device, DeviceKind, GemmOp, LaunchConfig, SgemmConfig};
 
-/// cuBLAS / CPU GEMM vs the f64-accumulating reference: fp32 rounding of a k-term dot product
-/// (k <= 70 here) stays well below 1e-5 relative to the magnitudes summed.
-const GEMM_ATOL: f32 = 1e-5;
-const GEMM_RTOL: f32 = 1e-5;
-
 /// Deterministic pseudo-random values in [-1, 1).
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn assert_close(actual: &[f32], expected: &[f32], what: &str) {
-    assert_eq!(actual.len(), expected.len(), "{what}: length");
-    let mut worst = (0.0f32, 0usize);
-    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
-        let err = (a - e).abs();
-        assert!(
-            err <= GEMM_ATOL + GEMM_RTOL * e.abs() || (a.is_nan() && e.is_nan()),
-            "{what}: index {i}: got {a}, expected {e} (abs err {err})"
-        );
-        if err > worst.0 {
-            worst = (err, i);
-        }
-    }
+    common::rand_vec(n, seed, -1.0, 1.0)
 }
 
 /// A GEMM case: sizes, transposes, padding of each leading dimension, batch and stride gaps.
@@ -175,11 +150,8 @@ fn check_gemm_cases(dev: &Device) {
         let mut want = c.clone();
         sgemm_reference(&cfg, &a, &b, &mut want).unwrap();
         let got = run_device_gemm(dev, &cfg, &a, &b, &c);
-        assert_close(
-            &got,
-            &want,
-            &format!("{} gemm case {i} {case:?}", dev.kind()),
-        );
+        let ctx = format!("{} gemm case {i} {case:?}", dev.kind());
+        assert_close("gemm.c", &ctx, &got, &want);
     }
 }
 

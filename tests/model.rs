@@ -360,9 +360,24 @@ fn fixture_batch(f: &SafetensorsFile, cfg: &ModelConfig) -> Batch {
     }
 }
 
-fn max_rel(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+/// `actual` against the fixture's tensor `name` with THE parity table's tolerance for that name.
+fn assert_parity(case: &str, name: &str, actual: &[f32], expected: &[f32]) {
+    use pepler_cuda::parity::compare::compare;
+    use pepler_cuda::parity::tolerances::tolerance_for;
+    let tol = tolerance_for(name, 1e-3).expect("a parity tensor name");
+    let row = compare(
+        name,
+        actual,
+        &[actual.len()],
+        expected,
+        &[expected.len()],
+        tol,
+    );
+    assert!(
+        row.pass,
+        "{case}: {name}: max abs {:.3e}, {:.2}x its tolerance {tol}",
+        row.max_abs, row.worst_ratio
+    );
 }
 
 fn forward_and_gradients_agree_with_pytorch_fixtures<B: Backend>(mk: &impl Fn() -> B) {
@@ -381,22 +396,13 @@ fn forward_and_gradients_agree_with_pytorch_fixtures<B: Backend>(mk: &impl Fn() 
         let bt = fixture_batch(&f, &cfg);
         let mut m = Pepler::new(mk(), &ps).unwrap();
         let (out, g) = forward_backward(&mut m, &bt, with_logits(train()), None);
-        let want_logits = f.read_f32("out.logits", None).unwrap().data;
-        let e = max_rel(out.logits.as_ref().unwrap(), &want_logits);
-        assert!(e < 1e-5, "{case}: logits max rel err {e}");
-        let want_loss = f.read_f32("out.loss", None).unwrap().data[0];
-        assert!(
-            (out.loss - want_loss).abs() < 1e-5 * want_loss.abs(),
-            "{case}: loss {} vs {want_loss}",
-            out.loss
-        );
+        let want = |name: &str| f.read_f32(name, None).unwrap().data;
+        let logits = out.logits.as_ref().unwrap();
+        assert_parity(case, "out.logits", logits, &want("out.logits"));
+        assert_parity(case, "out.loss", &[out.loss], &want("out.loss"));
         for (spec, t) in g.iter() {
-            let want = f
-                .read_f32(&format!("grad.{}", spec.name), None)
-                .unwrap()
-                .data;
-            let e = max_rel(&t.data, &want);
-            assert!(e < 1e-4, "{case}: grad.{} max rel err {e}", spec.name);
+            let name = format!("grad.{}", spec.name);
+            assert_parity(case, &name, &t.data, &want(&name));
         }
         n += 1;
     }

@@ -239,6 +239,27 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// Seconds of GPU time the work `f` queues on the stream, measured with CUDA events recorded
+    /// before and after it (waits for the end event).
+    pub(crate) fn time_queued(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| anyhow!("cuda bind: {e:?}"))?;
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let event = || {
+            self.stream
+                .record_event(timing)
+                .map_err(|e| anyhow!("cuda event record: {e:?}"))
+        };
+        let start = event()?;
+        f()?;
+        let end = event()?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(|e| anyhow!("cuda event timing: {e:?} (a kernel failed or faulted)"))?;
+        Ok(f64::from(ms) / 1e3)
+    }
+
     pub(crate) fn synchronize(&self) -> Result<()> {
         self.ctx
             .bind_to_thread()

@@ -831,6 +831,19 @@ impl Device {
         }
     }
 
+    /// Seconds the work `f` queues takes on the device: CUDA events around it on cuda (GPU time,
+    /// not host time), the wall clock on emu (which runs synchronously). For benchmarks.
+    pub fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        match &self.inner {
+            Inner::Cuda(d) => d.time_queued(f),
+            Inner::Emu(_) => {
+                let t = std::time::Instant::now();
+                f()?;
+                Ok(t.elapsed().as_secs_f64())
+            }
+        }
+    }
+
     /// Wait for all queued work; surfaces asynchronous kernel errors on cuda.
     pub fn synchronize(&self) -> Result<()> {
         match &self.inner {

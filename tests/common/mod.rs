@@ -14,6 +14,9 @@ use pepler_cuda::device::{Device, DeviceBuffer, View};
 /// plus a butterfly): fp32 reassociation error grows like sqrt(c) ulp of the row sum, ~1e-5
 /// relative for these sizes. dweight/dbias sum over rows and partial blocks: same bound.
 pub const TOLERANCES: &[(&str, f32, f32)] = &[
+    // cuBLAS sgemm / the emulated device's GEMM vs the f64-accumulating reference: fp32 rounding
+    // of a k-term dot product (k <= 70 in tests/device.rs) stays well below 1e-5 relative.
+    ("gemm.c", 1e-5, 1e-5),
     ("residual.out", 0.0, 0.0),
     ("gelu.out", 1e-6, 1e-5),
     ("gelu.dinp", 1e-6, 1e-5),
@@ -102,8 +105,8 @@ pub fn assert_close(name: &str, ctx: &str, actual: &[f32], expected: &[f32]) {
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
         let err = (a - e).abs();
         max_abs = max_abs.max(err);
-        // written so that a NaN error (NaN output) fails
-        let within = err <= atol + rtol * e.abs();
+        // written so that a NaN error (NaN output) fails, unless the reference is NaN there too
+        let within = err <= atol + rtol * e.abs() || (a.is_nan() && e.is_nan());
         if !within {
             bad.push((i, a, e));
         }
