@@ -22,6 +22,11 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
+# gpu-bundle.sh packs the executables, fixtures and scripts into one archive: unpack it once
+if [ -f bundle.tar.xz ] && [ ! -d bin ]; then
+  echo "== unpacking bundle.tar.xz"
+  tar -xJf bundle.tar.xz || { echo "gpu-check: cannot unpack bundle.tar.xz" >&2; exit 1; }
+fi
 out=${1:-gpu-report-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out/logs"
 out=$(cd "$out" && pwd)
