@@ -142,6 +142,26 @@ pub trait Backend {
         layout: WeightLayout,
     ) -> Result<()>;
 
+    /// The MLP's first layer: `pre = inp W + bias` (=) and `out = gelu_tanh(pre)` (=). Default:
+    /// `matmul_forward` then `gelu_forward`; a GPU fuses the bias add into the GELU pass
+    /// (`ops::gelu::bias_gelu_forward`, bit-identical).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_bias_gelu_forward(
+        &self,
+        pre: &mut Self::Buf<f32>,
+        out: &mut Self::Buf<f32>,
+        inp: &Self::Buf<f32>,
+        weight: &Self::Buf<f32>,
+        bias: &Self::Buf<f32>,
+        rows: usize,
+        cin: usize,
+        cout: usize,
+        layout: WeightLayout,
+    ) -> Result<()> {
+        self.matmul_forward(pre, inp, weight, Some(bias), rows, cin, cout, layout)?;
+        self.gelu_forward(out, pre, rows * cout)
+    }
+
     // ---------------------------------------------------------------- layernorm
     /// LayerNorm over rows of `c` (=), saving `mean`, `rstd` per row. See `ops::layernorm`.
     #[allow(clippy::too_many_arguments)]

@@ -59,3 +59,41 @@ pub fn gelu_backward(
     // >= n elements.
     unsafe { dev.launch(K, &cfg, &args) }
 }
+
+/// `pre[r, j] += bias[j]`, `out = gelu(pre)` over `rows x c` (see `kernels/gelu.cu`): the bias
+/// add of the MLP's first matmul fused into its GELU.
+pub fn bias_gelu_forward(
+    dev: &Device,
+    pre: ViewMut<'_, f32>,
+    out: ViewMut<'_, f32>,
+    bias: View<'_, f32>,
+    rows: usize,
+    c: usize,
+) -> Result<()> {
+    const K: &str = "bias_gelu_forward";
+    if c == 0 {
+        anyhow::bail!("{K}: c must be > 0");
+    }
+    let n = rows
+        .checked_mul(c)
+        .ok_or_else(|| anyhow::anyhow!("{K}: rows*c overflows"))?;
+    check_len(K, "pre", pre.len(), n)?;
+    check_len(K, "out", out.len(), n)?;
+    check_len(K, "bias", bias.len(), c)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (mut pre, mut out) = (pre, out);
+    let cfg = gelu_config(K, n)?;
+    let args = [
+        KernelArg::from(&pre.slice_mut(..n)),
+        KernelArg::from(&out.slice_mut(..n)),
+        bias.slice(..c).into(),
+        to_i32(K, "rows", rows)?.into(),
+        to_i32(K, "c", c)?.into(),
+    ];
+    to_i32(K, "rows*c", n)?;
+    // SAFETY: args match `bias_gelu_forward(float*, float*, const float*, int, int)`; pre and out
+    // are sliced to rows*c, bias to c.
+    unsafe { dev.launch(K, &cfg, &args) }
+}

@@ -142,17 +142,17 @@ pub(crate) fn block_forward<B: Backend>(
         c,
         eps,
     )?;
-    be.matmul_forward(
+    be.matmul_bias_gelu_forward(
         &mut la.fch,
+        &mut la.fchg,
         &la.ln2,
         w(lw.fc_w),
-        Some(w(lw.fc_b)),
+        w(lw.fc_b),
         rows,
         c,
         4 * c,
         WeightLayout::InOut,
     )?;
-    be.gelu_forward(&mut la.fchg, &la.fch, rows * 4 * c)?;
     be.matmul_forward(
         &mut la.fcproj,
         &la.fchg,

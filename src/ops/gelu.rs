@@ -48,6 +48,25 @@ pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
         });
 }
 
+/// The MLP's first layer after its GEMM: `pre[r, j] += bias[j]` (the bias add of
+/// `matmul_forward`, one f32 add) and `out = gelu(pre)` (=), over rows of `c`. Bit-identical to
+/// `matmul_forward`'s bias add followed by [`gelu_forward`]; the GPU does both in one pass.
+pub fn bias_gelu_forward(pre: &mut [f32], out: &mut [f32], bias: &[f32], c: usize) {
+    assert_eq!(pre.len(), out.len(), "bias_gelu_forward: lengths");
+    assert!(
+        c > 0 && bias.len() == c && pre.len().is_multiple_of(c),
+        "bias_gelu_forward: shape"
+    );
+    pre.par_chunks_mut(c)
+        .zip(out.par_chunks_mut(c))
+        .for_each(|(p, o)| {
+            for ((pv, ov), b) in p.iter_mut().zip(o.iter_mut()).zip(bias) {
+                *pv += *b;
+                *ov = gelu(*pv);
+            }
+        });
+}
+
 /// `dinp[i] = gelu'(inp[i]) * dout[i]` (`=`: GELU's input is not on the residual stream).
 ///
 /// # Panics

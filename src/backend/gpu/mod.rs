@@ -282,6 +282,24 @@ impl Backend for GpuBackend {
         })
     }
 
+    fn matmul_bias_gelu_forward(
+        &self,
+        pre: &mut GpuBuf<f32>,
+        out: &mut GpuBuf<f32>,
+        inp: &GpuBuf<f32>,
+        weight: &GpuBuf<f32>,
+        bias: &GpuBuf<f32>,
+        rows: usize,
+        cin: usize,
+        cout: usize,
+        layout: WeightLayout,
+    ) -> Result<()> {
+        // the GEMM alone, then one pass that adds the bias and applies GELU
+        self.matmul_forward(pre, inp, weight, None, rows, cin, cout, layout)?;
+        let (p, o, b) = (pre.view_mut(), out.view_mut(), bias.view());
+        gelu::bias_gelu_forward(&self.dev, p, o, b, rows, cout)
+    }
+
     // ---------------------------------------------------------------- layernorm
     fn layernorm_forward(
         &self,
