@@ -149,6 +149,17 @@ impl ModelConfig {
                 self.n_head
             );
         }
+        // The fused attention kernels keep a head's row in registers and its K/V tile in 48 KiB of
+        // shared memory: head sizes up to 128 (every GPT-2 size uses 64). One limit for every
+        // backend, so a model trained on one backend runs on all of them.
+        let hd = self.n_embd / self.n_head;
+        if hd > crate::kernels::attention::ATTN_MAX_HD {
+            bail!(
+                "model config: head size n_embd / n_head = {hd} exceeds {} (the fused attention's \
+                 limit; GPT-2 uses 64)",
+                crate::kernels::attention::ATTN_MAX_HD
+            );
+        }
         for (name, id) in [
             ("bos_id", self.bos_id),
             ("eos_id", self.eos_id),
@@ -334,6 +345,13 @@ mod tests {
     fn presets_validate() {
         ModelConfig::gpt2_small(10, 20).validate().unwrap();
         ModelConfig::tiny(3, 4).validate().unwrap();
+        // head sizes up to 128 (the fused attention's limit), not beyond
+        let mut wide = ModelConfig::tiny(3, 4);
+        (wide.n_embd, wide.n_head) = (256, 2);
+        wide.validate().unwrap();
+        wide.n_head = 1;
+        let err = wide.validate().unwrap_err().to_string();
+        assert!(err.contains("head size") && err.contains("256"), "{err}");
         assert_eq!(ModelConfig::gpt2_small(1, 1).head_dim(), 64);
     }
 
