@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pepler_cuda::backend::{AdamWParams, AdamWVariant};
 use pepler_cuda::device::{Device, DeviceBuffer};
 use pepler_cuda::kernels::{
-    adamw, classifier, dropout, embedding, global_norm, layernorm, matmul, rating,
+    adamw, classifier, dropout, embedding, gelu, global_norm, layernorm, matmul, rating,
 };
 use pepler_cuda::ops;
 use pepler_cuda::ops::dropout::DropoutSite;
@@ -459,6 +459,26 @@ fn pointwise_groups(c: &mut Criterion) {
             let dev = dev.clone();
             Box::new(move || {
                 dropout::dropout_forward(&dev, o.view_mut(), xd.view(), site, n).unwrap()
+            })
+        },
+    );
+    // the MLP's bias + GELU after its GEMM (4C wide): reads pre and bias, writes pre and out
+    let (rows4, c4) = (s.rows, 4 * s.c);
+    let (pre0, bias) = (data(rows4 * c4, 13), data(c4, 14));
+    let (mut pre_h, bias_h, mut out_h) = (pre0.clone(), bias.clone(), vec![0.0; rows4 * c4]);
+    run_group(
+        c,
+        "bias_gelu_forward",
+        &format!("{rows4}x{c4}"),
+        (12 * rows4 * c4) as u64,
+        Box::new(move || ops::gelu::bias_gelu_forward(&mut pre_h, &mut out_h, &bias_h, c4)),
+        |dev| {
+            let (mut pr, bd) = (dev.upload(&pre0).unwrap(), dev.upload(&bias).unwrap());
+            let mut o = dev.alloc::<f32>(rows4 * c4).unwrap();
+            let dev = dev.clone();
+            Box::new(move || {
+                gelu::bias_gelu_forward(&dev, pr.view_mut(), o.view_mut(), bd.view(), rows4, c4)
+                    .unwrap()
             })
         },
     );
