@@ -117,6 +117,22 @@ fn with_logits(opts: ForwardOptions) -> ForwardOptions {
     }
 }
 
+/// The original PEPLER optimizer settings (lr 1e-3, betas 0.9/0.999, eps 1e-6) with `variant`
+/// and `weight_decay`.
+fn adamw(
+    variant: pepler_cuda::backend::AdamWVariant,
+    weight_decay: f64,
+) -> pepler_cuda::backend::AdamWParams {
+    pepler_cuda::backend::AdamWParams {
+        variant,
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-6,
+        weight_decay,
+    }
+}
+
 fn loss_of<B: Backend>(mk: &impl Fn() -> B, ps: &ParamSet, bt: &Batch) -> f64 {
     let mut m = Pepler::new(mk(), ps).unwrap();
     m.forward(bt, ForwardOptions::default()).unwrap().loss as f64
@@ -555,15 +571,7 @@ impl RandomCase {
 
 /// Everything one training run exposes, named as the parity table names it.
 fn three_steps<B: Backend>(be: B, ps: &ParamSet, bt: &Batch) -> Vec<(String, Vec<f32>)> {
-    use pepler_cuda::backend::{AdamWParams, AdamWVariant};
-    let hp = AdamWParams {
-        variant: AdamWVariant::Torch,
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-6,
-        weight_decay: 0.01,
-    };
+    let hp = adamw(pepler_cuda::backend::AdamWVariant::Torch, 0.01);
     let mut m = Pepler::new(be, ps).unwrap();
     let all = vec![true; ps.len()];
     let mut out = Vec::new();
@@ -684,19 +692,11 @@ fn gpu_matches_cpu_on_random_configs_on_cuda() {
 /// After the first step of a shape, a training step allocates nothing on the device.
 #[test]
 fn gpu_backend_allocates_only_in_the_first_step() {
-    use pepler_cuda::backend::{AdamWParams, AdamWVariant};
     let cfg = tiny(PromptKind::Continuous, RecKind::Mlp);
     let ps = params(&cfg, 3);
     let bt = batch(&cfg);
     let mut m = Pepler::new(GpuBackend::new(Device::emu().unwrap()), &ps).unwrap();
-    let hp = AdamWParams {
-        variant: AdamWVariant::Hf,
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-6,
-        weight_decay: 0.0,
-    };
+    let hp = adamw(pepler_cuda::backend::AdamWVariant::Hf, 0.0);
     let all = vec![true; ps.len()];
     let mut counts = Vec::new();
     for step in 1..=3u64 {
@@ -719,7 +719,6 @@ fn gpu_backend_allocates_only_in_the_first_step() {
 #[test]
 #[ignore = "timing; run: cargo test --release --test model gpt2_small -- --ignored --nocapture"]
 fn gpt2_small_training_step_time() {
-    use pepler_cuda::backend::AdamWParams;
     let cfg = ModelConfig::gpt2_small(100, 100);
     let ps = ParamSet::init(&cfg, 1);
     let (b, t) = (8, 22);
@@ -750,14 +749,7 @@ fn gpt2_small_training_step_time() {
         prompt: vec![],
     };
     let mut m = Pepler::new(CpuBackend::new(), &ps).unwrap();
-    let hp = AdamWParams {
-        variant: pepler_cuda::backend::AdamWVariant::Torch,
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-6,
-        weight_decay: 0.0,
-    };
+    let hp = adamw(pepler_cuda::backend::AdamWVariant::Torch, 0.0);
     let all = vec![true; ps.len()];
     let mut times = Vec::new();
     for step in 1..=12u64 {
