@@ -14,6 +14,7 @@
 //! - `pipeline`: the jobs behind the subcommands (train, generate, evaluate) on any backend.
 //! - `cli`:      the command line (clap), one module per subcommand.
 //! - `parity`:   PyTorch reference dumps and the one tolerance table.
+//! - `precision`: `--precision fp32|bf16`: the activation element type (`Act`) and its rules.
 
 pub mod backend;
 pub mod cli;
@@ -27,5 +28,6 @@ pub mod model;
 pub mod ops;
 pub mod parity;
 pub mod pipeline;
+pub mod precision;
 pub mod tokenizer;
 pub mod train;
