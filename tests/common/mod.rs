@@ -5,72 +5,79 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use pepler_cuda::device::{Device, DeviceBuffer, View};
+#[allow(unused_imports)] // Bf16 rows are looked up by the bf16 tests only
+pub use pepler_cuda::precision::Precision::{self, Bf16, Fp32};
 
-/// (tensor, atol, rtol): pass when |actual - expected| <= atol + rtol * |expected|.
+/// (tensor, precision, atol, rtol): pass when |actual - expected| <= atol + rtol * |expected|.
+/// The precision axis: `Fp32` rows compare f32 kernels with the f32 reference; `Bf16` rows compare
+/// a kernel that stores bf16 with its CPU reference (the f32 op on the widened inputs, outputs
+/// rounded to bf16: `Act::round_slice`). Two roundings to bf16 of values that differ by f32 noise
+/// land on neighbouring bf16 values at worst: one bf16 ulp, at most 2^-7 relative (bf16 keeps 8
+/// significant bits), is the floor of every bf16 row; each row says what it adds.
 /// Why these values: the residual add is one IEEE add per element on every device, so it must be
 /// exact. GELU is elementwise but uses the device's tanhf (CUDA's is within 2 ulp; nvcc may fuse
 /// multiply-adds): a few ulp, i.e. 1e-6 absolute near 0 and 1e-5 relative. Softmax and LayerNorm
 /// sum rows of up to 771 values in a different order than the sequential CPU loop (strided lanes
 /// plus a butterfly): fp32 reassociation error grows like sqrt(c) ulp of the row sum, ~1e-5
 /// relative for these sizes. dweight/dbias sum over rows and partial blocks: same bound.
-pub const TOLERANCES: &[(&str, f32, f32)] = &[
+pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     // cuBLAS sgemm / the emulated device's GEMM vs the f64-accumulating reference: fp32 rounding
     // of a k-term dot product (k <= 70 in tests/device.rs) stays well below 1e-5 relative.
-    ("gemm.c", 1e-5, 1e-5),
-    ("residual.out", 0.0, 0.0),
-    ("gelu.out", 1e-6, 1e-5),
-    ("gelu.dinp", 1e-6, 1e-5),
+    ("gemm.c", Fp32, 1e-5, 1e-5),
+    ("residual.out", Fp32, 0.0, 0.0),
+    ("gelu.out", Fp32, 1e-6, 1e-5),
+    ("gelu.dinp", Fp32, 1e-6, 1e-5),
     // the fused bias add is the same single f32 add as the matmul's bias kernel: exact
-    ("bias_gelu.pre", 0.0, 0.0),
-    ("softmax.out", 1e-7, 1e-5),
-    ("layernorm.out", 1e-5, 1e-5),
-    ("layernorm.mean", 1e-6, 1e-5),
-    ("layernorm.rstd", 1e-6, 1e-5),
-    ("layernorm.dinp", 1e-5, 1e-5),
-    ("layernorm.dweight", 1e-5, 1e-5),
-    ("layernorm.dbias", 1e-5, 1e-5),
+    ("bias_gelu.pre", Fp32, 0.0, 0.0),
+    ("softmax.out", Fp32, 1e-7, 1e-5),
+    ("layernorm.out", Fp32, 1e-5, 1e-5),
+    ("layernorm.mean", Fp32, 1e-6, 1e-5),
+    ("layernorm.rstd", Fp32, 1e-6, 1e-5),
+    ("layernorm.dinp", Fp32, 1e-5, 1e-5),
+    ("layernorm.dweight", Fp32, 1e-5, 1e-5),
+    ("layernorm.dbias", Fp32, 1e-5, 1e-5),
     // encoder, matmul bias, dropout, classifier, argmax, rating heads, adamw, grad norm
     // (kernels/encoder.cu, matmul.cu, dropout.cu, classifier.cu, rating.cu, adamw.cu, global_norm.cu)
     // embedding: the forward is a copy plus one IEEE add, the backward sums each table row's and
     // position's occurrences in the CPU's (b, j) order starting from the old value: exact.
-    ("embedding.out", 0.0, 0.0),
-    ("embedding.dtable", 0.0, 0.0),
-    ("embedding.dwpe", 0.0, 0.0),
+    ("embedding.out", Fp32, 0.0, 0.0),
+    ("embedding.dtable", Fp32, 0.0, 0.0),
+    ("embedding.dwpe", Fp32, 0.0, 0.0),
     // cross-entropy: the row max is exact, the sum of exp over v (up to 50260) is reassociated
     // (strided threads + block tree) and exp/log are the device's: ~sqrt(v) ulp of the sum, i.e.
     // ~1e-5 relative on the loss (~ln v). dlogits are softmax * dscale: relative 1e-5 from 1/sum,
     // absolute 1e-8 for the tiny probabilities of far-below-max logits.
-    ("crossentropy.losses", 1e-5, 1e-5),
-    ("crossentropy.dlogits", 1e-8, 1e-5),
+    ("crossentropy.losses", Fp32, 1e-5, 1e-5),
+    ("crossentropy.dlogits", Fp32, 1e-8, 1e-5),
     // the mean sums in f64 on both sides (different order), then rounds to f32 once: 1 ulp.
-    ("crossentropy.mean", 0.0, 1.2e-7),
+    ("crossentropy.mean", Fp32, 0.0, 1.2e-7),
     // rating heads: the MF dot product sums c products in lane order + butterfly (reassociated:
     // ~sqrt(c) ulp of the sum's magnitude, which for |u.i| near 0 is absolute); its backward and
     // sigmoid's are single multiplies (exact); sigmoid uses the device's expf (2 ulp); MSE sums
     // in the CPU's order with no contraction: exact.
-    ("rating_mf.out", 1e-5, 1e-5),
-    ("rating_mf.dui", 0.0, 0.0),
-    ("sigmoid.out", 1e-7, 1e-6),
-    ("sigmoid.dinp", 0.0, 0.0),
-    ("mse.loss", 0.0, 0.0),
-    ("mse.dpred", 0.0, 0.0),
+    ("rating_mf.out", Fp32, 1e-5, 1e-5),
+    ("rating_mf.dui", Fp32, 0.0, 0.0),
+    ("sigmoid.out", Fp32, 1e-7, 1e-6),
+    ("sigmoid.dinp", Fp32, 0.0, 0.0),
+    ("mse.loss", Fp32, 0.0, 0.0),
+    ("mse.dpred", Fp32, 0.0, 0.0),
     // dropout: an integer hash and one multiply: exact.
-    ("dropout.out", 0.0, 0.0),
+    ("dropout.out", Fp32, 0.0, 0.0),
     // global norm: f32 partial sums in a fixed tree vs the CPU's f64 sum: ~sqrt(n/G) ulp relative
     // error in the sum of squares, halved by the sqrt; 1e-5 relative covers n up to ~1e8. The clip
     // scaling is the same f32 ops as the CPU: exact.
-    ("global_norm.norm", 0.0, 1e-5),
-    ("global_norm.clipped", 0.0, 0.0),
+    ("global_norm.norm", Fp32, 0.0, 1e-5),
+    ("global_norm.clipped", Fp32, 0.0, 0.0),
     // matmul: the device GEMM (cuBLAS, or the emulator's CPU GEMM) and the reference's gemm crate
     // sum k products in different blockings: ~sqrt(k) ulp of the dot product's magnitude (inputs
     // ~1, k <= 300 here: 1e-5 absolute). The bias add after the GEMM is the CPU's single add. dbias
     // sums 64-row chunks, then the chunks, vs the CPU's one row-order sum: for up to 1000 rows of
     // values ~1 the running sums reach ~sqrt(rows) ~ 30, and reassociation costs ~sqrt(rows) ulp
     // of those (measured 5.7e-5 at 1000 rows): 1e-4 absolute.
-    ("matmul.out", 1e-5, 1e-5),
-    ("matmul.dinp", 1e-5, 1e-5),
-    ("matmul.dweight", 1e-5, 1e-5),
-    ("matmul.dbias", 1e-4, 1e-5),
+    ("matmul.out", Fp32, 1e-5, 1e-5),
+    ("matmul.dinp", Fp32, 1e-5, 1e-5),
+    ("matmul.dweight", Fp32, 1e-5, 1e-5),
+    ("matmul.dbias", Fp32, 1e-4, 1e-5),
     // -- end of the misc kernels' rows
     // attention (kernels/attention.cu)
     // The kernels keep the softmax online (running max, per-lane
@@ -81,26 +88,35 @@ pub const TOLERANCES: &[(&str, f32, f32)] = &[
     // share): out 7%, lse 7%, dqkv 10% of these bounds, at L = 300; the values leave room for the
     // GPU's expf/logf (2 ulp) and its contracted multiply-adds.
     // out: |out| <= max |v| = 2; 1e-5 absolute is ~40 ulp of that scale.
-    ("attention.out", 1e-5, 1e-5),
+    ("attention.out", Fp32, 1e-5, 1e-5),
     // lse = max s + log(sum): |lse| < 10 here, a few ulp of that is < 1e-5.
-    ("attention.lse", 1e-5, 1e-6),
+    ("attention.lse", Fp32, 1e-5, 1e-6),
     // dqkv: dS = P (dP - D) cancels (dP and D are both ~|dout||v|), so its error is relative to
     // the terms, not the result: rtol 1e-4 with a 1e-5 floor.
-    ("attention.dqkv", 1e-5, 1e-4),
+    ("attention.dqkv", Fp32, 1e-5, 1e-4),
     // -- end of the attention rows
 ];
 
-pub fn tolerance(name: &str) -> (f32, f32) {
+pub fn tolerance_at(prec: Precision, name: &str) -> (f32, f32) {
     TOLERANCES
         .iter()
-        .find(|t| t.0 == name)
-        .map(|t| (t.1, t.2))
-        .unwrap_or_else(|| panic!("no tolerance for {name:?} in TOLERANCES"))
+        .find(|t| t.0 == name && t.1 == prec)
+        .map(|t| (t.2, t.3))
+        .unwrap_or_else(|| panic!("no {prec} tolerance for {name:?} in TOLERANCES"))
 }
 
-/// Compare with the tolerance of `name`; report the worst error and the first failures.
+pub fn tolerance(name: &str) -> (f32, f32) {
+    tolerance_at(Fp32, name)
+}
+
+/// Compare with the f32 tolerance of `name`; report the worst error and the first failures.
 pub fn assert_close(name: &str, ctx: &str, actual: &[f32], expected: &[f32]) {
-    let (atol, rtol) = tolerance(name);
+    assert_close_at(Fp32, name, ctx, actual, expected)
+}
+
+/// Compare with the tolerance of `name` at precision `prec` (see `TOLERANCES`).
+pub fn assert_close_at(prec: Precision, name: &str, ctx: &str, actual: &[f32], expected: &[f32]) {
+    let (atol, rtol) = tolerance_at(prec, name);
     assert_eq!(actual.len(), expected.len(), "{name} {ctx}: length");
     let mut bad = Vec::new();
     let mut max_abs = 0.0f32;
