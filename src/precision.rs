@@ -17,6 +17,9 @@
 
 use std::borrow::Cow;
 
+use anyhow::Result;
+
+use crate::backend::Backend;
 use crate::device::{DType, Elem};
 
 /// The element type activations are stored in: `f32` or `half::bf16` (see the module docs).
@@ -51,6 +54,13 @@ pub trait Act: Elem + Copy + Default {
         }
     }
 
+    /// The weight a GEMM reads (see the module docs): the f32 master itself for f32, its copy in
+    /// `Self` otherwise (an error if the model has none).
+    fn gemm_weight<'a, B: Backend + ?Sized>(
+        master: &'a B::Buf<f32>,
+        copy: Option<&'a B::Buf<Self>>,
+    ) -> Result<&'a B::Buf<Self>>;
+
     /// The name of the kernel `base` for this element type.
     fn kernel(base: &str) -> String {
         format!("{base}{}", Self::KERNEL_SUFFIX)
@@ -76,6 +86,12 @@ impl Act for f32 {
         f(out)
     }
     fn round_slice(_: &mut [f32]) {}
+    fn gemm_weight<'a, B: Backend + ?Sized>(
+        master: &'a B::Buf<f32>,
+        _: Option<&'a B::Buf<f32>>,
+    ) -> Result<&'a B::Buf<f32>> {
+        Ok(master)
+    }
 }
 
 impl Act for half::bf16 {
@@ -96,6 +112,12 @@ impl Act for half::bf16 {
         let r = f(&mut wide);
         Self::narrow_into(out, &wide);
         r
+    }
+    fn gemm_weight<'a, B: Backend + ?Sized>(
+        _: &'a B::Buf<f32>,
+        copy: Option<&'a B::Buf<half::bf16>>,
+    ) -> Result<&'a B::Buf<half::bf16>> {
+        copy.ok_or_else(|| anyhow::anyhow!("bf16 GEMM: the model has no bf16 copy of a weight"))
     }
 }
 

@@ -5,8 +5,9 @@
 //! - **Backend-owned buffers.** `Backend::Buf<T>` is an opaque buffer of `T` elements living where the
 //!   backend computes (host memory for `cpu`, device memory for CUDA). Parameters, gradients, AdamW
 //!   moments, activations and the KV cache stay there between steps; only losses, metrics, and logits
-//!   on request come back (`download`). The element type is a parameter (`f32` today, `i32` for ids,
-//!   `bf16` reserved) so mixed precision arrives as new op signatures, not a rewrite.
+//!   on request come back (`download`). The element type is a parameter: `i32` for ids, `f32` for
+//!   parameters, gradients, moments and reductions, and `A: Act` (`f32` or `bf16`, `--precision`)
+//!   for activations: each op is generic over `A`, with the typing rule of `crate::precision`.
 //! - **Kernel-granularity ops (llm.c style).** One method per kernel, forward and backward side by
 //!   side; shapes are explicit arguments. Each CPU method delegates to the pure reference function of
 //!   the same name in `crate::ops::<op>`, which is what the CUDA kernels are tested against.
@@ -25,6 +26,8 @@ pub mod cpu;
 pub mod gpu;
 
 use anyhow::Result;
+
+pub use crate::precision::Act;
 
 pub use crate::ops::attention::AttnShape;
 pub use crate::ops::dropout::DropoutSite;
@@ -88,38 +91,62 @@ pub trait Backend {
     /// Number of elements `buf` holds.
     fn len<T: Element>(&self, buf: &Self::Buf<T>) -> usize;
     /// Sets every element to zero.
-    fn zero(&self, buf: &mut Self::Buf<f32>) -> Result<()>;
+    fn zero<T: Element>(&self, buf: &mut Self::Buf<T>) -> Result<()>;
     /// Waits for queued work (a no-op on the CPU).
     fn synchronize(&self) -> Result<()>;
 
     // ---------------------------------------------------------------- encoder
     /// `out[b, off+j] = table[ids[b, j]] (+ wpe[pos0+off+j])` (=). See `ops::embedding`.
-    fn embedding_forward(
+    fn embedding_forward<A: Act>(
         &self,
-        out: &mut Self::Buf<f32>,
+        out: &mut Self::Buf<A>,
         table: &Self::Buf<f32>,
         ids: &Self::Buf<i32>,
         wpe: Option<&Self::Buf<f32>>,
         s: EmbedShape,
     ) -> Result<()>;
     /// `dtable[ids] += dout`, `dwpe[pos] += dout` (deterministic order).
-    fn embedding_backward(
+    fn embedding_backward<A: Act>(
         &self,
         dtable: Option<&mut Self::Buf<f32>>,
         dwpe: Option<&mut Self::Buf<f32>>,
-        dout: &Self::Buf<f32>,
+        dout: &Self::Buf<A>,
         ids: &Self::Buf<i32>,
         s: EmbedShape,
+    ) -> Result<()>;
+
+    /// `out[r, :] = src[ids[r], :]` for `r < n`, rows of `c` (=): the rows the LM head runs on.
+    /// See `ops::gather`.
+    #[allow(clippy::too_many_arguments)]
+    fn row_gather<A: Act>(
+        &self,
+        out: &mut Self::Buf<A>,
+        src: &Self::Buf<A>,
+        ids: &Self::Buf<i32>,
+        n: usize,
+        c: usize,
+        src_rows: usize,
+    ) -> Result<()>;
+    /// `dst[ids[r], :] += src[r, :]` for `r < n` (+=); the ids must be distinct.
+    #[allow(clippy::too_many_arguments)]
+    fn row_scatter_add<A: Act>(
+        &self,
+        dst: &mut Self::Buf<A>,
+        src: &Self::Buf<A>,
+        ids: &Self::Buf<i32>,
+        n: usize,
+        c: usize,
+        dst_rows: usize,
     ) -> Result<()>;
 
     // ---------------------------------------------------------------- dense layers
     /// `out = inp W (+ bias)` (=), W per `layout`. See `ops::matmul`.
     #[allow(clippy::too_many_arguments)]
-    fn matmul_forward(
+    fn matmul_forward<A: Act>(
         &self,
-        out: &mut Self::Buf<f32>,
-        inp: &Self::Buf<f32>,
-        weight: &Self::Buf<f32>,
+        out: &mut Self::Buf<A>,
+        inp: &Self::Buf<A>,
+        weight: &Self::Buf<A>,
         bias: Option<&Self::Buf<f32>>,
         rows: usize,
         cin: usize,
@@ -128,14 +155,14 @@ pub trait Backend {
     ) -> Result<()>;
     /// `dinp = dout W^T` (=), `dweight +=`, `dbias +=`; `None` skips.
     #[allow(clippy::too_many_arguments)]
-    fn matmul_backward(
+    fn matmul_backward<A: Act>(
         &self,
-        dinp: Option<&mut Self::Buf<f32>>,
+        dinp: Option<&mut Self::Buf<A>>,
         dweight: Option<&mut Self::Buf<f32>>,
         dbias: Option<&mut Self::Buf<f32>>,
-        dout: &Self::Buf<f32>,
-        inp: &Self::Buf<f32>,
-        weight: &Self::Buf<f32>,
+        dout: &Self::Buf<A>,
+        inp: &Self::Buf<A>,
+        weight: &Self::Buf<A>,
         rows: usize,
         cin: usize,
         cout: usize,
@@ -146,12 +173,12 @@ pub trait Backend {
     /// `matmul_forward` then `gelu_forward`; a GPU fuses the bias add into the GELU pass
     /// (`ops::gelu::bias_gelu_forward`, bit-identical).
     #[allow(clippy::too_many_arguments)]
-    fn matmul_bias_gelu_forward(
+    fn matmul_bias_gelu_forward<A: Act>(
         &self,
-        pre: &mut Self::Buf<f32>,
-        out: &mut Self::Buf<f32>,
-        inp: &Self::Buf<f32>,
-        weight: &Self::Buf<f32>,
+        pre: &mut Self::Buf<A>,
+        out: &mut Self::Buf<A>,
+        inp: &Self::Buf<A>,
+        weight: &Self::Buf<A>,
         bias: &Self::Buf<f32>,
         rows: usize,
         cin: usize,
@@ -165,12 +192,12 @@ pub trait Backend {
     // ---------------------------------------------------------------- layernorm
     /// LayerNorm over rows of `c` (=), saving `mean`, `rstd` per row. See `ops::layernorm`.
     #[allow(clippy::too_many_arguments)]
-    fn layernorm_forward(
+    fn layernorm_forward<A: Act>(
         &self,
-        out: &mut Self::Buf<f32>,
+        out: &mut Self::Buf<A>,
         mean: &mut Self::Buf<f32>,
         rstd: &mut Self::Buf<f32>,
-        inp: &Self::Buf<f32>,
+        inp: &Self::Buf<A>,
         weight: &Self::Buf<f32>,
         bias: &Self::Buf<f32>,
         rows: usize,
@@ -179,13 +206,13 @@ pub trait Backend {
     ) -> Result<()>;
     /// `dinp +=` (residual stream), `dweight +=`, `dbias +=` (`None` skips the weight gradients).
     #[allow(clippy::too_many_arguments)]
-    fn layernorm_backward(
+    fn layernorm_backward<A: Act>(
         &self,
-        dinp: &mut Self::Buf<f32>,
+        dinp: &mut Self::Buf<A>,
         dweight: Option<&mut Self::Buf<f32>>,
         dbias: Option<&mut Self::Buf<f32>>,
-        dout: &Self::Buf<f32>,
-        inp: &Self::Buf<f32>,
+        dout: &Self::Buf<A>,
+        inp: &Self::Buf<A>,
         weight: &Self::Buf<f32>,
         mean: &Self::Buf<f32>,
         rstd: &Self::Buf<f32>,
@@ -199,11 +226,11 @@ pub trait Backend {
     /// the per-row log-sum-exp (B, NH, L)). A state buffer sized for a larger shape serves smaller ones.
     fn attention_state_len(&self, s: AttnShape) -> usize;
     /// Causal MHA with key-padding mask: `out` (=), the backward's `state` (=). See `ops::attention`.
-    fn attention_forward(
+    fn attention_forward<A: Act>(
         &self,
-        out: &mut Self::Buf<f32>,
+        out: &mut Self::Buf<A>,
         state: &mut Self::Buf<f32>,
-        qkv: &Self::Buf<f32>,
+        qkv: &Self::Buf<A>,
         key_mask: Option<&Self::Buf<i32>>,
         dropout: Option<DropoutSite>,
         s: AttnShape,
@@ -211,12 +238,12 @@ pub trait Backend {
     /// `dqkv` (=) from `dout`, the forward's inputs, its `out` and saved `state`, the same mask and
     /// dropout site.
     #[allow(clippy::too_many_arguments)]
-    fn attention_backward(
+    fn attention_backward<A: Act>(
         &self,
-        dqkv: &mut Self::Buf<f32>,
-        dout: &Self::Buf<f32>,
-        qkv: &Self::Buf<f32>,
-        out: &Self::Buf<f32>,
+        dqkv: &mut Self::Buf<A>,
+        dout: &Self::Buf<A>,
+        qkv: &Self::Buf<A>,
+        out: &Self::Buf<A>,
         state: &Self::Buf<f32>,
         key_mask: Option<&Self::Buf<i32>>,
         dropout: Option<DropoutSite>,
@@ -224,12 +251,12 @@ pub trait Backend {
     ) -> Result<()>;
     /// Decoding: append `n` positions at `start` to the KV cache (B, NH, lmax, hd) and attend (=).
     #[allow(clippy::too_many_arguments)]
-    fn attention_cached_forward(
+    fn attention_cached_forward<A: Act>(
         &self,
-        out: &mut Self::Buf<f32>,
-        qkv: &Self::Buf<f32>,
-        k_cache: &mut Self::Buf<f32>,
-        v_cache: &mut Self::Buf<f32>,
+        out: &mut Self::Buf<A>,
+        qkv: &Self::Buf<A>,
+        k_cache: &mut Self::Buf<A>,
+        v_cache: &mut Self::Buf<A>,
         start: usize,
         n: usize,
         lmax: usize,
@@ -238,80 +265,85 @@ pub trait Backend {
 
     // ---------------------------------------------------------------- pointwise
     /// `out = gelu_tanh(inp)` over `n` elements (=).
-    fn gelu_forward(&self, out: &mut Self::Buf<f32>, inp: &Self::Buf<f32>, n: usize) -> Result<()>;
-    /// `dinp = gelu'(inp) dout` (=).
-    fn gelu_backward(
+    fn gelu_forward<A: Act>(
         &self,
-        dinp: &mut Self::Buf<f32>,
-        inp: &Self::Buf<f32>,
-        dout: &Self::Buf<f32>,
+        out: &mut Self::Buf<A>,
+        inp: &Self::Buf<A>,
+        n: usize,
+    ) -> Result<()>;
+    /// `dinp = gelu'(inp) dout` (=).
+    fn gelu_backward<A: Act>(
+        &self,
+        dinp: &mut Self::Buf<A>,
+        inp: &Self::Buf<A>,
+        dout: &Self::Buf<A>,
         n: usize,
     ) -> Result<()>;
     /// `out = a + b` over `n` elements (=).
-    fn residual_forward(
+    fn residual_forward<A: Act>(
         &self,
-        out: &mut Self::Buf<f32>,
-        a: &Self::Buf<f32>,
-        b: &Self::Buf<f32>,
+        out: &mut Self::Buf<A>,
+        a: &Self::Buf<A>,
+        b: &Self::Buf<A>,
         n: usize,
     ) -> Result<()>;
     /// `out = dropout(inp)` over `n` elements (=); also the backward pass (same site).
-    fn dropout_forward(
+    fn dropout_forward<A: Act>(
         &self,
-        out: &mut Self::Buf<f32>,
-        inp: &Self::Buf<f32>,
+        out: &mut Self::Buf<A>,
+        inp: &Self::Buf<A>,
         site: DropoutSite,
         n: usize,
     ) -> Result<()>;
     /// `out = sigmoid(inp)` (=).
-    fn sigmoid_forward(
+    fn sigmoid_forward<A: Act>(
         &self,
-        out: &mut Self::Buf<f32>,
-        inp: &Self::Buf<f32>,
+        out: &mut Self::Buf<A>,
+        inp: &Self::Buf<A>,
         n: usize,
     ) -> Result<()>;
     /// `dinp = dout * out * (1 - out)` (=).
-    fn sigmoid_backward(
+    fn sigmoid_backward<A: Act>(
         &self,
-        dinp: &mut Self::Buf<f32>,
-        out: &Self::Buf<f32>,
-        dout: &Self::Buf<f32>,
+        dinp: &mut Self::Buf<A>,
+        out: &Self::Buf<A>,
+        dout: &Self::Buf<A>,
         n: usize,
     ) -> Result<()>;
 
     // ---------------------------------------------------------------- heads and losses
     /// Per-row cross-entropy `losses` (=); with `dscale`, `logits` become `dlogits` in place.
-    fn crossentropy_forward(
+    fn crossentropy_forward<A: Act>(
         &self,
         losses: &mut Self::Buf<f32>,
-        logits: &mut Self::Buf<f32>,
+        logits: &mut Self::Buf<A>,
         targets: &Self::Buf<i32>,
         rows: usize,
         v: usize,
         dscale: Option<f32>,
     ) -> Result<()>;
     /// `out[r] = argmax(logits[r])` (greedy decoding).
-    fn argmax(
+    fn argmax<A: Act>(
         &self,
         out: &mut Self::Buf<i32>,
-        logits: &Self::Buf<f32>,
+        logits: &Self::Buf<A>,
         rows: usize,
         v: usize,
     ) -> Result<()>;
     /// MF rating `out[b] = u_b . i_b` from `ui` (B, 2C) (=).
-    fn rating_mf_forward(
+    fn rating_mf_forward<A: Act>(
         &self,
-        out: &mut Self::Buf<f32>,
-        ui: &Self::Buf<f32>,
+        out: &mut Self::Buf<A>,
+        ui: &Self::Buf<A>,
         b: usize,
         c: usize,
     ) -> Result<()>;
     /// `dui = [dpred i | dpred u]` (=).
-    fn rating_mf_backward(
+    fn rating_mf_backward<A: Act>(
         &self,
-        dui: &mut Self::Buf<f32>,
-        dpred: &Self::Buf<f32>,
-        ui: &Self::Buf<f32>,
+        dui: &mut Self::Buf<A>,
+        dpred: &Self::Buf<A>,
+        ui: &Self::Buf<A>,
         b: usize,
         c: usize,
     ) -> Result<()>;
@@ -329,12 +361,12 @@ pub trait Backend {
     /// `loss[slot] = mean((pred - target)^2)` over `n` (=), on the device;
     /// `dpred = grad_scale * 2 (pred - target) / n` (=).
     #[allow(clippy::too_many_arguments)]
-    fn mse_forward(
+    fn mse_forward<A: Act>(
         &self,
         loss: &mut Self::Buf<f32>,
         slot: usize,
-        dpred: &mut Self::Buf<f32>,
-        pred: &Self::Buf<f32>,
+        dpred: &mut Self::Buf<A>,
+        pred: &Self::Buf<A>,
         target: &Self::Buf<f32>,
         n: usize,
         grad_scale: f32,
@@ -344,8 +376,8 @@ pub trait Backend {
     /// Zero-filled buffers of the given lengths that a backend may place in ONE allocation, so
     /// that `zero_group` and `adamw_update_group` on the whole group are one launch each.
     /// Default: one allocation per tensor.
-    fn alloc_group(&self, lens: &[usize]) -> Result<Vec<Self::Buf<f32>>> {
-        lens.iter().map(|&n| self.alloc::<f32>(n)).collect()
+    fn alloc_group<T: Element>(&self, lens: &[usize]) -> Result<Vec<Self::Buf<T>>> {
+        lens.iter().map(|&n| self.alloc::<T>(n)).collect()
     }
     /// Sets every buffer of a group to zero. Default: one `zero` per buffer.
     fn zero_group(&self, bufs: &mut [Self::Buf<f32>]) -> Result<()> {
@@ -382,43 +414,62 @@ pub trait Backend {
         step: u64,
     ) -> Result<()>;
     /// One AdamW update of every tensor `i` of a group with `tensors[i].trainable` (the rest are
-    /// untouched), decay `hp.weight_decay` where `tensors[i].decay`, else 0. Default: one
-    /// `adamw_update` per tensor; a backend with `alloc_group` arenas does all in one launch.
+    /// untouched), decay `hp.weight_decay` where `tensors[i].decay`, else 0. When `copies` is not
+    /// empty (bf16 training), `copies[i] = A(params[i])` for every updated tensor too: the GEMMs'
+    /// weight copy. Default: one `adamw_update` (and `cast`) per tensor; a backend with
+    /// `alloc_group` arenas does all in one launch.
     #[allow(clippy::too_many_arguments)]
-    fn adamw_update_group(
+    fn adamw_update_group<A: Act>(
         &self,
         params: &mut [Self::Buf<f32>],
         grads: &[Self::Buf<f32>],
         m: &mut [Self::Buf<f32>],
         v: &mut [Self::Buf<f32>],
+        copies: &mut [Self::Buf<A>],
         tensors: &[GroupTensor],
         hp: AdamWParams,
         step: u64,
     ) -> Result<()> {
-        adamw_update_each(self, params, grads, m, v, tensors, hp, step)
+        adamw_update_each(self, params, grads, m, v, copies, tensors, hp, step)
+    }
+
+    /// `dst[..n] = A(src[..n])`, rounded to nearest even (=): the weight copies of bf16 training.
+    fn cast<A: Act>(&self, dst: &mut Self::Buf<A>, src: &Self::Buf<f32>, n: usize) -> Result<()>;
+    /// `cast` of every whole tensor of a group. Default: one `cast` per tensor.
+    fn cast_group<A: Act>(&self, dst: &mut [Self::Buf<A>], src: &[Self::Buf<f32>]) -> Result<()> {
+        if dst.len() != src.len() {
+            anyhow::bail!("cast_group: {} outputs for {} inputs", dst.len(), src.len());
+        }
+        for (d, s) in dst.iter_mut().zip(src) {
+            self.cast(d, s, self.len(s))?;
+        }
+        Ok(())
     }
 }
 
 /// `Backend::adamw_update_group` as one `adamw_update` per trainable tensor (the default, and the
 /// fallback of backends whose groups are not whole arenas).
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_update_each<B: Backend + ?Sized>(
+pub fn adamw_update_each<B: Backend + ?Sized, A: Act>(
     be: &B,
     params: &mut [B::Buf<f32>],
     grads: &[B::Buf<f32>],
     m: &mut [B::Buf<f32>],
     v: &mut [B::Buf<f32>],
+    copies: &mut [B::Buf<A>],
     tensors: &[GroupTensor],
     hp: AdamWParams,
     step: u64,
 ) -> Result<()> {
     let n = params.len();
-    if grads.len() != n || m.len() != n || v.len() != n || tensors.len() != n {
+    let copies_ok = copies.is_empty() || copies.len() == n;
+    if grads.len() != n || m.len() != n || v.len() != n || tensors.len() != n || !copies_ok {
         anyhow::bail!(
-            "adamw_update_group: {n} params, {} grads, {} m, {} v, {} flags",
+            "adamw_update_group: {n} params, {} grads, {} m, {} v, {} copies, {} flags",
             grads.len(),
             m.len(),
             v.len(),
+            copies.len(),
             tensors.len()
         );
     }
@@ -430,6 +481,9 @@ pub fn adamw_update_each<B: Backend + ?Sized>(
                 ..hp
             };
             be.adamw_update(&mut params[i], &grads[i], &mut m[i], &mut v[i], hp, step)?;
+            if let Some(copy) = copies.get_mut(i) {
+                be.cast(copy, &params[i], be.len(&params[i]))?;
+            }
         }
     }
     Ok(())

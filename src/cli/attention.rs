@@ -43,6 +43,10 @@ pub struct AttentionArgs {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Activation precision: fp32 or bf16 (default: bf16 on a GPU of compute capability 8.0 or
+    /// newer, fp32 elsewhere). Checkpoints are fp32 whatever the training precision.
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::precision::Precision>,
 }
 
 pub fn run(args: &AttentionArgs) -> Result<i32> {
@@ -56,7 +60,7 @@ pub fn run(args: &AttentionArgs) -> Result<i32> {
         compare_init: args.compare_init,
         out_dir: args.out.clone().unwrap_or_else(|| args.run.clone()),
     };
-    let out = super::backend::dispatch(args.device, job)?;
+    let out = super::backend::dispatch(args.device, args.precision, job)?;
     for p in &out.panels {
         println!("{}: {}", p.model, p.explanation);
     }

@@ -1,9 +1,11 @@
-//! `pepler-cuda check-parity <dump.safetensors>... [--backend cpu|emu|cuda] [--all]`: compare a
+//! `pepler-cuda check-parity <dump.safetensors>... [--backend cpu|emu|cuda] [--precision fp32|bf16]
+//! [--all]`: compare a
 //! backend against PyTorch reference dumps (docs/parity-format.md) and print one table per dump.
 
 use clap::Args;
 
-use crate::parity::{check_dump, format_table, BackendChoice, CaseReport, ParityDump};
+use crate::parity::{check_dump_at, format_table, BackendChoice, CaseReport, ParityDump};
+use crate::precision::Precision;
 
 /// Check a build against PyTorch reference dumps (docs/parity-format.md).
 #[derive(Debug, Args)]
@@ -14,6 +16,9 @@ pub struct CheckParityArgs {
     /// Backend to check: cpu, emu (CUDA kernels on the emulated device) or cuda.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
+    /// Activation precision to check: fp32, or bf16 under the bf16 tolerances (same dumps).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     /// Print every row (by default passing per-step parameter rows before the last step are
     /// summarised in one line).
     #[arg(long)]
@@ -72,7 +77,7 @@ pub fn run(args: &CheckParityArgs) -> anyhow::Result<i32> {
     let mut code = 0;
     for path in &args.dump {
         let dump = ParityDump::open(path)?;
-        let report = check_dump(&dump, backend)?;
+        let report = check_dump_at(&dump, backend, args.precision)?;
         print!("{}", render(&report, args.all));
         println!(
             "   ({}, torch {}, transformers {})\n",

@@ -49,6 +49,10 @@ pub struct EvaluateArgs {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Activation precision: fp32 or bf16 (default: bf16 on a GPU of compute capability 8.0 or
+    /// newer, fp32 elsewhere). Checkpoints are fp32 whatever the training precision.
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::precision::Precision>,
 }
 
 /// Checks the options that have a bound before any work starts.
@@ -79,7 +83,7 @@ pub fn run_generate(args: &EvaluateArgs) -> Result<i32> {
     super::backend::configure_threads(args.threads)?;
     let j = job(args);
     let out = j.out_dir.join(GENERATED_FILE);
-    super::backend::dispatch(args.device, j)?;
+    super::backend::dispatch(args.device, args.precision, j)?;
     println!("{}", out.display());
     Ok(0)
 }
@@ -90,7 +94,7 @@ pub fn run_evaluate(args: &EvaluateArgs) -> Result<i32> {
     super::backend::configure_threads(args.threads)?;
     let j = job(args);
     let out = j.out_dir.join(METRICS_FILE);
-    let report = super::backend::dispatch(args.device, j)?;
+    let report = super::backend::dispatch(args.device, args.precision, j)?;
     println!("{report}");
     println!("metrics: {}", out.display());
     Ok(0)

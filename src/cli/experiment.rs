@@ -355,6 +355,7 @@ pub fn run(args: &ExperimentArgs) -> Result<i32> {
         &runs,
         GridControl {
             device: common.data.device,
+            precision: common.data.precision,
             max_runs: common.max_runs,
             stop_after_epochs: common.stop_after,
         },

@@ -82,6 +82,10 @@ pub struct DataArgs {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Activation precision: fp32, or bf16 (mixed precision: f32 master weights, moments and
+    /// reductions). Default: bf16 on a GPU of compute capability 8.0 or newer, fp32 elsewhere.
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::precision::Precision>,
 }
 
 impl DataArgs {
@@ -262,6 +266,6 @@ pub fn run(args: &TrainArgs) -> Result<i32> {
         },
         evaluate: !args.no_eval,
     };
-    crate::cli::backend::dispatch(args.data.device, job)?;
+    crate::cli::backend::dispatch(args.data.device, args.data.precision, job)?;
     Ok(0)
 }

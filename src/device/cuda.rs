@@ -42,6 +42,7 @@ pub struct CudaDevice {
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: Mutex<Option<CudaBlas>>,
     name: String,
+    capability: Option<(i32, i32)>,
 }
 
 /// Run a cudarc call that may panic (missing library or symbol) and turn the panic into an error.
@@ -91,8 +92,8 @@ impl CudaDevice {
                 )
             })?;
         let gpu = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let cc = ctx
-            .compute_capability()
+        let capability = ctx.compute_capability().ok();
+        let cc = capability
             .map(|(a, b)| format!("sm_{a}{b}"))
             .unwrap_or_default();
         Ok(CudaDevice {
@@ -102,11 +103,17 @@ impl CudaDevice {
             functions: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
             name: format!("CUDA device {ordinal}: {gpu} ({cc})"),
+            capability,
         })
     }
 
     pub fn name(&self) -> String {
         self.name.clone()
+    }
+
+    /// (major, minor) compute capability, when the driver reports it.
+    pub fn capability(&self) -> Option<(i32, i32)> {
+        self.capability
     }
 
     pub(crate) fn alloc_zeroed(&self, bytes: usize) -> Result<CudaMem> {

@@ -590,6 +590,14 @@ impl Device {
         }
     }
 
+    /// The GPU's (major, minor) compute capability; `None` for the emulated device.
+    pub fn compute_capability(&self) -> Option<(i32, i32)> {
+        match &self.inner {
+            Inner::Cuda(d) => d.capability(),
+            Inner::Emu(_) => None,
+        }
+    }
+
     /// Why `Auto` fell back to the emulated device, if it did.
     pub fn note(&self) -> Option<&str> {
         self.note.as_deref()

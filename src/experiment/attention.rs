@@ -292,7 +292,7 @@ pub fn select_heads(att: &[f32], nh: usize, l: usize, head: HeadSel) -> Result<V
 use std::path::PathBuf;
 
 use super::plot::{heatmap_figure, HeatPanel};
-use crate::backend::Backend;
+use crate::backend::{Act, Backend};
 use crate::cli::backend::OnBackend;
 use crate::generate::{greedy, GenPrompt};
 use crate::model::pepler::Pepler;
@@ -356,9 +356,9 @@ fn token_label(session: &Session, model_id: u32) -> Result<String> {
 impl AttentionJob {
     /// Generates with `params` loaded into `model` (same configuration), then maps the attention.
     #[allow(clippy::too_many_arguments)]
-    fn panel<B: Backend>(
+    fn panel<B: Backend, A: Act>(
         &self,
-        model: &mut Pepler<B>,
+        model: &mut Pepler<B, A>,
         params: &ParamSet,
         session: &Session,
         name: &str,
@@ -405,7 +405,7 @@ impl AttentionJob {
 impl OnBackend for AttentionJob {
     type Out = AttentionOutcome;
 
-    fn run<B: Backend>(self, be: B) -> Result<AttentionOutcome> {
+    fn run<B: Backend, A: Act>(self, be: B) -> Result<AttentionOutcome> {
         let (params, side) = checkpoint::load_model(&self.run_dir)?;
         let cfg = &side.train_config;
         HostGpt2::new(&params)?;
@@ -421,7 +421,7 @@ impl OnBackend for AttentionJob {
         let i = session.dataset.items.lookup(&self.item)?;
         let mc = params.config().clone();
         let layer = self.layer.resolve(mc.n_layer)?;
-        let mut model = Pepler::new(be, &params)?;
+        let mut model = Pepler::<B, A>::with_activations(be, &params)?;
         let mut panels = Vec::new();
         if self.compare_init {
             let init = session.initial_params(cfg, &mc)?;

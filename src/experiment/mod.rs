@@ -462,6 +462,8 @@ pub fn write_loss_curve(dir: &Path) -> Result<()> {
 #[derive(Clone, Copy, Debug)]
 pub struct GridControl {
     pub device: DeviceArg,
+    /// Activation precision of every run (`None`: the device's default).
+    pub precision: Option<crate::precision::Precision>,
     /// Train at most this many runs in this call (finished runs that are skipped do not count).
     pub max_runs: Option<usize>,
     /// Stop the run in progress after so many epochs (this call) and end the grid there, leaving
@@ -593,6 +595,7 @@ pub fn run_grid(exp_dir: &Path, runs: &[RunSpec], control: GridControl) -> Resul
         let t0 = Instant::now();
         let summary = dispatch(
             control.device,
+            control.precision,
             TrainJob {
                 cfg: run.cfg.clone(),
                 out_dir: dir.clone(),

@@ -13,7 +13,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::backend::Backend;
+use crate::backend::{Act, Backend};
 use crate::model::batch::Batch;
 use crate::model::config::PromptKind;
 use crate::model::decode::StepInput;
@@ -53,8 +53,8 @@ impl GenPrompt<'_> {
     }
 }
 
-fn check_prompt<B: Backend>(
-    model: &Pepler<B>,
+fn check_prompt<B: Backend, A: Act>(
+    model: &Pepler<B, A>,
     prompt: &GenPrompt<'_>,
     max_len: usize,
 ) -> Result<usize> {
@@ -111,8 +111,8 @@ fn push_tokens(
 }
 
 /// Batched greedy decoding with a KV cache (see the module docs).
-pub fn greedy<B: Backend>(
-    model: &Pepler<B>,
+pub fn greedy<B: Backend, A: Act>(
+    model: &Pepler<B, A>,
     prompt: GenPrompt<'_>,
     max_len: usize,
 ) -> Result<Vec<Vec<u32>>> {
@@ -149,8 +149,8 @@ pub fn greedy<B: Backend>(
 
 /// Logits [B, V] at the last position of `[prompt, seqs[r]]` for every sequence `r` (all of one
 /// length), from the full forward without a cache: what a decoding step must reproduce.
-pub fn full_last_logits<B: Backend>(
-    model: &mut Pepler<B>,
+pub fn full_last_logits<B: Backend, A: Act>(
+    model: &mut Pepler<B, A>,
     prompt: GenPrompt<'_>,
     seqs: &[Vec<u32>],
 ) -> Result<Vec<f32>> {
@@ -187,8 +187,8 @@ pub fn full_last_logits<B: Backend>(
 
 /// Cache-free reference: reruns the full forward on `[prompt, <bos>, generated..]` for every new
 /// token (the original's algorithm). Slow; for tests.
-pub fn greedy_full_recompute<B: Backend>(
-    model: &mut Pepler<B>,
+pub fn greedy_full_recompute<B: Backend, A: Act>(
+    model: &mut Pepler<B, A>,
     prompt: GenPrompt<'_>,
     max_len: usize,
 ) -> Result<Vec<Vec<u32>>> {

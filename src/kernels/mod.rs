@@ -11,6 +11,7 @@ pub mod attention;
 pub mod classifier;
 pub mod dropout;
 pub mod embedding;
+pub mod gather;
 pub mod gelu;
 pub mod global_norm;
 pub mod layernorm;

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::block::BlockGrads;
 use super::config::{ModelConfig, RecKind};
-use crate::backend::{AttnShape, Backend, DropoutSite, EmbedShape};
+use crate::backend::{Act, AttnShape, Backend, DropoutSite, EmbedShape};
 
 /// Dropout site ids (see `ops::dropout`): embedding, then three per layer.
 pub(crate) const SITE_EMB: u32 = 0;
@@ -42,51 +42,52 @@ impl StepDropout {
 }
 
 /// One block's activations (capacity rows = cap_b * cap_l).
-pub(crate) struct LayerActs<B: Backend> {
-    pub ln1: B::Buf<f32>,
+pub(crate) struct LayerActs<B: Backend, A: Act> {
+    pub ln1: B::Buf<A>,
     pub ln1_mean: B::Buf<f32>,
     pub ln1_rstd: B::Buf<f32>,
-    pub qkv: B::Buf<f32>,
+    pub qkv: B::Buf<A>,
     pub att: B::Buf<f32>,
-    pub atty: B::Buf<f32>,
-    pub attproj: B::Buf<f32>,
-    pub res2: B::Buf<f32>,
-    pub ln2: B::Buf<f32>,
+    pub atty: B::Buf<A>,
+    pub attproj: B::Buf<A>,
+    pub res2: B::Buf<A>,
+    pub ln2: B::Buf<A>,
     pub ln2_mean: B::Buf<f32>,
     pub ln2_rstd: B::Buf<f32>,
-    pub fch: B::Buf<f32>,
-    pub fchg: B::Buf<f32>,
-    pub fcproj: B::Buf<f32>,
-    pub res3: B::Buf<f32>,
+    pub fch: B::Buf<A>,
+    pub fchg: B::Buf<A>,
+    pub fcproj: B::Buf<A>,
+    pub res3: B::Buf<A>,
 }
 
-impl<B: Backend> LayerActs<B> {
+impl<B: Backend, A: Act> LayerActs<B, A> {
     /// Buffers for `rows` positions of width `c`; `att` = length of the attention state the
     /// backend saves for the backward (`Backend::attention_state_len`; 0 for decoding).
     pub(crate) fn new(be: &B, rows: usize, c: usize, att: usize) -> Result<Self> {
         let f = |n: usize| be.alloc::<f32>(n);
+        let a = |n: usize| be.alloc::<A>(n);
         Ok(LayerActs {
-            ln1: f(rows * c)?,
+            ln1: a(rows * c)?,
             ln1_mean: f(rows)?,
             ln1_rstd: f(rows)?,
-            qkv: f(rows * 3 * c)?,
+            qkv: a(rows * 3 * c)?,
             att: f(att)?,
-            atty: f(rows * c)?,
-            attproj: f(rows * c)?,
-            res2: f(rows * c)?,
-            ln2: f(rows * c)?,
+            atty: a(rows * c)?,
+            attproj: a(rows * c)?,
+            res2: a(rows * c)?,
+            ln2: a(rows * c)?,
             ln2_mean: f(rows)?,
             ln2_rstd: f(rows)?,
-            fch: f(rows * 4 * c)?,
-            fchg: f(rows * 4 * c)?,
-            fcproj: f(rows * c)?,
-            res3: f(rows * c)?,
+            fch: a(rows * 4 * c)?,
+            fchg: a(rows * 4 * c)?,
+            fcproj: a(rows * c)?,
+            res3: a(rows * c)?,
         })
     }
 }
 
 /// All activations and scratch of one forward/backward, sized for (cap_b, cap_l).
-pub(crate) struct Acts<B: Backend> {
+pub(crate) struct Acts<B: Backend, A: Act> {
     pub cap_b: usize,
     pub cap_l: usize,
     // inputs
@@ -99,41 +100,42 @@ pub(crate) struct Acts<B: Backend> {
     pub targets: B::Buf<i32>,
     pub rating_target: B::Buf<f32>,
     // forward
-    pub emb: B::Buf<f32>,
-    pub encoded_d: B::Buf<f32>,
-    pub layers: Vec<LayerActs<B>>,
-    pub lnf: B::Buf<f32>,
+    pub emb: B::Buf<A>,
+    pub encoded_d: B::Buf<A>,
+    pub layers: Vec<LayerActs<B, A>>,
+    pub lnf: B::Buf<A>,
     pub lnf_mean: B::Buf<f32>,
     pub lnf_rstd: B::Buf<f32>,
-    pub lnf_sel: B::Buf<f32>,
-    pub logits: B::Buf<f32>,
+    pub lnf_sel: B::Buf<A>,
+    pub logits: B::Buf<A>,
     pub losses: B::Buf<f32>,
     /// `[text loss, rating loss, gradient norm]` on the device: the losses are the one read of a
     /// training step; the gradient norm is read when asked (per epoch).
     pub scalars: B::Buf<f32>,
-    pub ui: B::Buf<f32>,
-    pub rec_z: Vec<B::Buf<f32>>,
-    pub rec_a: Vec<B::Buf<f32>>,
-    pub pred: B::Buf<f32>,
-    pub dpred: B::Buf<f32>,
+    pub ui: B::Buf<A>,
+    pub rec_z: Vec<B::Buf<A>>,
+    pub rec_a: Vec<B::Buf<A>>,
+    pub pred: B::Buf<A>,
+    pub dpred: B::Buf<A>,
     // backward scratch
-    pub drop_tmp: B::Buf<f32>,
-    pub dres: B::Buf<f32>,
+    pub drop_tmp: B::Buf<A>,
+    pub dres: B::Buf<A>,
     /// d(ln_f output) (rows, C): the LM head's gradient scattered back to every position.
-    pub dlnf: B::Buf<f32>,
+    pub dlnf: B::Buf<A>,
     /// One block's activation gradients, reused by every block.
-    pub dblock: BlockGrads<B>,
-    pub dlnf_sel: B::Buf<f32>,
-    pub dui: B::Buf<f32>,
-    pub drec_a: B::Buf<f32>,
-    pub drec_z: B::Buf<f32>,
+    pub dblock: BlockGrads<B, A>,
+    pub dlnf_sel: B::Buf<A>,
+    pub dui: B::Buf<A>,
+    pub drec_a: B::Buf<A>,
+    pub drec_z: B::Buf<A>,
 }
 
-impl<B: Backend> Acts<B> {
+impl<B: Backend, A: Act> Acts<B, A> {
     pub fn new(be: &B, cfg: &ModelConfig, cap_b: usize, cap_l: usize) -> Result<Self> {
         let c = cfg.n_embd;
         let rows = cap_b * cap_l;
         let f = |n: usize| be.alloc::<f32>(n);
+        let x = |n: usize| be.alloc::<A>(n);
         let i = |n: usize| be.alloc::<i32>(n);
         let att = be.attention_state_len(AttnShape {
             b: cap_b,
@@ -151,8 +153,8 @@ impl<B: Backend> Acts<B> {
         let mut rec_z = Vec::new();
         let mut rec_a = Vec::new();
         for _ in 0..n_rec {
-            rec_z.push(f(cap_b * h)?);
-            rec_a.push(f(cap_b * h)?);
+            rec_z.push(x(cap_b * h)?);
+            rec_a.push(x(cap_b * h)?);
         }
         let has_rec = cfg.rec != RecKind::None;
         let rc = if has_rec { cap_b * 2 * c } else { 0 };
@@ -167,29 +169,29 @@ impl<B: Backend> Acts<B> {
             sel_idx: i(rows)?,
             targets: i(rows)?,
             rating_target: f(cap_b)?,
-            emb: f(rows * c)?,
-            encoded_d: f(if cfg.dropout > 0.0 { rows * c } else { 0 })?,
+            emb: x(rows * c)?,
+            encoded_d: x(if cfg.dropout > 0.0 { rows * c } else { 0 })?,
             layers,
-            lnf: f(rows * c)?,
+            lnf: x(rows * c)?,
             lnf_mean: f(rows)?,
             lnf_rstd: f(rows)?,
-            lnf_sel: f(rows * c)?,
-            logits: f(rows * cfg.vocab_size)?,
+            lnf_sel: x(rows * c)?,
+            logits: x(rows * cfg.vocab_size)?,
             losses: f(rows)?,
             scalars: f(3)?,
-            ui: f(rc)?,
+            ui: x(rc)?,
             rec_z,
             rec_a,
-            pred: f(cap_b)?,
-            dpred: f(cap_b)?,
-            drop_tmp: f(if cfg.dropout > 0.0 { rows * c } else { 0 })?,
-            dres: f(rows * c)?,
-            dlnf: f(rows * c)?,
+            pred: x(cap_b)?,
+            dpred: x(cap_b)?,
+            drop_tmp: x(if cfg.dropout > 0.0 { rows * c } else { 0 })?,
+            dres: x(rows * c)?,
+            dlnf: x(rows * c)?,
             dblock: BlockGrads::new(be, rows, c)?,
-            dlnf_sel: f(rows * c)?,
-            dui: f(rc)?,
-            drec_a: f(cap_b * h)?,
-            drec_z: f(cap_b * h)?,
+            dlnf_sel: x(rows * c)?,
+            dui: x(rc)?,
+            drec_a: x(cap_b * h)?,
+            drec_z: x(cap_b * h)?,
         })
     }
 }
@@ -240,27 +242,14 @@ impl Pass {
     }
 }
 
-/// `n` rows of width `c` gathered by index (`embedding_forward` without positions) or scattered
-/// back (`embedding_backward`): the LM head's target rows, decoding's last positions.
-pub(crate) fn row_gather(n: usize, c: usize) -> EmbedShape {
-    EmbedShape {
-        batch: 1,
-        n,
-        seq: n,
-        offset: 0,
-        pos0: 0,
-        c,
-    }
-}
-
 /// The input of the block after `before`: the previous block's output, or for the first block the
 /// embeddings (after dropout when the pass has it).
-pub(crate) fn block_input<'a, B: Backend>(
-    before: &'a [LayerActs<B>],
-    emb: &'a B::Buf<f32>,
-    encoded_d: &'a B::Buf<f32>,
+pub(crate) fn block_input<'a, B: Backend, A: Act>(
+    before: &'a [LayerActs<B, A>],
+    emb: &'a B::Buf<A>,
+    encoded_d: &'a B::Buf<A>,
     dropout: bool,
-) -> &'a B::Buf<f32> {
+) -> &'a B::Buf<A> {
     match before.last() {
         Some(prev) => &prev.res3,
         None if dropout => encoded_d,
@@ -270,13 +259,13 @@ pub(crate) fn block_input<'a, B: Backend>(
 
 /// The gradient that reaches a dropped-out branch from `dres`: `dropout(dres)` with the forward's
 /// mask, written to `tmp`, or `dres` itself without dropout.
-pub(crate) fn through_dropout<'a, B: Backend>(
+pub(crate) fn through_dropout<'a, B: Backend, A: Act>(
     be: &B,
     site: Option<DropoutSite>,
-    dres: &'a B::Buf<f32>,
-    tmp: &'a mut B::Buf<f32>,
+    dres: &'a B::Buf<A>,
+    tmp: &'a mut B::Buf<A>,
     n: usize,
-) -> Result<&'a B::Buf<f32>> {
+) -> Result<&'a B::Buf<A>> {
     match site {
         Some(s) => {
             be.dropout_forward(tmp, dres, s, n)?;

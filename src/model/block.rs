@@ -17,8 +17,8 @@ use anyhow::{bail, Result};
 use super::acts::{
     site_attn, site_attn_resid, site_mlp_resid, through_dropout, LayerActs, StepDropout,
 };
-use super::pepler::pick;
-use crate::backend::{AttnShape, Backend, WeightLayout};
+use super::pepler::{pick, Weights};
+use crate::backend::{Act, AttnShape, Backend, WeightLayout};
 
 /// Indices (into the canonical parameter list) of one block's parameters.
 #[derive(Clone, Debug)]
@@ -39,13 +39,13 @@ pub(crate) struct LayerIdx {
 
 /// How a block attends: over the whole sequences of a batch (training and eval), or appending the
 /// new positions to a KV cache and attending over everything cached (decoding).
-pub(crate) enum BlockAttn<'a, B: Backend> {
+pub(crate) enum BlockAttn<'a, B: Backend, A: Act> {
     /// Causal, with the key-padding mask when the batch has padding.
     Full { mask: Option<&'a B::Buf<i32>> },
     /// `ash.l` new positions at `start` of a (B, NH, lmax, hd) cache.
     Cached {
-        k: &'a mut B::Buf<f32>,
-        v: &'a mut B::Buf<f32>,
+        k: &'a mut B::Buf<A>,
+        v: &'a mut B::Buf<A>,
         start: usize,
         lmax: usize,
     },
@@ -53,36 +53,35 @@ pub(crate) enum BlockAttn<'a, B: Backend> {
 
 /// Training dropout inside block `layer`: the step's masks and the scratch a dropped residual
 /// branch is written to.
-pub(crate) struct BlockDropout<'a, B: Backend> {
+pub(crate) struct BlockDropout<'a, B: Backend, A: Act> {
     pub step: StepDropout,
     pub layer: usize,
-    pub tmp: &'a mut B::Buf<f32>,
+    pub tmp: &'a mut B::Buf<A>,
 }
 
 /// One pre-LN GPT-2 block on `ash.b * ash.l` rows, shared by the training/eval forward and KV-cache
 /// decoding: reads `x`, leaves every intermediate in `la` (what `backward` needs) and the block's
 /// output in `la.res3`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn block_forward<B: Backend>(
+pub(crate) fn block_forward<B: Backend, A: Act>(
     be: &B,
-    params: &[B::Buf<f32>],
+    w: Weights<'_, B, A>,
     lw: &LayerIdx,
     eps: f32,
-    x: &B::Buf<f32>,
-    la: &mut LayerActs<B>,
-    attn: BlockAttn<'_, B>,
-    dropout: Option<BlockDropout<'_, B>>,
+    x: &B::Buf<A>,
+    la: &mut LayerActs<B, A>,
+    attn: BlockAttn<'_, B, A>,
+    dropout: Option<BlockDropout<'_, B, A>>,
     ash: AttnShape,
 ) -> Result<()> {
-    let w = |i: usize| &params[i];
     let (rows, c) = (ash.b * ash.l, ash.c);
     be.layernorm_forward(
         &mut la.ln1,
         &mut la.ln1_mean,
         &mut la.ln1_rstd,
         x,
-        w(lw.ln1_w),
-        w(lw.ln1_b),
+        w.f32(lw.ln1_w),
+        w.f32(lw.ln1_b),
         rows,
         c,
         eps,
@@ -90,8 +89,8 @@ pub(crate) fn block_forward<B: Backend>(
     be.matmul_forward(
         &mut la.qkv,
         &la.ln1,
-        w(lw.qkv_w),
-        Some(w(lw.qkv_b)),
+        w.gemm(lw.qkv_w)?,
+        Some(w.f32(lw.qkv_b)),
         rows,
         c,
         3 * c,
@@ -116,8 +115,8 @@ pub(crate) fn block_forward<B: Backend>(
     be.matmul_forward(
         &mut la.attproj,
         &la.atty,
-        w(lw.proj_w),
-        Some(w(lw.proj_b)),
+        w.gemm(lw.proj_w)?,
+        Some(w.f32(lw.proj_b)),
         rows,
         c,
         c,
@@ -136,8 +135,8 @@ pub(crate) fn block_forward<B: Backend>(
         &mut la.ln2_mean,
         &mut la.ln2_rstd,
         &la.res2,
-        w(lw.ln2_w),
-        w(lw.ln2_b),
+        w.f32(lw.ln2_w),
+        w.f32(lw.ln2_b),
         rows,
         c,
         eps,
@@ -146,8 +145,8 @@ pub(crate) fn block_forward<B: Backend>(
         &mut la.fch,
         &mut la.fchg,
         &la.ln2,
-        w(lw.fc_w),
-        w(lw.fc_b),
+        w.gemm(lw.fc_w)?,
+        w.f32(lw.fc_b),
         rows,
         c,
         4 * c,
@@ -156,8 +155,8 @@ pub(crate) fn block_forward<B: Backend>(
     be.matmul_forward(
         &mut la.fcproj,
         &la.fchg,
-        w(lw.fcp_w),
-        Some(w(lw.fcp_b)),
+        w.gemm(lw.fcp_w)?,
+        Some(w.f32(lw.fcp_b)),
         rows,
         4 * c,
         c,
@@ -174,24 +173,24 @@ pub(crate) fn block_forward<B: Backend>(
 }
 
 /// Activation gradients of one block's backward, by role, reused by every block (rows = B * L).
-pub(crate) struct BlockGrads<B: Backend> {
+pub(crate) struct BlockGrads<B: Backend, A: Act> {
     /// d(fchg): the MLP's GELU output (rows, 4C).
-    pub d_fchg: B::Buf<f32>,
+    pub d_fchg: B::Buf<A>,
     /// d(fch): the MLP's hidden pre-activation (rows, 4C).
-    pub d_fch: B::Buf<f32>,
+    pub d_fch: B::Buf<A>,
     /// d(ln2): the second layernorm's output (rows, C).
-    pub d_ln2: B::Buf<f32>,
+    pub d_ln2: B::Buf<A>,
     /// d(atty): the attention output before the projection (rows, C).
-    pub d_atty: B::Buf<f32>,
+    pub d_atty: B::Buf<A>,
     /// d(qkv) (rows, 3C).
-    pub d_qkv: B::Buf<f32>,
+    pub d_qkv: B::Buf<A>,
     /// d(ln1): the first layernorm's output (rows, C).
-    pub d_ln1: B::Buf<f32>,
+    pub d_ln1: B::Buf<A>,
 }
 
-impl<B: Backend> BlockGrads<B> {
+impl<B: Backend, A: Act> BlockGrads<B, A> {
     pub fn new(be: &B, rows: usize, c: usize) -> Result<Self> {
-        let f = |n: usize| be.alloc::<f32>(n);
+        let f = |n: usize| be.alloc::<A>(n);
         Ok(BlockGrads {
             d_fchg: f(rows * 4 * c)?,
             d_fch: f(rows * 4 * c)?,
@@ -208,23 +207,22 @@ impl<B: Backend> BlockGrads<B> {
 /// `need(i)` is `Some(i)`. `x` and `la` are the forward's input and activations, `mask` its key
 /// mask, `dropout` its step (`None` without dropout) and `tmp` scratch for dropped gradients.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn block_backward<B: Backend>(
+pub(crate) fn block_backward<B: Backend, A: Act>(
     be: &B,
-    params: &[B::Buf<f32>],
+    w: Weights<'_, B, A>,
     grads: &mut [B::Buf<f32>],
     need: &dyn Fn(usize) -> Option<usize>,
     lw: &LayerIdx,
     layer: usize,
-    x: &B::Buf<f32>,
-    la: &LayerActs<B>,
+    x: &B::Buf<A>,
+    la: &LayerActs<B, A>,
     mask: Option<&B::Buf<i32>>,
     dropout: Option<StepDropout>,
-    dres: &mut B::Buf<f32>,
-    d: &mut BlockGrads<B>,
-    tmp: &mut B::Buf<f32>,
+    dres: &mut B::Buf<A>,
+    d: &mut BlockGrads<B, A>,
+    tmp: &mut B::Buf<A>,
     ash: AttnShape,
 ) -> Result<()> {
-    let w = |i: usize| &params[i];
     let (rows, c) = (ash.b * ash.l, ash.c);
     let site = |s: u32| dropout.map(|st| st.site(s));
 
@@ -237,7 +235,7 @@ pub(crate) fn block_backward<B: Backend>(
         db,
         dfcp,
         &la.fchg,
-        w(lw.fcp_w),
+        w.gemm(lw.fcp_w)?,
         rows,
         4 * c,
         c,
@@ -251,7 +249,7 @@ pub(crate) fn block_backward<B: Backend>(
         db,
         &d.d_fch,
         &la.ln2,
-        w(lw.fc_w),
+        w.gemm(lw.fc_w)?,
         rows,
         c,
         4 * c,
@@ -264,7 +262,7 @@ pub(crate) fn block_backward<B: Backend>(
         db,
         &d.d_ln2,
         &la.res2,
-        w(lw.ln2_w),
+        w.f32(lw.ln2_w),
         &la.ln2_mean,
         &la.ln2_rstd,
         rows,
@@ -280,7 +278,7 @@ pub(crate) fn block_backward<B: Backend>(
         db,
         dap,
         &la.atty,
-        w(lw.proj_w),
+        w.gemm(lw.proj_w)?,
         rows,
         c,
         c,
@@ -303,7 +301,7 @@ pub(crate) fn block_backward<B: Backend>(
         db,
         &d.d_qkv,
         &la.ln1,
-        w(lw.qkv_w),
+        w.gemm(lw.qkv_w)?,
         rows,
         c,
         3 * c,
@@ -316,7 +314,7 @@ pub(crate) fn block_backward<B: Backend>(
         db,
         &d.d_ln1,
         x,
-        w(lw.ln1_w),
+        w.f32(lw.ln1_w),
         &la.ln1_mean,
         &la.ln1_rstd,
         rows,

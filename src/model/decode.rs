@@ -11,11 +11,12 @@
 
 use anyhow::{bail, Result};
 
-use super::acts::{row_gather, LayerActs};
+use super::acts::LayerActs;
 use super::block::{block_forward, BlockAttn};
 use super::config::PromptKind;
+use super::heads::widen;
 use super::pepler::Pepler;
-use crate::backend::{AttnShape, Backend, EmbedShape, WeightLayout};
+use crate::backend::{Act, AttnShape, Backend, EmbedShape, WeightLayout};
 
 /// The new positions of one decoding step.
 #[derive(Clone, Copy, Debug)]
@@ -37,31 +38,31 @@ pub enum StepInput<'a> {
 }
 
 /// Keys/values of every layer and the scratch of one step (see the module docs).
-pub struct KvCache<B: Backend> {
+pub struct KvCache<B: Backend, A: Act = f32> {
     b: usize,
     lmax: usize,
     nmax: usize,
     len: usize,
-    k: Vec<B::Buf<f32>>,
-    v: Vec<B::Buf<f32>>,
+    k: Vec<B::Buf<A>>,
+    v: Vec<B::Buf<A>>,
     /// The ids of the segment being embedded.
     ids: B::Buf<i32>,
     last_idx: B::Buf<i32>,
     /// The step size `last_idx` currently holds indices for.
     last_idx_n: usize,
     /// The input of the next block (the step's embeddings, then each block's output).
-    x: B::Buf<f32>,
+    x: B::Buf<A>,
     /// One block's intermediates, reused by every layer.
-    blk: LayerActs<B>,
-    last: B::Buf<f32>,
-    lnf: B::Buf<f32>,
+    blk: LayerActs<B, A>,
+    last: B::Buf<A>,
+    lnf: B::Buf<A>,
     lnf_mean: B::Buf<f32>,
     lnf_rstd: B::Buf<f32>,
-    logits: B::Buf<f32>,
+    logits: B::Buf<A>,
     next: B::Buf<i32>,
 }
 
-impl<B: Backend> KvCache<B> {
+impl<B: Backend, A: Act> KvCache<B, A> {
     /// Positions filled so far.
     pub fn len(&self) -> usize {
         self.len
@@ -75,13 +76,13 @@ impl<B: Backend> KvCache<B> {
     }
     /// Logits [B, V] of the last step (tests, sampling).
     pub fn last_logits(&self, be: &B, vocab: usize) -> Result<Vec<f32>> {
-        be.download(&self.logits, self.b * vocab)
+        Ok(widen(be.download(&self.logits, self.b * vocab)?))
     }
 }
 
-impl<B: Backend> Pepler<B> {
+impl<B: Backend, A: Act> Pepler<B, A> {
     /// A cache for `b` sequences of up to `lmax` positions, with steps of up to `nmax` positions.
-    pub fn kv_cache(&self, b: usize, lmax: usize, nmax: usize) -> Result<KvCache<B>> {
+    pub fn kv_cache(&self, b: usize, lmax: usize, nmax: usize) -> Result<KvCache<B, A>> {
         let cfg = &self.cfg;
         if lmax > cfg.n_positions {
             bail!(
@@ -96,11 +97,12 @@ impl<B: Backend> Pepler<B> {
         let be = &self.be;
         let rows = b * nmax;
         let f = |n: usize| be.alloc::<f32>(n);
+        let x = |n: usize| be.alloc::<A>(n);
         let mut k = Vec::with_capacity(cfg.n_layer);
         let mut v = Vec::with_capacity(cfg.n_layer);
         for _ in 0..cfg.n_layer {
-            k.push(f(b * lmax * c)?);
-            v.push(f(b * lmax * c)?);
+            k.push(x(b * lmax * c)?);
+            v.push(x(b * lmax * c)?);
         }
         Ok(KvCache {
             b,
@@ -112,23 +114,23 @@ impl<B: Backend> Pepler<B> {
             ids: be.alloc(rows)?,
             last_idx: be.alloc(b)?,
             last_idx_n: 0,
-            x: f(rows * c)?,
+            x: x(rows * c)?,
             blk: LayerActs::new(be, rows, c, 0)?,
-            last: f(b * c)?,
-            lnf: f(b * c)?,
+            last: x(b * c)?,
+            lnf: x(b * c)?,
             lnf_mean: f(b)?,
             lnf_rstd: f(b)?,
-            logits: f(b * cfg.vocab_size)?,
+            logits: x(b * cfg.vocab_size)?,
             next: be.alloc(b)?,
         })
     }
 
     /// One decoding step: appends the new positions to `cache` and returns the greedy next token
     /// of every sequence (argmax of the logits at its last new position).
-    pub fn decode_step(&self, cache: &mut KvCache<B>, input: StepInput<'_>) -> Result<Vec<u32>> {
+    pub fn decode_step(&self, cache: &mut KvCache<B, A>, input: StepInput<'_>) -> Result<Vec<u32>> {
         let cfg = &self.cfg;
-        let (be, idx, params) = (&self.be, &self.idx, &self.params);
-        let w = |i: usize| &params[i];
+        let (be, idx) = (&self.be, &self.idx);
+        let w = self.weights();
         let (b, c, v, nh) = (cache.b, cfg.n_embd, cfg.vocab_size, cfg.n_head);
         let start = cache.len;
         let to_i32 = |s: &[u32]| s.iter().map(|&x| x as i32).collect::<Vec<i32>>();
@@ -145,9 +147,15 @@ impl<B: Backend> Pepler<B> {
             Ok(())
         };
         // ---- embeddings of the n new positions, one segment of ids at a time
-        let embed = |cache: &mut KvCache<B>, table: usize, ids: &[u32], s: EmbedShape| {
+        let embed = |cache: &mut KvCache<B, A>, table: usize, ids: &[u32], s: EmbedShape| {
             be.write(&mut cache.ids, &to_i32(ids))?;
-            be.embedding_forward(&mut cache.x, w(table), &cache.ids, Some(w(idx.wpe)), s)
+            be.embedding_forward(
+                &mut cache.x,
+                w.f32(table),
+                &cache.ids,
+                Some(w.f32(idx.wpe)),
+                s,
+            )
         };
         let n = match input {
             StepInput::PrefillContinuous {
@@ -238,17 +246,7 @@ impl<B: Backend> Pepler<B> {
                 start,
                 lmax: cache.lmax,
             };
-            block_forward(
-                be,
-                params,
-                lw,
-                eps,
-                &cache.x,
-                &mut cache.blk,
-                attn,
-                None,
-                ash,
-            )?;
+            block_forward(be, w, lw, eps, &cache.x, &mut cache.blk, attn, None, ash)?;
             std::mem::swap(&mut cache.x, &mut cache.blk.res3);
         }
         // ---- last new position of each sequence -> ln_f -> logits -> argmax
@@ -257,15 +255,14 @@ impl<B: Backend> Pepler<B> {
             be.write(&mut cache.last_idx, &idx_host)?;
             cache.last_idx_n = n;
         }
-        let gather = row_gather(b, c);
-        be.embedding_forward(&mut cache.last, &cache.x, &cache.last_idx, None, gather)?;
+        be.row_gather(&mut cache.last, &cache.x, &cache.last_idx, b, c, b * n)?;
         be.layernorm_forward(
             &mut cache.lnf,
             &mut cache.lnf_mean,
             &mut cache.lnf_rstd,
             &cache.last,
-            w(idx.lnf_w),
-            w(idx.lnf_b),
+            w.f32(idx.lnf_w),
+            w.f32(idx.lnf_b),
             b,
             c,
             eps,
@@ -273,7 +270,7 @@ impl<B: Backend> Pepler<B> {
         be.matmul_forward(
             &mut cache.logits,
             &cache.lnf,
-            w(idx.wte),
+            w.gemm(idx.wte)?,
             None,
             b,
             c,
@@ -289,7 +286,7 @@ impl<B: Backend> Pepler<B> {
             .collect())
     }
 
-    fn check_room(&self, cache: &KvCache<B>, n: usize) -> Result<()> {
+    fn check_room(&self, cache: &KvCache<B, A>, n: usize) -> Result<()> {
         if n > cache.nmax {
             bail!(
                 "decode_step: {n} new positions exceed the cache's step size {}",

@@ -11,39 +11,38 @@
 
 use anyhow::Result;
 
-use super::acts::{row_gather, Acts, Pass, SITE_EMB};
+use super::acts::{Acts, Pass, SITE_EMB};
 use super::config::{ModelConfig, PromptKind, RecKind};
-use super::pepler::{pick, Idx};
-use crate::backend::{Backend, WeightLayout};
+use super::pepler::{pick, Idx, Weights};
+use crate::backend::{Act, Backend, WeightLayout};
 
 // ------------------------------------------------------------------------------------ encoder
 
 /// `a.emb` = prompt and text embeddings + positions (=); `a.encoded_d` = dropout of it when the
 /// pass has dropout. The ids are already in `a`.
-pub(crate) fn encoder_forward<B: Backend>(
+pub(crate) fn encoder_forward<B: Backend, A: Act>(
     be: &B,
-    params: &[B::Buf<f32>],
+    w: Weights<'_, B, A>,
     idx: &Idx,
     cfg: &ModelConfig,
-    a: &mut Acts<B>,
+    a: &mut Acts<B, A>,
     pass: &Pass,
 ) -> Result<()> {
-    let w = |i: usize| &params[i];
-    let wpe = Some(w(idx.wpe));
+    let wpe = Some(w.f32(idx.wpe));
     match cfg.prompt {
         PromptKind::Continuous => {
             let (ui, ii) = idx.user_item();
-            be.embedding_forward(&mut a.emb, w(ui), &a.users, wpe, pass.seg(1, 0))?;
-            be.embedding_forward(&mut a.emb, w(ii), &a.items, wpe, pass.seg(1, 1))?;
+            be.embedding_forward(&mut a.emb, w.f32(ui), &a.users, wpe, pass.seg(1, 0))?;
+            be.embedding_forward(&mut a.emb, w.f32(ii), &a.items, wpe, pass.seg(1, 1))?;
         }
         PromptKind::Discrete if pass.p > 0 => {
             let seg = pass.seg(pass.p, 0);
-            be.embedding_forward(&mut a.emb, w(idx.wte), &a.prompt_ids, wpe, seg)?;
+            be.embedding_forward(&mut a.emb, w.f32(idx.wte), &a.prompt_ids, wpe, seg)?;
         }
         PromptKind::Discrete => {}
     }
     let seg = pass.seg(pass.t, pass.p);
-    be.embedding_forward(&mut a.emb, w(idx.wte), &a.text_ids, wpe, seg)?;
+    be.embedding_forward(&mut a.emb, w.f32(idx.wte), &a.text_ids, wpe, seg)?;
     if let Some(s) = pass.site(SITE_EMB) {
         be.dropout_forward(&mut a.encoded_d, &a.emb, s, pass.b * pass.l * pass.c)?;
     }
@@ -52,13 +51,13 @@ pub(crate) fn encoder_forward<B: Backend>(
 
 /// Backward of [`encoder_forward`] from `a.dres` = d(block input): `+=` into the user/item rows,
 /// `wte` and `wpe`.
-pub(crate) fn encoder_backward<B: Backend>(
+pub(crate) fn encoder_backward<B: Backend, A: Act>(
     be: &B,
     grads: &mut [B::Buf<f32>],
     need: &dyn Fn(usize) -> Option<usize>,
     idx: &Idx,
     cfg: &ModelConfig,
-    a: &mut Acts<B>,
+    a: &mut Acts<B, A>,
     pass: &Pass,
 ) -> Result<()> {
     let n = pass.b * pass.l * pass.c;
@@ -87,20 +86,19 @@ pub(crate) fn encoder_backward<B: Backend>(
 /// `wte`, per-row cross-entropy (dlogits in place when `train`) and the mean text loss into
 /// `a.scalars[0]`. With `want_logits`, also the full logits (B, L, V) on the host.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn lm_head_forward<B: Backend>(
+pub(crate) fn lm_head_forward<B: Backend, A: Act>(
     be: &B,
-    params: &[B::Buf<f32>],
+    w: Weights<'_, B, A>,
     idx: &Idx,
     cfg: &ModelConfig,
-    x: &B::Buf<f32>,
-    a: &mut Acts<B>,
+    x: &B::Buf<A>,
+    a: &mut Acts<B, A>,
     pass: &Pass,
     train: bool,
     want_logits: bool,
 ) -> Result<Option<Vec<f32>>> {
-    let w = |i: usize| &params[i];
     let (rows, c, v, n) = (pass.b * pass.l, pass.c, cfg.vocab_size, pass.n);
-    let (lnw, lnb) = (w(idx.lnf_w), w(idx.lnf_b));
+    let (lnw, lnb) = (w.f32(idx.lnf_w), w.f32(idx.lnf_b));
     let eps = cfg.layer_norm_epsilon;
     be.layernorm_forward(
         &mut a.lnf,
@@ -115,8 +113,8 @@ pub(crate) fn lm_head_forward<B: Backend>(
     )?;
     let logits = if want_logits {
         // All rows, into a temporary (parity and debugging only).
-        let mut full = be.alloc::<f32>(rows * v)?;
-        let wte = w(idx.wte);
+        let mut full = be.alloc::<A>(rows * v)?;
+        let wte = w.gemm(idx.wte)?;
         be.matmul_forward(
             &mut full,
             &a.lnf,
@@ -127,12 +125,12 @@ pub(crate) fn lm_head_forward<B: Backend>(
             v,
             WeightLayout::OutIn,
         )?;
-        Some(be.download(&full, rows * v)?)
+        Some(widen(be.download(&full, rows * v)?))
     } else {
         None
     };
-    be.embedding_forward(&mut a.lnf_sel, &a.lnf, &a.sel_idx, None, row_gather(n, c))?;
-    let wte = w(idx.wte);
+    be.row_gather(&mut a.lnf_sel, &a.lnf, &a.sel_idx, n, c, rows)?;
+    let wte = w.gemm(idx.wte)?;
     be.matmul_forward(
         &mut a.logits,
         &a.lnf_sel,
@@ -152,18 +150,17 @@ pub(crate) fn lm_head_forward<B: Backend>(
 /// Backward of [`lm_head_forward`] (dlogits sit in `a.logits`): `+=` into `wte` and the final
 /// layernorm's parameters; `a.dres` = d(x) (=).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn lm_head_backward<B: Backend>(
+pub(crate) fn lm_head_backward<B: Backend, A: Act>(
     be: &B,
-    params: &[B::Buf<f32>],
+    w: Weights<'_, B, A>,
     grads: &mut [B::Buf<f32>],
     need: &dyn Fn(usize) -> Option<usize>,
     idx: &Idx,
     cfg: &ModelConfig,
-    x: &B::Buf<f32>,
-    a: &mut Acts<B>,
+    x: &B::Buf<A>,
+    a: &mut Acts<B, A>,
     pass: &Pass,
 ) -> Result<()> {
-    let w = |i: usize| &params[i];
     let (rows, c, v, n) = (pass.b * pass.l, pass.c, cfg.vocab_size, pass.n);
     let [dwte] = pick(grads, [need(idx.wte)]);
     be.matmul_backward(
@@ -172,7 +169,7 @@ pub(crate) fn lm_head_backward<B: Backend>(
         None,
         &a.logits,
         &a.lnf_sel,
-        w(idx.wte),
+        w.gemm(idx.wte)?,
         n,
         c,
         v,
@@ -180,13 +177,7 @@ pub(crate) fn lm_head_backward<B: Backend>(
     )?;
     // Scatter the target rows' gradient into a zeroed (rows, C) buffer.
     be.zero(&mut a.dlnf)?;
-    be.embedding_backward(
-        Some(&mut a.dlnf),
-        None,
-        &a.dlnf_sel,
-        &a.sel_idx,
-        row_gather(n, c),
-    )?;
+    be.row_scatter_add(&mut a.dlnf, &a.dlnf_sel, &a.sel_idx, n, c, rows)?;
     be.zero(&mut a.dres)?;
     let [dw, db] = pick(grads, [need(idx.lnf_w), need(idx.lnf_b)]);
     be.layernorm_backward(
@@ -195,7 +186,7 @@ pub(crate) fn lm_head_backward<B: Backend>(
         db,
         &a.dlnf,
         x,
-        w(idx.lnf_w),
+        w.f32(idx.lnf_w),
         &a.lnf_mean,
         &a.lnf_rstd,
         rows,
@@ -207,19 +198,18 @@ pub(crate) fn lm_head_backward<B: Backend>(
 
 /// `a.pred` = the rating head on `[u | i]` (=); MSE against `a.rating_target` into
 /// `a.scalars[1]` and `a.dpred = lambda * dMSE/dpred` (=).
-pub(crate) fn rating_head_forward<B: Backend>(
+pub(crate) fn rating_head_forward<B: Backend, A: Act>(
     be: &B,
-    params: &[B::Buf<f32>],
+    w: Weights<'_, B, A>,
     idx: &Idx,
     cfg: &ModelConfig,
-    a: &mut Acts<B>,
+    a: &mut Acts<B, A>,
     pass: &Pass,
 ) -> Result<()> {
-    let w = |i: usize| &params[i];
     let (b, c) = (pass.b, pass.c);
     let (ui, ii) = idx.user_item();
-    be.embedding_forward(&mut a.ui, w(ui), &a.users, None, pass.pair(0))?;
-    be.embedding_forward(&mut a.ui, w(ii), &a.items, None, pass.pair(1))?;
+    be.embedding_forward(&mut a.ui, w.f32(ui), &a.users, None, pass.pair(0))?;
+    be.embedding_forward(&mut a.ui, w.f32(ii), &a.items, None, pass.pair(1))?;
     match cfg.rec {
         RecKind::Mf => be.rating_mf_forward(&mut a.pred, &a.ui, b, c)?,
         _ => {
@@ -231,7 +221,7 @@ pub(crate) fn rating_head_forward<B: Backend>(
                 } else {
                     (h, &a.rec_a[k - 1])
                 };
-                let (wk, bk) = (w(wi), Some(w(bi)));
+                let (wk, bk) = (w.gemm(wi)?, Some(w.f32(bi)));
                 if k + 1 == nl {
                     be.matmul_forward(&mut a.pred, inp, wk, bk, b, cin, 1, WeightLayout::OutIn)?;
                 } else {
@@ -249,17 +239,16 @@ pub(crate) fn rating_head_forward<B: Backend>(
 /// Backward of [`rating_head_forward`] from `a.dpred`: `+=` into the head's parameters and the
 /// user/item rows it read.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rating_head_backward<B: Backend>(
+pub(crate) fn rating_head_backward<B: Backend, A: Act>(
     be: &B,
-    params: &[B::Buf<f32>],
+    w: Weights<'_, B, A>,
     grads: &mut [B::Buf<f32>],
     need: &dyn Fn(usize) -> Option<usize>,
     idx: &Idx,
     cfg: &ModelConfig,
-    a: &mut Acts<B>,
+    a: &mut Acts<B, A>,
     pass: &Pass,
 ) -> Result<()> {
-    let w = |i: usize| &params[i];
     let (b, c) = (pass.b, pass.c);
     match cfg.rec {
         RecKind::Mf => be.rating_mf_backward(&mut a.dui, &a.dpred, &a.ui, b, c)?,
@@ -282,7 +271,18 @@ pub(crate) fn rating_head_backward<B: Backend>(
                 let dinp = if k == 0 { &mut a.dui } else { &mut a.drec_a };
                 let [dw, db] = pick(grads, [need(wi), need(bi)]);
                 let layout = WeightLayout::OutIn;
-                be.matmul_backward(Some(dinp), dw, db, dout, inp, w(wi), b, cin, cout, layout)?;
+                be.matmul_backward(
+                    Some(dinp),
+                    dw,
+                    db,
+                    dout,
+                    inp,
+                    w.gemm(wi)?,
+                    b,
+                    cin,
+                    cout,
+                    layout,
+                )?;
                 if k > 0 {
                     be.sigmoid_backward(&mut a.drec_z, &a.rec_a[k - 1], &a.drec_a, b * h)?;
                 }
@@ -294,4 +294,9 @@ pub(crate) fn rating_head_backward<B: Backend>(
     be.embedding_backward(du, None, &a.dui, &a.users, pass.pair(0))?;
     let [di] = pick(grads, [need(ii)]);
     be.embedding_backward(di, None, &a.dui, &a.items, pass.pair(1))
+}
+
+/// Activations downloaded as f32 (exact widening).
+pub(crate) fn widen<A: Act>(v: Vec<A>) -> Vec<f32> {
+    v.into_iter().map(A::to_f32).collect()
 }

@@ -36,7 +36,8 @@ use super::block::{block_backward, block_forward, BlockAttn, BlockDropout, Layer
 use super::config::{ModelConfig, RecKind};
 use super::heads;
 use super::params::{ParamSet, ParamSpec};
-use crate::backend::{AdamWParams, AttnShape, Backend, GroupTensor};
+use crate::backend::{Act, AdamWParams, AttnShape, Backend, GroupTensor};
+use crate::precision::Precision;
 
 /// Indices of every parameter the model uses.
 #[derive(Clone, Debug)]
@@ -140,6 +141,32 @@ pub(crate) fn pick<const N: usize, T>(
     out
 }
 
+/// The parameters as the ops read them: the f32 masters (layernorm, embedding tables, biases) and,
+/// for a GEMM, the weight in the activation type: `Act::gemm_weight`, the master itself for f32,
+/// the copy the optimizer keeps for bf16 (see `crate::precision`).
+pub(crate) struct Weights<'a, B: Backend, A: Act> {
+    pub master: &'a [B::Buf<f32>],
+    pub copy: &'a [B::Buf<A>],
+}
+
+impl<B: Backend, A: Act> Clone for Weights<'_, B, A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend, A: Act> Copy for Weights<'_, B, A> {}
+
+impl<'a, B: Backend, A: Act> Weights<'a, B, A> {
+    /// Parameter `i`, f32.
+    pub fn f32(&self, i: usize) -> &'a B::Buf<f32> {
+        &self.master[i]
+    }
+    /// Parameter `i` as a GEMM reads it.
+    pub fn gemm(&self, i: usize) -> Result<&'a B::Buf<A>> {
+        A::gemm_weight::<B>(&self.master[i], self.copy.get(i))
+    }
+}
+
 /// What one forward call should do.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ForwardOptions {
@@ -180,24 +207,37 @@ struct Moments<B: Backend> {
 /// AdamW moments `(m, v)` per parameter on the host (`None`: not updated yet).
 pub type HostMoments = Vec<Option<(Vec<f32>, Vec<f32>)>>;
 
-/// GPT-2 + PEPLER on backend `B` (see the module docs).
-pub struct Pepler<B: Backend> {
+/// GPT-2 + PEPLER on backend `B` with activations stored as `A` (f32, or bf16 for mixed
+/// precision: see `crate::precision`) (see the module docs).
+pub struct Pepler<B: Backend, A: Act = f32> {
     pub(crate) cfg: ModelConfig,
     pub(crate) be: B,
     pub(crate) specs: Vec<ParamSpec>,
     pub(crate) idx: Idx,
+    /// The f32 master weights (one group).
     pub(crate) params: Vec<B::Buf<f32>>,
+    /// The weights in `A` that the GEMMs read, laid out like `params` (empty for f32, where the
+    /// GEMMs read the masters); rewritten by every optimizer step and every parameter upload.
+    pub(crate) copies: Vec<B::Buf<A>>,
     grads: Vec<B::Buf<f32>>,
     moments: Option<Moments<B>>,
-    acts: Option<Acts<B>>,
+    acts: Option<Acts<B, A>>,
     saved: Option<Pass>,
     /// Dropout seed.
     pub seed: u64,
 }
 
 impl<B: Backend> Pepler<B> {
-    /// Uploads `params` (its config defines the model) to the backend.
+    /// Uploads `params` (its config defines the model) to the backend; f32 activations.
     pub fn new(be: B, params: &ParamSet) -> Result<Self> {
+        Self::with_activations(be, params)
+    }
+}
+
+impl<B: Backend, A: Act> Pepler<B, A> {
+    /// Uploads `params` (its config defines the model) to the backend, for activations stored as
+    /// `A` (the training precision).
+    pub fn with_activations(be: B, params: &ParamSet) -> Result<Self> {
         let cfg = params.config().clone();
         cfg.validate()?;
         let specs = params.specs().to_vec();
@@ -217,12 +257,20 @@ impl<B: Backend> Pepler<B> {
             }
             be.write(buf, &t.data)?;
         }
+        let copies = if A::PRECISION == Precision::Fp32 {
+            Vec::new()
+        } else {
+            let mut copies = be.alloc_group::<A>(&lens)?;
+            be.cast_group(&mut copies, &bufs)?;
+            copies
+        };
         Ok(Pepler {
             cfg,
             be,
             specs,
             idx,
             params: bufs,
+            copies,
             grads: Vec::new(),
             moments: None,
             acts: None,
@@ -249,7 +297,18 @@ impl<B: Backend> Pepler<B> {
         for (i, (_, t)) in params.iter().enumerate() {
             self.be.write(&mut self.params[i], &t.data)?;
         }
+        if !self.copies.is_empty() {
+            self.be.cast_group(&mut self.copies, &self.params)?;
+        }
         Ok(())
+    }
+
+    /// The parameters as the ops read them.
+    pub(crate) fn weights(&self) -> Weights<'_, B, A> {
+        Weights {
+            master: &self.params,
+            copy: &self.copies,
+        }
     }
 
     fn download_set(&self, bufs: &[B::Buf<f32>]) -> Result<ParamSet> {
@@ -317,12 +376,13 @@ impl<B: Backend> Pepler<B> {
         let Pepler {
             be,
             params,
+            copies,
             grads,
             moments,
             ..
         } = self;
         let Moments { m, v, .. } = moments.as_mut().expect("ensured above");
-        be.adamw_update_group(params, grads, m, v, &tensors, hp, step)
+        be.adamw_update_group(params, grads, m, v, copies, &tensors, hp, step)
     }
 
     /// The global L2 norm of the accumulated gradients, computed on the device (slot 2 of the
@@ -442,9 +502,14 @@ impl<B: Backend> Pepler<B> {
             be,
             idx,
             params,
+            copies,
             acts,
             ..
         } = self;
+        let w = Weights {
+            master: params,
+            copy: copies,
+        };
         let a = acts.as_mut().expect("ensured above");
 
         // ---- inputs (validated on the host above: kernels never see an out-of-range id)
@@ -470,7 +535,7 @@ impl<B: Backend> Pepler<B> {
         }
 
         // ---- encoder, blocks, heads
-        heads::encoder_forward(be, params, idx, cfg, a, &pass)?;
+        heads::encoder_forward(be, w, idx, cfg, a, &pass)?;
         let ash = AttnShape { b, l, c, nh };
         let mask = pass.any_pad.then_some(&a.key_mask);
         for (li, lw) in idx.layers.iter().enumerate() {
@@ -483,22 +548,23 @@ impl<B: Backend> Pepler<B> {
             });
             let attn = BlockAttn::Full { mask };
             let eps = cfg.layer_norm_epsilon;
-            block_forward(be, params, lw, eps, x_in, &mut rest[0], attn, drop, ash)?;
+            block_forward(be, w, lw, eps, x_in, &mut rest[0], attn, drop, ash)?;
         }
         // The heads read the last block's output while writing other activations: lend them
         // the layers' buffers for the call (a move of the Vec, not of device memory).
         let layers = std::mem::take(&mut a.layers);
         let last = &layers[cfg.n_layer - 1].res3;
         let (train, want) = (opts.train, opts.want_logits);
-        let logits = heads::lm_head_forward(be, params, idx, cfg, last, a, &pass, train, want);
+        let logits = heads::lm_head_forward(be, w, idx, cfg, last, a, &pass, train, want);
         a.layers = layers;
         let logits = logits?;
         let has_rating = cfg.rec != RecKind::None;
         let rating = if has_rating {
-            heads::rating_head_forward(be, params, idx, cfg, a, &pass)?;
+            heads::rating_head_forward(be, w, idx, cfg, a, &pass)?;
             // Predictions come back for evaluation and parity forwards, not for training steps.
             let want = !opts.train || opts.want_logits;
-            want.then(|| be.download(&a.pred, b)).transpose()?
+            want.then(|| be.download(&a.pred, b).map(heads::widen))
+                .transpose()?
         } else {
             None
         };
@@ -544,10 +610,15 @@ impl<B: Backend> Pepler<B> {
             be,
             idx,
             params,
+            copies,
             grads,
             acts,
             ..
         } = self;
+        let w = Weights {
+            master: params,
+            copy: copies,
+        };
         let a = acts.as_mut().expect("forward allocated the activations");
         let need = |i: usize| need.is_none_or(|nd| nd[i]).then_some(i);
         let ash = AttnShape {
@@ -560,7 +631,7 @@ impl<B: Backend> Pepler<B> {
         // ---- LM head (dlogits sit in a.logits): a.dres = d(last block's output)
         let layers = std::mem::take(&mut a.layers);
         let last = &layers[cfg.n_layer - 1].res3;
-        let head = heads::lm_head_backward(be, params, grads, &need, idx, cfg, last, a, &pass);
+        let head = heads::lm_head_backward(be, w, grads, &need, idx, cfg, last, a, &pass);
         a.layers = layers;
         head?;
 
@@ -571,7 +642,7 @@ impl<B: Backend> Pepler<B> {
             let mask = pass.any_pad.then_some(&a.key_mask);
             block_backward(
                 be,
-                params,
+                w,
                 grads,
                 &need,
                 lw,
@@ -590,14 +661,14 @@ impl<B: Backend> Pepler<B> {
         // ---- encoder and rating head
         heads::encoder_backward(be, grads, &need, idx, cfg, a, &pass)?;
         if cfg.rec != RecKind::None {
-            heads::rating_head_backward(be, params, grads, &need, idx, cfg, a, &pass)?;
+            heads::rating_head_backward(be, w, grads, &need, idx, cfg, a, &pass)?;
         }
         Ok(())
     }
 }
 
 /// Optimizer state in and out (checkpoints, `--resume`, a fresh optimizer per training stage).
-impl<B: Backend> Pepler<B> {
+impl<B: Backend, A: Act> Pepler<B, A> {
     /// Drops every AdamW moment: the next `adamw_step` starts a fresh optimizer (step 1).
     pub fn reset_optimizer(&mut self) {
         if let Some(mo) = self.moments.as_mut() {

@@ -4,6 +4,7 @@ pub mod attention;
 pub mod crossentropy;
 pub mod dropout;
 pub mod embedding;
+pub mod gather;
 pub mod gelu;
 pub mod global_norm;
 pub mod layernorm;

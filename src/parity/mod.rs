@@ -9,5 +9,7 @@ pub mod tolerances;
 
 pub use compare::{compare, format_table, Row};
 pub use dump::ParityDump;
-pub use runner::{check_dump, check_dump_from, BackendChoice, CaseReport};
-pub use tolerances::{classify, tolerance, tolerance_for, TensorClass, Tolerance};
+pub use runner::{check_dump, check_dump_at, check_dump_from, BackendChoice, CaseReport};
+pub use tolerances::{
+    classify, tolerance, tolerance_at, tolerance_for, tolerance_for_at, TensorClass, Tolerance,
+};

@@ -7,13 +7,14 @@ use anyhow::{bail, Result};
 
 use super::compare::{compare, Row};
 use super::dump::ParityDump;
-use super::tolerances::{tolerance, tolerance_for, TensorClass, Tolerance};
+use super::tolerances::{tolerance_at, tolerance_for_at, TensorClass, Tolerance};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::gpu::GpuBackend;
-use crate::backend::{AdamWParams, Backend};
+use crate::backend::{Act, AdamWParams, Backend};
 use crate::device::Device;
 use crate::model::params::ParamSet;
 use crate::model::pepler::{ForwardOptions, Pepler};
+use crate::precision::Precision;
 
 /// Which backend to check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,22 +57,43 @@ impl CaseReport {
     }
 }
 
-/// Checks `dump` on the chosen backend, starting from the dump's own step-0 parameters.
+/// Checks `dump` on the chosen backend in fp32, starting from the dump's own step-0 parameters.
 pub fn check_dump(dump: &ParityDump, backend: BackendChoice) -> Result<CaseReport> {
-    check_dump_from(dump, backend, &dump.params)
+    check_dump_at(dump, backend, Precision::Fp32)
 }
 
-/// Like `check_dump`, starting from `start` (same config) instead of the dump's parameters: a
+/// `check_dump` with activations in `precision`, under that precision's tolerances.
+pub fn check_dump_at(
+    dump: &ParityDump,
+    backend: BackendChoice,
+    precision: Precision,
+) -> Result<CaseReport> {
+    check_dump_from(dump, backend, precision, &dump.params)
+}
+
+/// Like `check_dump_at`, starting from `start` (same config) instead of the dump's parameters: a
 /// perturbed `start` must make the check fail (the negative test).
 pub fn check_dump_from(
+    dump: &ParityDump,
+    backend: BackendChoice,
+    precision: Precision,
+    start: &ParamSet,
+) -> Result<CaseReport> {
+    match precision {
+        Precision::Fp32 => check_on::<f32>(dump, backend, start),
+        Precision::Bf16 => check_on::<half::bf16>(dump, backend, start),
+    }
+}
+
+fn check_on<A: Act>(
     dump: &ParityDump,
     backend: BackendChoice,
     start: &ParamSet,
 ) -> Result<CaseReport> {
     match backend {
-        BackendChoice::Cpu => check_with(CpuBackend::new(), dump, start),
-        BackendChoice::Emu => check_with(GpuBackend::new(Device::emu()?), dump, start),
-        BackendChoice::Cuda => check_with(GpuBackend::new(Device::cuda()?), dump, start),
+        BackendChoice::Cpu => check_with::<_, A>(CpuBackend::new(), dump, start),
+        BackendChoice::Emu => check_with::<_, A>(GpuBackend::new(Device::emu()?), dump, start),
+        BackendChoice::Cuda => check_with::<_, A>(GpuBackend::new(Device::cuda()?), dump, start),
     }
 }
 
@@ -88,8 +110,15 @@ fn adamw_hp(opt: &super::dump::DumpOptimizer) -> AdamWParams {
 }
 
 /// Compares a host vector with the dump's tensor `name`; tolerance from the table.
-fn check(rows: &mut Vec<Row>, dump: &ParityDump, name: &str, actual: &[f32], shape: &[usize]) {
-    let tol = tolerance_for(name, dump.optimizer.lr).unwrap_or(Tolerance::EXACT);
+fn check(
+    rows: &mut Vec<Row>,
+    dump: &ParityDump,
+    precision: Precision,
+    name: &str,
+    actual: &[f32],
+    shape: &[usize],
+) {
+    let tol = tolerance_for_at(precision, name, dump.optimizer.lr).unwrap_or(Tolerance::EXACT);
     rows.push(match dump.expected(name) {
         Ok(e) => compare(name, actual, shape, &e.data, &e.shape, tol),
         Err(err) => Row::failed(name, tol, format!("{err:#}")),
@@ -97,13 +126,20 @@ fn check(rows: &mut Vec<Row>, dump: &ParityDump, name: &str, actual: &[f32], sha
 }
 
 /// Runs the whole check on backend `be`.
-pub fn check_with<B: Backend>(be: B, dump: &ParityDump, start: &ParamSet) -> Result<CaseReport> {
+pub fn check_with<B: Backend, A: Act>(
+    be: B,
+    dump: &ParityDump,
+    start: &ParamSet,
+) -> Result<CaseReport> {
     let cfg = &dump.config;
     if start.config() != cfg {
         bail!("parity: the starting parameters have a different config than the dump");
     }
-    let backend = be.name();
-    let mut model = Pepler::new(be, start)?;
+    let backend = match A::PRECISION {
+        Precision::Fp32 => be.name(),
+        p => format!("{} ({p})", be.name()),
+    };
+    let mut model = Pepler::<B, A>::with_activations(be, start)?;
     let mut rows = Vec::new();
     let batch = &dump.batch;
     let (b, l, v) = (batch.b, batch.seq_len(cfg), cfg.vocab_size);
@@ -119,29 +155,37 @@ pub fn check_with<B: Backend>(be: B, dump: &ParityDump, start: &ParamSet) -> Res
         },
     )?;
     match &out.logits {
-        Some(lg) => check(&mut rows, dump, "out.logits", lg, &[b, l, v]),
+        Some(lg) => check(&mut rows, dump, A::PRECISION, "out.logits", lg, &[b, l, v]),
         None => rows.push(Row::failed(
             "out.logits",
-            tolerance(TensorClass::Logits, 0.0, 0),
+            tolerance_at(A::PRECISION, TensorClass::Logits, 0.0, 0),
             "the model returned no logits".into(),
         )),
     }
-    check(&mut rows, dump, "out.text_loss", &[out.text_loss], &[]);
+    check(
+        &mut rows,
+        dump,
+        A::PRECISION,
+        "out.text_loss",
+        &[out.text_loss],
+        &[],
+    );
     if dump.has("out.rating_loss") || out.rating_loss.is_some() {
         let rl = out.rating_loss.map(|x| vec![x]).unwrap_or_default();
         let shape: &[usize] = if rl.is_empty() { &[0] } else { &[] };
-        check(&mut rows, dump, "out.rating_loss", &rl, shape);
+        check(&mut rows, dump, A::PRECISION, "out.rating_loss", &rl, shape);
         let r = out.rating.clone().unwrap_or_default();
         let n = r.len();
-        check(&mut rows, dump, "out.rating", &r, &[n]);
+        check(&mut rows, dump, A::PRECISION, "out.rating", &r, &[n]);
     }
-    check(&mut rows, dump, "out.loss", &[out.loss], &[]);
+    check(&mut rows, dump, A::PRECISION, "out.loss", &[out.loss], &[]);
     model.backward(None)?;
     let grads = model.download_grads()?;
     for (spec, g) in grads.iter() {
         check(
             &mut rows,
             dump,
+            A::PRECISION,
             &format!("grad.{}", spec.name),
             &g.data,
             &g.shape,
@@ -165,8 +209,8 @@ pub fn check_with<B: Backend>(be: B, dump: &ParityDump, start: &ParamSet) -> Res
 }
 
 /// Runs the dump's AdamW steps, checking `step{k}.loss`, `step{k}.param.*` and frozen parameters.
-fn run_steps<B: Backend>(
-    model: &mut Pepler<B>,
+fn run_steps<B: Backend, A: Act>(
+    model: &mut Pepler<B, A>,
     dump: &ParityDump,
     start: &ParamSet,
     rows: &mut Vec<Row>,
@@ -188,7 +232,14 @@ fn run_steps<B: Backend>(
                 want_logits: false,
             },
         )?;
-        check(rows, dump, &format!("step{k}.loss"), &[out.loss], &[]);
+        check(
+            rows,
+            dump,
+            A::PRECISION,
+            &format!("step{k}.loss"),
+            &[out.loss],
+            &[],
+        );
         // Like torch with requires_grad = False: no gradients for frozen tensors.
         model.backward(Some(&flags))?;
         model.adamw_step(hp, k as u64, &flags)?;
@@ -198,6 +249,7 @@ fn run_steps<B: Backend>(
                 check(
                     rows,
                     dump,
+                    A::PRECISION,
                     &format!("step{k}.param.{}", spec.name),
                     &t.data,
                     &t.shape,
@@ -205,7 +257,7 @@ fn run_steps<B: Backend>(
             } else if k == steps {
                 // Frozen: compared with the dump's step-0 value, bit for bit.
                 let name = format!("frozen.{}", spec.name);
-                let tol = tolerance(TensorClass::Frozen, 0.0, 0);
+                let tol = tolerance_at(A::PRECISION, TensorClass::Frozen, 0.0, 0);
                 let e = dump.params.at(i);
                 rows.push(compare(&name, &t.data, &t.shape, &e.data, &e.shape, tol));
             }

@@ -9,8 +9,13 @@
 //! "the same fp32 math" means; a real bug (a swapped term, a wrong mask, a missing bias, a wrong
 //! shift) is orders of magnitude larger. On the committed fixtures the CPU backend uses under 13% of
 //! every tolerance (see the `used` column of `pepler-cuda check-parity`).
+//!
+//! The table has a precision axis ([`tolerance_at`]): bf16 training is checked against the same
+//! fp32 dumps with tolerances derived from bf16's unit roundoff (2^-8), explained beside them.
 
 use std::fmt;
+
+use crate::precision::Precision;
 
 /// Pass iff `|a - e| <= abs + rel * |e| + rel_max * max|e|` for every element, `max|e|` taken over
 /// the whole expected tensor. The `rel_max` term is an absolute floor in units of the tensor's own
@@ -96,8 +101,62 @@ pub fn classify(name: &str) -> Option<TensorClass> {
     }
 }
 
-/// The one table. `lr` and `step` matter only for `StepParam` (see there).
+/// The fp32 column of the table (see [`tolerance_at`]).
 pub fn tolerance(class: TensorClass, lr: f64, step: usize) -> Tolerance {
+    tolerance_at(Precision::Fp32, class, lr, step)
+}
+
+/// bf16's unit roundoff: 2^-8 (8 significant bits, round to nearest).
+const BF16_U: f32 = 1.0 / 256.0;
+
+/// The one table, by class and precision. `lr` and `step` matter only for `StepParam`.
+///
+/// bf16 column (`--precision bf16`, checked against the same fp32 PyTorch dumps): every stored
+/// activation is rounded to bf16, relative error up to u = 2^-8, and a value's error is the sum
+/// of the roundings on its path. On the fixtures' path to a logit (embedding, per block two
+/// layernorms, four GEMM outputs, attention, GELU, two residual adds, then ln_f and the LM head)
+/// the roundings are independent, so they add like a random walk: about sqrt(#roundings) u of
+/// the values' scale, i.e. a few u for the fixtures' 1-2 layers. Gradients pass the same path
+/// twice (forward activations, then bf16 activation gradients). The values below are 4u for
+/// forward outputs and 8u for gradients, both relative to the element and as a floor in units of
+/// the tensor's scale (cancellation); the `used` column of `check-parity --precision bf16` shows
+/// what the fixtures take.
+pub fn tolerance_at(precision: Precision, class: TensorClass, lr: f64, step: usize) -> Tolerance {
+    if precision == Precision::Bf16 {
+        return match class {
+            // A handful of bf16 roundings on the path, each u of the tensor's scale.
+            TensorClass::Logits | TensorClass::Rating => Tolerance {
+                abs: 0.0,
+                rel: 4.0 * BF16_U,
+                rel_max: 4.0 * BF16_U,
+            },
+            // The mean of log-softmax terms computed in f32 from bf16 logits: the logits' error.
+            TensorClass::Loss => Tolerance {
+                abs: 1e-6,
+                rel: 4.0 * BF16_U,
+                rel_max: 0.0,
+            },
+            // Sums over positions of products of bf16 activations and bf16 activation
+            // gradients, accumulated in f32: both factors carry the forward's error, the
+            // gradient also the backward's.
+            TensorClass::Grad => Tolerance {
+                abs: 0.0,
+                rel: 8.0 * BF16_U,
+                rel_max: 8.0 * BF16_U,
+            },
+            // AdamW divides each gradient by its own RMS: where a gradient is within its bf16
+            // error of zero, its sign (and with it the update, +-lr at step 1) is not determined
+            // by the precision, so the bound is the largest possible difference, 2 lr per step
+            // taken; the gradient rows above are what checks the arithmetic.
+            TensorClass::StepParam => Tolerance {
+                abs: (lr * 2.0 * step.max(1) as f64) as f32,
+                rel: 1e-6,
+                rel_max: 0.0,
+            },
+            // The f32 masters of frozen parameters are never written, whatever the precision.
+            TensorClass::Frozen => Tolerance::EXACT,
+        };
+    }
     match class {
         // Logits are O(1) (|x| up to ~5 in the fixtures), each a length-C dot product of the final
         // LayerNorm output with wte after n_layer blocks: 1e-5 relative, and 1e-6 of the tensor's
@@ -149,15 +208,20 @@ pub fn tolerance(class: TensorClass, lr: f64, step: usize) -> Tolerance {
     }
 }
 
-/// Tolerance of a named tensor, or `None` for names that are not checks.
+/// Tolerance of a named tensor at fp32, or `None` for names that are not checks.
 pub fn tolerance_for(name: &str, lr: f64) -> Option<Tolerance> {
+    tolerance_for_at(Precision::Fp32, name, lr)
+}
+
+/// Tolerance of a named tensor at `precision`, or `None` for names that are not checks.
+pub fn tolerance_for_at(precision: Precision, name: &str, lr: f64) -> Option<Tolerance> {
     let class = classify(name)?;
     let step = name
         .strip_prefix("step")
         .and_then(|r| r.split('.').next())
         .and_then(|k| k.parse::<usize>().ok())
         .unwrap_or(0);
-    Some(tolerance(class, lr, step))
+    Some(tolerance_at(precision, class, lr, step))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::backend::Backend;
+use crate::backend::{Act, Backend};
 use crate::cli::backend::OnBackend;
 use crate::data::{EncodedSplit, Padding, Split};
 use crate::generate::{greedy, GenPrompt};
@@ -43,8 +43,8 @@ pub struct GeneratedRecord<'a> {
 
 /// Generates an explanation for every record of `split` (greedy, `max_words` tokens at most),
 /// writes `generated.jsonl` and `metrics.json` into `out_dir`, and returns the metrics.
-pub fn generate_and_score<B: Backend>(
-    model: &mut Pepler<B>,
+pub fn generate_and_score<B: Backend, A: Act>(
+    model: &mut Pepler<B, A>,
     session: &Session,
     split: &EncodedSplit,
     batch_size: usize,
@@ -163,7 +163,7 @@ pub struct TrainSummary {
 impl OnBackend for TrainJob {
     type Out = TrainSummary;
 
-    fn run<B: Backend>(self, be: B) -> Result<TrainSummary> {
+    fn run<B: Backend, A: Act>(self, be: B) -> Result<TrainSummary> {
         let cfg = &self.cfg;
         cfg.validate()?;
         // Before the (possibly long) data load: the directory is ours, and holds no run that a
@@ -213,7 +213,7 @@ impl OnBackend for TrainJob {
             self.out_dir.display()
         );
         let params = session.initial_params(cfg, &mc)?;
-        let mut model = Pepler::new(be, &params)?;
+        let mut model = Pepler::<B, A>::with_activations(be, &params)?;
         let t0 = Instant::now();
         let outcome = trainer::train(&mut model, &session, cfg, &self.out_dir, self.control)?;
         if !outcome.finished {
@@ -274,7 +274,7 @@ pub struct EvaluateJob {
 impl OnBackend for EvaluateJob {
     type Out = MetricsReport;
 
-    fn run<B: Backend>(self, be: B) -> Result<MetricsReport> {
+    fn run<B: Backend, A: Act>(self, be: B) -> Result<MetricsReport> {
         let (params, side) = checkpoint::load_model(&self.run_dir)?;
         let cfg = &side.train_config;
         let session = Session::load(cfg)?;
@@ -299,7 +299,7 @@ impl OnBackend for EvaluateJob {
         };
         // One writer per directory: not while a training writes into it, nor two evaluations.
         let _lock = run_dir::lock(&self.out_dir)?;
-        let mut model = Pepler::new(be, &params)?;
+        let mut model = Pepler::<B, A>::with_activations(be, &params)?;
         let batch_size = if self.batch_size == 0 {
             cfg.batch_size
         } else {

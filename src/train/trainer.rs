@@ -19,7 +19,7 @@ use super::run_dir;
 use super::run_log::{EpochRecord, RunLog};
 use super::session::Session;
 use super::strategy::{stages, Stage};
-use crate::backend::{AdamWParams, Backend};
+use crate::backend::{Act, AdamWParams, Backend};
 use crate::data::{EncodedSplit, Padding};
 use crate::model::config::ModelConfig;
 use crate::model::pepler::{ForwardOptions, Pepler};
@@ -71,8 +71,8 @@ impl LossSum {
 }
 
 /// Mean text and rating loss of `model` over `split` (no dropout, no gradients).
-pub fn evaluate_loss<B: Backend>(
-    model: &mut Pepler<B>,
+pub fn evaluate_loss<B: Backend, A: Act>(
+    model: &mut Pepler<B, A>,
     split: &EncodedSplit,
     batch_size: usize,
 ) -> Result<Losses> {
@@ -126,7 +126,11 @@ fn trainable_flags(model_cfg: &ModelConfig, stage: &Stage, zero_prompts: bool) -
 }
 
 /// Writes the model's parameters and AdamW moments as `out_dir`'s resume state.
-fn save_resume_state<B: Backend>(model: &Pepler<B>, out_dir: &Path, side: &Sidecar) -> Result<()> {
+fn save_resume_state<B: Backend, A: Act>(
+    model: &Pepler<B, A>,
+    out_dir: &Path,
+    side: &Sidecar,
+) -> Result<()> {
     checkpoint::save_state(
         out_dir,
         &model.download_params()?,
@@ -148,8 +152,8 @@ fn progress_bar(len: u64, label: &str) -> ProgressBar {
 
 /// Trains `model` per `cfg`, writing checkpoints and logs into `out_dir`. With `resume`, continues
 /// from `out_dir`'s resume state (the configuration must be the same).
-pub fn train<B: Backend>(
-    model: &mut Pepler<B>,
+pub fn train<B: Backend, A: Act>(
+    model: &mut Pepler<B, A>,
     session: &Session,
     cfg: &TrainConfig,
     out_dir: &Path,

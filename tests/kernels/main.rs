@@ -13,6 +13,7 @@ mod adamw;
 mod classifier;
 mod dropout;
 mod embedding;
+mod gather;
 mod gelu;
 mod global_norm;
 mod layernorm;

@@ -1,13 +1,17 @@
-//! The CPU reference backend: fp32 on host memory, multithreaded with rayon, GEMMs through the
+//! The CPU reference backend: fp32 arithmetic on host memory (bf16 activations are widened on
+//! load and rounded on store, `crate::precision`), multithreaded with rayon, GEMMs through the
 //! `gemm` crate. Every method checks its buffer sizes (returning an error that names the op), takes
 //! the prefix its shape needs, and calls the reference function of the same name in `crate::ops`.
 //! Deterministic: the reference functions fix their reduction orders and split work only over
 //! independent rows/sequences.
 
+use std::borrow::Cow;
+
 use anyhow::{bail, Result};
 
 use super::{
-    AdamWParams, AdamWVariant, AttnShape, Backend, DropoutSite, Element, EmbedShape, WeightLayout,
+    Act, AdamWParams, AdamWVariant, AttnShape, Backend, DropoutSite, Element, EmbedShape,
+    WeightLayout,
 };
 use crate::ops;
 use crate::ops::shape::{LnShape, MatmulShape};
@@ -74,6 +78,23 @@ fn pre_mut_or_scratch<'a>(
     }
 }
 
+/// The first `n` elements of an activation input, as f32 (borrowed for f32, widened for bf16).
+fn wide<'a, A: Act>(op: &str, what: &str, b: &'a CpuBuf<A>, n: usize) -> Result<Cow<'a, [f32]>> {
+    Ok(A::widen(pre(op, what, b, n)?))
+}
+
+/// Runs the f32 reference `f` on the first `n` elements of an activation output (holding their
+/// current values, for `+=` outputs) and stores its result rounded to `A` (in place for f32).
+fn narrow<A: Act, R>(
+    op: &str,
+    what: &str,
+    b: &mut CpuBuf<A>,
+    n: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> Result<R> {
+    Ok(A::with_f32_mut(pre_mut(op, what, b, n)?, f))
+}
+
 /// An error naming the op unless the channels split evenly into the heads.
 fn check_heads(op: &str, s: &AttnShape) -> Result<()> {
     if s.nh == 0 || !s.c.is_multiple_of(s.nh) {
@@ -110,8 +131,8 @@ impl Backend for CpuBackend {
         buf.0.len()
     }
 
-    fn zero(&self, buf: &mut CpuBuf<f32>) -> Result<()> {
-        buf.0.fill(0.0);
+    fn zero<T: Element>(&self, buf: &mut CpuBuf<T>) -> Result<()> {
+        buf.0.fill(T::zeroed());
         Ok(())
     }
 
@@ -119,34 +140,34 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn embedding_forward(
+    fn embedding_forward<A: Act>(
         &self,
-        out: &mut CpuBuf<f32>,
+        out: &mut CpuBuf<A>,
         table: &CpuBuf<f32>,
         ids: &CpuBuf<i32>,
         wpe: Option<&CpuBuf<f32>>,
         s: EmbedShape,
     ) -> Result<()> {
         let op = "embedding_forward";
-        let out = pre_mut(op, "out", out, s.batch * s.seq * s.c)?;
         let ids = pre(op, "ids", ids, s.batch * s.n)?;
         let wpe = wpe.map(|w| w.as_slice());
-        s.check(out.len(), table.0.len(), ids, wpe.map(|w| w.len()))
+        s.check(out.0.len(), table.0.len(), ids, wpe.map(|w| w.len()))
             .map_err(|e| anyhow::anyhow!("{op}: {e}"))?;
-        ops::embedding::embedding_forward(out, &table.0, ids, wpe, s);
-        Ok(())
+        narrow(op, "out", out, s.batch * s.seq * s.c, |out| {
+            ops::embedding::embedding_forward(out, &table.0, ids, wpe, s)
+        })
     }
 
-    fn embedding_backward(
+    fn embedding_backward<A: Act>(
         &self,
         dtable: Option<&mut CpuBuf<f32>>,
         dwpe: Option<&mut CpuBuf<f32>>,
-        dout: &CpuBuf<f32>,
+        dout: &CpuBuf<A>,
         ids: &CpuBuf<i32>,
         s: EmbedShape,
     ) -> Result<()> {
         let op = "embedding_backward";
-        let dout = pre(op, "dout", dout, s.batch * s.seq * s.c)?;
+        let dout = wide(op, "dout", dout, s.batch * s.seq * s.c)?;
         let ids = pre(op, "ids", ids, s.batch * s.n)?;
         if let Some(dt) = dtable.as_ref() {
             s.check(dout.len(), dt.0.len(), ids, None)
@@ -163,18 +184,54 @@ impl Backend for CpuBackend {
         ops::embedding::embedding_backward(
             dtable.map(|d| d.0.as_mut_slice()),
             dwpe.map(|d| d.0.as_mut_slice()),
-            dout,
+            &dout,
             ids,
             s,
         );
         Ok(())
     }
 
-    fn matmul_forward(
+    fn row_gather<A: Act>(
         &self,
-        out: &mut CpuBuf<f32>,
-        inp: &CpuBuf<f32>,
-        weight: &CpuBuf<f32>,
+        out: &mut CpuBuf<A>,
+        src: &CpuBuf<A>,
+        ids: &CpuBuf<i32>,
+        n: usize,
+        c: usize,
+        src_rows: usize,
+    ) -> Result<()> {
+        let op = "row_gather";
+        let ids = pre(op, "ids", ids, n)?;
+        ops::gather::check_ids(op, ids, src_rows, false)?;
+        let src = wide(op, "src", src, src_rows * c)?;
+        narrow(op, "out", out, n * c, |out| {
+            ops::gather::row_gather(out, &src, ids, c)
+        })
+    }
+
+    fn row_scatter_add<A: Act>(
+        &self,
+        dst: &mut CpuBuf<A>,
+        src: &CpuBuf<A>,
+        ids: &CpuBuf<i32>,
+        n: usize,
+        c: usize,
+        dst_rows: usize,
+    ) -> Result<()> {
+        let op = "row_scatter_add";
+        let ids = pre(op, "ids", ids, n)?;
+        ops::gather::check_ids(op, ids, dst_rows, true)?;
+        let src = wide(op, "src", src, n * c)?;
+        narrow(op, "dst", dst, dst_rows * c, |dst| {
+            ops::gather::row_scatter_add(dst, &src, ids, c)
+        })
+    }
+
+    fn matmul_forward<A: Act>(
+        &self,
+        out: &mut CpuBuf<A>,
+        inp: &CpuBuf<A>,
+        weight: &CpuBuf<A>,
         bias: Option<&CpuBuf<f32>>,
         rows: usize,
         cin: usize,
@@ -192,19 +249,22 @@ impl Backend for CpuBackend {
         s.check_forward(op, out.0.len(), inp.0.len(), weight.0.len(), bias_len)?;
         let (ni, no, nw) = s.sizes(op)?;
         let b = bias.map(|b| &b.0[..cout]);
-        let (out, inp, w) = (&mut out.0[..no], &inp.0[..ni], &weight.0[..nw]);
-        ops::matmul::matmul_forward(out, inp, w, b, rows, cin, cout, layout);
-        Ok(())
+        let (inp, w) = (wide(op, "inp", inp, ni)?, wide(op, "weight", weight, nw)?);
+        // bf16: exact f32 products of the widened inputs, f32 sums, the bias added in f32 and
+        // one rounding of the result (a tensor-core GEMM with a bias epilogue)
+        narrow(op, "out", out, no, |out| {
+            ops::matmul::matmul_forward(out, &inp, &w, b, rows, cin, cout, layout)
+        })
     }
 
-    fn matmul_backward(
+    fn matmul_backward<A: Act>(
         &self,
-        dinp: Option<&mut CpuBuf<f32>>,
+        dinp: Option<&mut CpuBuf<A>>,
         dweight: Option<&mut CpuBuf<f32>>,
         dbias: Option<&mut CpuBuf<f32>>,
-        dout: &CpuBuf<f32>,
-        inp: &CpuBuf<f32>,
-        weight: &CpuBuf<f32>,
+        dout: &CpuBuf<A>,
+        inp: &CpuBuf<A>,
+        weight: &CpuBuf<A>,
         rows: usize,
         cin: usize,
         cout: usize,
@@ -217,24 +277,38 @@ impl Backend for CpuBackend {
             cout,
             layout,
         };
-        let len = |b: &Option<&mut CpuBuf<f32>>| b.as_ref().map(|b| b.0.len());
-        let (ld, lw, lb) = (len(&dinp), len(&dweight), len(&dbias));
+        let (ld, lw, lb) = (
+            dinp.as_ref().map(|b| b.0.len()),
+            dweight.as_ref().map(|b| b.0.len()),
+            dbias.as_ref().map(|b| b.0.len()),
+        );
         s.check_backward(op, ld, lw, lb, dout.0.len(), inp.0.len(), weight.0.len())?;
         let (ni, no, nw) = s.sizes(op)?;
-        let dinp = dinp.map(|d| &mut d.0[..ni]);
         let dweight = dweight.map(|d| &mut d.0[..nw]);
         let dbias = dbias.map(|d| &mut d.0[..cout]);
-        let (dout, inp, w) = (&dout.0[..no], &inp.0[..ni], &weight.0[..nw]);
-        ops::matmul::matmul_backward(dinp, dweight, dbias, dout, inp, w, rows, cin, cout, layout);
-        Ok(())
+        let dout = wide(op, "dout", dout, no)?;
+        let inp = wide(op, "inp", inp, ni)?;
+        let w = wide(op, "weight", weight, nw)?;
+        let run = |dinp: Option<&mut [f32]>| {
+            ops::matmul::matmul_backward(
+                dinp, dweight, dbias, &dout, &inp, &w, rows, cin, cout, layout,
+            )
+        };
+        match dinp {
+            Some(d) => narrow(op, "dinp", d, ni, |d| run(Some(d))),
+            None => {
+                run(None);
+                Ok(())
+            }
+        }
     }
 
-    fn layernorm_forward(
+    fn layernorm_forward<A: Act>(
         &self,
-        out: &mut CpuBuf<f32>,
+        out: &mut CpuBuf<A>,
         mean: &mut CpuBuf<f32>,
         rstd: &mut CpuBuf<f32>,
-        inp: &CpuBuf<f32>,
+        inp: &CpuBuf<A>,
         weight: &CpuBuf<f32>,
         bias: &CpuBuf<f32>,
         rows: usize,
@@ -247,27 +321,29 @@ impl Backend for CpuBackend {
         let (lo, li, lw, lb) = (out.0.len(), inp.0.len(), weight.0.len(), bias.0.len());
         s.check_forward(op, lo, lm, lr, li, lw, lb)?;
         let n = s.n(op)?;
-        ops::layernorm::layernorm_forward(
-            &mut out.0[..n],
-            &mut mean.0[..rows],
-            &mut rstd.0[..rows],
-            &inp.0[..n],
-            &weight.0[..c],
-            &bias.0[..c],
-            rows,
-            c,
-            eps,
-        );
-        Ok(())
+        let inp = wide(op, "inp", inp, n)?;
+        narrow(op, "out", out, n, |out| {
+            ops::layernorm::layernorm_forward(
+                out,
+                &mut mean.0[..rows],
+                &mut rstd.0[..rows],
+                &inp,
+                &weight.0[..c],
+                &bias.0[..c],
+                rows,
+                c,
+                eps,
+            )
+        })
     }
 
-    fn layernorm_backward(
+    fn layernorm_backward<A: Act>(
         &self,
-        dinp: &mut CpuBuf<f32>,
+        dinp: &mut CpuBuf<A>,
         dweight: Option<&mut CpuBuf<f32>>,
         dbias: Option<&mut CpuBuf<f32>>,
-        dout: &CpuBuf<f32>,
-        inp: &CpuBuf<f32>,
+        dout: &CpuBuf<A>,
+        inp: &CpuBuf<A>,
         weight: &CpuBuf<f32>,
         mean: &CpuBuf<f32>,
         rstd: &CpuBuf<f32>,
@@ -286,19 +362,22 @@ impl Backend for CpuBackend {
         let (mut scratch_w, mut scratch_b) = (Vec::new(), Vec::new());
         let dw = pre_mut_or_scratch(op, "dweight", dweight, c, &mut scratch_w)?;
         let db = pre_mut_or_scratch(op, "dbias", dbias, c, &mut scratch_b)?;
-        ops::layernorm::layernorm_backward(
-            &mut dinp.0[..n],
-            dw,
-            db,
-            &dout.0[..n],
-            &inp.0[..n],
-            &weight.0[..c],
-            &mean.0[..rows],
-            &rstd.0[..rows],
-            rows,
-            c,
-        );
-        Ok(())
+        let (dout, inp) = (wide(op, "dout", dout, n)?, wide(op, "inp", inp, n)?);
+        // dinp accumulates (+=): the sum is formed in f32 and rounded once
+        narrow(op, "dinp", dinp, n, |dinp| {
+            ops::layernorm::layernorm_backward(
+                dinp,
+                dw,
+                db,
+                &dout,
+                &inp,
+                &weight.0[..c],
+                &mean.0[..rows],
+                &rstd.0[..rows],
+                rows,
+                c,
+            )
+        })
     }
 
     /// The CPU keeps the softmax probabilities (B, NH, L, L).
@@ -306,11 +385,11 @@ impl Backend for CpuBackend {
         s.b * s.nh * s.l * s.l
     }
 
-    fn attention_forward(
+    fn attention_forward<A: Act>(
         &self,
-        out: &mut CpuBuf<f32>,
+        out: &mut CpuBuf<A>,
         att: &mut CpuBuf<f32>,
-        qkv: &CpuBuf<f32>,
+        qkv: &CpuBuf<A>,
         key_mask: Option<&CpuBuf<i32>>,
         dropout: Option<DropoutSite>,
         s: AttnShape,
@@ -320,23 +399,19 @@ impl Backend for CpuBackend {
         let mask = key_mask
             .map(|m| pre(op, "key_mask", m, s.b * s.l))
             .transpose()?;
-        ops::attention::attention_forward(
-            pre_mut(op, "out", out, s.b * s.l * s.c)?,
-            pre_mut(op, "att", att, s.b * s.nh * s.l * s.l)?,
-            pre(op, "qkv", qkv, s.b * s.l * 3 * s.c)?,
-            mask,
-            dropout.as_ref(),
-            s,
-        );
-        Ok(())
+        let att = pre_mut(op, "att", att, s.b * s.nh * s.l * s.l)?;
+        let qkv = wide(op, "qkv", qkv, s.b * s.l * 3 * s.c)?;
+        narrow(op, "out", out, s.b * s.l * s.c, |out| {
+            ops::attention::attention_forward(out, att, &qkv, mask, dropout.as_ref(), s)
+        })
     }
 
-    fn attention_backward(
+    fn attention_backward<A: Act>(
         &self,
-        dqkv: &mut CpuBuf<f32>,
-        dout: &CpuBuf<f32>,
-        qkv: &CpuBuf<f32>,
-        out: &CpuBuf<f32>,
+        dqkv: &mut CpuBuf<A>,
+        dout: &CpuBuf<A>,
+        qkv: &CpuBuf<A>,
+        out: &CpuBuf<A>,
         att: &CpuBuf<f32>,
         key_mask: Option<&CpuBuf<i32>>,
         dropout: Option<DropoutSite>,
@@ -350,23 +425,20 @@ impl Backend for CpuBackend {
         if let Some(m) = key_mask {
             pre(op, "key_mask", m, s.b * s.l)?;
         }
-        ops::attention::attention_backward(
-            pre_mut(op, "dqkv", dqkv, s.b * s.l * 3 * s.c)?,
-            pre(op, "dout", dout, s.b * s.l * s.c)?,
-            pre(op, "qkv", qkv, s.b * s.l * 3 * s.c)?,
-            pre(op, "att", att, s.b * s.nh * s.l * s.l)?,
-            dropout.as_ref(),
-            s,
-        );
-        Ok(())
+        let dout = wide(op, "dout", dout, s.b * s.l * s.c)?;
+        let qkv = wide(op, "qkv", qkv, s.b * s.l * 3 * s.c)?;
+        let att = pre(op, "att", att, s.b * s.nh * s.l * s.l)?;
+        narrow(op, "dqkv", dqkv, s.b * s.l * 3 * s.c, |dqkv| {
+            ops::attention::attention_backward(dqkv, &dout, &qkv, att, dropout.as_ref(), s)
+        })
     }
 
-    fn attention_cached_forward(
+    fn attention_cached_forward<A: Act>(
         &self,
-        out: &mut CpuBuf<f32>,
-        qkv: &CpuBuf<f32>,
-        k_cache: &mut CpuBuf<f32>,
-        v_cache: &mut CpuBuf<f32>,
+        out: &mut CpuBuf<A>,
+        qkv: &CpuBuf<A>,
+        k_cache: &mut CpuBuf<A>,
+        v_cache: &mut CpuBuf<A>,
         start: usize,
         n: usize,
         lmax: usize,
@@ -381,61 +453,56 @@ impl Backend for CpuBackend {
             );
         }
         let cache = s.b * lmax * s.c;
-        ops::attention::attention_cached_forward(
-            pre_mut(op, "out", out, s.b * n * s.c)?,
-            pre(op, "qkv", qkv, s.b * n * 3 * s.c)?,
-            pre_mut(op, "k_cache", k_cache, cache)?,
-            pre_mut(op, "v_cache", v_cache, cache)?,
-            start,
-            n,
-            lmax,
-            s,
-        );
+        let qkv = wide(op, "qkv", qkv, s.b * n * 3 * s.c)?;
+        // the cache holds A values: appending rounds k and v as a bf16 kernel's store does
+        narrow(op, "k_cache", k_cache, cache, |kc| {
+            narrow(op, "v_cache", v_cache, cache, |vc| {
+                narrow(op, "out", out, s.b * n * s.c, |out| {
+                    ops::attention::attention_cached_forward(out, &qkv, kc, vc, start, n, lmax, s)
+                })
+            })
+        })??;
         Ok(())
     }
 
-    fn gelu_forward(&self, out: &mut CpuBuf<f32>, inp: &CpuBuf<f32>, n: usize) -> Result<()> {
+    fn gelu_forward<A: Act>(&self, out: &mut CpuBuf<A>, inp: &CpuBuf<A>, n: usize) -> Result<()> {
         let op = "gelu_forward";
-        ops::gelu::gelu_forward(pre_mut(op, "out", out, n)?, pre(op, "inp", inp, n)?);
-        Ok(())
+        let inp = wide(op, "inp", inp, n)?;
+        narrow(op, "out", out, n, |out| ops::gelu::gelu_forward(out, &inp))
     }
 
-    fn gelu_backward(
+    fn gelu_backward<A: Act>(
         &self,
-        dinp: &mut CpuBuf<f32>,
-        inp: &CpuBuf<f32>,
-        dout: &CpuBuf<f32>,
+        dinp: &mut CpuBuf<A>,
+        inp: &CpuBuf<A>,
+        dout: &CpuBuf<A>,
         n: usize,
     ) -> Result<()> {
         let op = "gelu_backward";
-        ops::gelu::gelu_backward(
-            pre_mut(op, "dinp", dinp, n)?,
-            pre(op, "inp", inp, n)?,
-            pre(op, "dout", dout, n)?,
-        );
-        Ok(())
+        let (inp, dout) = (wide(op, "inp", inp, n)?, wide(op, "dout", dout, n)?);
+        narrow(op, "dinp", dinp, n, |d| {
+            ops::gelu::gelu_backward(d, &inp, &dout)
+        })
     }
 
-    fn residual_forward(
+    fn residual_forward<A: Act>(
         &self,
-        out: &mut CpuBuf<f32>,
-        a: &CpuBuf<f32>,
-        b: &CpuBuf<f32>,
+        out: &mut CpuBuf<A>,
+        a: &CpuBuf<A>,
+        b: &CpuBuf<A>,
         n: usize,
     ) -> Result<()> {
         let op = "residual_forward";
-        ops::residual::residual_forward(
-            pre_mut(op, "out", out, n)?,
-            pre(op, "a", a, n)?,
-            pre(op, "b", b, n)?,
-        );
-        Ok(())
+        let (a, b) = (wide(op, "a", a, n)?, wide(op, "b", b, n)?);
+        narrow(op, "out", out, n, |out| {
+            ops::residual::residual_forward(out, &a, &b)
+        })
     }
 
-    fn dropout_forward(
+    fn dropout_forward<A: Act>(
         &self,
-        out: &mut CpuBuf<f32>,
-        inp: &CpuBuf<f32>,
+        out: &mut CpuBuf<A>,
+        inp: &CpuBuf<A>,
         site: DropoutSite,
         n: usize,
     ) -> Result<()> {
@@ -443,36 +510,43 @@ impl Backend for CpuBackend {
         if !(0.0..1.0).contains(&site.p) {
             bail!("{op}: probability {} outside [0, 1)", site.p);
         }
-        ops::dropout::dropout_forward(pre_mut(op, "out", out, n)?, pre(op, "inp", inp, n)?, &site);
-        Ok(())
+        let inp = wide(op, "inp", inp, n)?;
+        narrow(op, "out", out, n, |out| {
+            ops::dropout::dropout_forward(out, &inp, &site)
+        })
     }
 
-    fn sigmoid_forward(&self, out: &mut CpuBuf<f32>, inp: &CpuBuf<f32>, n: usize) -> Result<()> {
-        let op = "sigmoid_forward";
-        ops::rating::sigmoid_forward(pre_mut(op, "out", out, n)?, pre(op, "inp", inp, n)?);
-        Ok(())
-    }
-
-    fn sigmoid_backward(
+    fn sigmoid_forward<A: Act>(
         &self,
-        dinp: &mut CpuBuf<f32>,
-        out: &CpuBuf<f32>,
-        dout: &CpuBuf<f32>,
+        out: &mut CpuBuf<A>,
+        inp: &CpuBuf<A>,
+        n: usize,
+    ) -> Result<()> {
+        let op = "sigmoid_forward";
+        let inp = wide(op, "inp", inp, n)?;
+        narrow(op, "out", out, n, |out| {
+            ops::rating::sigmoid_forward(out, &inp)
+        })
+    }
+
+    fn sigmoid_backward<A: Act>(
+        &self,
+        dinp: &mut CpuBuf<A>,
+        out: &CpuBuf<A>,
+        dout: &CpuBuf<A>,
         n: usize,
     ) -> Result<()> {
         let op = "sigmoid_backward";
-        ops::rating::sigmoid_backward(
-            pre_mut(op, "dinp", dinp, n)?,
-            pre(op, "out", out, n)?,
-            pre(op, "dout", dout, n)?,
-        );
-        Ok(())
+        let (out, dout) = (wide(op, "out", out, n)?, wide(op, "dout", dout, n)?);
+        narrow(op, "dinp", dinp, n, |d| {
+            ops::rating::sigmoid_backward(d, &out, &dout)
+        })
     }
 
-    fn crossentropy_forward(
+    fn crossentropy_forward<A: Act>(
         &self,
         losses: &mut CpuBuf<f32>,
-        logits: &mut CpuBuf<f32>,
+        logits: &mut CpuBuf<A>,
         targets: &CpuBuf<i32>,
         rows: usize,
         v: usize,
@@ -483,68 +557,53 @@ impl Backend for CpuBackend {
         if let Some(bad) = targets.iter().find(|&&t| t >= v as i32) {
             bail!("{op}: target {bad} outside the vocabulary of {v}");
         }
-        ops::crossentropy::crossentropy_forward(
-            pre_mut(op, "losses", losses, rows)?,
-            pre_mut(op, "logits", logits, rows * v)?,
-            targets,
-            rows,
-            v,
-            dscale,
-        );
-        Ok(())
+        let losses = pre_mut(op, "losses", losses, rows)?;
+        // dlogits replace the logits in place, rounded to A
+        narrow(op, "logits", logits, rows * v, |logits| {
+            ops::crossentropy::crossentropy_forward(losses, logits, targets, rows, v, dscale)
+        })
     }
 
-    fn argmax(
+    fn argmax<A: Act>(
         &self,
         out: &mut CpuBuf<i32>,
-        logits: &CpuBuf<f32>,
+        logits: &CpuBuf<A>,
         rows: usize,
         v: usize,
     ) -> Result<()> {
         let op = "argmax";
-        ops::crossentropy::argmax_forward(
-            pre_mut(op, "out", out, rows)?,
-            pre(op, "logits", logits, rows * v)?,
-            rows,
-            v,
-        );
+        let logits = wide(op, "logits", logits, rows * v)?;
+        ops::crossentropy::argmax_forward(pre_mut(op, "out", out, rows)?, &logits, rows, v);
         Ok(())
     }
 
-    fn rating_mf_forward(
+    fn rating_mf_forward<A: Act>(
         &self,
-        out: &mut CpuBuf<f32>,
-        ui: &CpuBuf<f32>,
+        out: &mut CpuBuf<A>,
+        ui: &CpuBuf<A>,
         b: usize,
         c: usize,
     ) -> Result<()> {
         let op = "rating_mf_forward";
-        ops::rating::rating_mf_forward(
-            pre_mut(op, "out", out, b)?,
-            pre(op, "ui", ui, b * 2 * c)?,
-            b,
-            c,
-        );
-        Ok(())
+        let ui = wide(op, "ui", ui, b * 2 * c)?;
+        narrow(op, "out", out, b, |out| {
+            ops::rating::rating_mf_forward(out, &ui, b, c)
+        })
     }
 
-    fn rating_mf_backward(
+    fn rating_mf_backward<A: Act>(
         &self,
-        dui: &mut CpuBuf<f32>,
-        dpred: &CpuBuf<f32>,
-        ui: &CpuBuf<f32>,
+        dui: &mut CpuBuf<A>,
+        dpred: &CpuBuf<A>,
+        ui: &CpuBuf<A>,
         b: usize,
         c: usize,
     ) -> Result<()> {
         let op = "rating_mf_backward";
-        ops::rating::rating_mf_backward(
-            pre_mut(op, "dui", dui, b * 2 * c)?,
-            pre(op, "dpred", dpred, b)?,
-            pre(op, "ui", ui, b * 2 * c)?,
-            b,
-            c,
-        );
-        Ok(())
+        let (dpred, ui) = (wide(op, "dpred", dpred, b)?, wide(op, "ui", ui, b * 2 * c)?);
+        narrow(op, "dui", dui, b * 2 * c, |dui| {
+            ops::rating::rating_mf_backward(dui, &dpred, &ui, b, c)
+        })
     }
 
     fn crossentropy_mean(
@@ -564,12 +623,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn mse_forward(
+    fn mse_forward<A: Act>(
         &self,
         loss: &mut CpuBuf<f32>,
         slot: usize,
-        dpred: &mut CpuBuf<f32>,
-        pred: &CpuBuf<f32>,
+        dpred: &mut CpuBuf<A>,
+        pred: &CpuBuf<A>,
         target: &CpuBuf<f32>,
         n: usize,
         grad_scale: f32,
@@ -578,12 +637,11 @@ impl Backend for CpuBackend {
         if n == 0 {
             bail!("{op}: empty batch");
         }
-        let mse = ops::rating::mse_forward(
-            pre_mut(op, "dpred", dpred, n)?,
-            pre(op, "pred", pred, n)?,
-            pre(op, "target", target, n)?,
-            grad_scale,
-        );
+        let pred = wide(op, "pred", pred, n)?;
+        let target = pre(op, "target", target, n)?;
+        let mse = narrow(op, "dpred", dpred, n, |dpred| {
+            ops::rating::mse_forward(dpred, &pred, target, grad_scale)
+        })?;
         pre_mut(op, "loss", loss, slot + 1)?[slot] = mse;
         Ok(())
     }
@@ -605,6 +663,11 @@ impl Backend for CpuBackend {
         for b in group {
             ops::global_norm::scale_by_clip(&mut b.0, norm, max_norm);
         }
+        Ok(())
+    }
+
+    fn cast<A: Act>(&self, dst: &mut CpuBuf<A>, src: &CpuBuf<f32>, n: usize) -> Result<()> {
+        A::narrow_into(pre_mut("cast", "dst", dst, n)?, pre("cast", "src", src, n)?);
         Ok(())
     }
 

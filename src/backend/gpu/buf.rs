@@ -89,6 +89,16 @@ impl<T: Elem> GpuBuf<T> {
 }
 
 impl<T: Elem> GpuBuf<T> {
+    /// This buffer as a `GpuBuf<U>` when `T` is `U` (for ops generic over the activation type
+    /// that have a path for one element type only, e.g. the f32 fused bias + GELU).
+    pub fn typed<U: Elem>(&self) -> Option<&GpuBuf<U>> {
+        (self as &dyn std::any::Any).downcast_ref()
+    }
+    /// `typed`, writable.
+    pub fn typed_mut<U: Elem>(&mut self) -> Option<&mut GpuBuf<U>> {
+        (self as &mut dyn std::any::Any).downcast_mut()
+    }
+
     /// Elements `range` of the buffer, writable. Panics when out of bounds, like slice indexing.
     pub fn slice_mut(&mut self, range: std::ops::Range<usize>) -> ViewMut<'_, T> {
         assert!(

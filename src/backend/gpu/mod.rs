@@ -29,12 +29,13 @@ use anyhow::{bail, Result};
 pub use buf::GpuBuf;
 
 use super::{
-    AdamWParams, AttnShape, Backend, DropoutSite, Element, EmbedShape, GroupTensor, WeightLayout,
+    Act, AdamWParams, AttnShape, Backend, DropoutSite, Element, EmbedShape, GroupTensor,
+    WeightLayout,
 };
 use crate::device::{Device, DeviceBuffer, ViewMut};
 use crate::kernels::{
-    adamw, attention, classifier, dropout, embedding, gelu, global_norm, layernorm, matmul, rating,
-    residual,
+    adamw, attention, classifier, dropout, embedding, gather, gelu, global_norm, layernorm, matmul,
+    rating, residual,
 };
 
 /// Scratch buffers grown on demand and reused (see the module docs).
@@ -112,8 +113,18 @@ impl GpuBackend {
 }
 
 /// The writable view of an optional output.
-fn opt_mut(b: Option<&mut GpuBuf<f32>>) -> Option<ViewMut<'_, f32>> {
+fn opt_mut<T: Element>(b: Option<&mut GpuBuf<T>>) -> Option<ViewMut<'_, T>> {
     b.map(|b| b.view_mut())
+}
+
+/// A group of `A` buffers as the bf16 group it is (the weight copies of bf16 training).
+fn bf16_group_mut<A: Act>(bufs: &mut [GpuBuf<A>]) -> Result<&mut [GpuBuf<half::bf16>]> {
+    if std::any::TypeId::of::<A>() != std::any::TypeId::of::<half::bf16>() {
+        bail!("weight copies must be bf16, not {:?}", A::DTYPE);
+    }
+    // SAFETY: A is half::bf16 (same TypeId, checked above), so the slice's element type is
+    // exactly GpuBuf<half::bf16>.
+    Ok(unsafe { &mut *(bufs as *mut [GpuBuf<A>] as *mut [GpuBuf<half::bf16>]) })
 }
 
 /// The single element `slot` of a device scalar buffer, writable.
@@ -164,7 +175,7 @@ impl Backend for GpuBackend {
         buf.len()
     }
 
-    fn zero(&self, buf: &mut GpuBuf<f32>) -> Result<()> {
+    fn zero<T: Element>(&self, buf: &mut GpuBuf<T>) -> Result<()> {
         self.dev.zero(buf.view_mut())
     }
 
@@ -172,9 +183,9 @@ impl Backend for GpuBackend {
         self.dev.synchronize()
     }
 
-    fn alloc_group(&self, lens: &[usize]) -> Result<Vec<GpuBuf<f32>>> {
+    fn alloc_group<T: Element>(&self, lens: &[usize]) -> Result<Vec<GpuBuf<T>>> {
         self.count_alloc();
-        let mem = self.dev.alloc::<f32>(buf::group_len(lens))?;
+        let mem = self.dev.alloc::<T>(buf::group_len(lens))?;
         Ok(GpuBuf::group(mem, lens))
     }
 
@@ -187,9 +198,9 @@ impl Backend for GpuBackend {
     }
 
     // ---------------------------------------------------------------- encoder
-    fn embedding_forward(
+    fn embedding_forward<A: Act>(
         &self,
-        out: &mut GpuBuf<f32>,
+        out: &mut GpuBuf<A>,
         table: &GpuBuf<f32>,
         ids: &GpuBuf<i32>,
         wpe: Option<&GpuBuf<f32>>,
@@ -199,11 +210,11 @@ impl Backend for GpuBackend {
         embedding::embedding_forward(&self.dev, out.view_mut(), table.view(), ids.view(), wpe, s)
     }
 
-    fn embedding_backward(
+    fn embedding_backward<A: Act>(
         &self,
         dtable: Option<&mut GpuBuf<f32>>,
         dwpe: Option<&mut GpuBuf<f32>>,
-        dout: &GpuBuf<f32>,
+        dout: &GpuBuf<A>,
         ids: &GpuBuf<i32>,
         s: EmbedShape,
     ) -> Result<()> {
@@ -221,12 +232,52 @@ impl Backend for GpuBackend {
         })
     }
 
-    // ---------------------------------------------------------------- dense layers
-    fn matmul_forward(
+    fn row_gather<A: Act>(
         &self,
-        out: &mut GpuBuf<f32>,
-        inp: &GpuBuf<f32>,
-        weight: &GpuBuf<f32>,
+        out: &mut GpuBuf<A>,
+        src: &GpuBuf<A>,
+        ids: &GpuBuf<i32>,
+        n: usize,
+        c: usize,
+        src_rows: usize,
+    ) -> Result<()> {
+        gather::row_gather(
+            &self.dev,
+            out.view_mut(),
+            src.view(),
+            ids.view(),
+            n,
+            c,
+            src_rows,
+        )
+    }
+
+    fn row_scatter_add<A: Act>(
+        &self,
+        dst: &mut GpuBuf<A>,
+        src: &GpuBuf<A>,
+        ids: &GpuBuf<i32>,
+        n: usize,
+        c: usize,
+        dst_rows: usize,
+    ) -> Result<()> {
+        gather::row_scatter_add(
+            &self.dev,
+            dst.view_mut(),
+            src.view(),
+            ids.view(),
+            n,
+            c,
+            dst_rows,
+        )
+    }
+
+    // ---------------------------------------------------------------- dense layers
+    fn matmul_forward<A: Act>(
+        &self,
+        out: &mut GpuBuf<A>,
+        inp: &GpuBuf<A>,
+        weight: &GpuBuf<A>,
         bias: Option<&GpuBuf<f32>>,
         rows: usize,
         cin: usize,
@@ -246,14 +297,14 @@ impl Backend for GpuBackend {
         )
     }
 
-    fn matmul_backward(
+    fn matmul_backward<A: Act>(
         &self,
-        dinp: Option<&mut GpuBuf<f32>>,
+        dinp: Option<&mut GpuBuf<A>>,
         dweight: Option<&mut GpuBuf<f32>>,
         dbias: Option<&mut GpuBuf<f32>>,
-        dout: &GpuBuf<f32>,
-        inp: &GpuBuf<f32>,
-        weight: &GpuBuf<f32>,
+        dout: &GpuBuf<A>,
+        inp: &GpuBuf<A>,
+        weight: &GpuBuf<A>,
         rows: usize,
         cin: usize,
         cout: usize,
@@ -282,31 +333,45 @@ impl Backend for GpuBackend {
         })
     }
 
-    fn matmul_bias_gelu_forward(
+    fn matmul_bias_gelu_forward<A: Act>(
         &self,
-        pre: &mut GpuBuf<f32>,
-        out: &mut GpuBuf<f32>,
-        inp: &GpuBuf<f32>,
-        weight: &GpuBuf<f32>,
+        pre: &mut GpuBuf<A>,
+        out: &mut GpuBuf<A>,
+        inp: &GpuBuf<A>,
+        weight: &GpuBuf<A>,
         bias: &GpuBuf<f32>,
         rows: usize,
         cin: usize,
         cout: usize,
         layout: WeightLayout,
     ) -> Result<()> {
-        // the GEMM alone, then one pass that adds the bias and applies GELU
-        self.matmul_forward(pre, inp, weight, None, rows, cin, cout, layout)?;
-        let (p, o, b) = (pre.view_mut(), out.view_mut(), bias.view());
-        gelu::bias_gelu_forward(&self.dev, p, o, b, rows, cout)
+        match (
+            pre.typed_mut::<f32>(),
+            out.typed_mut::<f32>(),
+            inp.typed::<f32>(),
+            weight.typed::<f32>(),
+        ) {
+            // f32: the GEMM alone, then one pass that adds the bias and applies GELU
+            (Some(pre), Some(out), Some(inp), Some(weight)) => {
+                self.matmul_forward(pre, inp, weight, None, rows, cin, cout, layout)?;
+                let (p, o, b) = (pre.view_mut(), out.view_mut(), bias.view());
+                gelu::bias_gelu_forward(&self.dev, p, o, b, rows, cout)
+            }
+            // bf16: the GEMM's bias epilogue rounds `pre` once, then GELU
+            _ => {
+                self.matmul_forward(pre, inp, weight, Some(bias), rows, cin, cout, layout)?;
+                self.gelu_forward(out, pre, rows * cout)
+            }
+        }
     }
 
     // ---------------------------------------------------------------- layernorm
-    fn layernorm_forward(
+    fn layernorm_forward<A: Act>(
         &self,
-        out: &mut GpuBuf<f32>,
+        out: &mut GpuBuf<A>,
         mean: &mut GpuBuf<f32>,
         rstd: &mut GpuBuf<f32>,
-        inp: &GpuBuf<f32>,
+        inp: &GpuBuf<A>,
         weight: &GpuBuf<f32>,
         bias: &GpuBuf<f32>,
         rows: usize,
@@ -327,13 +392,13 @@ impl Backend for GpuBackend {
         )
     }
 
-    fn layernorm_backward(
+    fn layernorm_backward<A: Act>(
         &self,
-        dinp: &mut GpuBuf<f32>,
+        dinp: &mut GpuBuf<A>,
         dweight: Option<&mut GpuBuf<f32>>,
         dbias: Option<&mut GpuBuf<f32>>,
-        dout: &GpuBuf<f32>,
-        inp: &GpuBuf<f32>,
+        dout: &GpuBuf<A>,
+        inp: &GpuBuf<A>,
         weight: &GpuBuf<f32>,
         mean: &GpuBuf<f32>,
         rstd: &GpuBuf<f32>,
@@ -369,11 +434,11 @@ impl Backend for GpuBackend {
         s.b * s.nh * s.l
     }
 
-    fn attention_forward(
+    fn attention_forward<A: Act>(
         &self,
-        out: &mut GpuBuf<f32>,
+        out: &mut GpuBuf<A>,
         state: &mut GpuBuf<f32>,
-        qkv: &GpuBuf<f32>,
+        qkv: &GpuBuf<A>,
         key_mask: Option<&GpuBuf<i32>>,
         dropout: Option<DropoutSite>,
         s: AttnShape,
@@ -389,12 +454,12 @@ impl Backend for GpuBackend {
         )
     }
 
-    fn attention_backward(
+    fn attention_backward<A: Act>(
         &self,
-        dqkv: &mut GpuBuf<f32>,
-        dout: &GpuBuf<f32>,
-        qkv: &GpuBuf<f32>,
-        out: &GpuBuf<f32>,
+        dqkv: &mut GpuBuf<A>,
+        dout: &GpuBuf<A>,
+        qkv: &GpuBuf<A>,
+        out: &GpuBuf<A>,
         state: &GpuBuf<f32>,
         key_mask: Option<&GpuBuf<i32>>,
         dropout: Option<DropoutSite>,
@@ -417,12 +482,12 @@ impl Backend for GpuBackend {
         })
     }
 
-    fn attention_cached_forward(
+    fn attention_cached_forward<A: Act>(
         &self,
-        out: &mut GpuBuf<f32>,
-        qkv: &GpuBuf<f32>,
-        k_cache: &mut GpuBuf<f32>,
-        v_cache: &mut GpuBuf<f32>,
+        out: &mut GpuBuf<A>,
+        qkv: &GpuBuf<A>,
+        k_cache: &mut GpuBuf<A>,
+        v_cache: &mut GpuBuf<A>,
         start: usize,
         n: usize,
         lmax: usize,
@@ -442,59 +507,64 @@ impl Backend for GpuBackend {
     }
 
     // ---------------------------------------------------------------- pointwise
-    fn gelu_forward(&self, out: &mut GpuBuf<f32>, inp: &GpuBuf<f32>, n: usize) -> Result<()> {
+    fn gelu_forward<A: Act>(&self, out: &mut GpuBuf<A>, inp: &GpuBuf<A>, n: usize) -> Result<()> {
         gelu::gelu_forward(&self.dev, out.view_mut(), inp.view(), n)
     }
 
-    fn gelu_backward(
+    fn gelu_backward<A: Act>(
         &self,
-        dinp: &mut GpuBuf<f32>,
-        inp: &GpuBuf<f32>,
-        dout: &GpuBuf<f32>,
+        dinp: &mut GpuBuf<A>,
+        inp: &GpuBuf<A>,
+        dout: &GpuBuf<A>,
         n: usize,
     ) -> Result<()> {
         gelu::gelu_backward(&self.dev, dinp.view_mut(), inp.view(), dout.view(), n)
     }
 
-    fn residual_forward(
+    fn residual_forward<A: Act>(
         &self,
-        out: &mut GpuBuf<f32>,
-        a: &GpuBuf<f32>,
-        b: &GpuBuf<f32>,
+        out: &mut GpuBuf<A>,
+        a: &GpuBuf<A>,
+        b: &GpuBuf<A>,
         n: usize,
     ) -> Result<()> {
         residual::residual_forward(&self.dev, out.view_mut(), a.view(), b.view(), n)
     }
 
-    fn dropout_forward(
+    fn dropout_forward<A: Act>(
         &self,
-        out: &mut GpuBuf<f32>,
-        inp: &GpuBuf<f32>,
+        out: &mut GpuBuf<A>,
+        inp: &GpuBuf<A>,
         site: DropoutSite,
         n: usize,
     ) -> Result<()> {
         dropout::dropout_forward(&self.dev, out.view_mut(), inp.view(), site, n)
     }
 
-    fn sigmoid_forward(&self, out: &mut GpuBuf<f32>, inp: &GpuBuf<f32>, n: usize) -> Result<()> {
+    fn sigmoid_forward<A: Act>(
+        &self,
+        out: &mut GpuBuf<A>,
+        inp: &GpuBuf<A>,
+        n: usize,
+    ) -> Result<()> {
         rating::sigmoid_forward(&self.dev, out.view_mut(), inp.view(), n)
     }
 
-    fn sigmoid_backward(
+    fn sigmoid_backward<A: Act>(
         &self,
-        dinp: &mut GpuBuf<f32>,
-        out: &GpuBuf<f32>,
-        dout: &GpuBuf<f32>,
+        dinp: &mut GpuBuf<A>,
+        out: &GpuBuf<A>,
+        dout: &GpuBuf<A>,
         n: usize,
     ) -> Result<()> {
         rating::sigmoid_backward(&self.dev, dinp.view_mut(), out.view(), dout.view(), n)
     }
 
     // ---------------------------------------------------------------- heads and losses
-    fn crossentropy_forward(
+    fn crossentropy_forward<A: Act>(
         &self,
         losses: &mut GpuBuf<f32>,
-        logits: &mut GpuBuf<f32>,
+        logits: &mut GpuBuf<A>,
         targets: &GpuBuf<i32>,
         rows: usize,
         v: usize,
@@ -523,43 +593,43 @@ impl Backend for GpuBackend {
         classifier::crossentropy_mean(&self.dev, out, losses.view(), targets.view(), rows)
     }
 
-    fn argmax(
+    fn argmax<A: Act>(
         &self,
         out: &mut GpuBuf<i32>,
-        logits: &GpuBuf<f32>,
+        logits: &GpuBuf<A>,
         rows: usize,
         v: usize,
     ) -> Result<()> {
         classifier::argmax_forward(&self.dev, out.view_mut(), logits.view(), rows, v)
     }
 
-    fn rating_mf_forward(
+    fn rating_mf_forward<A: Act>(
         &self,
-        out: &mut GpuBuf<f32>,
-        ui: &GpuBuf<f32>,
+        out: &mut GpuBuf<A>,
+        ui: &GpuBuf<A>,
         b: usize,
         c: usize,
     ) -> Result<()> {
         rating::rating_mf_forward(&self.dev, out.view_mut(), ui.view(), b, c)
     }
 
-    fn rating_mf_backward(
+    fn rating_mf_backward<A: Act>(
         &self,
-        dui: &mut GpuBuf<f32>,
-        dpred: &GpuBuf<f32>,
-        ui: &GpuBuf<f32>,
+        dui: &mut GpuBuf<A>,
+        dpred: &GpuBuf<A>,
+        ui: &GpuBuf<A>,
         b: usize,
         c: usize,
     ) -> Result<()> {
         rating::rating_mf_backward(&self.dev, dui.view_mut(), dpred.view(), ui.view(), b, c)
     }
 
-    fn mse_forward(
+    fn mse_forward<A: Act>(
         &self,
         loss: &mut GpuBuf<f32>,
         slot: usize,
-        dpred: &mut GpuBuf<f32>,
-        pred: &GpuBuf<f32>,
+        dpred: &mut GpuBuf<A>,
+        pred: &GpuBuf<A>,
         target: &GpuBuf<f32>,
         n: usize,
         grad_scale: f32,
@@ -639,29 +709,35 @@ impl Backend for GpuBackend {
         )
     }
 
-    fn adamw_update_group(
+    fn adamw_update_group<A: Act>(
         &self,
         params: &mut [GpuBuf<f32>],
         grads: &[GpuBuf<f32>],
         m: &mut [GpuBuf<f32>],
         v: &mut [GpuBuf<f32>],
+        copies: &mut [GpuBuf<A>],
         tensors: &[GroupTensor],
         hp: AdamWParams,
         step: u64,
     ) -> Result<()> {
         let n = params.len();
-        if grads.len() != n || m.len() != n || v.len() != n || tensors.len() != n {
+        let copies_ok = copies.is_empty() || copies.len() == n;
+        if grads.len() != n || m.len() != n || v.len() != n || tensors.len() != n || !copies_ok {
             bail!("adamw_update_group: groups of different sizes");
         }
-        // One launch when the four groups are whole arenas with the same layout; otherwise the
-        // per-tensor fallback.
+        // One launch when the groups are whole arenas with the same layout (and the copies, if
+        // any, a bf16 arena laid out like them); otherwise the per-tensor fallback.
         let same_layout = (0..n).all(|i| {
             let (o, l) = (params[i].offset(), params[i].len());
+            let copy_same = copies
+                .get(i)
+                .is_none_or(|c| (c.offset(), c.len()) == (o, l));
             [grads[i].offset(), m[i].offset(), v[i].offset()] == [o, o, o]
                 && [grads[i].len(), m[i].len(), v[i].len()] == [l, l, l]
+                && copy_same
         });
         if !same_layout {
-            return super::adamw_update_each(self, params, grads, m, v, tensors, hp, step);
+            return super::adamw_update_each(self, params, grads, m, v, copies, tensors, hp, step);
         }
         let key: Vec<(usize, usize, GroupTensor)> = params
             .iter()
@@ -675,7 +751,7 @@ impl Backend for GpuBackend {
             buf::arena_view_mut(v),
         );
         let (Some(pa), Some(ga), Some(ma), Some(va)) = arenas else {
-            return super::adamw_update_each(self, params, grads, m, v, tensors, hp, step);
+            return super::adamw_update_each(self, params, grads, m, v, copies, tensors, hp, step);
         };
         let mut cache = self
             .adamw
@@ -697,6 +773,34 @@ impl Backend for GpuBackend {
             *cache = Some(AdamWCache { key, plan });
         }
         let plan = &cache.as_ref().expect("built above").plan;
-        adamw::adamw_update_multi(&self.dev, plan, pa, ga, ma, va, &hp, step)
+        let ca = match copies.is_empty() {
+            true => None,
+            false => {
+                let bf: &mut [GpuBuf<half::bf16>] = bf16_group_mut(copies)?;
+                Some(buf::arena_view_mut(bf).ok_or_else(|| {
+                    anyhow::anyhow!("adamw_update_group: the weight copies are not one whole group")
+                })?)
+            }
+        };
+        adamw::adamw_update_multi(&self.dev, plan, pa, ga, ma, va, ca, &hp, step)
+    }
+
+    fn cast<A: Act>(&self, dst: &mut GpuBuf<A>, src: &GpuBuf<f32>, n: usize) -> Result<()> {
+        if let Some(d) = dst.typed_mut::<f32>() {
+            if d.len() < n || src.len() < n {
+                bail!(
+                    "cast: {n} elements, buffers of {} and {}",
+                    d.len(),
+                    src.len()
+                );
+            }
+            return self
+                .dev
+                .dtod(src.view().slice(..n), d.view_mut().slice_mut(..n));
+        }
+        let Some(d) = dst.typed_mut::<half::bf16>() else {
+            bail!("cast: no kernel for {:?}", A::DTYPE);
+        };
+        adamw::cast_f32_to_bf16(&self.dev, d.view_mut(), src.view(), n)
     }
 }
