@@ -10,8 +10,9 @@ use pepler_cuda::backend::AdamWVariant;
 use pepler_cuda::model::params::HostTensor;
 use pepler_cuda::model::safetensors_io::write_f32_tensors;
 use pepler_cuda::parity::{
-    check_dump, check_dump_from, classify, format_table, BackendChoice, ParityDump,
+    check_dump, check_dump_at, check_dump_from, classify, format_table, BackendChoice, ParityDump,
 };
+use pepler_cuda::precision::Precision;
 
 fn fixtures() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity");
@@ -28,13 +29,18 @@ fn fixtures() -> Vec<PathBuf> {
     v
 }
 
-/// Checks every fixture on `backend`; prints each table with the worst row's share of its
+/// Checks every fixture on `backend` in fp32; prints each table with the worst row's share of its
 /// tolerance (the margin) and fails with the tables of the failing ones.
 fn every_fixture_passes_every_row(backend: BackendChoice, label: &str) {
+    every_fixture_passes_every_row_at(backend, Precision::Fp32, label)
+}
+
+/// `every_fixture_passes_every_row` with activations in `precision`, under its tolerances.
+fn every_fixture_passes_every_row_at(backend: BackendChoice, precision: Precision, label: &str) {
     let mut failed = Vec::new();
     for path in fixtures() {
         let dump = ParityDump::open(&path).unwrap();
-        let report = check_dump(&dump, backend).unwrap();
+        let report = check_dump_at(&dump, backend, precision).unwrap();
         let table = format_table(&format!("{} on {label}", report.case), &report.rows);
         let worst = report
             .rows
@@ -68,6 +74,25 @@ fn every_fixture_passes_every_row_on_emu() {
 #[ignore = "needs a CUDA GPU"]
 fn every_fixture_passes_every_row_on_cuda() {
     every_fixture_passes_every_row(BackendChoice::Cuda, "cuda");
+}
+
+/// bf16 activations (f32 masters and moments) against the same fp32 PyTorch dumps, under the bf16
+/// column of the tolerance table: the CPU reference of bf16 (widen, f32 op, round) ...
+#[test]
+fn every_fixture_passes_every_row_in_bf16_on_cpu() {
+    every_fixture_passes_every_row_at(BackendChoice::Cpu, Precision::Bf16, "cpu bf16");
+}
+
+/// ... and the bf16 kernels on the emulated device.
+#[test]
+fn every_fixture_passes_every_row_in_bf16_on_emu() {
+    every_fixture_passes_every_row_at(BackendChoice::Emu, Precision::Bf16, "emu bf16");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_fixture_passes_every_row_in_bf16_on_cuda() {
+    every_fixture_passes_every_row_at(BackendChoice::Cuda, Precision::Bf16, "cuda bf16");
 }
 
 #[test]
@@ -111,7 +136,7 @@ fn perturbed_frozen_parameter_fails_on_that_tensor() {
     assert!(!dump.trainable.iter().any(|t| t == name));
     let mut start = dump.params.clone();
     start.get_mut(name).unwrap().data[3] += 1e-3;
-    let report = check_dump_from(&dump, BackendChoice::Cpu, &start).unwrap();
+    let report = check_dump_from(&dump, BackendChoice::Cpu, Precision::Fp32, &start).unwrap();
     assert!(!report.pass());
     let row = report.row(&format!("frozen.{name}")).unwrap();
     assert!(!row.pass && row.worst_index == 3, "{row:?}");
@@ -134,7 +159,7 @@ fn perturbed_trainable_parameter_fails_on_that_tensor() {
         .expect("the fixture leaves some user out");
     let c = dump.config.n_embd;
     start.get_mut(name).unwrap().data[unused as usize * c + 5] += 0.01;
-    let report = check_dump_from(&dump, BackendChoice::Cpu, &start).unwrap();
+    let report = check_dump_from(&dump, BackendChoice::Cpu, Precision::Fp32, &start).unwrap();
     let failing: Vec<&str> = report.failures().map(|r| r.name.as_str()).collect();
     assert!(!failing.is_empty());
     assert!(
