@@ -455,13 +455,15 @@ impl Backend for CpuBackend {
         let cache = s.b * lmax * s.c;
         let qkv = wide(op, "qkv", qkv, s.b * n * 3 * s.c)?;
         // the cache holds A values: appending rounds k and v as a bf16 kernel's store does
-        narrow(op, "k_cache", k_cache, cache, |kc| {
-            narrow(op, "v_cache", v_cache, cache, |vc| {
-                narrow(op, "out", out, s.b * n * s.c, |out| {
+        let out = pre_mut(op, "out", out, s.b * n * s.c)?;
+        let (kc, vc) = (pre_mut(op, "k_cache", k_cache, cache)?, pre_mut(op, "v_cache", v_cache, cache)?);
+        A::with_f32_mut(kc, |kc| {
+            A::with_f32_mut(vc, |vc| {
+                A::with_f32_mut(out, |out| {
                     ops::attention::attention_cached_forward(out, &qkv, kc, vc, start, n, lmax, s)
                 })
             })
-        })??;
+        });
         Ok(())
     }
 
