@@ -4,11 +4,13 @@
 //! padding invariance, bitwise determinism, dropout, frozen-gradient skipping, a forward/backward
 //! check against the PyTorch fixtures (the full parity table is `pepler-cuda check-parity`), and
 //! the GPU backend against the CPU backend on random configurations (head sizes 8..128, L up to
-//! 300: forward, backward and three AdamW steps).
+//! 300: forward, backward and three AdamW steps). `model_tests_bf16!` runs the precision-independent
+//! properties with bf16 activations (`cpu_bf16`, `emu_bf16`, `model_bf16_on_cuda`).
 
 use pepler_cuda::backend::cpu::CpuBackend;
 use pepler_cuda::backend::gpu::GpuBackend;
-use pepler_cuda::backend::Backend;
+use half::bf16;
+use pepler_cuda::backend::{Act, Backend};
 use pepler_cuda::device::Device;
 use pepler_cuda::model::batch::Batch;
 use pepler_cuda::model::config::{ModelConfig, PromptKind, RecKind};
@@ -133,6 +135,11 @@ fn adamw(
     }
 }
 
+/// A model with activations stored as `A`.
+fn model<B: Backend, A: Act>(be: B, ps: &ParamSet) -> Pepler<B, A> {
+    Pepler::<B, A>::with_activations(be, ps).unwrap()
+}
+
 fn loss_of<B: Backend>(mk: &impl Fn() -> B, ps: &ParamSet, bt: &Batch) -> f64 {
     let mut m = Pepler::new(mk(), ps).unwrap();
     m.forward(bt, ForwardOptions::default()).unwrap().loss as f64
@@ -140,8 +147,8 @@ fn loss_of<B: Backend>(mk: &impl Fn() -> B, ps: &ParamSet, bt: &Batch) -> f64 {
 
 /// One training step's gradients from zero: the forward's output and every gradient (`need`: only
 /// those, as `Pepler::backward`).
-fn forward_backward<B: Backend>(
-    m: &mut Pepler<B>,
+fn forward_backward<B: Backend, A: Act>(
+    m: &mut Pepler<B, A>,
     bt: &Batch,
     opts: ForwardOptions,
     need: Option<&[bool]>,
@@ -250,12 +257,12 @@ fn extra_padding_leaves_real_logits_and_losses_unchanged<B: Backend>(mk: &impl F
     }
 }
 
-fn forward_and_backward_are_bitwise_deterministic<B: Backend>(mk: &impl Fn() -> B) {
+fn forward_and_backward_are_bitwise_deterministic<B: Backend, A: Act>(mk: &impl Fn() -> B) {
     let cfg = tiny(PromptKind::Continuous, RecKind::Mlp);
     let ps = params(&cfg, 3);
     let bt = batch(&cfg);
     let run = || {
-        let mut m = Pepler::new(mk(), &ps).unwrap();
+        let mut m = model::<B, A>(mk(), &ps);
         forward_backward(&mut m, &bt, with_logits(train()), None)
     };
     let (o1, g1) = run();
@@ -301,11 +308,11 @@ fn dropout_changes_training_loss_deterministically_and_not_eval<B: Backend>(mk: 
     );
 }
 
-fn skipped_gradients_stay_zero_and_the_rest_are_unchanged<B: Backend>(mk: &impl Fn() -> B) {
+fn skipped_gradients_stay_zero_and_the_rest_are_unchanged<B: Backend, A: Act>(mk: &impl Fn() -> B) {
     let cfg = tiny(PromptKind::Continuous, RecKind::Mf);
     let ps = params(&cfg, 9);
     let bt = batch(&cfg);
-    let mut m = Pepler::new(mk(), &ps).unwrap();
+    let mut m = model::<B, A>(mk(), &ps);
     let (_, all) = forward_backward(&mut m, &bt, train(), None);
     let need: Vec<bool> = ps.names().map(|n| n.contains("embeddings")).collect();
     let (_, some) = forward_backward(&mut m, &bt, train(), Some(&need));
@@ -318,13 +325,13 @@ fn skipped_gradients_stay_zero_and_the_rest_are_unchanged<B: Backend>(mk: &impl 
     }
 }
 
-fn grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them<B: Backend>(
+fn grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them<B: Backend, A: Act>(
     mk: &impl Fn() -> B,
 ) {
     let cfg = tiny(PromptKind::Continuous, RecKind::Mlp);
     let ps = params(&cfg, 4);
     let bt = batch(&cfg);
-    let mut m = Pepler::new(mk(), &ps).unwrap();
+    let mut m = model::<B, A>(mk(), &ps);
     let (_, g) = forward_backward(&mut m, &bt, train(), None);
     let all: Vec<f32> = g.iter().flat_map(|(_, t)| t.data.iter().copied()).collect();
     let want = pepler_cuda::ops::global_norm::global_norm(&all);
@@ -459,7 +466,7 @@ macro_rules! model_tests {
             $(#[$attr])?
             #[test]
             fn forward_and_backward_are_bitwise_deterministic() {
-                super::forward_and_backward_are_bitwise_deterministic(&mk);
+                super::forward_and_backward_are_bitwise_deterministic::<_, f32>(&mk);
             }
 
             $(#[$attr])?
@@ -471,13 +478,13 @@ macro_rules! model_tests {
             $(#[$attr])?
             #[test]
             fn skipped_gradients_stay_zero_and_the_rest_are_unchanged() {
-                super::skipped_gradients_stay_zero_and_the_rest_are_unchanged(&mk);
+                super::skipped_gradients_stay_zero_and_the_rest_are_unchanged::<_, f32>(&mk);
             }
 
             $(#[$attr])?
             #[test]
             fn grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them() {
-                super::grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them(&mk);
+                super::grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them::<_, f32>(&mk);
             }
 
             $(#[$attr])?
@@ -489,7 +496,53 @@ macro_rules! model_tests {
     };
 }
 
+/// The bf16 modules: the properties that hold whatever the precision (bitwise determinism, skipped
+/// gradients, the gradient norm). Finite differences and exact padding invariance are fp32
+/// properties (bf16's rounding is coarser than the differences they measure); bf16 numerics are
+/// checked against PyTorch in tests/parity.rs and against the CPU below.
+macro_rules! model_tests_bf16 {
+    ($module:ident, $mk:expr $(, #[$attr:meta])?) => {
+        mod $module {
+            use super::*;
+
+            fn mk() -> impl Backend {
+                $mk
+            }
+
+            $(#[$attr])?
+            #[test]
+            fn forward_and_backward_are_bitwise_deterministic_in_bf16() {
+                super::forward_and_backward_are_bitwise_deterministic::<_, bf16>(&mk);
+            }
+
+            $(#[$attr])?
+            #[test]
+            fn skipped_gradients_stay_zero_and_the_rest_are_unchanged_in_bf16() {
+                super::skipped_gradients_stay_zero_and_the_rest_are_unchanged::<_, bf16>(&mk);
+            }
+
+            $(#[$attr])?
+            #[test]
+            fn grad_norm_is_the_norm_of_all_gradients_in_bf16() {
+                super::grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them::<_, bf16>(
+                    &mk,
+                );
+            }
+        }
+    };
+}
+
 model_tests!(cpu, CpuBackend::new());
+model_tests_bf16!(cpu_bf16, CpuBackend::new());
+model_tests_bf16!(
+    emu_bf16,
+    GpuBackend::new(Device::emu().expect("emulated device"))
+);
+model_tests_bf16!(
+    model_bf16_on_cuda,
+    GpuBackend::new(Device::cuda().expect("this test needs a CUDA GPU")),
+    #[ignore = "needs a CUDA GPU"]
+);
 model_tests!(
     emu,
     GpuBackend::new(Device::emu().expect("emulated device"))
@@ -570,9 +623,9 @@ impl RandomCase {
 }
 
 /// Everything one training run exposes, named as the parity table names it.
-fn three_steps<B: Backend>(be: B, ps: &ParamSet, bt: &Batch) -> Vec<(String, Vec<f32>)> {
+fn three_steps<B: Backend, A: Act>(be: B, ps: &ParamSet, bt: &Batch) -> Vec<(String, Vec<f32>)> {
     let hp = adamw(pepler_cuda::backend::AdamWVariant::Torch, 0.01);
-    let mut m = Pepler::new(be, ps).unwrap();
+    let mut m = model::<B, A>(be, ps);
     let all = vec![true; ps.len()];
     let mut out = Vec::new();
     for step in 1..=3u64 {
@@ -596,11 +649,11 @@ fn three_steps<B: Backend>(be: B, ps: &ParamSet, bt: &Batch) -> Vec<(String, Vec
     out
 }
 
-/// The GPU backend on `dev` against the CPU backend, every tensor within the parity table's
-/// tolerance for its name.
-fn gpu_matches_cpu_on_random_configs(dev: impl Fn() -> Device) {
+/// The GPU backend on `dev` against the CPU backend, both with activations in `A`, every tensor
+/// within the parity table's tolerance for its name at `A`'s precision.
+fn gpu_matches_cpu_on_random_configs<A: Act>(dev: impl Fn() -> Device) {
     use pepler_cuda::parity::compare::compare;
-    use pepler_cuda::parity::tolerances::tolerance_for;
+    use pepler_cuda::parity::tolerances::tolerance_for_at;
     let cases = [
         RandomCase {
             hd: 8,
@@ -652,11 +705,11 @@ fn gpu_matches_cpu_on_random_configs(dev: impl Fn() -> Device) {
         let cfg = case.config();
         let ps = params(&cfg, 17);
         let bt = case.batch(&cfg);
-        let want = three_steps(CpuBackend::new(), &ps, &bt);
-        let got = three_steps(GpuBackend::new(dev()), &ps, &bt);
+        let want = three_steps::<_, A>(CpuBackend::new(), &ps, &bt);
+        let got = three_steps::<_, A>(GpuBackend::new(dev()), &ps, &bt);
         let mut bad = Vec::new();
         for ((name, g), (_, w)) in got.iter().zip(&want) {
-            let tol = tolerance_for(name, 1e-3).expect("a parity name");
+            let tol = tolerance_for_at(A::PRECISION, name, 1e-3).expect("a parity name");
             let row = compare(name, g, &[g.len()], w, &[w.len()], tol);
             if !row.pass {
                 bad.push(format!(
@@ -680,13 +733,21 @@ fn gpu_matches_cpu_on_random_configs(dev: impl Fn() -> Device) {
 
 #[test]
 fn emu_matches_cpu_on_random_configs() {
-    gpu_matches_cpu_on_random_configs(|| Device::emu().unwrap());
+    gpu_matches_cpu_on_random_configs::<f32>(|| Device::emu().unwrap());
+}
+
+/// The bf16 kernels against the CPU's bf16 reference (same rounding points, different summation
+/// orders: a value on a rounding boundary may land one bf16 ulp apart, and that propagates).
+#[test]
+fn emu_matches_cpu_on_random_configs_in_bf16() {
+    gpu_matches_cpu_on_random_configs::<bf16>(|| Device::emu().unwrap());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_matches_cpu_on_random_configs_on_cuda() {
-    gpu_matches_cpu_on_random_configs(|| Device::cuda().expect("this test needs a CUDA GPU"));
+    gpu_matches_cpu_on_random_configs::<f32>(|| Device::cuda().expect("this test needs a CUDA GPU"));
+    gpu_matches_cpu_on_random_configs::<bf16>(|| Device::cuda().expect("this test needs a CUDA GPU"));
 }
 
 /// After the first step of a shape, a training step allocates nothing on the device.

@@ -149,11 +149,13 @@ impl Backend for CpuBackend {
         s: EmbedShape,
     ) -> Result<()> {
         let op = "embedding_forward";
+        let n = s.batch * s.seq * s.c;
+        check_len(op, "out", out, n)?;
         let ids = pre(op, "ids", ids, s.batch * s.n)?;
         let wpe = wpe.map(|w| w.as_slice());
-        s.check(out.0.len(), table.0.len(), ids, wpe.map(|w| w.len()))
+        s.check(n, table.0.len(), ids, wpe.map(|w| w.len()))
             .map_err(|e| anyhow::anyhow!("{op}: {e}"))?;
-        narrow(op, "out", out, s.batch * s.seq * s.c, |out| {
+        narrow(op, "out", out, n, |out| {
             ops::embedding::embedding_forward(out, &table.0, ids, wpe, s)
         })
     }
