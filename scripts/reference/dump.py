@@ -8,14 +8,23 @@ UIPromptWithReg / FeaturePrompt, MF, MLP) on a small random Hugging Face GPT2LMH
 and stores inputs, parameters, outputs, gradients and post-step parameters in the format
 of docs/parity-format.md (contract "pepler-parity/1").
 
+With --autocast bf16 every forward runs under torch.autocast("cpu", dtype=torch.bfloat16), as the
+original would under AMP (backward and optimizer outside it, fp32 parameters and optimizer state, no
+GradScaler: bf16 needs none); the file gets an `autocast` metadata key and the bf16 logits are
+stored widened (exactly) to F32, so the format is unchanged. The committed one is
+tests/fixtures/parity/bf16/continuous_hf_adamw.safetensors.
+
 Usage:
     python scripts/reference/dump.py --all --out tests/fixtures/parity
     python scripts/reference/dump.py --case continuous_mf --out /tmp/x
-The output is bit-for-bit reproducible (single thread, fixed seeds, our own deterministic
-safetensors writer); SHA256SUMS in the output directory lists the files.
+    python scripts/reference/dump.py --case continuous_hf_adamw --autocast bf16 \
+        --out tests/fixtures/parity/bf16
+The output is bit-for-bit reproducible on a given machine (single thread, fixed seeds, our own
+deterministic safetensors writer); SHA256SUMS in the output directory lists its files.
 """
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -32,6 +41,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 FORMAT = "pepler-parity/1"
 IGNORE_INDEX = -100
+# The `autocast` metadata value of an --autocast bf16 dump (absent in fp32 dumps, which therefore
+# stay byte-identical to the files written before this option existed).
+AUTOCAST_BF16 = {"device_type": "cpu", "dtype": "bfloat16", "scope": "forward"}
 
 
 # --------------------------------------------------------------------------------------
@@ -314,7 +326,25 @@ def check_hf_step1(c, before, params):
         assert torch.equal(q, params[n].detach()), f"transformers.AdamW step 1 of {n}"
 
 
-def run_case(name, c):
+def autocast_ctx(autocast):
+    """The context every forward of a case runs in: nothing (fp32), or CPU autocast to bf16."""
+    if autocast is None:
+        return contextlib.nullcontext()
+    assert autocast == "bf16", autocast
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def as_stored(t):
+    """A tensor as the format stores it: integers as they are, floats as F32. Under autocast the
+    logits are bf16; widening bf16 to f32 is exact, so nothing is lost."""
+    t = t.detach().clone()
+    if t.is_floating_point() and t.dtype != torch.float32:
+        assert t.dtype == torch.bfloat16, t.dtype
+        t = t.float()
+    return t
+
+
+def run_case(name, c, autocast=None):
     torch.manual_seed(c["seed"])
     model = build_model(c)
     gen = torch.Generator().manual_seed(c["seed"] + 7)
@@ -331,18 +361,25 @@ def run_case(name, c):
     # step 0: everything requires grad
     for p in params.values():
         p.requires_grad_(True)
-    loss, text_loss, rating_loss, rating, logits = forward_losses(model, c, batch)
-    check_text_loss(c, batch, logits.detach(), text_loss.detach())
+    with autocast_ctx(autocast):
+        loss, text_loss, rating_loss, rating, logits = forward_losses(model, c, batch)
+    if autocast is not None:
+        # what autocast does to this model (docs/parity-format.md, "autocast bf16 dumps")
+        assert logits.dtype == torch.bfloat16, logits.dtype
+        assert loss.dtype == text_loss.dtype == torch.float32, (loss.dtype, text_loss.dtype)
+    check_text_loss(c, batch, logits.detach().float(), text_loss.detach())
     model.zero_grad(set_to_none=True)
-    loss.backward()
-    tensors["out.logits"] = logits.detach().clone()
-    tensors["out.text_loss"] = text_loss.detach().clone().reshape(())
-    tensors["out.loss"] = loss.detach().clone().reshape(())
+    loss.backward()  # outside autocast, as torch recommends
+    tensors["out.logits"] = as_stored(logits)
+    tensors["out.text_loss"] = as_stored(text_loss).reshape(())
+    tensors["out.loss"] = as_stored(loss).reshape(())
     if rating is not None:
-        tensors["out.rating_loss"] = rating_loss.detach().clone().reshape(())
-        tensors["out.rating"] = rating.detach().clone()
+        tensors["out.rating_loss"] = as_stored(rating_loss).reshape(())
+        tensors["out.rating"] = as_stored(rating)
     for n in names:
         g = params[n].grad
+        # parameters stay f32 under autocast, so their gradients are f32 too
+        assert g is None or g.dtype == torch.float32, (n, g.dtype)
         tensors["grad." + n] = torch.zeros_like(params[n]) if g is None else g.detach().clone()
 
     # optimizer steps on the trainable subset; the rest is frozen
@@ -354,8 +391,9 @@ def run_case(name, c):
     frozen_before = {n: params[n].detach().clone() for n in names if n not in train_names}
     for k in range(1, c["steps"] + 1):
         opt.zero_grad(set_to_none=True)
-        loss_k = forward_losses(model, c, batch)[0]
-        tensors[f"step{k}.loss"] = loss_k.detach().clone().reshape(())
+        with autocast_ctx(autocast):
+            loss_k = forward_losses(model, c, batch)[0]
+        tensors[f"step{k}.loss"] = as_stored(loss_k).reshape(())
         loss_k.backward()
         before = {n: (params[n].detach().clone(), params[n].grad.clone()) for n in train_names}
         opt.step()
@@ -389,6 +427,10 @@ def run_case(name, c):
         "transformers_version": transformers.__version__,
         "seed": str(c["seed"]),
     }
+    if autocast is not None:
+        metadata["autocast"] = json.dumps(AUTOCAST_BF16, sort_keys=True)
+    for k, t in tensors.items():
+        assert t.dtype in _DTYPES, (k, t.dtype)
     return tensors, metadata
 
 
@@ -445,6 +487,10 @@ def main():
     ap.add_argument("--all", action="store_true", help="dump every case")
     ap.add_argument("--case", action="append", default=[], choices=sorted(CASES))
     ap.add_argument("--out", default="tests/fixtures/parity")
+    ap.add_argument("--autocast", choices=["bf16"], default=None,
+                    help="run every forward under torch.autocast('cpu', dtype=torch.bfloat16) "
+                         "(the committed bf16 dump: --case continuous_hf_adamw --out "
+                         "tests/fixtures/parity/bf16)")
     args = ap.parse_args()
     cases = sorted(CASES) if args.all else args.case
     if not cases:
@@ -455,14 +501,16 @@ def main():
     torch.set_default_dtype(torch.float32)
     os.makedirs(args.out, exist_ok=True)
     for name in cases:
-        tensors, metadata = run_case(name, CASES[name])
+        tensors, metadata = run_case(name, CASES[name], args.autocast)
         path = os.path.join(args.out, name + ".safetensors")
         write_safetensors(path, tensors, metadata)
         verify_file(path, tensors, metadata)
         print(f"{name}: {len(tensors)} tensors, {os.path.getsize(path)} bytes, "
               f"loss {tensors['out.loss'].item():.6f} -> step{CASES[name]['steps']} "
-              f"{tensors['step%d.loss' % CASES[name]['steps']].item():.6f}", file=sys.stderr)
-    if args.all:
+              f"{tensors['step%d.loss' % CASES[name]['steps']].item():.6f}"
+              + (f" (autocast {args.autocast})" if args.autocast else ""), file=sys.stderr)
+    if args.all or args.autocast:
+        # the bf16 directory holds only the autocast dump(s): its SHA256SUMS lists them
         files = sorted(f for f in os.listdir(args.out) if f.endswith(".safetensors"))
         lines = "".join(f"{sha256(os.path.join(args.out, f))}  {f}\n" for f in files)
         with open(os.path.join(args.out, "SHA256SUMS"), "w") as f:
