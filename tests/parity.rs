@@ -95,6 +95,32 @@ fn every_fixture_passes_every_row_in_bf16_on_cuda() {
     every_fixture_passes_every_row_at(BackendChoice::Cuda, Precision::Bf16, "cuda bf16");
 }
 
+/// The autocast-bf16 PyTorch dump (tests/fixtures/parity/bf16, `dump.py --autocast bf16`): our
+/// bf16 run held against PyTorch's own mixed precision, under the same bf16 table; and refused
+/// under the fp32 one.
+fn autocast_dump_passes_in_bf16(backend: BackendChoice) {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity/bf16/continuous_hf_adamw.safetensors");
+    let dump = ParityDump::open(&p).unwrap();
+    assert_eq!(dump.precision, Precision::Bf16);
+    let report = check_dump_at(&dump, backend, Precision::Bf16).unwrap();
+    let table = format_table(&format!("{} (autocast bf16)", report.case), &report.rows);
+    println!("{table}");
+    assert!(report.pass(), "{table}");
+    let err = check_dump_at(&dump, backend, Precision::Fp32).unwrap_err();
+    assert!(err.to_string().contains("--precision bf16"), "{err}");
+}
+
+#[test]
+fn autocast_dump_passes_in_bf16_on_cpu() {
+    autocast_dump_passes_in_bf16(BackendChoice::Cpu);
+}
+
+#[test]
+fn autocast_dump_passes_in_bf16_on_emu() {
+    autocast_dump_passes_in_bf16(BackendChoice::Emu);
+}
+
 #[test]
 fn every_recorded_tensor_is_checked() {
     for path in fixtures() {

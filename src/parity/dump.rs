@@ -11,6 +11,7 @@ use crate::model::batch::Batch;
 use crate::model::config::{ModelConfig, PromptKind};
 use crate::model::params::{HostTensor, ParamSet};
 use crate::model::safetensors_io::SafetensorsFile;
+use crate::precision::Precision;
 
 /// The `format` metadata value this reader understands.
 pub const PARITY_FORMAT: &str = "pepler-parity/1";
@@ -47,6 +48,10 @@ pub struct ParityDump {
     /// `torch_version` / `transformers_version` metadata, for the report.
     pub torch_version: String,
     pub transformers_version: String,
+    /// The precision PyTorch ran in: `Bf16` for an autocast dump (`autocast` metadata with
+    /// `"dtype": "bfloat16"`, `dump.py --autocast bf16`), else `Fp32`. An autocast dump is only
+    /// checked under the bf16 tolerances.
+    pub precision: Precision,
     file: SafetensorsFile,
 }
 
@@ -76,6 +81,17 @@ impl ParityDump {
             }
         }
         let batch = read_batch(&file, &config)?;
+        let precision = match file.meta("autocast") {
+            None => Precision::Fp32,
+            Some(a) => {
+                let v: serde_json::Value = serde_json::from_str(&a)
+                    .with_context(|| format!("{p}: metadata `autocast` is not JSON"))?;
+                match v.get("dtype").and_then(|d| d.as_str()) {
+                    Some("bfloat16") => Precision::Bf16,
+                    other => bail!("{p}: autocast dtype {other:?} is not supported (bfloat16 is)"),
+                }
+            }
+        };
         let case = file.meta("case").unwrap_or_else(|| {
             file.path()
                 .file_stem()
@@ -92,6 +108,7 @@ impl ParityDump {
             params,
             torch_version: file.meta("torch_version").unwrap_or_default(),
             transformers_version: file.meta("transformers_version").unwrap_or_default(),
+            precision,
             file,
         })
     }
