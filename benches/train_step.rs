@@ -1,28 +1,34 @@
-//! One PEPLER training step (zero_grad + forward + backward + AdamW) at GPT-2 small shapes on the
-//! CPU backend, the GPU backend on a CUDA GPU (`--device cuda`) or on the emulated device
-//! (`--device emu`, correctness only: far too slow to time): 12 layers, 768 wide, 12 heads, vocab 50260, n_positions 1024, random init, continuous
-//! prompt, dropout 0.1 in train mode, batch 8 x 22 text tokens (24 positions with the prompt),
-//! ragged rows; every parameter trainable (stage 2) by default. The same workload as
+//! One PEPLER training step (zero_grad + forward + backward + AdamW) at GPT-2 shapes on the CPU
+//! backend, the GPU backend on a CUDA GPU (`--device cuda`) or on the emulated device (`--device
+//! emu`, correctness only: far too slow to time): GPT-2 small by default (12 layers, 768 wide, 12
+//! heads; `--model xl`: 48 layers, 1600 wide, 25 heads), vocab 50260, n_positions 1024, random
+//! init, continuous prompt, dropout 0.1 in train mode, batch 8 x 22 text tokens (24 positions with
+//! the prompt), ragged rows; every parameter trainable (stage 2) by default. The same workload as
 //! `scripts/reference/bench_step.py`, so the two medians compare directly.
 //!
-//! Run: `cargo bench --bench train_step [-- --device cpu|cuda|emu --iters 10 --warmup 2 --stage 1|2
-//! --batch B --text-len 22 --peak-tflops P]` (batch default: 8 on the CPU, 128 on a GPU, as the
-//! original PEPLER). Prints the per-phase medians, ms/step, tokens/s and the model FLOP
-//! utilisation (MFU: forward + backward FLOPs of the step over `--peak-tflops`, default 67 = the
-//! H100/H200 SXM fp32 peak, since this backend computes in fp32 without tensor cores), and one JSON
-//! line `{"framework":"pepler-cuda",...,"median_step_s":..}`. `--device cuda` without a usable GPU
-//! says so and benches the CPU backend instead.
+//! Run: `cargo bench --bench train_step [-- --device cpu|cuda|emu --precision fp32|bf16 --model
+//! small|xl --iters 10 --warmup 2 --stage 1|2 --batch B --text-len 22 --peak-tflops P]` (batch
+//! default: 8 on the CPU, 128 on a GPU, as the original PEPLER; precision default: bf16 on a GPU of
+//! compute capability >= 8.0, fp32 elsewhere). Prints the per-phase medians, ms/step, tokens/s, the
+//! model FLOP utilisation (MFU: forward + backward FLOPs of the step over `--peak-tflops`, default
+//! the H100/H200 SXM dense peak of the precision: 67 TFLOP/s fp32 on CUDA cores, 989 bf16 on tensor
+//! cores), the device memory the GPU backend allocated (peak), and one JSON line
+//! `{"framework":"pepler-cuda",...,"median_step_s":..}`. `--device cuda` without a usable GPU says
+//! so and benches the CPU backend instead.
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use pepler_cuda::backend::cpu::CpuBackend;
 use pepler_cuda::backend::gpu::GpuBackend;
-use pepler_cuda::backend::{AdamWParams, Backend};
+use pepler_cuda::backend::{Act, AdamWParams, Backend};
+use pepler_cuda::cli::backend::default_precision;
 use pepler_cuda::device::Device;
 use pepler_cuda::model::batch::Batch;
 use pepler_cuda::model::config::ModelConfig;
 use pepler_cuda::model::params::ParamSet;
+use pepler_cuda::model::sizes::ModelSize;
+use pepler_cuda::precision::Precision;
 use pepler_cuda::model::pepler::{ForwardOptions, Pepler};
 use rand::{Rng, SeedableRng};
 
@@ -34,7 +40,11 @@ struct Args {
     /// 0: the device's default (8 on the CPU, 128 on a GPU).
     batch: usize,
     text_len: usize,
+    /// 0: the precision's dense peak (67 fp32, 989 bf16).
     peak_tflops: f64,
+    /// `None`: the device's default (`default_precision`).
+    precision: Option<Precision>,
+    model: ModelSize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -45,7 +55,9 @@ fn parse_args() -> Result<Args> {
         stage: 2,
         batch: 0,
         text_len: 22,
-        peak_tflops: 67.0,
+        peak_tflops: 0.0,
+        precision: None,
+        model: ModelSize::Small,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -67,6 +79,20 @@ fn parse_args() -> Result<Args> {
                 a.peak_tflops = match argv.get(i + 1).map(|s| s.parse::<f64>()) {
                     Some(Ok(v)) if v > 0.0 => v,
                     _ => bail!("--peak-tflops needs a positive number"),
+                }
+            }
+            "--precision" => {
+                a.precision = Some(match argv.get(i + 1).map(String::as_str) {
+                    Some("fp32") => Precision::Fp32,
+                    Some("bf16") => Precision::Bf16,
+                    _ => bail!("--precision must be fp32 or bf16"),
+                })
+            }
+            "--model" => {
+                a.model = match argv.get(i + 1).map(String::as_str) {
+                    Some("small") => ModelSize::Small,
+                    Some("xl") => ModelSize::Xl,
+                    _ => bail!("--model must be small or xl"),
                 }
             }
             "--iters" => a.iters = val(i)?.max(1),
@@ -153,27 +179,72 @@ fn main() -> Result<()> {
         "cuda" => match Device::cuda() {
             Ok(dev) => {
                 println!("device: {}", dev.name());
-                bench(GpuBackend::new(dev), "cuda", &args, 128)
+                let cc = dev.compute_capability();
+                in_precision(GpuBackend::new(dev), "cuda", &args, 128, cc)
             }
             Err(e) => {
                 println!("no usable GPU ({e:#}): benching the CPU backend instead");
-                bench(CpuBackend::new(), "cpu", &args, 8)
+                in_precision(CpuBackend::new(), "cpu", &args, 8, None)
             }
         },
-        "emu" => bench(GpuBackend::new(Device::emu()?), "emu", &args, 2),
-        _ => bench(CpuBackend::new(), "cpu", &args, 8),
+        "emu" => in_precision(GpuBackend::new(Device::emu()?), "emu", &args, 2, None),
+        _ => in_precision(CpuBackend::new(), "cpu", &args, 8, None),
+    }
+}
+
+/// `bench` with activations in the chosen (or the device's default) precision.
+fn in_precision<B: Backend + Measured>(
+    be: B,
+    kind: &str,
+    args: &Args,
+    default_batch: usize,
+    capability: Option<(i32, i32)>,
+) -> Result<()> {
+    match args.precision.unwrap_or_else(|| default_precision(capability)) {
+        Precision::Fp32 => bench::<B, f32>(be, kind, args, default_batch),
+        Precision::Bf16 => bench::<B, half::bf16>(be, kind, args, default_batch),
+    }
+}
+
+/// What a backend can say about its device memory.
+trait Measured {
+    /// Peak bytes of device memory the backend has allocated, if it tracks them.
+    fn peak_bytes(&self) -> Option<usize>;
+}
+
+impl Measured for CpuBackend {
+    fn peak_bytes(&self) -> Option<usize> {
+        None
+    }
+}
+
+impl Measured for GpuBackend {
+    fn peak_bytes(&self) -> Option<usize> {
+        Some(self.device().peak_bytes())
     }
 }
 
 /// `kind` ("cpu", "cuda", "emu") is what the JSON line reports as the backend (gpu-check.sh checks
 /// that a `--device cuda` run really ran on the GPU).
-fn bench<B: Backend>(be: B, kind: &str, args: &Args, default_batch: usize) -> Result<()> {
+fn bench<B: Backend + Measured, A: Act>(
+    be: B,
+    kind: &str,
+    args: &Args,
+    default_batch: usize,
+) -> Result<()> {
     let batch_size = if args.batch == 0 {
         default_batch
     } else {
         args.batch
     };
-    let cfg = ModelConfig::gpt2_small(1000, 1000); // dropout 0.1, continuous prompt, no rating head
+    // dropout 0.1, continuous prompt, no rating head
+    let cfg = args.model.config(1000, 1000);
+    let precision = A::PRECISION;
+    let peak_tflops = match (args.peak_tflops, precision) {
+        (p, _) if p > 0.0 => p,
+        (_, Precision::Fp32) => 67.0,
+        (_, Precision::Bf16) => 989.0,
+    };
     let t0 = Instant::now();
     let params = ParamSet::init(&cfg, 0);
     let init_s = t0.elapsed().as_secs_f64();
@@ -187,7 +258,7 @@ fn bench<B: Backend>(be: B, kind: &str, args: &Args, default_batch: usize) -> Re
         })
         .collect();
     let backend = be.name();
-    let mut model = Pepler::new(be, &params)?;
+    let mut model = Pepler::<B, A>::with_activations(be, &params)?;
     drop(params);
     let batch = make_batch(&cfg, batch_size, args.text_len);
     let hp = AdamWParams {
@@ -205,7 +276,8 @@ fn bench<B: Backend>(be: B, kind: &str, args: &Args, default_batch: usize) -> Re
     };
     let threads = rayon::current_num_threads();
     println!(
-        "train_step on {backend}: GPT-2 small (vocab {}, {} params), batch {} x {} text tokens (+2 prompt), stage {}, {threads} rayon threads; init {init_s:.2}s",
+        "train_step on {backend}: GPT-2 {} (vocab {}, {} params), {precision}, batch {} x {} text tokens (+2 prompt), stage {}, {threads} rayon threads; init {init_s:.2}s",
+        args.model,
         cfg.vocab_size,
         model.specs().iter().map(|s| s.numel()).sum::<usize>(),
         batch_size,
@@ -253,13 +325,19 @@ fn bench<B: Backend>(be: B, kind: &str, args: &Args, default_batch: usize) -> Re
         "{:.2} ms/step, {:.0} tokens/s, {tflops:.2} TFLOP/s = MFU {:.1}% of {} TFLOP/s",
         m * 1e3,
         tokens / m,
-        100.0 * tflops / args.peak_tflops,
-        args.peak_tflops
+        100.0 * tflops / peak_tflops,
+        peak_tflops
     );
+    let peak = model.backend().peak_bytes();
+    if let Some(bytes) = peak {
+        println!("peak device memory allocated: {:.2} GiB", bytes as f64 / (1u64 << 30) as f64);
+    }
     println!(
-        "{{\"framework\":\"pepler-cuda\",\"backend\":\"{kind}\",\"device\":\"{backend}\",\"threads\":{threads},\"batch\":{batch_size},\"stage\":{},\"median_step_s\":{m:.4},\"tokens_per_s\":{:.1},\"tflops\":{tflops:.3}}}",
+        "{{\"framework\":\"pepler-cuda\",\"backend\":\"{kind}\",\"device\":\"{backend}\",\"model\":\"{}\",\"precision\":\"{precision}\",\"threads\":{threads},\"batch\":{batch_size},\"stage\":{},\"median_step_s\":{m:.4},\"tokens_per_s\":{:.1},\"tflops\":{tflops:.3},\"peak_bytes\":{}}}",
+        args.model,
         args.stage,
-        tokens / m
+        tokens / m,
+        peak.map_or("null".to_string(), |b| b.to_string())
     );
     Ok(())
 }

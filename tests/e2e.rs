@@ -35,7 +35,12 @@ fn train(cfg: &TrainConfig, out: &Path, control: RunControl) -> TrainSummary {
     train_on(CpuBackend::new(), cfg, out, control)
 }
 
-fn train_on<B: pepler_cuda::backend::Backend>(
+fn train_on<B: pepler_cuda::backend::Backend>(be: B, cfg: &TrainConfig, out: &Path, control: RunControl) -> TrainSummary {
+    train_in::<B, f32>(be, cfg, out, control)
+}
+
+/// `train_on` with activations stored as `A` (the training precision).
+fn train_in<B: pepler_cuda::backend::Backend, A: pepler_cuda::precision::Act>(
     be: B,
     cfg: &TrainConfig,
     out: &Path,
@@ -47,7 +52,7 @@ fn train_on<B: pepler_cuda::backend::Backend>(
         control,
         evaluate: true,
     }
-    .run(be)
+    .run::<B, A>(be)
     .unwrap()
 }
 
@@ -223,7 +228,7 @@ fn interrupted_and_resumed_run_equals_uninterrupted_and_files_are_sane() {
         out_dir: out.clone(),
         batch_size: 0,
     }
-    .run(CpuBackend::new())
+    .run::<_, f32>(CpuBackend::new())
     .unwrap();
     assert_eq!(again, metrics);
     assert!(out.join("generated.jsonl").exists());
@@ -248,7 +253,7 @@ fn resume_refuses_a_changed_configuration_and_a_missing_state() {
         };
         format!(
             "{:#}",
-            job.run(CpuBackend::new()).err().expect("resume must fail")
+            job.run::<_, f32>(CpuBackend::new()).err().expect("resume must fail")
         )
     };
     let err = resume_error(&cfg);
@@ -269,7 +274,7 @@ fn train_err(cfg: &TrainConfig, out: &Path, control: RunControl) -> String {
     };
     format!(
         "{:#}",
-        job.run(CpuBackend::new()).err().expect("the run must fail")
+        job.run::<_, f32>(CpuBackend::new()).err().expect("the run must fail")
     )
 }
 
@@ -321,7 +326,7 @@ fn a_run_is_never_overwritten_without_overwrite_and_a_locked_directory_is_refuse
         out_dir: dir.clone(),
         batch_size: 0,
     }
-    .run(CpuBackend::new())
+    .run::<_, f32>(CpuBackend::new())
     .expect_err("evaluate into a locked directory fails");
     assert!(format!("{err:#}").contains("another pepler-cuda process"));
     drop(lock);
@@ -399,8 +404,7 @@ fn a_resume_state_from_another_run_or_with_a_bad_stage_is_refused() {
 
 /// The GPU backend (our kernels, on the emulated device): a run interrupted after its first epoch
 /// and resumed writes exactly the bytes of an uninterrupted run, as on the CPU.
-#[test]
-fn interrupted_and_resumed_run_on_emu_equals_uninterrupted() {
+fn interrupted_and_resumed_run_on_emu_equals_uninterrupted_in<A: pepler_cuda::precision::Act>() {
     use pepler_cuda::backend::gpu::GpuBackend;
     use pepler_cuda::device::Device;
     let cfg = TrainConfig {
@@ -417,23 +421,35 @@ fn interrupted_and_resumed_run_on_emu_equals_uninterrupted() {
     let emu = || GpuBackend::new(Device::emu().expect("emulated device"));
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    assert!(train_on(emu(), &cfg, &a, RunControl::default()).finished);
+    assert!(train_in::<_, A>(emu(), &cfg, &a, RunControl::default()).finished);
     let first = RunControl {
         stop_after_epochs: Some(1),
         ..RunControl::default()
     };
-    assert!(!train_on(emu(), &cfg, &b, first).finished);
+    assert!(!train_in::<_, A>(emu(), &cfg, &b, first).finished);
     let rest = RunControl {
         resume: true,
         ..RunControl::default()
     };
-    assert!(train_on(emu(), &cfg, &b, rest).finished);
+    assert!(train_in::<_, A>(emu(), &cfg, &b, rest).finished);
     for f in FILES {
         assert_eq!(
             sha256(&a.join(f)),
             sha256(&b.join(f)),
-            "{f} differs between the uninterrupted and the resumed run on emu"
+            "{f} differs between the uninterrupted and the resumed run on emu ({:?})",
+            A::PRECISION
         );
     }
     assert_eq!(records(&a), records(&b));
+}
+
+#[test]
+fn interrupted_and_resumed_run_on_emu_equals_uninterrupted() {
+    interrupted_and_resumed_run_on_emu_equals_uninterrupted_in::<f32>();
+}
+
+/// The same in bf16: same seed, same bits, mixed precision included.
+#[test]
+fn interrupted_and_resumed_run_on_emu_equals_uninterrupted_in_bf16() {
+    interrupted_and_resumed_run_on_emu_equals_uninterrupted_in::<half::bf16>();
 }

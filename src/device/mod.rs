@@ -34,7 +34,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Result};
@@ -262,7 +262,38 @@ pub struct DeviceBuffer<T: Elem> {
     len: usize,
     device_id: u64,
     _mem: Mem,
+    _usage: Usage,
     _t: PhantomData<T>,
+}
+
+/// Bytes of device memory a [`Device`] has allocated: now and at most (the benchmarks' peak).
+#[derive(Debug, Default)]
+struct MemStats {
+    current: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+/// One allocation's share of its device's [`MemStats`], given back on drop.
+struct Usage {
+    stats: Arc<MemStats>,
+    bytes: usize,
+}
+
+impl Usage {
+    fn new(stats: &Arc<MemStats>, bytes: usize) -> Usage {
+        let now = stats.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        stats.peak.fetch_max(now, Ordering::Relaxed);
+        Usage {
+            stats: Arc::clone(stats),
+            bytes,
+        }
+    }
+}
+
+impl Drop for Usage {
+    fn drop(&mut self) {
+        self.stats.current.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl<T: Elem> fmt::Debug for DeviceBuffer<T> {
@@ -505,6 +536,8 @@ pub struct Device {
     note: Option<String>,
     /// Per-kernel dynamic shared memory limits above [`MAX_DYN_SMEM`] ([`Device::opt_in_dyn_smem`]).
     smem_optin: Arc<Mutex<HashMap<String, u32>>>,
+    /// Bytes allocated through this device (all clones share it).
+    mem: Arc<MemStats>,
 }
 
 impl fmt::Debug for Device {
@@ -571,6 +604,7 @@ impl Device {
             id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
             note,
             smem_optin: Arc::new(Mutex::new(HashMap::new())),
+            mem: Arc::new(MemStats::default()),
         }
     }
 
@@ -588,6 +622,17 @@ impl Device {
             Inner::Cuda(d) => d.name(),
             Inner::Emu(_) => "emulated CUDA device (kernels compiled for the host)".to_string(),
         }
+    }
+
+    /// Bytes of device memory allocated through this device and not yet freed (our buffers; not
+    /// cuBLAS's or the driver's own).
+    pub fn bytes_in_use(&self) -> usize {
+        self.mem.current.load(Ordering::Relaxed)
+    }
+
+    /// The most [`Device::bytes_in_use`] has been.
+    pub fn peak_bytes(&self) -> usize {
+        self.mem.peak.load(Ordering::Relaxed)
     }
 
     /// The GPU's (major, minor) compute capability; `None` for the emulated device.
@@ -656,6 +701,7 @@ impl Device {
             len,
             device_id: self.id,
             _mem: mem,
+            _usage: Usage::new(&self.mem, bytes),
             _t: PhantomData,
         })
     }
