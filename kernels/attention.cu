@@ -1,10 +1,17 @@
 // attention.cu — fused causal multi-head self-attention, forward, backward and KV-cache decoding
 // (CPU reference: src/ops/attention.rs; launchers: src/kernels/attention.rs).
 //
-// Layouts (row-major fp32): qkv (B, L, 3C) = [q | k | v] per position, head h owns channels
+// Layouts (row-major): qkv (B, L, 3C) = [q | k | v] per position, head h owns channels
 // h*hd..(h+1)*hd of each third (hd = C / NH); out, dout (B, L, C); dqkv (B, L, 3C);
 // lse, D (B, NH, L); key_mask (B, L) int, 1 = attend (may be NULL = all keys); k_cache, v_cache
 // (B, NH, lmax, hd).
+//
+// Precision (src/precision.rs): the activations qkv, out, dout, dqkv, k_cache, v_cache are T =
+// float or __nv_bfloat16 (the `_bf16` entry points); lse and D are always f32. Every kernel is one
+// template over T: loads widen T to f32 (into the f32 shared-memory tiles and registers), all the
+// arithmetic below is f32 and identical for both types, and out, dq, dk, dv are rounded once (to
+// nearest even) when stored; the cache append copies T. For bf16 the backward's D is dout . out of
+// the stored, rounded out (as FlashAttention's), where the f32 reference has sum_j P_tj dP_tj.
 //
 // Math (per sequence b, head h, query t, key j):
 //   s_tj  = (q_t . k_j) / sqrtf(hd)            (a division, as the reference and HF eager)
@@ -20,7 +27,8 @@
 //   dq_t  = sum_j dS_tj k_j;  dk_j = sum_t dS_tj q_t;  dv_j = sum_t P_tj r_tj dout_t
 //
 // Kernels (`_hd32/_hd64/_hd128`: the same template for hd <= 32, 64, 128; the launcher picks the
-// smallest that fits, lanes own channels lane, lane+32, ... of a row in registers):
+// smallest that fits, lanes own channels lane, lane+32, ... of a row in registers; each has a
+// `..._bf16` twin, e.g. attention_forward_hd64_bf16, attention_cache_append_bf16):
 //   attention_forward_hdN        out (=), lse (=, may be NULL)
 //   attention_cached_forward_hdN out (=) of n new queries at positions start..start+n-1 against the
 //                                caches (after attention_cache_append); same row routine as the
@@ -84,10 +92,10 @@ __device__ __forceinline__ float attn_dot(const float* a, const float* b, int n)
 // One block of the forward: query rows row0.. of one (sequence, head). Query row i sits at position
 // pos0 + i and sees keys 0..pos0+i. Pointers are at row 0 / key 0 of this (b, h), channel 0 of the
 // head; *_rs are row strides. lse may be NULL. `drop_base + pos * drop_l + j` is the dropout index.
-template <int NC, int R>
-__device__ void attn_forward_rows(float* smem, float* __restrict__ out, long long out_rs, float* __restrict__ lse,
-                                  const float* __restrict__ q, long long q_rs, const float* __restrict__ k,
-                                  const float* __restrict__ v, long long kv_rs, const int* __restrict__ mask,
+template <typename T, int NC, int R>
+__device__ void attn_forward_rows(float* smem, T* __restrict__ out, long long out_rs, float* __restrict__ lse,
+                                  const T* __restrict__ q, long long q_rs, const T* __restrict__ k,
+                                  const T* __restrict__ v, long long kv_rs, const int* __restrict__ mask,
                                   int nq, int pos0, int hd, int row0, AttnDropout drop,
                                   unsigned long long drop_base, long long drop_l) {
     const int hs = hd | 1;
@@ -103,7 +111,7 @@ __device__ void attn_forward_rows(float* smem, float* __restrict__ out, long lon
 
     for (int i = threadIdx.x; i < nrows * hd; i += blockDim.x) {
         const int r = i / hd;
-        qs[i] = q[static_cast<long long>(row0 + r) * q_rs + (i - r * hd)];
+        qs[i] = to_float(q[static_cast<long long>(row0 + r) * q_rs + (i - r * hd)]);
     }
     const int nkeys = pos0 + row0 + nrows;  // keys 0..last row's position
     const int ntiles = CEIL_DIV(nkeys, ATTN_TILE);
@@ -127,8 +135,8 @@ __device__ void attn_forward_rows(float* smem, float* __restrict__ out, long lon
             const int j = i / hd;
             const int c = i - j * hd;
             const long long g = static_cast<long long>(j0 + j) * kv_rs + c;
-            ks[j * hs + c] = k[g];
-            vs[j * hd + c] = v[g];
+            ks[j * hs + c] = to_float(k[g]);
+            vs[j * hd + c] = to_float(v[g]);
         }
         __syncthreads();
 #pragma unroll
@@ -173,11 +181,11 @@ __device__ void attn_forward_rows(float* smem, float* __restrict__ out, long lon
         const int row = row0 + lr;
         const bool empty = m[r] == -INFINITY;
         const float inv = empty ? 0.0f : 1.0f / l;
-        float* orow = out + static_cast<long long>(row) * out_rs;
+        T* orow = out + static_cast<long long>(row) * out_rs;
 #pragma unroll
         for (int cc = 0; cc < NC; cc++) {
             const int c = lane + 32 * cc;
-            if (c < hd) orow[c] = empty ? 0.0f : o[r][cc] * inv;
+            if (c < hd) orow[c] = from_float<T>(empty ? 0.0f : o[r][cc] * inv);
         }
         if (lse != nullptr && lane == 0) lse[row] = empty ? INFINITY : m[r] + logf(l);
     }
@@ -201,15 +209,15 @@ __device__ __forceinline__ AttnBlock attn_block(int rows, int per_block, int nh)
     return a;
 }
 
-template <int NC, int R>
-__device__ void attn_forward(float* smem, float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ qkv,
+template <typename T, int NC, int R>
+__device__ void attn_forward(float* smem, T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ qkv,
                              const int* __restrict__ key_mask, int L, int C, int NH, AttnDropout drop) {
     const int hd = C / NH;
     const AttnBlock a = attn_block(L, ATTN_WARPS * R, NH);
     const long long bh = a.b * NH + a.h;
     const long long c3 = 3LL * C;
-    const float* base = qkv + a.b * L * c3 + static_cast<long long>(a.h) * hd;
-    attn_forward_rows<NC, R>(smem, out + a.b * L * C + static_cast<long long>(a.h) * hd, C,
+    const T* base = qkv + a.b * L * c3 + static_cast<long long>(a.h) * hd;
+    attn_forward_rows<T, NC, R>(smem, out + a.b * L * C + static_cast<long long>(a.h) * hd, C,
                              lse == nullptr ? nullptr : lse + bh * L, base, c3, base + C, base + 2LL * C, c3,
                              key_mask == nullptr ? nullptr : key_mask + a.b * L, L, 0, hd,
                              a.tile * ATTN_WARPS * R, drop, static_cast<unsigned long long>(bh * L) * L, L);
@@ -220,7 +228,17 @@ extern "C" __global__ void attention_forward_hd32(float* __restrict__ out, float
                                                   int L, int C, int NH, int drop_on, unsigned long long seed,
                                                   unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_forward<1, 4>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_forward<float, 1, 4>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_forward_hd32_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
+                                                      const __nv_bfloat16* __restrict__ qkv,
+                                                      const int* __restrict__ key_mask, int L, int C, int NH,
+                                                      int drop_on, unsigned long long seed, unsigned long long step,
+                                                      unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_forward<__nv_bfloat16, 1, 4>(smem, out, lse, qkv, key_mask, L, C, NH,
+                                         attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_forward_hd64(float* __restrict__ out, float* __restrict__ lse,
@@ -228,7 +246,17 @@ extern "C" __global__ void attention_forward_hd64(float* __restrict__ out, float
                                                   int L, int C, int NH, int drop_on, unsigned long long seed,
                                                   unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_forward<2, 4>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_forward<float, 2, 4>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_forward_hd64_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
+                                                      const __nv_bfloat16* __restrict__ qkv,
+                                                      const int* __restrict__ key_mask, int L, int C, int NH,
+                                                      int drop_on, unsigned long long seed, unsigned long long step,
+                                                      unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_forward<__nv_bfloat16, 2, 4>(smem, out, lse, qkv, key_mask, L, C, NH,
+                                         attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_forward_hd128(float* __restrict__ out, float* __restrict__ lse,
@@ -236,15 +264,25 @@ extern "C" __global__ void attention_forward_hd128(float* __restrict__ out, floa
                                                    int L, int C, int NH, int drop_on, unsigned long long seed,
                                                    unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_forward<4, 2>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_forward<float, 4, 2>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_forward_hd128_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
+                                                       const __nv_bfloat16* __restrict__ qkv,
+                                                       const int* __restrict__ key_mask, int L, int C, int NH,
+                                                       int drop_on, unsigned long long seed, unsigned long long step,
+                                                       unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_forward<__nv_bfloat16, 4, 2>(smem, out, lse, qkv, key_mask, L, C, NH,
+                                         attn_dropout(drop_on, seed, step, site, p));
 }
 
 // ----------------------------------------------------------------------------------------------
 // decoding with a KV cache
 
-extern "C" __global__ void attention_cache_append(float* __restrict__ k_cache, float* __restrict__ v_cache,
-                                                  const float* __restrict__ qkv, int B, int n, int C, int NH,
-                                                  int start, int lmax) {
+template <typename T>
+__device__ void attn_cache_append(T* __restrict__ k_cache, T* __restrict__ v_cache, const T* __restrict__ qkv, int B,
+                                  int n, int C, int NH, int start, int lmax) {
     const int hd = C / NH;
     const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= static_cast<long long>(B) * NH * n * hd) return;
@@ -259,9 +297,22 @@ extern "C" __global__ void attention_cache_append(float* __restrict__ k_cache, f
     v_cache[dst] = qkv[src + 2LL * C];
 }
 
-template <int NC, int R>
-__device__ void attn_cached_forward(float* smem, float* __restrict__ out, const float* __restrict__ qkv,
-                                    const float* __restrict__ k_cache, const float* __restrict__ v_cache, int n,
+extern "C" __global__ void attention_cache_append(float* __restrict__ k_cache, float* __restrict__ v_cache,
+                                                  const float* __restrict__ qkv, int B, int n, int C, int NH,
+                                                  int start, int lmax) {
+    attn_cache_append<float>(k_cache, v_cache, qkv, B, n, C, NH, start, lmax);
+}
+
+extern "C" __global__ void attention_cache_append_bf16(__nv_bfloat16* __restrict__ k_cache,
+                                                       __nv_bfloat16* __restrict__ v_cache,
+                                                       const __nv_bfloat16* __restrict__ qkv, int B, int n, int C,
+                                                       int NH, int start, int lmax) {
+    attn_cache_append<__nv_bfloat16>(k_cache, v_cache, qkv, B, n, C, NH, start, lmax);
+}
+
+template <typename T, int NC, int R>
+__device__ void attn_cached_forward(float* smem, T* __restrict__ out, const T* __restrict__ qkv,
+                                    const T* __restrict__ k_cache, const T* __restrict__ v_cache, int n,
                                     int C, int NH, int start, int lmax) {
     const int hd = C / NH;
     const AttnBlock a = attn_block(n, ATTN_WARPS * R, NH);
@@ -272,7 +323,7 @@ __device__ void attn_cached_forward(float* smem, float* __restrict__ out, const 
     none.on = 0;
     none.key = 0ull;
     none.p = 0.0f;
-    attn_forward_rows<NC, R>(smem, out + a.b * n * C + static_cast<long long>(a.h) * hd, C, nullptr,
+    attn_forward_rows<T, NC, R>(smem, out + a.b * n * C + static_cast<long long>(a.h) * hd, C, nullptr,
                              qkv + a.b * n * c3 + static_cast<long long>(a.h) * hd, c3, k_cache + kv,
                              v_cache + kv, hd, nullptr, n, start, hd, a.tile * ATTN_WARPS * R, none, 0ull, 0);
 }
@@ -282,7 +333,16 @@ extern "C" __global__ void attention_cached_forward_hd32(float* __restrict__ out
                                                          const float* __restrict__ v_cache, int n, int C, int NH,
                                                          int start, int lmax) {
     DYN_SMEM(float, smem);
-    attn_cached_forward<1, 4>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
+    attn_cached_forward<float, 1, 4>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
+}
+
+extern "C" __global__ void attention_cached_forward_hd32_bf16(__nv_bfloat16* __restrict__ out,
+                                                             const __nv_bfloat16* __restrict__ qkv,
+                                                             const __nv_bfloat16* __restrict__ k_cache,
+                                                             const __nv_bfloat16* __restrict__ v_cache, int n,
+                                                             int C, int NH, int start, int lmax) {
+    DYN_SMEM(float, smem);
+    attn_cached_forward<__nv_bfloat16, 1, 4>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
 }
 
 extern "C" __global__ void attention_cached_forward_hd64(float* __restrict__ out, const float* __restrict__ qkv,
@@ -290,7 +350,16 @@ extern "C" __global__ void attention_cached_forward_hd64(float* __restrict__ out
                                                          const float* __restrict__ v_cache, int n, int C, int NH,
                                                          int start, int lmax) {
     DYN_SMEM(float, smem);
-    attn_cached_forward<2, 4>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
+    attn_cached_forward<float, 2, 4>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
+}
+
+extern "C" __global__ void attention_cached_forward_hd64_bf16(__nv_bfloat16* __restrict__ out,
+                                                             const __nv_bfloat16* __restrict__ qkv,
+                                                             const __nv_bfloat16* __restrict__ k_cache,
+                                                             const __nv_bfloat16* __restrict__ v_cache, int n,
+                                                             int C, int NH, int start, int lmax) {
+    DYN_SMEM(float, smem);
+    attn_cached_forward<__nv_bfloat16, 2, 4>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
 }
 
 extern "C" __global__ void attention_cached_forward_hd128(float* __restrict__ out, const float* __restrict__ qkv,
@@ -298,15 +367,25 @@ extern "C" __global__ void attention_cached_forward_hd128(float* __restrict__ ou
                                                           const float* __restrict__ v_cache, int n, int C, int NH,
                                                           int start, int lmax) {
     DYN_SMEM(float, smem);
-    attn_cached_forward<4, 2>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
+    attn_cached_forward<float, 4, 2>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
+}
+
+extern "C" __global__ void attention_cached_forward_hd128_bf16(__nv_bfloat16* __restrict__ out,
+                                                              const __nv_bfloat16* __restrict__ qkv,
+                                                              const __nv_bfloat16* __restrict__ k_cache,
+                                                              const __nv_bfloat16* __restrict__ v_cache, int n,
+                                                              int C, int NH, int start, int lmax) {
+    DYN_SMEM(float, smem);
+    attn_cached_forward<__nv_bfloat16, 4, 2>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
 }
 
 // ----------------------------------------------------------------------------------------------
 // backward
 
 // D[b, h, t] = sum_c dout[b, t, h*hd + c] * out[b, t, h*hd + c]: a warp per row, 8 rows per block.
-extern "C" __global__ void attention_backward_rowdot(float* __restrict__ D, const float* __restrict__ dout,
-                                                     const float* __restrict__ out, int B, int L, int C, int NH) {
+template <typename T>
+__device__ void attn_backward_rowdot(float* __restrict__ D, const T* __restrict__ dout, const T* __restrict__ out, int B,
+                                     int L, int C, int NH) {
     const int hd = C / NH;
     const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -317,15 +396,26 @@ extern "C" __global__ void attention_backward_rowdot(float* __restrict__ D, cons
     const long long b = bh / NH;
     const long long off = (b * L + t) * C + static_cast<long long>(h) * hd;
     float s = 0.0f;
-    for (int c = lane; c < hd; c += 32) s += dout[off + c] * out[off + c];
+    for (int c = lane; c < hd; c += 32) s += to_float(dout[off + c]) * to_float(out[off + c]);
     s = warp_reduce_sum(s);
     if (lane == 0) D[row] = s;
 }
 
+extern "C" __global__ void attention_backward_rowdot(float* __restrict__ D, const float* __restrict__ dout,
+                                                     const float* __restrict__ out, int B, int L, int C, int NH) {
+    attn_backward_rowdot<float>(D, dout, out, B, L, C, NH);
+}
+
+extern "C" __global__ void attention_backward_rowdot_bf16(float* __restrict__ D, const __nv_bfloat16* __restrict__ dout,
+                                                          const __nv_bfloat16* __restrict__ out, int B, int L, int C,
+                                                          int NH) {
+    attn_backward_rowdot<__nv_bfloat16>(D, dout, out, B, L, C, NH);
+}
+
 // dq rows of one (b, h) query tile: walks key tiles like the forward, recomputing P from lse.
-template <int NC, int R>
-__device__ void attn_backward_dq(float* smem, float* __restrict__ dqkv, const float* __restrict__ dout,
-                                 const float* __restrict__ qkv, const float* __restrict__ lse,
+template <typename T, int NC, int R>
+__device__ void attn_backward_dq(float* smem, T* __restrict__ dqkv, const T* __restrict__ dout,
+                                 const T* __restrict__ qkv, const float* __restrict__ lse,
                                  const float* __restrict__ D, const int* __restrict__ key_mask, int L, int C,
                                  int NH, AttnDropout drop) {
     const int hd = C / NH;
@@ -339,8 +429,8 @@ __device__ void attn_backward_dq(float* smem, float* __restrict__ dqkv, const fl
     const long long bh = a.b * NH + a.h;
     const long long c3 = 3LL * C;
     const long long hoff = static_cast<long long>(a.h) * hd;
-    const float* qkv_b = qkv + a.b * L * c3 + hoff;
-    const float* dout_b = dout + a.b * L * C + hoff;
+    const T* qkv_b = qkv + a.b * L * c3 + hoff;
+    const T* dout_b = dout + a.b * L * C + hoff;
     const int* mask = key_mask == nullptr ? nullptr : key_mask + a.b * L;
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -353,8 +443,8 @@ __device__ void attn_backward_dq(float* smem, float* __restrict__ dqkv, const fl
     for (int i = threadIdx.x; i < nrows * hd; i += blockDim.x) {
         const int r = i / hd;
         const int c = i - r * hd;
-        qs[i] = qkv_b[static_cast<long long>(row0 + r) * c3 + c];
-        gs[i] = dout_b[static_cast<long long>(row0 + r) * C + c];
+        qs[i] = to_float(qkv_b[static_cast<long long>(row0 + r) * c3 + c]);
+        gs[i] = to_float(dout_b[static_cast<long long>(row0 + r) * C + c]);
     }
     float lse_r[R], d_r[R], dq[R][NC];
 #pragma unroll
@@ -375,8 +465,8 @@ __device__ void attn_backward_dq(float* smem, float* __restrict__ dqkv, const fl
             const int j = i / hd;
             const int c = i - j * hd;
             const long long g = static_cast<long long>(j0 + j) * c3 + c;
-            ks[j * hs + c] = qkv_b[g + C];
-            vs[j * hs + c] = qkv_b[g + 2LL * C];
+            ks[j * hs + c] = to_float(qkv_b[g + C]);
+            vs[j * hs + c] = to_float(qkv_b[g + 2LL * C]);
         }
         __syncthreads();
 #pragma unroll
@@ -411,24 +501,24 @@ __device__ void attn_backward_dq(float* smem, float* __restrict__ dqkv, const fl
             }
         }
     }
-    float* dq_b = dqkv + a.b * L * c3 + hoff;
+    T* dq_b = dqkv + a.b * L * c3 + hoff;
 #pragma unroll
     for (int r = 0; r < R; r++) {
         const int lr = warp + ATTN_WARPS * r;
         if (lr >= nrows) continue;
-        float* drow = dq_b + static_cast<long long>(row0 + lr) * c3;
+        T* drow = dq_b + static_cast<long long>(row0 + lr) * c3;
 #pragma unroll
         for (int cc = 0; cc < NC; cc++) {
             const int c = lane + 32 * cc;
-            if (c < hd) drow[c] = dq[r][cc];
+            if (c < hd) drow[c] = from_float<T>(dq[r][cc]);
         }
     }
 }
 
 // dk and dv rows of one (b, h) key tile: walks query tiles from the tile's first key to L.
-template <int NC, int R>
-__device__ void attn_backward_dkv(float* smem, float* __restrict__ dqkv, const float* __restrict__ dout,
-                                  const float* __restrict__ qkv, const float* __restrict__ lse,
+template <typename T, int NC, int R>
+__device__ void attn_backward_dkv(float* smem, T* __restrict__ dqkv, const T* __restrict__ dout,
+                                  const T* __restrict__ qkv, const float* __restrict__ lse,
                                   const float* __restrict__ D, const int* __restrict__ key_mask, int L, int C,
                                   int NH, AttnDropout drop) {
     const int hd = C / NH;
@@ -445,8 +535,8 @@ __device__ void attn_backward_dkv(float* smem, float* __restrict__ dqkv, const f
     const long long bh = a.b * NH + a.h;
     const long long c3 = 3LL * C;
     const long long hoff = static_cast<long long>(a.h) * hd;
-    const float* qkv_b = qkv + a.b * L * c3 + hoff;
-    const float* dout_b = dout + a.b * L * C + hoff;
+    const T* qkv_b = qkv + a.b * L * c3 + hoff;
+    const T* dout_b = dout + a.b * L * C + hoff;
     const int* mask = key_mask == nullptr ? nullptr : key_mask + a.b * L;
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -460,8 +550,8 @@ __device__ void attn_backward_dkv(float* smem, float* __restrict__ dqkv, const f
     for (int i = threadIdx.x; i < nrows * hd; i += blockDim.x) {
         const int r = i / hd;
         const long long g = static_cast<long long>(row0 + r) * c3 + (i - r * hd);
-        kr[i] = qkv_b[g + C];
-        vr[i] = qkv_b[g + 2LL * C];
+        kr[i] = to_float(qkv_b[g + C]);
+        vr[i] = to_float(qkv_b[g + 2LL * C]);
     }
     float dk[R][NC], dv[R][NC];
 #pragma unroll
@@ -478,8 +568,8 @@ __device__ void attn_backward_dkv(float* smem, float* __restrict__ dqkv, const f
         for (int i = threadIdx.x; i < nt * hd; i += blockDim.x) {
             const int t = i / hd;
             const int c = i - t * hd;
-            qs[t * hs + c] = qkv_b[static_cast<long long>(t0 + t) * c3 + c];
-            gs[t * hs + c] = dout_b[static_cast<long long>(t0 + t) * C + c];
+            qs[t * hs + c] = to_float(qkv_b[static_cast<long long>(t0 + t) * c3 + c]);
+            gs[t * hs + c] = to_float(dout_b[static_cast<long long>(t0 + t) * C + c]);
         }
         for (int i = threadIdx.x; i < nt; i += blockDim.x) {
             ls[i] = lse[bh * L + t0 + i];
@@ -530,18 +620,18 @@ __device__ void attn_backward_dkv(float* smem, float* __restrict__ dqkv, const f
             }
         }
     }
-    float* dkv_b = dqkv + a.b * L * c3 + hoff;
+    T* dkv_b = dqkv + a.b * L * c3 + hoff;
 #pragma unroll
     for (int r = 0; r < R; r++) {
         const int lr = warp + ATTN_WARPS * r;
         if (lr >= nrows) continue;
-        float* drow = dkv_b + static_cast<long long>(row0 + lr) * c3;
+        T* drow = dkv_b + static_cast<long long>(row0 + lr) * c3;
 #pragma unroll
         for (int cc = 0; cc < NC; cc++) {
             const int c = lane + 32 * cc;
             if (c < hd) {
-                drow[C + c] = dk[r][cc];
-                drow[2LL * C + c] = dv[r][cc];
+                drow[C + c] = from_float<T>(dk[r][cc]);
+                drow[2LL * C + c] = from_float<T>(dv[r][cc]);
             }
         }
     }
@@ -553,7 +643,18 @@ extern "C" __global__ void attention_backward_dq_hd32(float* __restrict__ dqkv, 
                                                       int L, int C, int NH, int drop_on, unsigned long long seed,
                                                       unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dq<1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dq<float, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_backward_dq_hd32_bf16(__nv_bfloat16* __restrict__ dqkv,
+                                                           const __nv_bfloat16* __restrict__ dout,
+                                                           const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
+                                                           const float* __restrict__ D, const int* __restrict__ key_mask, int L,
+                                                           int C, int NH, int drop_on, unsigned long long seed,
+                                                           unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dq<__nv_bfloat16, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                          attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_backward_dq_hd64(float* __restrict__ dqkv, const float* __restrict__ dout,
@@ -562,7 +663,18 @@ extern "C" __global__ void attention_backward_dq_hd64(float* __restrict__ dqkv, 
                                                       int L, int C, int NH, int drop_on, unsigned long long seed,
                                                       unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dq<2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dq<float, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_backward_dq_hd64_bf16(__nv_bfloat16* __restrict__ dqkv,
+                                                           const __nv_bfloat16* __restrict__ dout,
+                                                           const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
+                                                           const float* __restrict__ D, const int* __restrict__ key_mask, int L,
+                                                           int C, int NH, int drop_on, unsigned long long seed,
+                                                           unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dq<__nv_bfloat16, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                          attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_backward_dq_hd128(float* __restrict__ dqkv, const float* __restrict__ dout,
@@ -571,7 +683,18 @@ extern "C" __global__ void attention_backward_dq_hd128(float* __restrict__ dqkv,
                                                        int L, int C, int NH, int drop_on, unsigned long long seed,
                                                        unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dq<4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dq<float, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_backward_dq_hd128_bf16(__nv_bfloat16* __restrict__ dqkv,
+                                                            const __nv_bfloat16* __restrict__ dout,
+                                                            const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
+                                                            const float* __restrict__ D, const int* __restrict__ key_mask, int L,
+                                                            int C, int NH, int drop_on, unsigned long long seed,
+                                                            unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dq<__nv_bfloat16, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                          attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd32(float* __restrict__ dqkv, const float* __restrict__ dout,
@@ -580,7 +703,18 @@ extern "C" __global__ void attention_backward_dkv_hd32(float* __restrict__ dqkv,
                                                        int L, int C, int NH, int drop_on, unsigned long long seed,
                                                        unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dkv<1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dkv<float, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_backward_dkv_hd32_bf16(__nv_bfloat16* __restrict__ dqkv,
+                                                            const __nv_bfloat16* __restrict__ dout,
+                                                            const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
+                                                            const float* __restrict__ D, const int* __restrict__ key_mask, int L,
+                                                            int C, int NH, int drop_on, unsigned long long seed,
+                                                            unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dkv<__nv_bfloat16, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                           attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd64(float* __restrict__ dqkv, const float* __restrict__ dout,
@@ -589,7 +723,18 @@ extern "C" __global__ void attention_backward_dkv_hd64(float* __restrict__ dqkv,
                                                        int L, int C, int NH, int drop_on, unsigned long long seed,
                                                        unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dkv<2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dkv<float, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_backward_dkv_hd64_bf16(__nv_bfloat16* __restrict__ dqkv,
+                                                            const __nv_bfloat16* __restrict__ dout,
+                                                            const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
+                                                            const float* __restrict__ D, const int* __restrict__ key_mask, int L,
+                                                            int C, int NH, int drop_on, unsigned long long seed,
+                                                            unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dkv<__nv_bfloat16, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                           attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd128(float* __restrict__ dqkv, const float* __restrict__ dout,
@@ -598,5 +743,16 @@ extern "C" __global__ void attention_backward_dkv_hd128(float* __restrict__ dqkv
                                                         int L, int C, int NH, int drop_on, unsigned long long seed,
                                                         unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dkv<4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dkv<float, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_backward_dkv_hd128_bf16(__nv_bfloat16* __restrict__ dqkv,
+                                                             const __nv_bfloat16* __restrict__ dout,
+                                                             const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
+                                                             const float* __restrict__ D, const int* __restrict__ key_mask, int L,
+                                                             int C, int NH, int drop_on, unsigned long long seed,
+                                                             unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(float, smem);
+    attn_backward_dkv<__nv_bfloat16, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                           attn_dropout(drop_on, seed, step, site, p));
 }

@@ -1,6 +1,7 @@
 // common.cuh — helpers shared by every kernel: warp reductions, dynamic shared memory, CEIL_DIV,
-// bf16/f16 types, and the tensor-core mma/ldmatrix wrappers (inline PTX under nvcc, emulated on the
-// host under the CPU emulator in kernels/emu).
+// bf16/f16 types, to_float/from_float<T> (kernels templated on the activation type), and the
+// tensor-core mma/ldmatrix wrappers (inline PTX under nvcc, emulated on the host under the CPU
+// emulator in kernels/emu).
 //
 // HOW TO WRITE A KERNEL THAT WORKS UNDER nvcc AND UNDER THE EMULATOR (docs/emulator.md has more):
 //  1. `#include "common.cuh"` first; launchable kernels are `extern "C" __global__ void name(...)`
@@ -95,6 +96,25 @@ inline void store_float4(float* p, float4 v, ::pepler_emu::Loc loc = ::pepler_em
     store_vec<float4>(p, v, loc);
 }
 #endif
+
+// ----------------------------------------------------------------------------------------------
+// activation element types (src/precision.rs): a kernel templated on T in {float, __nv_bfloat16}
+// loads with to_float (exact widening) and stores with from_float<T> (round to nearest even once;
+// the identity for float, so the f32 instantiation is the f32 kernel bit for bit).
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+    return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
 
 // ----------------------------------------------------------------------------------------------
 // warp reductions over all 32 lanes (full mask, xor butterfly): every lane gets the same bits,

@@ -6,20 +6,37 @@
 //! computation, bitwise determinism across runs and shuffled schedules, and launcher errors.
 //! Shapes: head sizes 8, 16, 24, 40, 64, 128 (every kernel variant, channels not a multiple of 32),
 //! odd L (1, 5, 27, 33: partial 16-row blocks and 32-key tiles), one L = 300 case per head size.
+//! Every body is generic over the activation type (`f32`, `bf16`): the bf16 kernels get inputs
+//! generated as f32 and rounded to bf16, and are checked against the f32 reference on those
+//! (widened) inputs with out and dqkv rounded to bf16 (`Bf16` rows of `TOLERANCES`); lse is f32.
 //! GPU-only twins (`*_on_cuda`, ignored) run the same bodies on the CUDA device.
 
 mod common;
 
 use common::*;
-use pepler_cuda::device::{Device, EmuOptions, MAX_DYN_SMEM};
+use half::bf16;
+use pepler_cuda::device::{Device, DeviceBuffer, EmuOptions, View, MAX_DYN_SMEM};
 use pepler_cuda::kernels::attention as ka;
 use pepler_cuda::ops::attention::{self as oa, AttnShape};
 use pepler_cuda::ops::dropout::DropoutSite;
+use pepler_cuda::precision::Act;
 
 /// A value the kernels never write: the tail of every oversized output must keep it.
 const SENTINEL: f32 = 123.0;
 /// Elements past the end of every output buffer (the launchers slice views to the exact size).
 const TAIL: usize = 7;
+
+/// Uploads f32 values as `A` (rounded to nearest even for bf16).
+fn up_as<A: Act>(dev: &Device, v: &[f32]) -> DeviceBuffer<A> {
+    let mut a = vec![A::default(); v.len()];
+    A::narrow_into(&mut a, v);
+    dev.upload(&a).unwrap()
+}
+
+/// Downloads `A` values widened to f32 (exact).
+fn down_as<A: Act>(dev: &Device, v: View<'_, A>) -> Vec<f32> {
+    A::widen(&dev.download(v).unwrap()).into_owned()
+}
 
 /// One attention problem with its inputs.
 struct Case {
@@ -85,6 +102,14 @@ impl Case {
         }
     }
 
+    /// The same case with `qkv` and `dout` rounded to what `A` holds: the inputs of an `A` run and
+    /// of its reference (a no-op for f32).
+    fn rounded<A: Act>(mut self) -> Case {
+        A::round_slice(&mut self.qkv);
+        A::round_slice(&mut self.dout);
+        self
+    }
+
     fn ctx(&self) -> String {
         format!(
             "b={} l={} nh={} hd={} mask={} dropout={}",
@@ -97,7 +122,9 @@ impl Case {
         )
     }
 
-    fn reference(&self) -> Outputs {
+    /// The f32 reference on this case's inputs, with the outputs an `A` kernel stores (out, dqkv)
+    /// rounded to `A` (lse stays f32).
+    fn reference<A: Act>(&self) -> Outputs {
         let s = self.s;
         let mut out = vec![0.0; s.b * s.l * s.c];
         let mut att = vec![0.0; s.b * s.nh * s.l * s.l];
@@ -121,25 +148,28 @@ impl Case {
             self.dropout.as_ref(),
             s,
         );
+        A::round_slice(&mut out);
+        A::round_slice(&mut dqkv);
         Outputs { out, lse, dqkv }
     }
 
-    /// Forward then backward on `dev`, every output buffer oversized by [`TAIL`] sentinels and
-    /// `dqkv` pre-filled with NaN (it is `=`: every element must be written).
-    fn run(&self, dev: &Device) -> Outputs {
+    /// Forward then backward on `dev` with activations stored as `A`, every output buffer
+    /// oversized by [`TAIL`] sentinels and pre-filled with NaN (they are `=`: every element must
+    /// be written). Returns the outputs widened to f32.
+    fn run<A: Act>(&self, dev: &Device) -> Outputs {
         let s = self.s;
         let (n_out, n_lse, n_qkv) = (s.b * s.l * s.c, s.b * s.nh * s.l, s.b * s.l * 3 * s.c);
-        let with_tail = |n: usize, fill: f32| {
-            let mut v = vec![fill; n + TAIL];
+        let with_tail = |n: usize| {
+            let mut v = vec![f32::NAN; n + TAIL];
             v[n..].fill(SENTINEL);
-            up(dev, &v)
+            v
         };
-        let qkv = up(dev, &self.qkv);
-        let dout = up(dev, &self.dout);
+        let qkv = up_as::<A>(dev, &self.qkv);
+        let dout = up_as::<A>(dev, &self.dout);
         let mask = self.mask.as_ref().map(|m| dev.upload(m).unwrap());
-        let mut out = with_tail(n_out, f32::NAN);
-        let mut lse = with_tail(n_lse, f32::NAN);
-        let mut dqkv = with_tail(n_qkv, f32::NAN);
+        let mut out = up_as::<A>(dev, &with_tail(n_out));
+        let mut lse = up(dev, &with_tail(n_lse));
+        let mut dqkv = up_as::<A>(dev, &with_tail(n_qkv));
         let mut scratch = dev
             .alloc::<f32>(ka::attention_backward_scratch_len(s).unwrap())
             .unwrap();
@@ -167,9 +197,9 @@ impl Case {
         )
         .unwrap();
         let (out, lse, dqkv) = (
-            down(dev, out.view()),
+            down_as(dev, out.view()),
             down(dev, lse.view()),
-            down(dev, dqkv.view()),
+            down_as(dev, dqkv.view()),
         );
         for (what, v, n) in [
             ("out", &out, n_out),
@@ -189,9 +219,10 @@ impl Case {
         }
     }
 
-    /// Compare with the reference. Rows with no visible key: lse exactly +inf, out exactly 0.
-    fn check(&self, got: &Outputs, want: &Outputs) {
-        let ctx = self.ctx();
+    /// Compare with the reference at precision `prec`. Rows with no visible key: lse exactly +inf,
+    /// out exactly 0.
+    fn check(&self, prec: Precision, got: &Outputs, want: &Outputs) {
+        let ctx = format!("{prec} {}", self.ctx());
         let s = self.s;
         let (mut lse_g, mut lse_w) = (Vec::new(), Vec::new());
         for (i, (&g, &w)) in got.lse.iter().zip(&want.lse).enumerate() {
@@ -217,16 +248,16 @@ impl Case {
         ] {
             eprintln!(
                 "{ctx} {name}: {:.3} of the tolerance",
-                tolerance_share(name, g, w)
+                tolerance_share(prec, name, g, w)
             );
-            assert_close(name, &ctx, g, w);
+            assert_close_at(prec, name, &ctx, g, w);
         }
     }
 }
 
 /// The worst element's |actual - expected| / (atol + rtol |expected|) (printed: the margins).
-fn tolerance_share(name: &str, actual: &[f32], expected: &[f32]) -> f32 {
-    let (atol, rtol) = tolerance(name);
+fn tolerance_share(prec: Precision, name: &str, actual: &[f32], expected: &[f32]) -> f32 {
+    let (atol, rtol) = tolerance_at(prec, name);
     actual
         .iter()
         .zip(expected)
@@ -239,7 +270,7 @@ const HDS: &[usize] = &[8, 16, 24, 40, 64, 128];
 
 /// Small cases for every head size: odd L around the 16-row block and 32-key tile boundaries,
 /// with the mask and dropout switched on in turn.
-fn small_cases_match_reference(dev: &Device) {
+fn small_cases_match_reference<A: Act>(dev: &Device) {
     for (k, &hd) in HDS.iter().enumerate() {
         for (i, &(l, padded, dropout)) in [
             (1, false, false),
@@ -250,14 +281,14 @@ fn small_cases_match_reference(dev: &Device) {
         .iter()
         .enumerate()
         {
-            let case = Case::new(2, l, 2, hd, padded, dropout, (10 * k + i) as u64);
-            case.check(&case.run(dev), &case.reference());
+            let case = Case::new(2, l, 2, hd, padded, dropout, (10 * k + i) as u64).rounded::<A>();
+            case.check(A::PRECISION, &case.run::<A>(dev), &case.reference::<A>());
         }
     }
 }
 
 /// One long sequence per head size (L = 300: ten key tiles, causal skipping, long online softmax).
-fn long_cases_match_reference(dev: &Device) {
+fn long_cases_match_reference<A: Act>(dev: &Device) {
     for (k, &hd) in HDS.iter().enumerate() {
         // alternate padding and dropout so that both meet a long sequence
         let case = Case::new(
@@ -268,42 +299,47 @@ fn long_cases_match_reference(dev: &Device) {
             k % 2 == 0,
             k % 3 != 2,
             100 + k as u64,
-        );
-        case.check(&case.run(dev), &case.reference());
+        )
+        .rounded::<A>();
+        case.check(A::PRECISION, &case.run::<A>(dev), &case.reference::<A>());
     }
 }
 
-fn backward_is_bitwise_deterministic(dev: &Device, shuffled: &Device, case: &Case) {
-    let want = case.reference();
-    let first = case.run(dev);
-    let second = case.run(dev);
-    let third = case.run(shuffled);
+/// Forward and backward twice on `dev` and once on `shuffled` (another block and thread
+/// schedule): the same bits every time, and close to the reference. `case` holds `A`'s inputs.
+fn backward_is_bitwise_deterministic<A: Act>(dev: &Device, shuffled: &Device, case: &Case) {
+    let want = case.reference::<A>();
+    let first = case.run::<A>(dev);
+    let second = case.run::<A>(dev);
+    let third = case.run::<A>(shuffled);
     for (name, a, b, c) in [
         ("out", &first.out, &second.out, &third.out),
         ("lse", &first.lse, &second.lse, &third.lse),
         ("dqkv", &first.dqkv, &second.dqkv, &third.dqkv),
     ] {
-        assert_bits_eq(&format!("attention {name} run 1 vs run 2"), a, b);
+        let prec = A::PRECISION;
+        assert_bits_eq(&format!("{prec} attention {name} run 1 vs run 2"), a, b);
         assert_bits_eq(
-            &format!("attention {name} plain vs shuffled schedule"),
+            &format!("{prec} attention {name} plain vs shuffled schedule"),
             a,
             c,
         );
     }
-    case.check(&first, &want);
+    case.check(A::PRECISION, &first, &want);
 }
 
 /// Decoding: prefill `n0` positions, then one at a time up to `l`; every step's output must be the
 /// full forward's rows bit for bit, the caches must hold k and v, and both must match the CPU
-/// cached reference.
-fn cached_matches_full(dev: &Device, b: usize, l: usize, nh: usize, hd: usize, n0: usize) {
-    let case = Case::new(b, l, nh, hd, false, false, 500 + hd as u64);
+/// cached reference (outputs rounded to `A`). Activations and caches are `A`.
+fn cached_matches_full<A: Act>(dev: &Device, b: usize, l: usize, nh: usize, hd: usize, n0: usize) {
+    let case = Case::new(b, l, nh, hd, false, false, 500 + hd as u64).rounded::<A>();
     let s = case.s;
     let c = s.c;
     let lmax = l + 3;
+    let prec = A::PRECISION;
     let full = {
-        let qkv = up(dev, &case.qkv);
-        let mut out = dev.alloc::<f32>(b * l * c).unwrap();
+        let qkv = up_as::<A>(dev, &case.qkv);
+        let mut out = dev.alloc::<A>(b * l * c).unwrap();
         let mut lse = dev.alloc::<f32>(b * nh * l).unwrap();
         ka::attention_forward(
             dev,
@@ -315,11 +351,11 @@ fn cached_matches_full(dev: &Device, b: usize, l: usize, nh: usize, hd: usize, n
             s,
         )
         .unwrap();
-        down(dev, out.view())
+        down_as(dev, out.view())
     };
     let n_cache = b * nh * lmax * hd;
-    let mut kc = up(dev, &vec![f32::NAN; n_cache]);
-    let mut vc = up(dev, &vec![f32::NAN; n_cache]);
+    let mut kc = up_as::<A>(dev, &vec![f32::NAN; n_cache]);
+    let mut vc = up_as::<A>(dev, &vec![f32::NAN; n_cache]);
     let (mut kc_ref, mut vc_ref) = (vec![0.0; n_cache], vec![0.0; n_cache]);
     let mut start = 0;
     while start < l {
@@ -330,8 +366,8 @@ fn cached_matches_full(dev: &Device, b: usize, l: usize, nh: usize, hd: usize, n
                 &case.qkv[(bi * l + start) * 3 * c..(bi * l + start + n) * 3 * c],
             );
         }
-        let mut out = up(dev, &vec![f32::NAN; b * n * c + TAIL]);
-        let qkv_dev = up(dev, &qkv_step);
+        let mut out = up_as::<A>(dev, &vec![f32::NAN; b * n * c + TAIL]);
+        let qkv_dev = up_as::<A>(dev, &qkv_step);
         ka::attention_cached_forward(
             dev,
             out.view_mut(),
@@ -344,7 +380,7 @@ fn cached_matches_full(dev: &Device, b: usize, l: usize, nh: usize, hd: usize, n
             s,
         )
         .unwrap();
-        let got = down(dev, out.view());
+        let got = down_as(dev, out.view());
         assert!(
             got[b * n * c..].iter().all(|x| x.is_nan()),
             "cached out: written past its end"
@@ -360,8 +396,9 @@ fn cached_matches_full(dev: &Device, b: usize, l: usize, nh: usize, hd: usize, n
             lmax,
             s,
         );
-        let ctx = format!("cached b={b} hd={hd} start={start} n={n}");
-        assert_close("attention.out", &ctx, &got[..b * n * c], &want);
+        A::round_slice(&mut want);
+        let ctx = format!("{prec} cached b={b} hd={hd} start={start} n={n}");
+        assert_close_at(prec, "attention.out", &ctx, &got[..b * n * c], &want);
         for bi in 0..b {
             assert_bits_eq(
                 &format!("{ctx}: cached vs full forward, sequence {bi}"),
@@ -372,7 +409,7 @@ fn cached_matches_full(dev: &Device, b: usize, l: usize, nh: usize, hd: usize, n
         start += n;
     }
     // the caches hold exactly the k and v rows (copies), and nothing past position l
-    let (kc, vc) = (down(dev, kc.view()), down(dev, vc.view()));
+    let (kc, vc) = (down_as(dev, kc.view()), down_as(dev, vc.view()));
     for bh in 0..b * nh {
         let rows = |cache: &[f32]| cache[bh * lmax * hd..][..l * hd].to_vec();
         assert_bits_eq("k_cache", &rows(&kc), &rows(&kc_ref));
@@ -388,34 +425,70 @@ fn cached_matches_full(dev: &Device, b: usize, l: usize, nh: usize, hd: usize, n
 
 #[test]
 fn attention_matches_reference_for_every_head_size_small_l() {
-    small_cases_match_reference(&emu());
+    small_cases_match_reference::<f32>(&emu());
+}
+
+#[test]
+fn attention_bf16_matches_reference_for_every_head_size_small_l() {
+    small_cases_match_reference::<bf16>(&emu());
 }
 
 #[test]
 fn attention_matches_reference_at_l300() {
-    long_cases_match_reference(&emu());
+    long_cases_match_reference::<f32>(&emu());
+}
+
+#[test]
+fn attention_bf16_matches_reference_at_l300() {
+    long_cases_match_reference::<bf16>(&emu());
+}
+
+/// The emulated device in shuffle mode: random block order, and a random runnable thread picked
+/// at every barrier and warp operation.
+fn emu_shuffled(seed: u64) -> Device {
+    Device::emu_with(EmuOptions {
+        shuffle: Some(Some(seed)),
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 #[test]
 fn attention_is_bitwise_deterministic_across_runs_and_schedules() {
     // 70 positions: three query/key tiles; padded keys and dropout on; hd 40 (partial lanes).
     let case = Case::new(2, 70, 2, 40, true, true, 77);
-    let shuffled = Device::emu_with(EmuOptions {
-        shuffle: Some(Some(4242)),
-        ..Default::default()
-    })
-    .unwrap();
-    backward_is_bitwise_deterministic(&emu(), &shuffled, &case);
+    backward_is_bitwise_deterministic::<f32>(&emu(), &emu_shuffled(4242), &case);
 }
+
+#[test]
+fn attention_bf16_is_bitwise_deterministic_across_runs_and_schedules() {
+    let case = Case::new(2, 70, 2, 40, true, true, 77).rounded::<bf16>();
+    backward_is_bitwise_deterministic::<bf16>(&emu(), &emu_shuffled(4243), &case);
+}
+
+/// Prefill and decode shapes of the cached tests (b, l, nh, hd, prefill).
+const CACHED_CASES: &[(usize, usize, usize, usize, usize)] = &[
+    // prefill 20 (more than one 16-row block, R = 4), decode to 37 (past one 32-key tile)
+    (2, 37, 2, 8, 20),
+    (2, 37, 2, 64, 20),
+    // hd 128 uses 8-row blocks: prefill 9
+    (1, 35, 2, 128, 9),
+];
 
 #[test]
 fn attention_cached_forward_reproduces_the_full_forward_bits() {
     let dev = emu();
-    // prefill 20 (more than one 16-row block, R = 4), decode to 37 (past one 32-key tile)
-    cached_matches_full(&dev, 2, 37, 2, 8, 20);
-    cached_matches_full(&dev, 2, 37, 2, 64, 20);
-    // hd 128 uses 8-row blocks: prefill 9
-    cached_matches_full(&dev, 1, 35, 2, 128, 9);
+    for &(b, l, nh, hd, n0) in CACHED_CASES {
+        cached_matches_full::<f32>(&dev, b, l, nh, hd, n0);
+    }
+}
+
+#[test]
+fn attention_bf16_cached_forward_reproduces_the_full_forward_bits() {
+    let dev = emu();
+    for &(b, l, nh, hd, n0) in CACHED_CASES {
+        cached_matches_full::<bf16>(&dev, b, l, nh, hd, n0);
+    }
 }
 
 #[test]
@@ -591,6 +664,22 @@ fn attention_launchers_reject_bad_sizes() {
         AttnShape { b: 0, ..s },
     )
     .unwrap();
+    // the bf16 launchers check the same sizes
+    let qkv16 = dev.alloc::<bf16>(479).unwrap();
+    let mut out16 = dev.alloc::<bf16>(2 * 5 * 16).unwrap();
+    let e = err(ka::attention_forward(
+        &dev,
+        out16.view_mut(),
+        lse.view_mut(),
+        qkv16.view(),
+        None,
+        None,
+        s,
+    ));
+    assert!(
+        e.contains("attention_forward: qkv has 479 elements, needs at least 480"),
+        "{e}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -600,28 +689,44 @@ fn attention_launchers_reject_bad_sizes() {
 #[ignore = "needs a CUDA GPU"]
 fn attention_matches_reference_for_every_head_size_on_cuda() {
     let dev = gpu();
-    small_cases_match_reference(&dev);
-    long_cases_match_reference(&dev);
-    // PEPLER's shape: GPT-2 small heads, a padded batch, dropout on
-    let case = Case::new(16, 26, 12, 64, true, true, 9);
-    case.check(&case.run(&dev), &case.reference());
+    small_cases_match_reference::<f32>(&dev);
+    long_cases_match_reference::<f32>(&dev);
+    pepler_shape_matches_reference::<f32>(&dev);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_bf16_matches_reference_for_every_head_size_on_cuda() {
+    let dev = gpu();
+    small_cases_match_reference::<bf16>(&dev);
+    long_cases_match_reference::<bf16>(&dev);
+    pepler_shape_matches_reference::<bf16>(&dev);
+}
+
+/// PEPLER's shape: GPT-2 small heads, a padded batch, dropout on.
+fn pepler_shape_matches_reference<A: Act>(dev: &Device) {
+    let case = Case::new(16, 26, 12, 64, true, true, 9).rounded::<A>();
+    case.check(A::PRECISION, &case.run::<A>(dev), &case.reference::<A>());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_is_bitwise_deterministic_on_cuda() {
     let dev = gpu();
-    let case = Case::new(8, 300, 4, 64, true, true, 78);
     // on a GPU the second device handle stands in for a different schedule: blocks run
     // concurrently in whatever order the hardware picks
-    backward_is_bitwise_deterministic(&dev, &gpu(), &case);
+    let case = Case::new(8, 300, 4, 64, true, true, 78);
+    backward_is_bitwise_deterministic::<f32>(&dev, &gpu(), &case);
+    let case = case.rounded::<bf16>();
+    backward_is_bitwise_deterministic::<bf16>(&dev, &gpu(), &case);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_cached_forward_reproduces_the_full_forward_bits_on_cuda() {
     let dev = gpu();
-    cached_matches_full(&dev, 2, 37, 2, 8, 20);
-    cached_matches_full(&dev, 4, 70, 12, 64, 20);
-    cached_matches_full(&dev, 1, 35, 2, 128, 9);
+    for (b, l, nh, hd, n0) in [(2, 37, 2, 8, 20), (4, 70, 12, 64, 20), (1, 35, 2, 128, 9)] {
+        cached_matches_full::<f32>(&dev, b, l, nh, hd, n0);
+        cached_matches_full::<bf16>(&dev, b, l, nh, hd, n0);
+    }
 }

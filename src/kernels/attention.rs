@@ -6,6 +6,11 @@
 //! Each kernel exists for head sizes up to 32, 64 and 128 (`_hd32`, `_hd64`, `_hd128`: a lane keeps
 //! 1, 2 or 4 channels of a row in registers); the wrappers pick the smallest that fits. Every view
 //! handed to a kernel is sliced to exactly the elements that launch reads or writes.
+//!
+//! Precision (`crate::precision`): the wrappers are generic over the activation type `A` (f32 or
+//! bf16) of `qkv`, `out`, `dout`, `dqkv` and the KV caches, and launch `A::kernel(name)` (`_bf16`
+//! after the `_hdN` suffix). The log-sum-exp, the backward's row term D and all arithmetic stay f32;
+//! bf16 outputs are rounded once when stored.
 
 use anyhow::{bail, Result};
 
@@ -13,6 +18,7 @@ use super::{check_len, grid_for, to_i32, BLOCK};
 use crate::device::{DevPtr, Device, KernelArg, LaunchConfig, View, ViewMut, MAX_DYN_SMEM};
 use crate::ops::attention::AttnShape;
 use crate::ops::dropout::DropoutSite;
+use crate::precision::Act;
 
 /// The largest head size the fused kernels take.
 pub const ATTN_MAX_HD: usize = 128;
@@ -61,9 +67,9 @@ pub fn attention_smem_bytes(which: AttnKernel, hd: usize) -> Result<u32> {
     Ok(bytes)
 }
 
-/// Kernel name and launch shape of a tiled kernel over `rows` query (or key) rows of each of
-/// `b * nh` (sequence, head) pairs.
-fn tiled_config(
+/// Kernel name (for element type `A`) and launch shape of a tiled kernel over `rows` query (or
+/// key) rows of each of `b * nh` (sequence, head) pairs.
+fn tiled_config<A: Act>(
     kernel: &str,
     which: AttnKernel,
     s: &AttnShape,
@@ -81,12 +87,12 @@ fn tiled_config(
         (WARPS * 32) as u32,
         attention_smem_bytes(which, hd)?,
     );
-    Ok((format!("{kernel}_{suffix}"), cfg))
+    Ok((A::kernel(&format!("{kernel}_{suffix}")), cfg))
 }
 
-/// Kernel name and launch shape of the forward.
-pub fn attention_forward_config(s: &AttnShape) -> Result<(String, LaunchConfig)> {
-    tiled_config("attention_forward", AttnKernel::Forward, s, s.l)
+/// Kernel name and launch shape of the forward for activation type `A`.
+pub fn attention_forward_config<A: Act>(s: &AttnShape) -> Result<(String, LaunchConfig)> {
+    tiled_config::<A>("attention_forward", AttnKernel::Forward, s, s.l)
 }
 
 /// Scratch elements [`attention_backward`] needs: the row term D, (B, NH, L).
@@ -162,11 +168,12 @@ fn mask_arg(kernel: &str, key_mask: Option<View<'_, i32>>, need: usize) -> Resul
 /// Fused causal attention forward: `out` (B, L, C) (=) and `lse` (B, NH, L) (=, the per-row
 /// log-sum-exp; +inf for a query with no visible key) from `qkv` (B, L, 3C), with the optional
 /// key-padding mask (B, L) and attention dropout (the reference's element index (b, h, t, j)).
-pub fn attention_forward(
+/// `out` and `qkv` are activations (`A`; a bf16 `out` is the f32 result rounded once), `lse` f32.
+pub fn attention_forward<A: Act>(
     dev: &Device,
-    mut out: ViewMut<'_, f32>,
+    mut out: ViewMut<'_, A>,
     mut lse: ViewMut<'_, f32>,
-    qkv: View<'_, f32>,
+    qkv: View<'_, A>,
     key_mask: Option<View<'_, i32>>,
     dropout: Option<DropoutSite>,
     s: AttnShape,
@@ -181,7 +188,7 @@ pub fn attention_forward(
     if n_out == 0 {
         return Ok(());
     }
-    let (name, cfg) = attention_forward_config(&s)?;
+    let (name, cfg) = attention_forward_config::<A>(&s)?;
     let (out, lse) = (out.slice_mut(..n_out), lse.slice_mut(..n_lse));
     let args = [
         KernelArg::from(&out),
@@ -197,8 +204,9 @@ pub fn attention_forward(
         d_site,
         d_p,
     ];
-    // SAFETY: args match `attention_forward_hdN(float*, float*, const float*, const int*, int, int,
-    // int, int, unsigned long long, unsigned long long, unsigned int, float)`; out holds B*L*C,
+    // SAFETY: args match `attention_forward_hdN[_bf16](A*, float*, const A*, const int*, int, int,
+    // int, int, unsigned long long, unsigned long long, unsigned int, float)` with A the element
+    // type of out and qkv (float or __nv_bfloat16, the name's suffix); out holds B*L*C,
     // lse B*NH*L, qkv B*L*3C and the mask B*L elements (or is NULL), as the grid covers B*NH
     // (sequence, head) pairs of L rows; dyn_smem is the kernel's layout for this hd.
     unsafe { dev.launch(&name, &cfg, &args) }
@@ -208,14 +216,15 @@ pub fn attention_forward(
 /// `qkv`, `out` and `lse`, the same key mask and dropout site. `scratch` needs
 /// [`attention_backward_scratch_len`] elements (overwritten). Three launches: D = rowsum(dout *
 /// out), then dq, then dk/dv; each output element is summed by one thread in a fixed order, so
-/// `dqkv` is bit-reproducible.
+/// `dqkv` is bit-reproducible. `dqkv`, `dout`, `qkv`, `out` are `A`, `lse` and `scratch` f32; for
+/// bf16, D is dout . out of the stored (rounded) `out`, and dqkv is rounded once when stored.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
+pub fn attention_backward<A: Act>(
     dev: &Device,
-    mut dqkv: ViewMut<'_, f32>,
-    dout: View<'_, f32>,
-    qkv: View<'_, f32>,
-    out: View<'_, f32>,
+    mut dqkv: ViewMut<'_, A>,
+    dout: View<'_, A>,
+    qkv: View<'_, A>,
+    out: View<'_, A>,
     lse: View<'_, f32>,
     key_mask: Option<View<'_, i32>>,
     dropout: Option<DropoutSite>,
@@ -264,15 +273,15 @@ pub fn attention_backward(
         c.into(),
         nh.into(),
     ];
-    // SAFETY: args match `attention_backward_rowdot(float*, const float*, const float*, int, int,
+    // SAFETY: args match `attention_backward_rowdot[_bf16](float*, const A*, const A*, int, int,
     // int, int)`; D holds B*NH*L (one warp per row, rows past the end return), dout/out B*L*C.
-    unsafe { dev.launch("attention_backward_rowdot", &cfg, &args)? };
+    unsafe { dev.launch(&A::kernel("attention_backward_rowdot"), &cfg, &args)? };
 
     for (kernel, which) in [
         ("attention_backward_dq", AttnKernel::BackwardDq),
         ("attention_backward_dkv", AttnKernel::BackwardDkv),
     ] {
-        let (name, cfg) = tiled_config(kernel, which, &s, s.l)?;
+        let (name, cfg) = tiled_config::<A>(kernel, which, &s, s.l)?;
         let args = [
             KernelArg::from(&dqkv),
             dout.into(),
@@ -289,8 +298,9 @@ pub fn attention_backward(
             d_site,
             d_p,
         ];
-        // SAFETY: args match `attention_backward_{dq,dkv}_hdN(float*, const float* x4, const int*,
-        // int, int, int, int, unsigned long long, unsigned long long, unsigned int, float)`; dqkv
+        // SAFETY: args match `attention_backward_{dq,dkv}_hdN[_bf16](A*, const A* x2, const float*
+        // x2, const int*, int, int, int, int, unsigned long long, unsigned long long, unsigned int,
+        // float)` with A the element type of dqkv, dout and qkv; dqkv
         // and qkv hold B*L*3C, dout B*L*C, lse and D B*NH*L (D written by the launch above, in
         // stream order), the mask B*L or NULL. The dq kernel writes only the q thirds of dqkv and
         // the dkv kernel only the k and v thirds.
@@ -304,12 +314,12 @@ pub fn attention_backward(
 /// to cached keys `0..=start+i`, no mask, no dropout. Same row routine as
 /// [`attention_forward`], so the same bits as the full computation. `s.l` is not used.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_cached_forward(
+pub fn attention_cached_forward<A: Act>(
     dev: &Device,
-    mut out: ViewMut<'_, f32>,
-    qkv: View<'_, f32>,
-    mut k_cache: ViewMut<'_, f32>,
-    mut v_cache: ViewMut<'_, f32>,
+    mut out: ViewMut<'_, A>,
+    qkv: View<'_, A>,
+    mut k_cache: ViewMut<'_, A>,
+    mut v_cache: ViewMut<'_, A>,
     start: usize,
     n: usize,
     lmax: usize,
@@ -362,12 +372,12 @@ pub fn attention_cached_forward(
         start_i.into(),
         lmax_i.into(),
     ];
-    // SAFETY: args match `attention_cache_append(float*, float*, const float*, int x6)`; one
+    // SAFETY: args match `attention_cache_append[_bf16](A*, A*, const A*, int x6)`; one
     // thread per appended element (B*NH*n*hd), writing rows start..start+n <= lmax of caches that
     // hold B*NH*lmax*hd, reading qkv (B*n*3C).
-    unsafe { dev.launch("attention_cache_append", &cfg, &args)? };
+    unsafe { dev.launch(&A::kernel("attention_cache_append"), &cfg, &args)? };
 
-    let (name, cfg) = tiled_config(K, AttnKernel::Forward, &shape, n)?;
+    let (name, cfg) = tiled_config::<A>(K, AttnKernel::Forward, &shape, n)?;
     let args = [
         KernelArg::from(&out),
         qkv.into(),
@@ -379,7 +389,7 @@ pub fn attention_cached_forward(
         start_i.into(),
         lmax_i.into(),
     ];
-    // SAFETY: args match `attention_cached_forward_hdN(float*, const float* x3, int x5)`; out
+    // SAFETY: args match `attention_cached_forward_hdN[_bf16](A*, const A* x3, int x5)`; out
     // holds B*n*C, qkv B*n*3C, the caches B*NH*lmax*hd of which rows < start+n are read (written
     // by the append above, in stream order).
     unsafe { dev.launch(&name, &cfg, &args) }
