@@ -10,8 +10,10 @@
 #   san:<tool>   compute-sanitizer memcheck, racecheck, initcheck, synccheck over the kernel tests
 #   san-step     compute-sanitizer memcheck over one training step (`train --device cuda`, 1 epoch)
 #   bench:kernels    the kernel benchmarks (criterion, cuda/* rows)
-#   bench:step       the batch-128 GPT-2-small training-step benchmark on the GPU backend
-#   torch:step       the same step in PyTorch eager on the same GPU (scripts/reference/bench_step.py)
+#   bench:step       the batch-128 GPT-2-small training-step benchmark on the GPU backend, fp32
+#   bench:step-bf16  the same in bf16 mixed precision; bench:xl-bf16 the XL shape (peak memory too)
+#   torch:step       the same step in PyTorch eager on the same GPU (scripts/reference/bench_step.py),
+#                    fp32; torch:step-bf16 with bf16 autocast
 #   train        the default `pepler-cuda train --device cuda` vs `--device cpu`: metrics tables compared
 # Parts that need the GPU backend (not built yet) report "not available yet" from the binary's own
 # refusal. Without a GPU every part says so, and the report is still written.
@@ -140,13 +142,18 @@ if [ "${statuses[${#statuses[@]}-1]}" = ok ] && ! grep -q "time:" "$out/logs/ben
   echo "bench:kernels    -> FAIL (${notes[${#notes[@]}-1]})"
 fi
 if [ -n "$backend_note" ]; then na bench:step; else
-  part bench:step 45 1 benches/train_step --device cuda --batch 128 --iters 5 --warmup 2
+  part bench:step 45 1 benches/train_step --device cuda --precision fp32 --batch 128 --iters 5 --warmup 2
   # the step bench must have run on the GPU backend, not fallen back to the CPU one
   if [ "${statuses[${#statuses[@]}-1]}" = ok ] && ! grep -q '"backend":"cuda"' "$out/logs/bench_step.log"; then
     statuses[${#statuses[@]}-1]=FAIL; notes[${#notes[@]}-1]="the step bench did not report backend cuda"
   fi
+  # bf16 mixed precision: GPT-2 small and the XL shape at batch 128 (ms/step, MFU, peak memory)
+  part bench:step-bf16 45 1 benches/train_step --device cuda --precision bf16 --batch 128 --iters 5 --warmup 2
+  part bench:xl-bf16 90 1 benches/train_step --device cuda --precision bf16 --model xl --batch 128 --iters 3 --warmup 1
 fi
 part torch:step 60 1 python3 scripts/reference/bench_step.py --device cuda --batch 128 --iters 5 --warmup 2
+# the user's best plain-PyTorch alternative on a GPU: bf16 autocast
+part torch:step-bf16 60 1 python3 scripts/reference/bench_step.py --device cuda --autocast bf16 --batch 128 --iters 5 --warmup 2
 
 # 5. the default training run on the GPU backend vs the CPU backend, same seed
 if [ -n "$backend_note" ]; then na train:cuda; else
@@ -181,6 +188,11 @@ ours=$(grep -ho '"median_step_s": *[0-9.]*' "$out/logs/bench_step.log" 2>/dev/nu
 theirs=$(grep -ho '"median_step_s": *[0-9.]*' "$out/logs/torch_step.log" 2>/dev/null | grep -o '[0-9.]*$' | tail -n 1)
 ratio=""
 if [ -n "$ours" ] && [ -n "$theirs" ]; then ratio=$(python3 -c "print(f'{$theirs/$ours:.2f}')"); fi
+# and in bf16: ours against PyTorch with bf16 autocast (the user's best alternative)
+ours16=$(grep -ho '"median_step_s": *[0-9.]*' "$out/logs/bench_step-bf16.log" 2>/dev/null | grep -o '[0-9.]*$' | tail -n 1)
+theirs16=$(grep -ho '"median_step_s": *[0-9.]*' "$out/logs/torch_step-bf16.log" 2>/dev/null | grep -o '[0-9.]*$' | tail -n 1)
+ratio16=""
+if [ -n "$ours16" ] && [ -n "$theirs16" ]; then ratio16=$(python3 -c "print(f'{$theirs16/$ours16:.2f}')"); fi
 
 # the report: markdown (logs first, table last) and JSON
 total=$(( $(date +%s) - t_start ))
@@ -202,6 +214,7 @@ total=$(( $(date +%s) - t_start ))
   echo "## Results"
   echo
   [ -n "$ratio" ] && echo "Training step, batch 128: pepler-cuda ${ours} s, PyTorch eager ${theirs} s: PyTorch / pepler-cuda = ${ratio}" && echo
+  [ -n "$ratio16" ] && echo "Training step, batch 128, bf16: pepler-cuda ${ours16} s, PyTorch bf16 autocast ${theirs16} s: PyTorch / pepler-cuda = ${ratio16}" && echo
   echo "| part | status | wall s | note |"
   echo "|---|---|---|---|"
   for i in "${!names[@]}"; do
