@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use pepler_cuda::device::{Device, DeviceBuffer, View};
+use pepler_cuda::precision::Act;
 #[allow(unused_imports)] // Bf16 rows are looked up by the bf16 tests only
 pub use pepler_cuda::precision::Precision::{self, Bf16, Fp32};
 
@@ -25,8 +26,15 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     // of a k-term dot product (k <= 70 in tests/device.rs) stays well below 1e-5 relative.
     ("gemm.c", Fp32, 1e-5, 1e-5),
     ("residual.out", Fp32, 0.0, 0.0),
+    // bf16: the same single f32 add of the widened inputs, rounded to nearest even once on both
+    // sides: the same bits.
+    ("residual.out", Bf16, 0.0, 0.0),
     ("gelu.out", Fp32, 1e-6, 1e-5),
     ("gelu.dinp", Fp32, 1e-6, 1e-5),
+    // bf16: the f32 rows' few-ulp tanhf difference can put the one rounding on the neighbouring
+    // bf16 value: the f32 bound plus one bf16 ulp (2^-7 relative).
+    ("gelu.out", Bf16, 1e-6, 1.0 / 128.0 + 1e-5),
+    ("gelu.dinp", Bf16, 1e-6, 1.0 / 128.0 + 1e-5),
     // the fused bias add is the same single f32 add as the matmul's bias kernel: exact
     ("bias_gelu.pre", Fp32, 0.0, 0.0),
     ("softmax.out", Fp32, 1e-7, 1e-5),
@@ -63,6 +71,8 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     ("mse.dpred", Fp32, 0.0, 0.0),
     // dropout: an integer hash and one multiply: exact.
     ("dropout.out", Fp32, 0.0, 0.0),
+    // bf16: the same mask and the same f32 multiply, rounded once on both sides: exact.
+    ("dropout.out", Bf16, 0.0, 0.0),
     // global norm: f32 partial sums in a fixed tree vs the CPU's f64 sum: ~sqrt(n/G) ulp relative
     // error in the sum of squares, halved by the sqrt; 1e-5 relative covers n up to ~1e8. The clip
     // scaling is the same f32 ops as the CPU: exact.
@@ -182,4 +192,24 @@ pub fn down(dev: &Device, v: View<'_, f32>) -> Vec<f32> {
 /// must fail (never skip) on a machine without a GPU.
 pub fn gpu() -> Device {
     Device::cuda().expect("this test needs a CUDA GPU (run with --ignored only on a GPU machine)")
+}
+
+/// `v` rounded to what `A` holds (a no-op for f32): the inputs of a test that runs for both
+/// activation types are generated in f32, then rounded, so the CPU reference sees exactly the
+/// values the kernel loads.
+pub fn rounded<A: Act>(mut v: Vec<f32>) -> Vec<f32> {
+    A::round_slice(&mut v);
+    v
+}
+
+/// Upload f32 values as `A` (rounded to nearest even; exact for values from [`rounded`]).
+pub fn up_as<A: Act>(dev: &Device, v: &[f32]) -> DeviceBuffer<A> {
+    let mut a = vec![A::default(); v.len()];
+    A::narrow_into(&mut a, v);
+    dev.upload(&a).unwrap()
+}
+
+/// Download `A` values widened to f32 (exact).
+pub fn down_as<A: Act>(dev: &Device, v: View<'_, A>) -> Vec<f32> {
+    A::widen(&dev.download(v).unwrap()).into_owned()
 }
