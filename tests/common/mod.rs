@@ -71,6 +71,12 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     // absolute 1e-8 for the tiny probabilities of far-below-max logits.
     ("crossentropy.losses", Fp32, 1e-5, 1e-5),
     ("crossentropy.dlogits", Fp32, 1e-8, 1e-5),
+    // bf16 logits (v up to 50260): they are widened exactly, and the max, the sum of exp, the log
+    // and the loss are the fp32 kernel's f32 computation on those values, so the losses keep the
+    // fp32 bound. Each dlogit is that f32 value rounded to bf16 once: the fp32 bound plus one bf16
+    // ulp (2^-7 relative; bf16 has f32's exponent range, so the tiny probabilities stay relative).
+    ("crossentropy.losses", Bf16, 1e-5, 1e-5),
+    ("crossentropy.dlogits", Bf16, 1e-8, 1.0 / 128.0 + 1e-5),
     // the mean sums in f64 on both sides (different order), then rounds to f32 once: 1 ulp.
     ("crossentropy.mean", Fp32, 0.0, 1.2e-7),
     // rating heads: the MF dot product sums c products in lane order + butterfly (reassociated:
@@ -83,6 +89,17 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     ("sigmoid.dinp", Fp32, 0.0, 0.0),
     ("mse.loss", Fp32, 0.0, 0.0),
     ("mse.dpred", Fp32, 0.0, 0.0),
+    // bf16: every value is the fp32 kernel's f32 computation on the widened inputs, rounded once
+    // when stored. The MF dot product keeps its reassociation error plus one bf16 ulp; its
+    // backward (a product of two bf16 values is exact in f32), sigmoid's backward and MSE are the
+    // CPU's exact f32 operations, so one rounding of the same value on both sides: exact. sigmoid:
+    // the device's expf (2 ulp) plus one bf16 ulp.
+    ("rating_mf.out", Bf16, 1e-5, 1.0 / 128.0 + 1e-5),
+    ("rating_mf.dui", Bf16, 0.0, 0.0),
+    ("sigmoid.out", Bf16, 1e-7, 1.0 / 128.0 + 1e-6),
+    ("sigmoid.dinp", Bf16, 0.0, 0.0),
+    ("mse.loss", Bf16, 0.0, 0.0),
+    ("mse.dpred", Bf16, 0.0, 0.0),
     // dropout: an integer hash and one multiply: exact.
     ("dropout.out", Fp32, 0.0, 0.0),
     // bf16: the same mask and the same f32 multiply, rounded once on both sides: exact.
