@@ -2,10 +2,14 @@
 // targets, its gradient written in place of the logits, the mean loss as one device scalar, and
 // the greedy argmax (CPU reference: src/ops/crossentropy.rs).
 //
-// Layouts: logits (rows, v) fp32 row-major; targets (rows) i32, negative = ignored (HF's -100);
-// losses (rows) fp32; argmax out (rows) i32.
+// Layouts: logits (rows, v) row-major, float or (the _bf16 kernels) __nv_bfloat16; targets (rows)
+// i32, negative = ignored (HF's -100); losses (rows) and the mean: always fp32; argmax out (rows)
+// i32.
+// Precision (_bf16): the logits are widened exactly; max, sum of exp, log and the loss are f32
+// exactly as in the fp32 kernel (the loss of the bf16 logits); the dlogits written in place are
+// the f32 values (softmax - onehot) * dscale, each rounded to bf16 once.
 //
-// crossentropy_forward:                                 (losses: =; logits -> dlogits: = in place)
+// crossentropy_forward[_bf16]:                          (losses: =; logits -> dlogits: = in place)
 //   m = max_i x[i];  s = sum_i exp(x[i] - m);  losses[r] = log(s) - (x[t] - m)
 //   with has_dscale: x[i] <- exp(x[i] - m) / s * dscale, and x[t] -= dscale (the probabilities are
 //   never stored anywhere else). Ignored row (t < 0): loss 0, dlogits 0. A target >= v (the host
@@ -14,16 +18,16 @@
 //   Launch: one block of CE_BLOCK (512) threads per row, grid rows; each thread strides over the
 //   row, then a block reduction (xor-butterfly per warp, then the warps' results added in warp
 //   order by every thread). Three passes over the row (max, sum, gradient): at V = 50260 a row is
-//   200 KB and stays in L2 between passes.
+//   200 KB (bf16: 100 KB) and stays in L2 between passes.
 //
-// crossentropy_mean:                                                           (out[0]: =)
+// crossentropy_mean (fp32 only: it reads the losses):                          (out[0]: =)
 //   out[0] = (sum over rows with target >= 0 of losses[r], in f64) / (number of such rows), cast
 //   to f32 (the model's text loss, formed on the device so training needs no host read per op).
 //   NaN when no row has a target (0/0, as torch's mean reduction).
 //   Launch: ONE block of 256 threads; thread i sums rows i, i+256, ... in f64, then a fixed
 //   tree (shared memory, halving strides) adds the 256 partials.
 //
-// argmax_forward:                                                                (out: =)
+// argmax_forward[_bf16]:                                                         (out: =)
 //   out[r] = the lowest index of the largest logit of row r (ties go to the lower index, as the CPU
 //   reference). NaN logits never win (the CPU's sequential `>` scan differs only for rows with a
 //   NaN, which greedy decoding never sees). Launch: one block of CE_BLOCK threads per row.
@@ -71,20 +75,21 @@ __device__ __forceinline__ float classifier_block_max(float v, float* scratch) {
     return m;
 }
 
-extern "C" __global__ void __launch_bounds__(CE_BLOCK)
-    crossentropy_forward(float* __restrict__ losses, float* __restrict__ logits, const int* __restrict__ targets,
-                         int rows, int v, float dscale, int has_dscale) {
+template <class T>
+__device__ __forceinline__ void crossentropy_forward_impl(float* __restrict__ losses, T* __restrict__ logits,
+                                                          const int* __restrict__ targets, int rows, int v,
+                                                          float dscale, int has_dscale) {
     __shared__ float scratch[CE_WARPS];
     const int r = blockIdx.x;
     if (r >= rows) {
         return;  // whole block
     }
-    float* x = logits + static_cast<long long>(r) * v;
+    T* x = logits + static_cast<long long>(r) * v;
     const int t = targets[r];
     if (t < 0 || t >= v) {
         if (has_dscale) {
             for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
-                x[i] = 0.0f;
+                x[i] = from_float<T>(0.0f);
             }
         }
         if (threadIdx.x == 0) {
@@ -95,31 +100,43 @@ extern "C" __global__ void __launch_bounds__(CE_BLOCK)
 
     float m = -INFINITY;
     for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
-        m = fmaxf(m, x[i]);
+        m = fmaxf(m, to_float(x[i]));
     }
     m = classifier_block_max(m, scratch);
 
     float s = 0.0f;
     for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
-        s += expf(x[i] - m);
+        s += expf(to_float(x[i]) - m);
     }
     s = classifier_block_sum(s, scratch);
 
     if (threadIdx.x == 0) {
         // read x[t] before the gradient pass below overwrites it (the barrier orders the two)
-        losses[r] = logf(s) - (x[t] - m);
+        losses[r] = logf(s) - (to_float(x[t]) - m);
     }
     if (has_dscale) {
         __syncthreads();
         const float inv = 1.0f / s;
         for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
-            float d = expf(x[i] - m) * inv * dscale;
+            float d = expf(to_float(x[i]) - m) * inv * dscale;
             if (i == t) {
                 d -= dscale;
             }
-            x[i] = d;
+            x[i] = from_float<T>(d);
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(CE_BLOCK)
+    crossentropy_forward(float* __restrict__ losses, float* __restrict__ logits, const int* __restrict__ targets,
+                         int rows, int v, float dscale, int has_dscale) {
+    crossentropy_forward_impl(losses, logits, targets, rows, v, dscale, has_dscale);
+}
+
+extern "C" __global__ void __launch_bounds__(CE_BLOCK)
+    crossentropy_forward_bf16(float* __restrict__ losses, __nv_bfloat16* __restrict__ logits,
+                              const int* __restrict__ targets, int rows, int v, float dscale, int has_dscale) {
+    crossentropy_forward_impl(losses, logits, targets, rows, v, dscale, has_dscale);
 }
 
 extern "C" __global__ void __launch_bounds__(CE_MEAN_BLOCK)
@@ -150,21 +167,22 @@ extern "C" __global__ void __launch_bounds__(CE_MEAN_BLOCK)
     }
 }
 
-extern "C" __global__ void __launch_bounds__(CE_BLOCK)
-    argmax_forward(int* __restrict__ out, const float* __restrict__ logits, int rows, int v) {
+template <class T>
+__device__ __forceinline__ void argmax_forward_impl(int* __restrict__ out, const T* __restrict__ logits, int rows,
+                                                    int v) {
     __shared__ float best_v[CE_WARPS];
     __shared__ int best_i[CE_WARPS];
     const int r = blockIdx.x;
     if (r >= rows) {
         return;
     }
-    const float* x = logits + static_cast<long long>(r) * v;
+    const T* x = logits + static_cast<long long>(r) * v;
     // (value, index) with index v meaning "none yet"; a candidate wins when larger, or equal with a
     // lower index, so the result is the lowest index of the maximum whatever the order.
     float bv = -INFINITY;
     int bi = v;
     for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
-        const float xi = x[i];
+        const float xi = to_float(x[i]);
         if (xi > bv || (xi == bv && i < bi)) {
             bv = xi;
             bi = i;
@@ -194,4 +212,14 @@ extern "C" __global__ void __launch_bounds__(CE_BLOCK)
         }
         out[r] = bi < v ? bi : 0;  // an all-NaN row: index 0, as the CPU's scan
     }
+}
+
+extern "C" __global__ void __launch_bounds__(CE_BLOCK)
+    argmax_forward(int* __restrict__ out, const float* __restrict__ logits, int rows, int v) {
+    argmax_forward_impl(out, logits, rows, v);
+}
+
+extern "C" __global__ void __launch_bounds__(CE_BLOCK)
+    argmax_forward_bf16(int* __restrict__ out, const __nv_bfloat16* __restrict__ logits, int rows, int v) {
+    argmax_forward_impl(out, logits, rows, v);
 }

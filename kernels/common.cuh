@@ -1,7 +1,7 @@
 // common.cuh — helpers shared by every kernel: warp reductions, dynamic shared memory, CEIL_DIV,
-// bf16/f16 types, to_float/from_float<T> (kernels templated on the activation type), and the
-// tensor-core mma/ldmatrix wrappers (inline PTX under nvcc, emulated on the host under the CPU
-// emulator in kernels/emu).
+// bf16/f16 types, activation loads/stores (to_float/from_float, act_map1/2), and the tensor-core
+// mma/ldmatrix wrappers (inline PTX under nvcc, emulated on the host under the CPU emulator in
+// kernels/emu).
 //
 // HOW TO WRITE A KERNEL THAT WORKS UNDER nvcc AND UNDER THE EMULATOR (docs/emulator.md has more):
 //  1. `#include "common.cuh"` first; launchable kernels are `extern "C" __global__ void name(...)`
@@ -21,6 +21,10 @@
 //     an FMA by default; the host build does not: -ffp-contract=off).
 //  8. Vector (64/128-bit) global or shared memory accesses through load_vec/store_vec (or
 //     load_float4/store_float4) below: a GPU faults on a misaligned one; the emulator reports it.
+//  9. Activations in bf16 (src/precision.rs): write the body once as a template on the activation
+//     type T, load with to_float, store with from_float<T> (one rounding), and give it two entry
+//     points, `name(float* ...)` and `name_bf16(__nv_bfloat16* ...)`; elementwise kernels can use
+//     act_map1/act_map2 below (8 bf16 per thread, 16-byte accesses when aligned).
 #pragma once
 
 #ifndef __CUDACC__
@@ -96,25 +100,6 @@ inline void store_float4(float* p, float4 v, ::pepler_emu::Loc loc = ::pepler_em
     store_vec<float4>(p, v, loc);
 }
 #endif
-
-// ----------------------------------------------------------------------------------------------
-// activation element types (src/precision.rs): a kernel templated on T in {float, __nv_bfloat16}
-// loads with to_float (exact widening) and stores with from_float<T> (round to nearest even once;
-// the identity for float, so the f32 instantiation is the f32 kernel bit for bit).
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <class T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-    return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
 
 // ----------------------------------------------------------------------------------------------
 // warp reductions over all 32 lanes (full mask, xor butterfly): every lane gets the same bits,
@@ -256,4 +241,111 @@ __device__ __forceinline__ uint32_t pack_bf16x2(__nv_bfloat16 lo, __nv_bfloat16 
 
 __device__ __forceinline__ uint32_t pack_half2(__half lo, __half hi) {
     return static_cast<uint32_t>(__half_as_ushort(lo)) | (static_cast<uint32_t>(__half_as_ushort(hi)) << 16);
+}
+
+// ----------------------------------------------------------------------------------------------
+// Activation element types (src/precision.rs): activations are stored as float or __nv_bfloat16;
+// everything reduced or accumulated, parameters and their gradients stay float. A kernel templated
+// on the activation type T loads with to_float (exact widening), computes in f32 and stores with
+// from_float<T> (rounds once, to nearest even). For T = float both are the identity, so the float
+// instantiation of a template computes exactly what a plain fp32 kernel does.
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+    return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+// 8 bf16 in one 16-byte access (p 16-byte aligned). Element k is the k-th 16-bit half in memory
+// order: the low half of word k/2 for even k (little-endian, on the host as on a GPU).
+__device__ __forceinline__ void load_bf16x8(float (&f)[8], const __nv_bfloat16* p) {
+    const uint4 u = load_vec<uint4>(p);
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        f[2 * k] = __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(w[k] & 0xffffu)));
+        f[2 * k + 1] = __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(w[k] >> 16)));
+    }
+}
+
+__device__ __forceinline__ void store_bf16x8(__nv_bfloat16* p, const float (&f)[8]) {
+    uint32_t w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        w[k] = pack_bf16x2(__float2bfloat16_rn(f[2 * k]), __float2bfloat16_rn(f[2 * k + 1]));
+    }
+    store_vec<uint4>(p, make_uint4(w[0], w[1], w[2], w[3]));
+}
+
+// Elementwise activation kernels (gelu, residual, dropout, sigmoid): thread t of the 1-D grid
+// handles elements [ACT_PER_THREAD<T> * t, ... + ACT_PER_THREAD<T>): one float, or 8 bf16 with one
+// 16-byte load per input and one 16-byte store when every pointer is 16-byte aligned and all 8 are
+// in range; otherwise (a view at an odd offset, the tail) element by element. Both paths do the
+// same f32 operations per element, so the result never depends on alignment. `op(i, x...)` gets
+// the element index and the widened inputs and returns the f32 result, rounded once on the store.
+// out may alias an input: each thread reads its elements before writing them.
+template <class T>
+inline constexpr int ACT_PER_THREAD = 1;
+template <>
+inline constexpr int ACT_PER_THREAD<__nv_bfloat16> = 8;
+
+__device__ __forceinline__ bool act_aligned16(const void* p) {
+    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+template <class T, class Op>
+__device__ __forceinline__ void act_map1(T* out, const T* a, long long n, Op op) {
+    constexpr int N = ACT_PER_THREAD<T>;
+    const long long i0 = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * N;
+    if (i0 >= n) {
+        return;
+    }
+    if constexpr (N == 8) {
+        if (i0 + 8 <= n && act_aligned16(out) && act_aligned16(a)) {
+            float x[8];
+            load_bf16x8(x, a + i0);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                x[k] = op(i0 + k, x[k]);
+            }
+            store_bf16x8(out + i0, x);
+            return;
+        }
+    }
+    for (long long i = i0; i < i0 + N && i < n; i++) {
+        out[i] = from_float<T>(op(i, to_float(a[i])));
+    }
+}
+
+template <class T, class Op>
+__device__ __forceinline__ void act_map2(T* out, const T* a, const T* b, long long n, Op op) {
+    constexpr int N = ACT_PER_THREAD<T>;
+    const long long i0 = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) * N;
+    if (i0 >= n) {
+        return;
+    }
+    if constexpr (N == 8) {
+        if (i0 + 8 <= n && act_aligned16(out) && act_aligned16(a) && act_aligned16(b)) {
+            float x[8], y[8];
+            load_bf16x8(x, a + i0);
+            load_bf16x8(y, b + i0);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                x[k] = op(i0 + k, x[k], y[k]);
+            }
+            store_bf16x8(out + i0, x);
+            return;
+        }
+    }
+    for (long long i = i0; i < i0 + N && i < n; i++) {
+        out[i] = from_float<T>(op(i, to_float(a[i]), to_float(b[i])));
+    }
 }

@@ -4,24 +4,29 @@
 // Geometry of one call (EmbedShape): `batch` sequences of `seq` positions in `out`; this call fills
 // positions offset..offset+n of each from `ids` (batch x n, i32); `c` channels; the position index
 // of out position 0 is pos0 (KV-cache decoding). `table` is (rows, c), `wpe` (n_positions, c).
+// Precision: table, wpe, dtable, dwpe (parameters and their gradients) are always fp32; out and
+// dout (activations) are float, or __nv_bfloat16 in the _bf16 kernels. The _bf16 forward does the
+// same f32 add and rounds the sum to bf16 once; the _bf16 backwards widen dout exactly and sum in
+// f32 in the same order, so in both precisions every kernel is bit-identical to the CPU reference
+// (run on the widened dout; the forward's output rounded).
 //
-// embedding_forward:                                                                    (out: =)
+// embedding_forward[_bf16]:                                                               (out: =)
 //   out[b, offset+j, k] = table[ids[b*n+j], k] (+ wpe[pos0+offset+j, k])
 //   Launch: one thread per (b, j, k), block 256, grid CEIL_DIV(batch*n*c, 256) (64-bit index).
 //
-// embedding_backward_chain (pass 1 of the table gradient):                   (scratch: =)
+// embedding_backward_chain (pass 1 of the table gradient):                            (scratch: =)
 //   For each position p = b*n+j of the call: next[p] = the smallest p' > p with ids[p'] == ids[p]
 //   (-1 if none), head[p] = 1 if no p' < p has the same id. O((batch*n)^2) comparisons, which is
 //   nothing at PEPLER's batch*n (a few thousand) and needs no sort and no atomics.
 //   scratch (i32, 2*batch*n): [next | head]. Launch: thread per position, block 256.
-// embedding_backward_table (pass 2):                                              (dtable: +=)
+// embedding_backward_table[_bf16] (pass 2):                                           (dtable: +=)
 //   For each head p and channel k: acc = dtable[id, k]; for q = p, next[p], ...: acc += dout[q, k];
 //   dtable[id, k] = acc. This is exactly the CPU reference's order ((dtable + g0) + g1) + ...,
 //   visiting occurrences in (b, j) order, so dtable is bit-identical to the CPU's, and each row of
 //   dtable is written by one thread per channel: no atomics even when an id repeats hundreds of
 //   times. Launch: grid (batch*n, CEIL_DIV(c, 256)), block min(256, c rounded up to a warp);
 //   blocks of non-head positions exit at once.
-// embedding_backward_wpe:                                                           (dwpe: +=)
+// embedding_backward_wpe[_bf16]:                                                        (dwpe: +=)
 //   dwpe[pos0+offset+j, k] += dout[b, offset+j, k] for b = 0..batch in order (one thread per
 //   (j, k) accumulating in a register from dwpe's old value): the CPU's order, bit-identical.
 //   Launch: one thread per (j, k), block 256, grid CEIL_DIV(n*c, 256).
@@ -33,10 +38,11 @@
 // Determinism: no atomics; every sum runs in (b, j) order, independent of the launch schedule.
 #include "common.cuh"
 
-extern "C" __global__ void embedding_forward(float* __restrict__ out, const float* __restrict__ table,
-                                             const int* __restrict__ ids, const float* __restrict__ wpe,
-                                             int batch, int n, int seq, int offset, int pos0, int c,
-                                             int rows) {
+template <class T>
+__device__ __forceinline__ void embedding_forward_impl(T* __restrict__ out, const float* __restrict__ table,
+                                                       const int* __restrict__ ids, const float* __restrict__ wpe,
+                                                       int batch, int n, int seq, int offset, int pos0, int c,
+                                                       int rows) {
     const long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
     const long long total = static_cast<long long>(batch) * n * c;
     if (idx >= total) {
@@ -54,7 +60,21 @@ extern "C" __global__ void embedding_forward(float* __restrict__ out, const floa
     if (wpe != nullptr) {
         v += wpe[static_cast<long long>(pos0 + offset + j) * c + k];
     }
-    out[(static_cast<long long>(b) * seq + offset + j) * c + k] = v;
+    out[(static_cast<long long>(b) * seq + offset + j) * c + k] = from_float<T>(v);
+}
+
+extern "C" __global__ void embedding_forward(float* __restrict__ out, const float* __restrict__ table,
+                                             const int* __restrict__ ids, const float* __restrict__ wpe,
+                                             int batch, int n, int seq, int offset, int pos0, int c,
+                                             int rows) {
+    embedding_forward_impl(out, table, ids, wpe, batch, n, seq, offset, pos0, c, rows);
+}
+
+extern "C" __global__ void embedding_forward_bf16(__nv_bfloat16* __restrict__ out, const float* __restrict__ table,
+                                                  const int* __restrict__ ids, const float* __restrict__ wpe,
+                                                  int batch, int n, int seq, int offset, int pos0, int c,
+                                                  int rows) {
+    embedding_forward_impl(out, table, ids, wpe, batch, n, seq, offset, pos0, c, rows);
 }
 
 extern "C" __global__ void embedding_backward_chain(int* __restrict__ scratch, const int* __restrict__ ids,
@@ -89,9 +109,12 @@ extern "C" __global__ void embedding_backward_chain(int* __restrict__ scratch, c
     head[p] = first;
 }
 
-extern "C" __global__ void embedding_backward_table(float* __restrict__ dtable, const int* __restrict__ scratch,
-                                                    const float* __restrict__ dout, const int* __restrict__ ids,
-                                                    int batch, int n, int seq, int offset, int c) {
+template <class T>
+__device__ __forceinline__ void embedding_backward_table_impl(float* __restrict__ dtable,
+                                                              const int* __restrict__ scratch,
+                                                              const T* __restrict__ dout,
+                                                              const int* __restrict__ ids, int batch, int n,
+                                                              int seq, int offset, int c) {
     const int count = batch * n;
     const int p = blockIdx.x;
     const int k = blockIdx.y * blockDim.x + threadIdx.x;
@@ -105,13 +128,28 @@ extern "C" __global__ void embedding_backward_table(float* __restrict__ dtable, 
     for (int q = p; q >= 0; q = next[q]) {
         const int b = q / n;
         const int j = q % n;
-        acc += dout[(static_cast<long long>(b) * seq + offset + j) * c + k];
+        acc += to_float(dout[(static_cast<long long>(b) * seq + offset + j) * c + k]);
     }
     *dst = acc;
 }
 
-extern "C" __global__ void embedding_backward_wpe(float* __restrict__ dwpe, const float* __restrict__ dout,
-                                                  int batch, int n, int seq, int offset, int pos0, int c) {
+extern "C" __global__ void embedding_backward_table(float* __restrict__ dtable, const int* __restrict__ scratch,
+                                                    const float* __restrict__ dout, const int* __restrict__ ids,
+                                                    int batch, int n, int seq, int offset, int c) {
+    embedding_backward_table_impl(dtable, scratch, dout, ids, batch, n, seq, offset, c);
+}
+
+extern "C" __global__ void embedding_backward_table_bf16(float* __restrict__ dtable, const int* __restrict__ scratch,
+                                                         const __nv_bfloat16* __restrict__ dout,
+                                                         const int* __restrict__ ids, int batch, int n, int seq,
+                                                         int offset, int c) {
+    embedding_backward_table_impl(dtable, scratch, dout, ids, batch, n, seq, offset, c);
+}
+
+template <class T>
+__device__ __forceinline__ void embedding_backward_wpe_impl(float* __restrict__ dwpe, const T* __restrict__ dout,
+                                                            int batch, int n, int seq, int offset, int pos0,
+                                                            int c) {
     const long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (idx >= static_cast<long long>(n) * c) {
         return;
@@ -121,7 +159,17 @@ extern "C" __global__ void embedding_backward_wpe(float* __restrict__ dwpe, cons
     float* dst = dwpe + static_cast<long long>(pos0 + offset + j) * c + k;
     float acc = *dst;
     for (int b = 0; b < batch; b++) {
-        acc += dout[(static_cast<long long>(b) * seq + offset + j) * c + k];
+        acc += to_float(dout[(static_cast<long long>(b) * seq + offset + j) * c + k]);
     }
     *dst = acc;
+}
+
+extern "C" __global__ void embedding_backward_wpe(float* __restrict__ dwpe, const float* __restrict__ dout,
+                                                  int batch, int n, int seq, int offset, int pos0, int c) {
+    embedding_backward_wpe_impl(dwpe, dout, batch, n, seq, offset, pos0, c);
+}
+
+extern "C" __global__ void embedding_backward_wpe_bf16(float* __restrict__ dwpe, const __nv_bfloat16* __restrict__ dout,
+                                                       int batch, int n, int seq, int offset, int pos0, int c) {
+    embedding_backward_wpe_impl(dwpe, dout, batch, n, seq, offset, pos0, c);
 }

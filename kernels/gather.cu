@@ -17,15 +17,6 @@
 //   Determinism: one add (scatter) or copy (gather) per element: bit-identical on every device.
 #include "common.cuh"
 
-// f32 arithmetic on either element type (exact widening, one rounding to nearest even)
-__device__ __forceinline__ float gather_to_float(float x) { return x; }
-__device__ __forceinline__ float gather_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> __device__ __forceinline__ T gather_from_float(float x);
-template <> __device__ __forceinline__ float gather_from_float<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 gather_from_float<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
-
 template <typename T>
 __device__ void row_gather_impl(T* __restrict__ out, const T* __restrict__ src,
                                 const int* __restrict__ idx, int n, int c, int src_rows) {
@@ -51,7 +42,7 @@ __device__ void row_scatter_add_impl(T* __restrict__ dst, const T* __restrict__ 
     const int d = idx[r];
     if (d >= 0 && d < dst_rows) {
         T* p = dst + static_cast<long long>(d) * c + j;
-        *p = gather_from_float<T>(gather_to_float(*p) + gather_to_float(src[i]));
+        *p = from_float<T>(to_float(*p) + to_float(src[i]));
     }
 }
 

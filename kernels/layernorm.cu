@@ -2,17 +2,22 @@
 // src/ops/layernorm.rs; llm.c's gradient convention: parameter grads +=, and dinp += because
 // LayerNorm's input is on the residual stream).
 //
-// Layouts (row-major fp32): inp, out, dout, dinp: rows x c; weight, bias, dweight, dbias: c;
-// mean, rstd: rows (saved by the forward for the backward).
+// Layouts (row-major): inp, out, dout, dinp, resid, a, b: rows x c, activations: float, or
+// __nv_bfloat16 in the _bf16 kernels; weight, bias, dweight, dbias: c, mean, rstd: rows, and the
+// partials: always fp32 (mean/rstd are saved by the forward for the backward).
+// Precision (_bf16): every activation is widened exactly on load, all arithmetic and every sum is
+// f32 exactly as in the fp32 kernel, and each activation output is rounded to bf16 once when stored
+// (dinp: the old bf16 value widened, the f32 increment added, the sum rounded once). mean, rstd,
+// partials, dweight, dbias are f32 sums of the widened values.
 //
-// layernorm_forward:                                                        (out, mean, rstd: =)
+// layernorm_forward[_bf16]:                                                 (out, mean, rstd: =)
 //   mean[r] = sum_i x[r,i] / c;  rstd[r] = 1 / sqrtf(sum_i (x[r,i] - mean[r])^2 / c + eps)
 //   out[r,i] = (x[r,i] - mean[r]) * rstd[r] * weight[i] + bias[i]
 //   mean/rstd may be NULL (inference). Launch: warp per row, block 256 (8 warps), grid
 //   CEIL_DIV(rows, 8); lanes stride over c, warp_reduce_sum combines them. Two passes over the row
 //   (mean, then the centred variance) for accuracy.
 //
-// layernorm_backward (pass 1):                                    (dinp: +=, partials: =)
+// layernorm_backward[_bf16] (pass 1):                             (dinp: +=, partials: =)
 //   n = (x - mean) * rstd, g = weight * dout,
 //   dinp[r,i] += (g_i - mean_i(g) - n_i * mean_i(g * n)) * rstd[r]
 //   and per-block partial sums of dbias (sum_r dout) and dweight (sum_r n * dout).
@@ -22,24 +27,28 @@
 //   block adds its WPB warps in order 0..WPB-1 and writes partials[b][0..2c) = [dbias | dweight].
 //   partials == NULL (no weight gradient wanted: frozen LayerNorm, stage 1): only dinp, no shared
 //   memory, no partial sums (launch: 8 warps per block, grid CEIL_DIV(rows, 8), dyn_smem 0).
-// layernorm_backward_reduce (pass 2, only when a weight gradient is wanted): (dweight, dbias: +=)
+// layernorm_backward_reduce (pass 2 of both, fp32 only): (dweight, dbias: +=)
 //   dbias[i] += sum_{b=0..G-1} partials[b][i];  dweight[i] += sum_b partials[b][c + i]
 //   (a NULL dweight or dbias is skipped). Launch: one thread per output (2c), block 256, grid
 //   CEIL_DIV(2c, 256).
 //
-// residual_layernorm_forward:                                  (resid, out, mean, rstd: =)
+// residual_layernorm_forward[_bf16]:                           (resid, out, mean, rstd: =)
 //   resid = a + b (the residual stream), then exactly layernorm_forward of resid: same launch
 //   (warp per row, 8 rows per 256-thread block), same two-pass statistics. Each lane re-reads only
-//   the resid elements it wrote itself, so no barrier is needed. mean/rstd may be NULL.
+//   the resid elements it wrote itself, so no barrier is needed. mean/rstd may be NULL. In bf16 the
+//   statistics and out are those of the STORED (rounded) resid, so the fused kernel equals
+//   residual_forward_bf16 then layernorm_forward_bf16 (and the backward, which re-reads the stored
+//   resid as its input, sees the values the forward normalised).
 //   Determinism: no atomics; every sum runs in an order fixed by (rows, c) alone (WPB and G are
 //   computed from them by the launcher in src/kernels/layernorm.rs, never from the GPU model), so
 //   the gradients are bit-reproducible run to run and under any block schedule.
 #include "common.cuh"
 
-extern "C" __global__ void layernorm_forward(float* __restrict__ out, float* __restrict__ mean,
-                                             float* __restrict__ rstd, const float* __restrict__ inp,
-                                             const float* __restrict__ weight, const float* __restrict__ bias,
-                                             int rows, int c, float eps) {
+template <class T>
+__device__ __forceinline__ void layernorm_forward_impl(T* __restrict__ out, float* __restrict__ mean,
+                                                       float* __restrict__ rstd, const T* __restrict__ inp,
+                                                       const float* __restrict__ weight,
+                                                       const float* __restrict__ bias, int rows, int c, float eps) {
     const int warps = blockDim.x / 32;
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -47,24 +56,24 @@ extern "C" __global__ void layernorm_forward(float* __restrict__ out, float* __r
     if (row >= rows) {
         return;  // whole warp
     }
-    const float* x = inp + row * c;
+    const T* x = inp + row * c;
 
     float sum = 0.0f;
     for (int i = lane; i < c; i += 32) {
-        sum += x[i];
+        sum += to_float(x[i]);
     }
     const float m = warp_reduce_sum(sum) / c;
 
     float var = 0.0f;
     for (int i = lane; i < c; i += 32) {
-        const float d = x[i] - m;
+        const float d = to_float(x[i]) - m;
         var += d * d;
     }
     const float s = 1.0f / sqrtf(warp_reduce_sum(var) / c + eps);
 
-    float* y = out + row * c;
+    T* y = out + row * c;
     for (int i = lane; i < c; i += 32) {
-        y[i] = (x[i] - m) * s * weight[i] + bias[i];
+        y[i] = from_float<T>((to_float(x[i]) - m) * s * weight[i] + bias[i]);
     }
     if (lane == 0) {
         if (mean != nullptr) mean[row] = m;
@@ -72,11 +81,30 @@ extern "C" __global__ void layernorm_forward(float* __restrict__ out, float* __r
     }
 }
 
-extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* __restrict__ partials,
-                                              const float* __restrict__ dout, const float* __restrict__ inp,
-                                              const float* __restrict__ weight, const float* __restrict__ mean,
-                                              const float* __restrict__ rstd, int rows, int c) {
-    DYN_SMEM(float, smem);  // [warps][2c]: this warp's [dbias | dweight] accumulators
+extern "C" __global__ void layernorm_forward(float* __restrict__ out, float* __restrict__ mean,
+                                             float* __restrict__ rstd, const float* __restrict__ inp,
+                                             const float* __restrict__ weight, const float* __restrict__ bias,
+                                             int rows, int c, float eps) {
+    layernorm_forward_impl(out, mean, rstd, inp, weight, bias, rows, c, eps);
+}
+
+extern "C" __global__ void layernorm_forward_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ mean,
+                                                  float* __restrict__ rstd, const __nv_bfloat16* __restrict__ inp,
+                                                  const float* __restrict__ weight, const float* __restrict__ bias,
+                                                  int rows, int c, float eps) {
+    layernorm_forward_impl(out, mean, rstd, inp, weight, bias, rows, c, eps);
+}
+
+// smem: the kernel's dynamic shared memory (DYN_SMEM sits in each extern "C" kernel: an extern
+// __shared__ array declared inside a template clashes with the other kernels' in nvcc's single
+// translation unit).
+template <class T>
+__device__ __forceinline__ void layernorm_backward_impl(float* smem, T* __restrict__ dinp,
+                                                        float* __restrict__ partials, const T* __restrict__ dout,
+                                                        const T* __restrict__ inp, const float* __restrict__ weight,
+                                                        const float* __restrict__ mean,
+                                                        const float* __restrict__ rstd, int rows, int c) {
+    // smem: [warps][2c], this warp's [dbias | dweight] accumulators
     const int warps = blockDim.x / 32;
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -94,17 +122,17 @@ extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* _
 
     for (long long row = static_cast<long long>(blockIdx.x) * warps + warp; row < rows;
          row += static_cast<long long>(gridDim.x) * warps) {
-        const float* x = inp + row * c;
-        const float* g = dout + row * c;
-        float* dx = dinp + row * c;
+        const T* x = inp + row * c;
+        const T* g = dout + row * c;
+        T* dx = dinp + row * c;
         const float m = mean[row];
         const float s = rstd[row];
 
         float dnorm_mean = 0.0f;
         float dnorm_norm_mean = 0.0f;
         for (int i = lane; i < c; i += 32) {
-            const float n = (x[i] - m) * s;
-            const float d = weight[i] * g[i];
+            const float n = (to_float(x[i]) - m) * s;
+            const float d = weight[i] * to_float(g[i]);
             dnorm_mean += d;
             dnorm_norm_mean += d * n;
         }
@@ -112,12 +140,13 @@ extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* _
         dnorm_norm_mean = warp_reduce_sum(dnorm_norm_mean) / c;
 
         for (int i = lane; i < c; i += 32) {
-            const float n = (x[i] - m) * s;
-            const float d = weight[i] * g[i];
-            dx[i] += (d - dnorm_mean - n * dnorm_norm_mean) * s;
+            const float gi = to_float(g[i]);
+            const float n = (to_float(x[i]) - m) * s;
+            const float d = weight[i] * gi;
+            dx[i] = from_float<T>(to_float(dx[i]) + (d - dnorm_mean - n * dnorm_norm_mean) * s);
             if (want_weights) {
-                acc_db[i] += g[i];
-                acc_dw[i] += n * g[i];
+                acc_db[i] += gi;
+                acc_dw[i] += n * gi;
             }
         }
     }
@@ -134,6 +163,23 @@ extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* _
         }
         p[i] = total;
     }
+}
+
+extern "C" __global__ void layernorm_backward(float* __restrict__ dinp, float* __restrict__ partials,
+                                              const float* __restrict__ dout, const float* __restrict__ inp,
+                                              const float* __restrict__ weight, const float* __restrict__ mean,
+                                              const float* __restrict__ rstd, int rows, int c) {
+    DYN_SMEM(float, smem);
+    layernorm_backward_impl(smem, dinp, partials, dout, inp, weight, mean, rstd, rows, c);
+}
+
+extern "C" __global__ void layernorm_backward_bf16(__nv_bfloat16* __restrict__ dinp, float* __restrict__ partials,
+                                                   const __nv_bfloat16* __restrict__ dout,
+                                                   const __nv_bfloat16* __restrict__ inp,
+                                                   const float* __restrict__ weight, const float* __restrict__ mean,
+                                                   const float* __restrict__ rstd, int rows, int c) {
+    DYN_SMEM(float, smem);
+    layernorm_backward_impl(smem, dinp, partials, dout, inp, weight, mean, rstd, rows, c);
 }
 
 extern "C" __global__ void layernorm_backward_reduce(float* __restrict__ dweight, float* __restrict__ dbias,
@@ -154,11 +200,13 @@ extern "C" __global__ void layernorm_backward_reduce(float* __restrict__ dweight
     }
 }
 
-extern "C" __global__ void residual_layernorm_forward(float* __restrict__ resid, float* __restrict__ out,
-                                                      float* __restrict__ mean, float* __restrict__ rstd,
-                                                      const float* __restrict__ a, const float* __restrict__ b,
-                                                      const float* __restrict__ weight,
-                                                      const float* __restrict__ bias, int rows, int c, float eps) {
+template <class T>
+__device__ __forceinline__ void residual_layernorm_forward_impl(T* __restrict__ resid, T* __restrict__ out,
+                                                                float* __restrict__ mean, float* __restrict__ rstd,
+                                                                const T* __restrict__ a, const T* __restrict__ b,
+                                                                const float* __restrict__ weight,
+                                                                const float* __restrict__ bias, int rows, int c,
+                                                                float eps) {
     const int warps = blockDim.x / 32;
     const int warp = threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -166,31 +214,50 @@ extern "C" __global__ void residual_layernorm_forward(float* __restrict__ resid,
     if (row >= rows) {
         return;  // whole warp
     }
-    const float* xa = a + row * c;
-    const float* xb = b + row * c;
-    float* x = resid + row * c;
+    const T* xa = a + row * c;
+    const T* xb = b + row * c;
+    T* x = resid + row * c;
 
     float sum = 0.0f;
     for (int i = lane; i < c; i += 32) {
-        const float v = xa[i] + xb[i];
+        const T v = from_float<T>(to_float(xa[i]) + to_float(xb[i]));
         x[i] = v;
-        sum += v;
+        sum += to_float(v);  // the stored value: in bf16 the statistics are those of resid as stored
     }
     const float m = warp_reduce_sum(sum) / c;
 
     float var = 0.0f;
     for (int i = lane; i < c; i += 32) {
-        const float d = x[i] - m;
+        const float d = to_float(x[i]) - m;
         var += d * d;
     }
     const float s = 1.0f / sqrtf(warp_reduce_sum(var) / c + eps);
 
-    float* y = out + row * c;
+    T* y = out + row * c;
     for (int i = lane; i < c; i += 32) {
-        y[i] = (x[i] - m) * s * weight[i] + bias[i];
+        y[i] = from_float<T>((to_float(x[i]) - m) * s * weight[i] + bias[i]);
     }
     if (lane == 0) {
         if (mean != nullptr) mean[row] = m;
         if (rstd != nullptr) rstd[row] = s;
     }
+}
+
+extern "C" __global__ void residual_layernorm_forward(float* __restrict__ resid, float* __restrict__ out,
+                                                      float* __restrict__ mean, float* __restrict__ rstd,
+                                                      const float* __restrict__ a, const float* __restrict__ b,
+                                                      const float* __restrict__ weight,
+                                                      const float* __restrict__ bias, int rows, int c, float eps) {
+    residual_layernorm_forward_impl(resid, out, mean, rstd, a, b, weight, bias, rows, c, eps);
+}
+
+extern "C" __global__ void residual_layernorm_forward_bf16(__nv_bfloat16* __restrict__ resid,
+                                                           __nv_bfloat16* __restrict__ out, float* __restrict__ mean,
+                                                           float* __restrict__ rstd,
+                                                           const __nv_bfloat16* __restrict__ a,
+                                                           const __nv_bfloat16* __restrict__ b,
+                                                           const float* __restrict__ weight,
+                                                           const float* __restrict__ bias, int rows, int c,
+                                                           float eps) {
+    residual_layernorm_forward_impl(resid, out, mean, rstd, a, b, weight, bias, rows, c, eps);
 }

@@ -1,13 +1,18 @@
 // residual.cu — the residual-stream add of GPT-2 (CPU reference: src/ops/residual.rs).
 //
-// residual_forward: out[i] = inp1[i] + inp2[i] for i in [0, n)                         (out: =)
-//   Layout: three flat fp32 arrays of n elements (any shape; elementwise).
-//   Launch: block 256 threads, grid CEIL_DIV(n, 4 * 256); thread t handles elements 4t..4t+3.
-//   When all three pointers are 16-byte aligned the thread uses one 128-bit load/store per array
-//   (float4); otherwise, and for the tail (n not a multiple of 4), it falls back to scalar code,
-//   so any n and any element offset is correct.
-//   Determinism: one IEEE add per element, no reductions: bit-identical on every device (the
-//   emulated device and a GPU agree exactly).
+// residual_forward[_bf16]: out[i] = inp1[i] + inp2[i] for i in [0, n)                  (out: =)
+//   Layout: three flat arrays of n elements (any shape; elementwise): float, or __nv_bfloat16 for
+//   _bf16 (both inputs widened exactly, one f32 add, the sum rounded to bf16 once).
+//   Launch: block 256 threads.
+//   fp32: grid CEIL_DIV(n, 4 * 256); thread t handles elements 4t..4t+3. When all three pointers are
+//   16-byte aligned the thread uses one 128-bit load/store per array (float4); otherwise, and for
+//   the tail (n not a multiple of 4), it falls back to scalar code, so any n and any element
+//   offset is correct.
+//   bf16: grid CEIL_DIV(n, 8 * 256); thread t handles elements 8t..8t+7 with one 16-byte access per
+//   array when all three are 16-byte aligned, element by element otherwise (act_map2 in common.cuh).
+//   Determinism: one IEEE add per element (and one round-to-nearest-even in bf16), no reductions:
+//   bit-identical on every device (the emulated device and a GPU agree exactly) and to the CPU
+//   reference.
 #include "common.cuh"
 
 extern "C" __global__ void residual_forward(float* __restrict__ out, const float* __restrict__ inp1,
@@ -27,4 +32,9 @@ extern "C" __global__ void residual_forward(float* __restrict__ out, const float
             out[j] = inp1[j] + inp2[j];
         }
     }
+}
+
+extern "C" __global__ void residual_forward_bf16(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ inp1,
+                                                 const __nv_bfloat16* __restrict__ inp2, int n) {
+    act_map2(out, inp1, inp2, n, [](long long, float a, float b) { return a + b; });
 }

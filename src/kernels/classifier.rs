@@ -1,11 +1,14 @@
 //! Launch wrappers for `kernels/classifier.cu` (CPU reference: `crate::ops::crossentropy`): the
 //! fused cross-entropy (losses, and dlogits in place of the logits), the mean of the valid rows'
-//! losses as one device scalar, and the greedy argmax.
+//! losses as one device scalar, and the greedy argmax. `crossentropy_forward` and
+//! `argmax_forward` are generic over the activation type `A` of the logits (f32 or bf16); losses
+//! and the mean are always f32.
 
 use anyhow::{bail, Result};
 
 use super::{check_len, mul, to_i32};
 use crate::device::{Device, KernelArg, LaunchConfig, View, ViewMut};
+use crate::precision::Act;
 
 /// Threads per row of `crossentropy_forward` / `argmax_forward` (`CE_BLOCK` in the .cu file).
 pub const CE_BLOCK: u32 = 512;
@@ -29,13 +32,13 @@ fn row_sizes(kernel: &str, rows: usize, v: usize) -> Result<usize> {
     Ok(n)
 }
 
-/// Per-row cross-entropy `losses` (=) of `logits` (rows, v) against `targets` (rows; negative =
-/// ignored: loss 0). With `dscale`, the logits become `dlogits = (softmax - onehot) * dscale` in
-/// place (ignored rows: 0). See `kernels/classifier.cu`.
-pub fn crossentropy_forward(
+/// Per-row cross-entropy `losses` (=, f32) of `logits` (rows, v) against `targets` (rows; negative
+/// = ignored: loss 0). With `dscale`, the logits become `dlogits = (softmax - onehot) * dscale` in
+/// place (ignored rows: 0), computed in f32 and rounded once to `A`. See `kernels/classifier.cu`.
+pub fn crossentropy_forward<A: Act>(
     dev: &Device,
     losses: ViewMut<'_, f32>,
-    logits: ViewMut<'_, f32>,
+    logits: ViewMut<'_, A>,
     targets: View<'_, i32>,
     rows: usize,
     v: usize,
@@ -61,10 +64,10 @@ pub fn crossentropy_forward(
         dscale.unwrap_or(0.0).into(),
         i32::from(dscale.is_some()).into(),
     ];
-    // SAFETY: args match `crossentropy_forward(float*, float*, const int*, int, int, float, int)`;
-    // losses/targets hold rows, logits rows*v; block r touches row r only, and only targets in
-    // 0..v index into it.
-    unsafe { dev.launch(K, &cfg, &args) }
+    // SAFETY: args match `crossentropy_forward[_bf16](float*, A*, const int*, int, int, float,
+    // int)`; losses/targets hold rows, logits rows*v; block r touches row r only, and only targets
+    // in 0..v index into it.
+    unsafe { dev.launch(&A::kernel(K), &cfg, &args) }
 }
 
 /// `out[0] = mean of losses[r] over rows with targets[r] >= 0` (=), summed in f64 on the device
@@ -95,10 +98,10 @@ pub fn crossentropy_mean(
 }
 
 /// `out[r]` = the lowest index of the largest logit of row `r` (=).
-pub fn argmax_forward(
+pub fn argmax_forward<A: Act>(
     dev: &Device,
     out: ViewMut<'_, i32>,
-    logits: View<'_, f32>,
+    logits: View<'_, A>,
     rows: usize,
     v: usize,
 ) -> Result<()> {
@@ -118,7 +121,7 @@ pub fn argmax_forward(
         to_i32(K, "rows", rows)?.into(),
         to_i32(K, "v", v)?.into(),
     ];
-    // SAFETY: args match `argmax_forward(int*, const float*, int, int)`; out holds rows, logits
+    // SAFETY: args match `argmax_forward[_bf16](int*, const A*, int, int)`; out holds rows, logits
     // rows*v.
-    unsafe { dev.launch(K, &cfg, &args) }
+    unsafe { dev.launch(&A::kernel(K), &cfg, &args) }
 }

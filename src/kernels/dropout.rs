@@ -1,18 +1,20 @@
-//! Launch wrapper for `kernels/dropout.cu` (CPU reference: `crate::ops::dropout`).
+//! Launch wrapper for `kernels/dropout.cu` (CPU reference: `crate::ops::dropout`), generic over
+//! the activation type (f32 or bf16; the same mask either way).
 
 use anyhow::Result;
 
-use super::{check_len, grid_for, to_i32, BLOCK};
-use crate::device::{Device, KernelArg, LaunchConfig, View, ViewMut};
+use super::{act_map_config, check_len, to_i32};
+use crate::device::{Device, KernelArg, View, ViewMut};
 use crate::ops::dropout::DropoutSite;
+use crate::precision::Act;
 
 /// `out[i] = inp[i] * dropout_scale(site, i)` for `i < n` (=): the CPU reference's mask, bit for
-/// bit. Also the backward pass (same site, the gradient as `inp`). For in-place dropout use
-/// [`dropout_forward_inplace`].
-pub fn dropout_forward(
+/// bit (in bf16: the f32 product rounded once). Also the backward pass (same site, the gradient as
+/// `inp`). For in-place dropout use [`dropout_forward_inplace`].
+pub fn dropout_forward<A: Act>(
     dev: &Device,
-    out: ViewMut<'_, f32>,
-    inp: View<'_, f32>,
+    out: ViewMut<'_, A>,
+    inp: View<'_, A>,
     site: DropoutSite,
     n: usize,
 ) -> Result<()> {
@@ -22,19 +24,19 @@ pub fn dropout_forward(
 }
 
 /// [`dropout_forward`] with `out` as its own input.
-pub fn dropout_forward_inplace(
+pub fn dropout_forward_inplace<A: Act>(
     dev: &Device,
-    buf: ViewMut<'_, f32>,
+    buf: ViewMut<'_, A>,
     site: DropoutSite,
     n: usize,
 ) -> Result<()> {
     launch(dev, buf, None, site, n)
 }
 
-fn launch(
+fn launch<A: Act>(
     dev: &Device,
-    out: ViewMut<'_, f32>,
-    inp: Option<View<'_, f32>>,
+    out: ViewMut<'_, A>,
+    inp: Option<View<'_, A>>,
     site: DropoutSite,
     n: usize,
 ) -> Result<()> {
@@ -49,7 +51,7 @@ fn launch(
         Some(v) => v.slice(..n).into(),
         None => KernelArg::from(&out),
     };
-    let cfg = LaunchConfig::linear(grid_for(K, n, BLOCK as usize)?, BLOCK, 0);
+    let cfg = act_map_config::<A>(K, n)?;
     let args = [
         KernelArg::from(&out),
         inp_arg,
@@ -59,8 +61,8 @@ fn launch(
         site.site.into(),
         site.p.into(),
     ];
-    // SAFETY: args match `dropout_forward(float*, const float*, int, unsigned long long, unsigned
+    // SAFETY: args match `dropout_forward[_bf16](A*, const A*, int, unsigned long long, unsigned
     // long long, unsigned int, float)`; out and inp hold n elements (inp may be out itself: the
     // kernel reads each element before writing it, in the same thread).
-    unsafe { dev.launch(K, &cfg, &args) }
+    unsafe { dev.launch(&A::kernel(K), &cfg, &args) }
 }

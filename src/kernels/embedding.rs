@@ -5,12 +5,16 @@
 //! contents overwritten), a second lets the first occurrence walk its chain in (b, j) order, so
 //! `dtable` gets exactly the CPU reference's bits. Ids are validated on the host before upload
 //! (`Batch::validate`); an out-of-range id that reaches a kernel is skipped (see the .cu header).
+//! The launchers are generic over the activation type `A` (f32 or bf16) of `out` / `dout`; the
+//! tables and their gradients are always f32, and the backward sums the exactly widened `dout`
+//! in f32, so it is bit-identical to the CPU reference on the widened values in both precisions.
 
 use anyhow::{bail, Result};
 
 use super::{check_len, grid_for, mul, opt_ref, to_i32, BLOCK};
 use crate::device::{Device, KernelArg, LaunchConfig, View, ViewMut};
 use crate::ops::embedding::EmbedShape;
+use crate::precision::Act;
 
 /// Element counts one call touches: (out = batch*seq*c, ids = batch*n, wpe rows needed).
 fn sizes(kernel: &str, s: &EmbedShape) -> Result<(usize, usize, usize)> {
@@ -62,11 +66,12 @@ pub fn embedding_forward_config(s: &EmbedShape) -> Result<LaunchConfig> {
     ))
 }
 
-/// `out[b, offset+j] = table[ids[b*n+j]] (+ wpe[pos0+offset+j])` (=); see `ops::embedding`.
-/// `out` holds (batch, seq, c), `table` whole rows of `c`, `ids` batch*n.
-pub fn embedding_forward(
+/// `out[b, offset+j] = table[ids[b*n+j]] (+ wpe[pos0+offset+j])` (=, the f32 sum rounded once to
+/// `A`); see `ops::embedding`. `out` holds (batch, seq, c), `table` whole rows of `c`, `ids`
+/// batch*n.
+pub fn embedding_forward<A: Act>(
     dev: &Device,
-    out: ViewMut<'_, f32>,
+    out: ViewMut<'_, A>,
     table: View<'_, f32>,
     ids: View<'_, i32>,
     wpe: Option<View<'_, f32>>,
@@ -101,10 +106,10 @@ pub fn embedding_forward(
         c,
         rows.into(),
     ];
-    // SAFETY: args match `embedding_forward(float*, const float*, const int*, const float*, int x7)`;
-    // out holds batch*seq*c, ids batch*n, wpe (pos0+offset+n)*c; table reads are bounded by `rows`
-    // (the kernel skips ids outside 0..rows).
-    unsafe { dev.launch(K, &cfg, &args) }
+    // SAFETY: args match `embedding_forward[_bf16](A*, const float*, const int*, const float*, int
+    // x7)`; out holds batch*seq*c, ids batch*n, wpe (pos0+offset+n)*c; table reads are bounded by
+    // `rows` (the kernel skips ids outside 0..rows).
+    unsafe { dev.launch(&A::kernel(K), &cfg, &args) }
 }
 
 /// Scratch elements (i32) [`embedding_backward`] needs for `s`: a `next` link and a head flag per
@@ -140,12 +145,12 @@ pub fn embedding_backward_config(
 /// (bit-identical to it). `None` skips that gradient. `scratch` needs
 /// [`embedding_backward_scratch_len`] elements when `dtable` is given (contents overwritten).
 #[allow(clippy::too_many_arguments)]
-pub fn embedding_backward(
+pub fn embedding_backward<A: Act>(
     dev: &Device,
     dtable: Option<ViewMut<'_, f32>>,
     dwpe: Option<ViewMut<'_, f32>>,
     scratch: ViewMut<'_, i32>,
-    dout: View<'_, f32>,
+    dout: View<'_, A>,
     ids: View<'_, i32>,
     s: EmbedShape,
 ) -> Result<()> {
@@ -199,10 +204,11 @@ pub fn embedding_backward(
             offset,
             c,
         ];
-        // SAFETY: args match `embedding_backward_table(float*, const int*, const float*, const int*,
-        // int x5)`; only head occurrences (ids in 0..rows, checked by the chain pass) write dtable,
-        // one row each; dout holds batch*seq*c; scratch was written by the chain pass (same stream).
-        unsafe { dev.launch("embedding_backward_table", &table_cfg, &args)? };
+        // SAFETY: args match `embedding_backward_table[_bf16](float*, const int*, const A*, const
+        // int*, int x5)`; only head occurrences (ids in 0..rows, checked by the chain pass) write
+        // dtable, one row each; dout holds batch*seq*c; scratch was written by the chain pass (same
+        // stream).
+        unsafe { dev.launch(&A::kernel("embedding_backward_table"), &table_cfg, &args)? };
     }
     if let Some(mut dw) = dwpe {
         let dw = dw.slice_mut(..wpe_rows * s.c);
@@ -216,9 +222,9 @@ pub fn embedding_backward(
             pos0,
             c,
         ];
-        // SAFETY: args match `embedding_backward_wpe(float*, const float*, int x6)`; dwpe holds
+        // SAFETY: args match `embedding_backward_wpe[_bf16](float*, const A*, int x6)`; dwpe holds
         // (pos0+offset+n)*c, dout batch*seq*c.
-        unsafe { dev.launch("embedding_backward_wpe", &wpe_cfg, &args)? };
+        unsafe { dev.launch(&A::kernel("embedding_backward_wpe"), &wpe_cfg, &args)? };
     }
     Ok(())
 }

@@ -1,24 +1,24 @@
-//! Launch wrappers for `kernels/gelu.cu` (CPU reference: `crate::ops::gelu`).
+//! Launch wrappers for `kernels/gelu.cu` (CPU reference: `crate::ops::gelu`). `gelu_forward` and
+//! `gelu_backward` are generic over the activation type (f32 or bf16); `bias_gelu_forward` is f32
+//! only (in bf16 the GEMM's bias epilogue rounds once, then `gelu_forward` runs).
 
 use anyhow::Result;
 
-use super::{check_len, grid_for, to_i32, BLOCK};
+use super::{act_map_config, check_len, grid_for, to_i32, BLOCK};
 use crate::device::{Device, KernelArg, LaunchConfig, View, ViewMut};
+use crate::precision::Act;
 
-/// Launch shape of both GELU kernels: one element per thread, 256 threads per block.
-pub fn gelu_config(kernel: &str, n: usize) -> Result<LaunchConfig> {
-    Ok(LaunchConfig::linear(
-        grid_for(kernel, n, BLOCK as usize)?,
-        BLOCK,
-        0,
-    ))
+/// Launch shape of `gelu_forward`/`gelu_backward` over `n` elements of `A`: one f32 or 8 bf16 per
+/// thread, 256 threads per block.
+pub fn gelu_config<A: Act>(kernel: &str, n: usize) -> Result<LaunchConfig> {
+    act_map_config::<A>(kernel, n)
 }
 
-/// `out[i] = gelu(inp[i])` for `i < n` (`=`).
-pub fn gelu_forward(
+/// `out[i] = gelu(inp[i])` for `i < n` (`=`), computed in f32 and rounded once to `A`.
+pub fn gelu_forward<A: Act>(
     dev: &Device,
-    out: ViewMut<'_, f32>,
-    inp: View<'_, f32>,
+    out: ViewMut<'_, A>,
+    inp: View<'_, A>,
     n: usize,
 ) -> Result<()> {
     const K: &str = "gelu_forward";
@@ -27,18 +27,18 @@ pub fn gelu_forward(
     if n == 0 {
         return Ok(());
     }
-    let cfg = gelu_config(K, n)?;
+    let cfg = gelu_config::<A>(K, n)?;
     let args = [KernelArg::from(&out), inp.into(), to_i32(K, "n", n)?.into()];
-    // SAFETY: args match `gelu_forward(float*, const float*, int)`; buffers hold >= n elements.
-    unsafe { dev.launch(K, &cfg, &args) }
+    // SAFETY: args match `gelu_forward[_bf16](A*, const A*, int)`; buffers hold >= n elements.
+    unsafe { dev.launch(&A::kernel(K), &cfg, &args) }
 }
 
-/// `dinp[i] = gelu'(inp[i]) * dout[i]` for `i < n` (`=`).
-pub fn gelu_backward(
+/// `dinp[i] = gelu'(inp[i]) * dout[i]` for `i < n` (`=`), computed in f32 and rounded once to `A`.
+pub fn gelu_backward<A: Act>(
     dev: &Device,
-    dinp: ViewMut<'_, f32>,
-    inp: View<'_, f32>,
-    dout: View<'_, f32>,
+    dinp: ViewMut<'_, A>,
+    inp: View<'_, A>,
+    dout: View<'_, A>,
     n: usize,
 ) -> Result<()> {
     const K: &str = "gelu_backward";
@@ -48,16 +48,16 @@ pub fn gelu_backward(
     if n == 0 {
         return Ok(());
     }
-    let cfg = gelu_config(K, n)?;
+    let cfg = gelu_config::<A>(K, n)?;
     let args = [
         KernelArg::from(&dinp),
         inp.into(),
         dout.into(),
         to_i32(K, "n", n)?.into(),
     ];
-    // SAFETY: args match `gelu_backward(float*, const float*, const float*, int)`; buffers hold
-    // >= n elements.
-    unsafe { dev.launch(K, &cfg, &args) }
+    // SAFETY: args match `gelu_backward[_bf16](A*, const A*, const A*, int)`; buffers hold >= n
+    // elements.
+    unsafe { dev.launch(&A::kernel(K), &cfg, &args) }
 }
 
 /// `pre[r, j] += bias[j]`, `out = gelu(pre)` over `rows x c` (see `kernels/gelu.cu`): the bias
@@ -84,7 +84,8 @@ pub fn bias_gelu_forward(
         return Ok(());
     }
     let (mut pre, mut out) = (pre, out);
-    let cfg = gelu_config(K, n)?;
+    // one element per thread, like the f32 gelu_forward
+    let cfg = LaunchConfig::linear(grid_for(K, n, BLOCK as usize)?, BLOCK, 0);
     let args = [
         KernelArg::from(&pre.slice_mut(..n)),
         KernelArg::from(&out.slice_mut(..n)),

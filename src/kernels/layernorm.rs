@@ -3,12 +3,16 @@
 //! The backward is two launches (per-block partial sums of dweight/dbias into a scratch buffer,
 //! then a fixed-order reduction), so it is deterministic without float atomics. The scratch size
 //! comes from [`layernorm_backward_scratch_len`]; the scratch contents need no initialisation.
+//! Every launcher is generic over the activation type `A` (f32 or bf16: inp, out, dout, dinp, the
+//! residual stream); mean, rstd, weight, bias, their gradients and the scratch are always f32. The
+//! launch shapes do not depend on `A`.
 
 use anyhow::{bail, Result};
 
 use super::{check_len, grid_for, to_i32, BLOCK};
 use crate::device::{Device, KernelArg, LaunchConfig, View, ViewMut, MAX_DYN_SMEM};
 use crate::ops::shape::LnShape;
+use crate::precision::Act;
 
 /// Upper bound on pass-1 blocks of the backward. Fixed (not derived from the GPU's SM count) so
 /// that the reduction order, and with it every bit of dweight/dbias, depends on (rows, c) only.
@@ -67,15 +71,15 @@ fn ln_sizes(kernel: &str, rows: usize, c: usize) -> Result<usize> {
     Ok(n)
 }
 
-/// LayerNorm forward over rows of `c` (`=`); `mean`/`rstd` (`rows` each) are optional outputs
-/// (the backward needs them; inference does not).
+/// LayerNorm forward over rows of `c` (`=`); `mean`/`rstd` (`rows` each, f32) are optional
+/// outputs (the backward needs them; inference does not). `out` is rounded once to `A`.
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_forward(
+pub fn layernorm_forward<A: Act>(
     dev: &Device,
-    out: ViewMut<'_, f32>,
+    out: ViewMut<'_, A>,
     mean: Option<ViewMut<'_, f32>>,
     rstd: Option<ViewMut<'_, f32>>,
-    inp: View<'_, f32>,
+    inp: View<'_, A>,
     weight: View<'_, f32>,
     bias: View<'_, f32>,
     rows: usize,
@@ -112,10 +116,10 @@ pub fn layernorm_forward(
         to_i32(K, "c", c)?.into(),
         eps.into(),
     ];
-    // SAFETY: args match `layernorm_forward(float*, float*, float*, const float*, const float*,
+    // SAFETY: args match `layernorm_forward[_bf16](A*, float*, float*, const A*, const float*,
     // const float*, int, int, float)`; buffers were checked against rows/c; NULL mean/rstd are
     // skipped by the kernel.
-    unsafe { dev.launch(K, &cfg, &args) }
+    unsafe { dev.launch(&A::kernel(K), &cfg, &args) }
 }
 
 /// Launch shape of the backward's pass 1 when no weight gradient is wanted: a warp per row, 8 rows
@@ -124,19 +128,20 @@ pub fn layernorm_backward_dinp_only_config(rows: usize) -> Result<LaunchConfig> 
     layernorm_forward_config(rows)
 }
 
-/// LayerNorm backward: `dinp +=`, `dweight +=`, `dbias +=` (see `kernels/layernorm.cu`).
+/// LayerNorm backward: `dinp +=` (in `A`: the old value plus the f32 increment, rounded once),
+/// `dweight +=`, `dbias +=` (f32; see `kernels/layernorm.cu`).
 /// `None` skips that gradient; with both `None` the partial-sum work is skipped entirely (one
 /// launch, no shared memory) and `scratch` is unused (it may be empty). Otherwise `scratch` needs
 /// [`layernorm_backward_scratch_len`] elements (contents are overwritten).
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_backward(
+pub fn layernorm_backward<A: Act>(
     dev: &Device,
-    dinp: ViewMut<'_, f32>,
+    dinp: ViewMut<'_, A>,
     dweight: Option<ViewMut<'_, f32>>,
     dbias: Option<ViewMut<'_, f32>>,
     scratch: ViewMut<'_, f32>,
-    dout: View<'_, f32>,
-    inp: View<'_, f32>,
+    dout: View<'_, A>,
+    inp: View<'_, A>,
     weight: View<'_, f32>,
     mean: View<'_, f32>,
     rstd: View<'_, f32>,
@@ -186,11 +191,11 @@ pub fn layernorm_backward(
         rows_i.into(),
         c_i.into(),
     ];
-    // SAFETY: args match `layernorm_backward(float*, float*, const float* x5, int, int)`; dinp,
-    // dout, inp hold rows*c, weight c, mean/rstd rows, scratch blocks*2c (one 2c row per block) or
-    // NULL (then the kernel touches neither it nor shared memory); dyn_smem holds 2c floats per warp
-    // when partials are wanted.
-    unsafe { dev.launch(K, &pass1, &args1)? };
+    // SAFETY: args match `layernorm_backward[_bf16](A*, float*, const A*, const A*, const float*
+    // x3, int, int)`; dinp, dout, inp hold rows*c, weight c, mean/rstd rows, scratch blocks*2c (one
+    // 2c row per block) or NULL (then the kernel touches neither it nor shared memory); dyn_smem
+    // holds 2c floats per warp when partials are wanted.
+    unsafe { dev.launch(&A::kernel(K), &pass1, &args1)? };
     if !want_weights {
         return Ok(());
     }
@@ -215,16 +220,18 @@ pub fn layernorm_backward(
 
 /// `resid = a + b` (=), then [`layernorm_forward`] of `resid` into `out`, `mean`, `rstd` (=), in one
 /// launch (the residual add never makes a second trip through memory). `resid` must not alias
-/// `a` or `b`. CPU reference: `ops::layernorm::residual_layernorm_forward`.
+/// `a` or `b`. CPU reference: `ops::layernorm::residual_layernorm_forward`. In bf16 the LayerNorm
+/// normalises `resid` as stored (rounded), so the result equals [`super::residual::residual_forward`]
+/// then [`layernorm_forward`] in that precision.
 #[allow(clippy::too_many_arguments)]
-pub fn residual_layernorm_forward(
+pub fn residual_layernorm_forward<A: Act>(
     dev: &Device,
-    resid: ViewMut<'_, f32>,
-    out: ViewMut<'_, f32>,
+    resid: ViewMut<'_, A>,
+    out: ViewMut<'_, A>,
     mean: Option<ViewMut<'_, f32>>,
     rstd: Option<ViewMut<'_, f32>>,
-    a: View<'_, f32>,
-    b: View<'_, f32>,
+    a: View<'_, A>,
+    b: View<'_, A>,
     weight: View<'_, f32>,
     bias: View<'_, f32>,
     rows: usize,
@@ -269,7 +276,8 @@ pub fn residual_layernorm_forward(
         to_i32(K, "c", c)?.into(),
         eps.into(),
     ];
-    // SAFETY: args match `residual_layernorm_forward(float*, float*, float*, float*, const float* x4,
-    // int, int, float)`; resid/out/a/b hold rows*c, weight/bias c, mean/rstd rows or NULL.
-    unsafe { dev.launch(K, &cfg, &args) }
+    // SAFETY: args match `residual_layernorm_forward[_bf16](A*, A*, float*, float*, const A* x2,
+    // const float* x2, int, int, float)`; resid/out/a/b hold rows*c, weight/bias c, mean/rstd rows
+    // or NULL.
+    unsafe { dev.launch(&A::kernel(K), &cfg, &args) }
 }

@@ -5,6 +5,12 @@
 //! shared memory and argument list), and launches by name. Sizes are element counts; a view may
 //! be longer than needed (buffers are often allocated for the largest batch), never shorter.
 //! Zero-sized work returns without launching.
+//!
+//! Launchers of kernels that touch activations are generic over the activation type
+//! `A: Act` (`f32` or `bf16`, see `crate::precision`): activation views are typed `A`, statistics,
+//! parameters, their gradients and losses stay `f32`, and the kernel launched is
+//! `A::kernel(name)` (`name` for f32, `name_bf16` for bf16). Error messages name the op without
+//! the suffix.
 
 pub mod adamw;
 pub mod attention;
@@ -22,10 +28,30 @@ pub mod softmax;
 
 use anyhow::{bail, Result};
 
-use crate::device::{DevPtr, Elem, KernelArg, View};
+use crate::device::{DevPtr, Elem, KernelArg, LaunchConfig, View};
+use crate::precision::{Act, Precision};
 
 /// Threads per block for the elementwise and warp-per-row kernels.
 pub(crate) const BLOCK: u32 = 256;
+
+/// Elements per thread of the elementwise activation kernels that go through `act_map1/2`
+/// (`ACT_PER_THREAD` in kernels/common.cuh): one f32, or 8 bf16 (one 16-byte access).
+pub(crate) fn act_per_thread<A: Act>() -> usize {
+    match A::PRECISION {
+        Precision::Fp32 => 1,
+        Precision::Bf16 => 8,
+    }
+}
+
+/// Launch shape of an `act_map1/2` kernel over `n` elements of `A`: `act_per_thread::<A>()`
+/// elements per thread, 256 threads per block.
+pub(crate) fn act_map_config<A: Act>(kernel: &str, n: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig::linear(
+        grid_for(kernel, n, act_per_thread::<A>() * BLOCK as usize)?,
+        BLOCK,
+        0,
+    ))
+}
 
 /// Error unless a buffer has at least `need` elements.
 pub(crate) fn check_len(kernel: &str, what: &str, have: usize, need: usize) -> Result<()> {

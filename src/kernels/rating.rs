@@ -1,10 +1,13 @@
 //! Launch wrappers for `kernels/rating.cu` (CPU reference: `crate::ops::rating`): the MF head, the
-//! MLP head's sigmoid, and MSE with the loss kept in a 1-element device buffer.
+//! MLP head's sigmoid, and MSE with the loss kept in a 1-element device buffer. Every launcher is
+//! generic over the activation type `A` (f32 or bf16) of its activations; MSE's target and loss
+//! are always f32.
 
 use anyhow::Result;
 
-use super::{check_len, grid_for, mul, to_i32, BLOCK};
+use super::{act_map_config, check_len, grid_for, mul, to_i32, BLOCK};
 use crate::device::{Device, KernelArg, LaunchConfig, View, ViewMut};
+use crate::precision::Act;
 
 /// Threads of the single `mse_forward` block (`MSE_BLOCK` in the .cu file).
 pub const MSE_BLOCK: u32 = 256;
@@ -17,11 +20,11 @@ fn elementwise(kernel: &str, n: usize) -> Result<LaunchConfig> {
     ))
 }
 
-/// `out[r] = u_r . i_r` from `ui` (b, 2c) (=).
-pub fn rating_mf_forward(
+/// `out[r] = u_r . i_r` from `ui` (b, 2c) (=; summed in f32, rounded once to `A`).
+pub fn rating_mf_forward<A: Act>(
     dev: &Device,
-    out: ViewMut<'_, f32>,
-    ui: View<'_, f32>,
+    out: ViewMut<'_, A>,
+    ui: View<'_, A>,
     b: usize,
     c: usize,
 ) -> Result<()> {
@@ -42,16 +45,16 @@ pub fn rating_mf_forward(
         to_i32(K, "b", b)?.into(),
         to_i32(K, "c", c)?.into(),
     ];
-    // SAFETY: args match `rating_mf_forward(float*, const float*, int, int)`; out holds b, ui b*2c.
-    unsafe { dev.launch(K, &cfg, &args) }
+    // SAFETY: args match `rating_mf_forward[_bf16](A*, const A*, int, int)`; out holds b, ui b*2c.
+    unsafe { dev.launch(&A::kernel(K), &cfg, &args) }
 }
 
 /// `dui = [dpred * i | dpred * u]` (=).
-pub fn rating_mf_backward(
+pub fn rating_mf_backward<A: Act>(
     dev: &Device,
-    dui: ViewMut<'_, f32>,
-    dpred: View<'_, f32>,
-    ui: View<'_, f32>,
+    dui: ViewMut<'_, A>,
+    dpred: View<'_, A>,
+    ui: View<'_, A>,
     b: usize,
     c: usize,
 ) -> Result<()> {
@@ -73,16 +76,16 @@ pub fn rating_mf_backward(
         to_i32(K, "b", b)?.into(),
         to_i32(K, "c", c)?.into(),
     ];
-    // SAFETY: args match `rating_mf_backward(float*, const float*, const float*, int, int)`; dui
-    // and ui hold b*2c, dpred b; one thread per dui element.
-    unsafe { dev.launch(K, &elementwise(K, n)?, &args) }
+    // SAFETY: args match `rating_mf_backward[_bf16](A*, const A*, const A*, int, int)`; dui and
+    // ui hold b*2c, dpred b; one thread per dui element.
+    unsafe { dev.launch(&A::kernel(K), &elementwise(K, n)?, &args) }
 }
 
 /// `out = 1 / (1 + exp(-inp))` over `n` elements (=).
-pub fn sigmoid_forward(
+pub fn sigmoid_forward<A: Act>(
     dev: &Device,
-    out: ViewMut<'_, f32>,
-    inp: View<'_, f32>,
+    out: ViewMut<'_, A>,
+    inp: View<'_, A>,
     n: usize,
 ) -> Result<()> {
     const K: &str = "sigmoid_forward";
@@ -98,16 +101,16 @@ pub fn sigmoid_forward(
         inp.slice(..n).into(),
         to_i32(K, "n", n)?.into(),
     ];
-    // SAFETY: args match `sigmoid_forward(float*, const float*, int)`; both hold n elements.
-    unsafe { dev.launch(K, &elementwise(K, n)?, &args) }
+    // SAFETY: args match `sigmoid_forward[_bf16](A*, const A*, int)`; both hold n elements.
+    unsafe { dev.launch(&A::kernel(K), &act_map_config::<A>(K, n)?, &args) }
 }
 
 /// `dinp = dout * out * (1 - out)` over `n` elements (=), from the forward's output.
-pub fn sigmoid_backward(
+pub fn sigmoid_backward<A: Act>(
     dev: &Device,
-    dinp: ViewMut<'_, f32>,
-    out: View<'_, f32>,
-    dout: View<'_, f32>,
+    dinp: ViewMut<'_, A>,
+    out: View<'_, A>,
+    dout: View<'_, A>,
     n: usize,
 ) -> Result<()> {
     const K: &str = "sigmoid_backward";
@@ -125,17 +128,18 @@ pub fn sigmoid_backward(
         dout.slice(..n).into(),
         to_i32(K, "n", n)?.into(),
     ];
-    // SAFETY: args match `sigmoid_backward(float*, const float*, const float*, int)`; all hold n.
-    unsafe { dev.launch(K, &elementwise(K, n)?, &args) }
+    // SAFETY: args match `sigmoid_backward[_bf16](A*, const A*, const A*, int)`; all hold n.
+    unsafe { dev.launch(&A::kernel(K), &act_map_config::<A>(K, n)?, &args) }
 }
 
-/// `loss[0] = mean((pred - target)^2)` over `n` (=, a device scalar: no host read) and
-/// `dpred = grad_scale * 2 (pred - target) / n` (=); bit-identical to `ops::rating::mse_forward`.
-pub fn mse_forward(
+/// `loss[0] = mean((pred - target)^2)` over `n` (=, an f32 device scalar: no host read) and
+/// `dpred = grad_scale * 2 (pred - target) / n` (=, rounded once to `A`); bit-identical to
+/// `ops::rating::mse_forward` on the widened `pred`.
+pub fn mse_forward<A: Act>(
     dev: &Device,
     loss: ViewMut<'_, f32>,
-    dpred: ViewMut<'_, f32>,
-    pred: View<'_, f32>,
+    dpred: ViewMut<'_, A>,
+    pred: View<'_, A>,
     target: View<'_, f32>,
     n: usize,
     grad_scale: f32,
@@ -155,7 +159,7 @@ pub fn mse_forward(
         to_i32(K, "n", n)?.into(),
         grad_scale.into(),
     ];
-    // SAFETY: args match `mse_forward(float*, float*, const float*, const float*, int, float)`;
+    // SAFETY: args match `mse_forward[_bf16](float*, A*, const A*, const float*, int, float)`;
     // loss holds 1, the others n; a single block strides over n.
-    unsafe { dev.launch(K, &LaunchConfig::linear(1, MSE_BLOCK, 0), &args) }
+    unsafe { dev.launch(&A::kernel(K), &LaunchConfig::linear(1, MSE_BLOCK, 0), &args) }
 }

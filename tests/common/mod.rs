@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use pepler_cuda::device::{Device, DeviceBuffer, View};
+use pepler_cuda::precision::Act;
 #[allow(unused_imports)] // Bf16 rows are looked up by the bf16 tests only
 pub use pepler_cuda::precision::Precision::{self, Bf16, Fp32};
 
@@ -25,8 +26,15 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     // of a k-term dot product (k <= 70 in tests/device.rs) stays well below 1e-5 relative.
     ("gemm.c", Fp32, 1e-5, 1e-5),
     ("residual.out", Fp32, 0.0, 0.0),
+    // bf16: the same single f32 add of the widened inputs, rounded to nearest even once on both
+    // sides: the same bits.
+    ("residual.out", Bf16, 0.0, 0.0),
     ("gelu.out", Fp32, 1e-6, 1e-5),
     ("gelu.dinp", Fp32, 1e-6, 1e-5),
+    // bf16: the f32 rows' few-ulp tanhf difference can put the one rounding on the neighbouring
+    // bf16 value: the f32 bound plus one bf16 ulp (2^-7 relative).
+    ("gelu.out", Bf16, 1e-6, 1.0 / 128.0 + 1e-5),
+    ("gelu.dinp", Bf16, 1e-6, 1.0 / 128.0 + 1e-5),
     // the fused bias add is the same single f32 add as the matmul's bias kernel: exact
     ("bias_gelu.pre", Fp32, 0.0, 0.0),
     ("softmax.out", Fp32, 1e-7, 1e-5),
@@ -36,6 +44,15 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     ("layernorm.dinp", Fp32, 1e-5, 1e-5),
     ("layernorm.dweight", Fp32, 1e-5, 1e-5),
     ("layernorm.dbias", Fp32, 1e-5, 1e-5),
+    // bf16: the statistics and the weight gradients are f32 sums of the exactly widened inputs,
+    // the same computation as in fp32: the fp32 bounds. out and dinp (+=: old bf16 value + f32
+    // increment) are rounded once: the fp32 bound plus one bf16 ulp.
+    ("layernorm.out", Bf16, 1e-5, 1.0 / 128.0 + 1e-5),
+    ("layernorm.mean", Bf16, 1e-6, 1e-5),
+    ("layernorm.rstd", Bf16, 1e-6, 1e-5),
+    ("layernorm.dinp", Bf16, 1e-5, 1.0 / 128.0 + 1e-5),
+    ("layernorm.dweight", Bf16, 1e-5, 1e-5),
+    ("layernorm.dbias", Bf16, 1e-5, 1e-5),
     // encoder, matmul bias, dropout, classifier, argmax, rating heads, adamw, grad norm
     // (kernels/encoder.cu, matmul.cu, dropout.cu, classifier.cu, rating.cu, adamw.cu, global_norm.cu)
     // embedding: the forward is a copy plus one IEEE add, the backward sums each table row's and
@@ -43,12 +60,23 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     ("embedding.out", Fp32, 0.0, 0.0),
     ("embedding.dtable", Fp32, 0.0, 0.0),
     ("embedding.dwpe", Fp32, 0.0, 0.0),
+    // bf16: the forward's f32 add is rounded once on both sides; the backward widens dout exactly
+    // and sums in the CPU's order in f32: all exact.
+    ("embedding.out", Bf16, 0.0, 0.0),
+    ("embedding.dtable", Bf16, 0.0, 0.0),
+    ("embedding.dwpe", Bf16, 0.0, 0.0),
     // cross-entropy: the row max is exact, the sum of exp over v (up to 50260) is reassociated
     // (strided threads + block tree) and exp/log are the device's: ~sqrt(v) ulp of the sum, i.e.
     // ~1e-5 relative on the loss (~ln v). dlogits are softmax * dscale: relative 1e-5 from 1/sum,
     // absolute 1e-8 for the tiny probabilities of far-below-max logits.
     ("crossentropy.losses", Fp32, 1e-5, 1e-5),
     ("crossentropy.dlogits", Fp32, 1e-8, 1e-5),
+    // bf16 logits (v up to 50260): they are widened exactly, and the max, the sum of exp, the log
+    // and the loss are the fp32 kernel's f32 computation on those values, so the losses keep the
+    // fp32 bound. Each dlogit is that f32 value rounded to bf16 once: the fp32 bound plus one bf16
+    // ulp (2^-7 relative; bf16 has f32's exponent range, so the tiny probabilities stay relative).
+    ("crossentropy.losses", Bf16, 1e-5, 1e-5),
+    ("crossentropy.dlogits", Bf16, 1e-8, 1.0 / 128.0 + 1e-5),
     // the mean sums in f64 on both sides (different order), then rounds to f32 once: 1 ulp.
     ("crossentropy.mean", Fp32, 0.0, 1.2e-7),
     // rating heads: the MF dot product sums c products in lane order + butterfly (reassociated:
@@ -61,8 +89,21 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     ("sigmoid.dinp", Fp32, 0.0, 0.0),
     ("mse.loss", Fp32, 0.0, 0.0),
     ("mse.dpred", Fp32, 0.0, 0.0),
+    // bf16: every value is the fp32 kernel's f32 computation on the widened inputs, rounded once
+    // when stored. The MF dot product keeps its reassociation error plus one bf16 ulp; its
+    // backward (a product of two bf16 values is exact in f32), sigmoid's backward and MSE are the
+    // CPU's exact f32 operations, so one rounding of the same value on both sides: exact. sigmoid:
+    // the device's expf (2 ulp) plus one bf16 ulp.
+    ("rating_mf.out", Bf16, 1e-5, 1.0 / 128.0 + 1e-5),
+    ("rating_mf.dui", Bf16, 0.0, 0.0),
+    ("sigmoid.out", Bf16, 1e-7, 1.0 / 128.0 + 1e-6),
+    ("sigmoid.dinp", Bf16, 0.0, 0.0),
+    ("mse.loss", Bf16, 0.0, 0.0),
+    ("mse.dpred", Bf16, 0.0, 0.0),
     // dropout: an integer hash and one multiply: exact.
     ("dropout.out", Fp32, 0.0, 0.0),
+    // bf16: the same mask and the same f32 multiply, rounded once on both sides: exact.
+    ("dropout.out", Bf16, 0.0, 0.0),
     // global norm: f32 partial sums in a fixed tree vs the CPU's f64 sum: ~sqrt(n/G) ulp relative
     // error in the sum of squares, halved by the sqrt; 1e-5 relative covers n up to ~1e8. The clip
     // scaling is the same f32 ops as the CPU: exact.
@@ -206,4 +247,24 @@ pub fn down(dev: &Device, v: View<'_, f32>) -> Vec<f32> {
 /// must fail (never skip) on a machine without a GPU.
 pub fn gpu() -> Device {
     Device::cuda().expect("this test needs a CUDA GPU (run with --ignored only on a GPU machine)")
+}
+
+/// `v` rounded to what `A` holds (a no-op for f32): the inputs of a test that runs for both
+/// activation types are generated in f32, then rounded, so the CPU reference sees exactly the
+/// values the kernel loads.
+pub fn rounded<A: Act>(mut v: Vec<f32>) -> Vec<f32> {
+    A::round_slice(&mut v);
+    v
+}
+
+/// Upload f32 values as `A` (rounded to nearest even; exact for values from [`rounded`]).
+pub fn up_as<A: Act>(dev: &Device, v: &[f32]) -> DeviceBuffer<A> {
+    let mut a = vec![A::default(); v.len()];
+    A::narrow_into(&mut a, v);
+    dev.upload(&a).unwrap()
+}
+
+/// Download `A` values widened to f32 (exact).
+pub fn down_as<A: Act>(dev: &Device, v: View<'_, A>) -> Vec<f32> {
+    A::widen(&dev.download(v).unwrap()).into_owned()
 }

@@ -1,22 +1,27 @@
 //! `crossentropy_forward`, `crossentropy_mean`, `argmax_forward` (kernels/classifier.cu) against
-//! `ops::crossentropy`.
+//! `ops::crossentropy`, for f32 and bf16 logits (one body, generic over `A: Act`; the losses and
+//! the mean are f32 either way, the dlogits are rounded to `A`).
 
 use super::{emu_shuffled, up_i32};
 use crate::common::*;
+use half::bf16;
 use pepler_cuda::device::Device;
 use pepler_cuda::kernels::classifier;
 use pepler_cuda::ops::crossentropy as cpu;
+use pepler_cuda::precision::Act;
 
 /// Odd vocabulary sizes: a single class, below a block, above a block, GPT-2's with added tokens.
 const VOCABS: &[usize] = &[1, 37, 1031, 50260];
 
 /// (logits, targets) for `rows` x `v`: row offsets up to 60 (only a max-subtracted softmax survives
-/// them), one ignored row, one target on the row's maximum, the rest random.
-fn ce_case(rows: usize, v: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
+/// them), one ignored row, one target on the row's maximum, the rest random. The logits hold
+/// values of `A` (in bf16 a long row has many equal logits: ties for argmax).
+fn ce_case<A: Act>(rows: usize, v: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
     let mut x = rand_vec(rows * v, seed, -6.0, 6.0);
     for (r, row) in x.chunks_mut(v).enumerate() {
         row.iter_mut().for_each(|e| *e += 30.0 * r as f32 - 40.0);
     }
+    A::round_slice(&mut x);
     let t = rand_vec(rows, seed + 1, 0.0, v as f32);
     let mut targets: Vec<i32> = t.iter().map(|&u| (u as usize).min(v - 1) as i32).collect();
     if rows > 1 {
@@ -31,7 +36,7 @@ fn ce_case(rows: usize, v: usize, seed: u64) -> (Vec<f32>, Vec<i32>) {
 }
 
 /// Device: (losses, dlogits or untouched logits, mean).
-fn ce_run(
+fn ce_run<A: Act>(
     dev: &Device,
     x: &[f32],
     targets: &[i32],
@@ -39,7 +44,7 @@ fn ce_run(
     v: usize,
     dscale: Option<f32>,
 ) -> [Vec<f32>; 3] {
-    let mut logits = up(dev, x);
+    let mut logits = up_as::<A>(dev, x);
     let tg = up_i32(dev, targets);
     let mut losses = up(dev, &vec![f32::NAN; rows]);
     classifier::crossentropy_forward(
@@ -54,26 +59,37 @@ fn ce_run(
     .unwrap();
     let mut mean = up(dev, &[f32::NAN]);
     classifier::crossentropy_mean(dev, mean.view_mut(), losses.view(), tg.view(), rows).unwrap();
-    [losses.view(), logits.view(), mean.view()].map(|b| down(dev, b))
+    [
+        down(dev, losses.view()),
+        down_as(dev, logits.view()),
+        down(dev, mean.view()),
+    ]
 }
 
-fn crossentropy_matches_reference(dev: &Device) {
+fn crossentropy_matches_reference<A: Act>(dev: &Device) {
+    let p = A::PRECISION;
     for &v in VOCABS {
         let rows = if v > 10_000 { 3 } else { 5 };
-        let (x, targets) = ce_case(rows, v, 40 + v as u64);
+        let (x, targets) = ce_case::<A>(rows, v, 40 + v as u64);
         for dscale in [None, Some(0.37f32)] {
-            let ctx = format!("rows={rows} v={v} dscale={dscale:?}");
+            let ctx = format!("{p} rows={rows} v={v} dscale={dscale:?}");
             let (mut want_l, mut want_x) = (vec![0.0; rows], x.clone());
             cpu::crossentropy_forward(&mut want_l, &mut want_x, &targets, rows, v, dscale);
-            let got = ce_run(dev, &x, &targets, rows, v, dscale);
-            assert_close("crossentropy.losses", &ctx, &got[0], &want_l);
-            if dscale.is_some() {
-                assert_close("crossentropy.dlogits", &ctx, &got[1], &want_x);
+            A::round_slice(&mut want_x);
+            let got = ce_run::<A>(dev, &x, &targets, rows, v, dscale);
+            assert_close_at(p, "crossentropy.losses", &ctx, &got[0], &want_l);
+            if let Some(dscale) = dscale {
+                assert_close_at(p, "crossentropy.dlogits", &ctx, &got[1], &want_x);
                 // the gradient of each valid row sums to 0 (softmax sums to 1); summed in f64 so that
-                // the check measures the kernel, not this loop
+                // the check measures the kernel, not this loop. Rounding a dlogit to bf16 moves it by
+                // at most half an ulp, 2^-8 of itself, and a row's |dlogits| sum to at most 2 dscale.
+                let bound = match p {
+                    Fp32 => 1e-5,
+                    Bf16 => 1e-5 + 2.0 * dscale as f64 / 256.0,
+                };
                 for (r, row) in got[1].chunks(v).enumerate() {
                     let s: f64 = row.iter().map(|&d| d as f64).sum();
-                    assert!(s.abs() < 1e-5, "{ctx}: row {r} dlogits sum {s}");
+                    assert!(s.abs() < bound, "{ctx}: row {r} dlogits sum {s}");
                 }
             } else {
                 assert_bits_eq(&format!("logits untouched {ctx}"), &got[1], &x);
@@ -85,10 +101,10 @@ fn crossentropy_matches_reference(dev: &Device) {
     }
 }
 
-fn argmax_matches_reference(dev: &Device) {
+fn argmax_matches_reference<A: Act>(dev: &Device) {
     for &v in VOCABS {
         let rows = 4;
-        let (mut x, _) = ce_case(rows, v, 90 + v as u64);
+        let (mut x, _) = ce_case::<A>(rows, v, 90 + v as u64);
         // ties: row 1's maximum appears three times; row 3 is constant (answer 0)
         if v > 3 {
             let m = x[v..2 * v].iter().cloned().fold(f32::MIN, f32::max) + 1.0;
@@ -99,32 +115,46 @@ fn argmax_matches_reference(dev: &Device) {
         x[3 * v..].fill(-2.0);
         let mut want = vec![0i32; rows];
         cpu::argmax_forward(&mut want, &x, rows, v);
-        let dx = up(dev, &x);
+        let dx = up_as::<A>(dev, &x);
         let mut out = up_i32(dev, &vec![-1; rows]);
         classifier::argmax_forward(dev, out.view_mut(), dx.view(), rows, v).unwrap();
-        assert_eq!(dev.download(out.view()).unwrap(), want, "argmax v={v}");
+        assert_eq!(
+            dev.download(out.view()).unwrap(),
+            want,
+            "argmax {} v={v}",
+            A::PRECISION
+        );
     }
 }
 
 #[test]
 fn crossentropy_forward_and_mean_match_cpu_on_emu() {
-    crossentropy_matches_reference(&emu());
+    crossentropy_matches_reference::<f32>(&emu());
+}
+
+#[test]
+fn crossentropy_forward_bf16_and_mean_match_cpu_on_emu() {
+    crossentropy_matches_reference::<bf16>(&emu());
 }
 
 #[test]
 fn argmax_matches_cpu_with_ties_on_emu() {
-    argmax_matches_reference(&emu());
+    argmax_matches_reference::<f32>(&emu());
 }
 
 #[test]
-fn crossentropy_gradient_and_mean_are_bitwise_deterministic_across_schedules() {
+fn argmax_bf16_matches_cpu_with_ties_on_emu() {
+    argmax_matches_reference::<bf16>(&emu());
+}
+
+fn crossentropy_is_bitwise_deterministic_across_schedules<A: Act>() {
     let (rows, v) = (6, 1031);
-    let (x, targets) = ce_case(rows, v, 3);
-    let a = ce_run(&emu(), &x, &targets, rows, v, Some(0.5));
-    let b = ce_run(&emu_shuffled(77), &x, &targets, rows, v, Some(0.5));
+    let (x, targets) = ce_case::<A>(rows, v, 3);
+    let a = ce_run::<A>(&emu(), &x, &targets, rows, v, Some(0.5));
+    let b = ce_run::<A>(&emu_shuffled(77), &x, &targets, rows, v, Some(0.5));
     for (k, name) in ["losses", "dlogits", "mean"].iter().enumerate() {
         assert_bits_eq(
-            &format!("crossentropy {name} plain vs shuffled"),
+            &format!("crossentropy {} {name} plain vs shuffled", A::PRECISION),
             &a[k],
             &b[k],
         );
@@ -132,10 +162,20 @@ fn crossentropy_gradient_and_mean_are_bitwise_deterministic_across_schedules() {
 }
 
 #[test]
+fn crossentropy_gradient_and_mean_are_bitwise_deterministic_across_schedules() {
+    crossentropy_is_bitwise_deterministic_across_schedules::<f32>();
+}
+
+#[test]
+fn crossentropy_bf16_gradient_and_mean_are_bitwise_deterministic_across_schedules() {
+    crossentropy_is_bitwise_deterministic_across_schedules::<bf16>();
+}
+
+#[test]
 fn crossentropy_out_of_range_target_gives_nan_loss_and_zero_gradient() {
     let dev = emu();
     let (rows, v) = (2, 45);
-    let (x, _) = ce_case(rows, v, 8);
+    let (x, _) = ce_case::<f32>(rows, v, 8);
     // logits sit between guards: nothing outside the view may change
     let guard = [5.0f32; 3];
     let mut buf = up(&dev, &[&guard[..], &x, &guard].concat());
@@ -176,24 +216,50 @@ fn crossentropy_mean_of_no_valid_rows_is_nan() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn crossentropy_forward_and_mean_match_cpu_on_cuda() {
-    crossentropy_matches_reference(&gpu());
+    crossentropy_matches_reference::<f32>(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn crossentropy_forward_bf16_and_mean_match_cpu_on_cuda() {
+    crossentropy_matches_reference::<bf16>(&gpu());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn argmax_matches_cpu_with_ties_on_cuda() {
-    argmax_matches_reference(&gpu());
+    argmax_matches_reference::<f32>(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn argmax_bf16_matches_cpu_with_ties_on_cuda() {
+    argmax_matches_reference::<bf16>(&gpu());
+}
+
+fn crossentropy_is_bitwise_deterministic_on_cuda<A: Act>() {
+    let dev = gpu();
+    let (rows, v) = (64, 50260);
+    let (x, targets) = ce_case::<A>(rows, v, 3);
+    let a = ce_run::<A>(&dev, &x, &targets, rows, v, Some(0.5));
+    let b = ce_run::<A>(&dev, &x, &targets, rows, v, Some(0.5));
+    for k in 0..3 {
+        assert_bits_eq(
+            &format!("crossentropy {} run vs run (cuda)", A::PRECISION),
+            &a[k],
+            &b[k],
+        );
+    }
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn crossentropy_gradient_is_bitwise_deterministic_on_cuda() {
-    let dev = gpu();
-    let (rows, v) = (64, 50260);
-    let (x, targets) = ce_case(rows, v, 3);
-    let a = ce_run(&dev, &x, &targets, rows, v, Some(0.5));
-    let b = ce_run(&dev, &x, &targets, rows, v, Some(0.5));
-    for k in 0..3 {
-        assert_bits_eq("crossentropy run vs run (cuda)", &a[k], &b[k]);
-    }
+    crossentropy_is_bitwise_deterministic_on_cuda::<f32>();
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn crossentropy_bf16_gradient_is_bitwise_deterministic_on_cuda() {
+    crossentropy_is_bitwise_deterministic_on_cuda::<bf16>();
 }

@@ -1,14 +1,18 @@
 //! `embedding_forward` / `embedding_backward` (kernels/embedding.cu) against `ops::embedding`.
 //! Both directions are bit-identical to the CPU reference (same single add per element forward,
-//! same (b, j) summation order backward), so they are compared with zero tolerance.
+//! same (b, j) summation order backward), so they are compared with zero tolerance, for f32 and
+//! bf16 activations (`out` and `dout`; one body, generic over `A: Act`): in bf16 the forward's sum
+//! is rounded once and the backward sums the exactly widened `dout` in f32.
 
 use super::{emu_shuffled, up_i32};
 use crate::common::*;
+use half::bf16;
 use pepler_cuda::device::Device;
 use pepler_cuda::kernels::embedding::{
     embedding_backward, embedding_backward_scratch_len, embedding_forward,
 };
 use pepler_cuda::ops::embedding::{self as cpu, EmbedShape};
+use pepler_cuda::precision::Act;
 
 /// Sentinel in output positions a call must not write.
 const UNTOUCHED: f32 = 7.5;
@@ -24,8 +28,9 @@ struct EmbCase {
 }
 
 impl EmbCase {
-    /// `hot`: share of the ids that are the same id (3), to stress long chains.
-    fn new(s: EmbedShape, rows: usize, hot: f32, seed: u64) -> EmbCase {
+    /// `hot`: share of the ids that are the same id (3), to stress long chains. `dout` (an
+    /// activation gradient) holds values of `A`.
+    fn new<A: Act>(s: EmbedShape, rows: usize, hot: f32, seed: u64) -> EmbCase {
         let r = rand_vec(s.batch * s.n, seed, 0.0, 1.0);
         let ids = r
             .iter()
@@ -44,17 +49,18 @@ impl EmbCase {
             ids,
             table: rand_vec(rows * s.c, seed + 1, -1.0, 1.0),
             wpe: rand_vec(npos * s.c, seed + 2, -0.5, 0.5),
-            dout: rand_vec(s.batch * s.seq * s.c, seed + 3, -1.0, 1.0),
+            dout: rounded::<A>(rand_vec(s.batch * s.seq * s.c, seed + 3, -1.0, 1.0)),
             dtable0: rand_vec(rows * s.c, seed + 4, -0.1, 0.1),
             dwpe0: rand_vec(npos * s.c, seed + 5, -0.1, 0.1),
         }
     }
 
-    /// CPU: (out with or without wpe, dtable, dwpe).
-    fn reference(&self, with_wpe: bool) -> [Vec<f32>; 3] {
+    /// CPU: (out with or without wpe, rounded to `A`, dtable, dwpe).
+    fn reference<A: Act>(&self, with_wpe: bool) -> [Vec<f32>; 3] {
         let mut out = vec![UNTOUCHED; self.s.batch * self.s.seq * self.s.c];
         let wpe = with_wpe.then_some(&self.wpe[..]);
         cpu::embedding_forward(&mut out, &self.table, &self.ids, wpe, self.s);
+        A::round_slice(&mut out);
         let (mut dt, mut dw) = (self.dtable0.clone(), self.dwpe0.clone());
         cpu::embedding_backward(Some(&mut dt), Some(&mut dw), &self.dout, &self.ids, self.s);
         [out, dt, dw]
@@ -62,14 +68,14 @@ impl EmbCase {
 
     /// Device: (out, dtable, dwpe); `grads` picks which gradients are requested (the others come
     /// back as their initial values).
-    fn run(&self, dev: &Device, with_wpe: bool, grads: (bool, bool)) -> [Vec<f32>; 3] {
+    fn run<A: Act>(&self, dev: &Device, with_wpe: bool, grads: (bool, bool)) -> [Vec<f32>; 3] {
         let s = self.s;
         let (table, wpe, ids) = (
             up(dev, &self.table),
             up(dev, &self.wpe),
             up_i32(dev, &self.ids),
         );
-        let mut out = up(dev, &vec![UNTOUCHED; s.batch * s.seq * s.c]);
+        let mut out = up_as::<A>(dev, &vec![UNTOUCHED; s.batch * s.seq * s.c]);
         let wpe_view = with_wpe.then(|| wpe.view());
         embedding_forward(dev, out.view_mut(), table.view(), ids.view(), wpe_view, s).unwrap();
         let (mut dt, mut dw) = (up(dev, &self.dtable0), up(dev, &self.dwpe0));
@@ -77,7 +83,7 @@ impl EmbCase {
         let mut scratch = dev
             .upload(&vec![-7i32; embedding_backward_scratch_len(&s)])
             .unwrap();
-        let dout = up(dev, &self.dout);
+        let dout = up_as::<A>(dev, &self.dout);
         embedding_backward(
             dev,
             grads.0.then(|| dt.view_mut()),
@@ -88,7 +94,11 @@ impl EmbCase {
             s,
         )
         .unwrap();
-        [out.view(), dt.view(), dw.view()].map(|v| down(dev, v))
+        [
+            down_as(dev, out.view()),
+            down(dev, dt.view()),
+            down(dev, dw.view()),
+        ]
     }
 }
 
@@ -112,15 +122,15 @@ fn shapes() -> Vec<(EmbedShape, usize)> {
     ]
 }
 
-fn embedding_matches_reference(dev: &Device) {
+fn embedding_matches_reference<A: Act>(dev: &Device) {
     for (i, (s, rows)) in shapes().into_iter().enumerate() {
-        let case = EmbCase::new(s, rows, 0.3, 100 + i as u64);
+        let case = EmbCase::new::<A>(s, rows, 0.3, 100 + i as u64);
         for with_wpe in [true, false] {
-            let want = case.reference(with_wpe);
-            let got = case.run(dev, with_wpe, (true, true));
+            let want = case.reference::<A>(with_wpe);
+            let got = case.run::<A>(dev, with_wpe, (true, true));
             for k in 0..3 {
-                let ctx = format!("{s:?} wpe={with_wpe}");
-                assert_close(NAMES[k], &ctx, &got[k], &want[k]);
+                let ctx = format!("{} {s:?} wpe={with_wpe}", A::PRECISION);
+                assert_close_at(A::PRECISION, NAMES[k], &ctx, &got[k], &want[k]);
                 assert_bits_eq(&format!("{} {ctx}", NAMES[k]), &got[k], &want[k]);
             }
         }
@@ -128,7 +138,7 @@ fn embedding_matches_reference(dev: &Device) {
 }
 
 /// One id in most positions of a 40 x 9 call: a chain of ~250 occurrences summed by one thread.
-fn hot_case() -> EmbCase {
+fn hot_case<A: Act>() -> EmbCase {
     let s = EmbedShape {
         batch: 40,
         n: 9,
@@ -137,41 +147,56 @@ fn hot_case() -> EmbCase {
         pos0: 0,
         c: 37,
     };
-    EmbCase::new(s, 20, 0.7, 7)
+    EmbCase::new::<A>(s, 20, 0.7, 7)
 }
 
-fn embedding_backward_is_bitwise_deterministic(dev: &Device, other: &Device) {
-    let case = hot_case();
+fn embedding_backward_is_bitwise_deterministic<A: Act>(dev: &Device, other: &Device) {
+    let case = hot_case::<A>();
     assert!(case.ids.iter().filter(|&&id| id == 3).count() > 200);
-    let want = case.reference(true);
-    let first = case.run(dev, true, (true, true));
-    let second = case.run(other, true, (true, true));
+    let want = case.reference::<A>(true);
+    let first = case.run::<A>(dev, true, (true, true));
+    let second = case.run::<A>(other, true, (true, true));
+    let p = A::PRECISION;
     for k in 1..3 {
-        assert_bits_eq(&format!("{} vs CPU", NAMES[k]), &first[k], &want[k]);
-        assert_bits_eq(&format!("{} run vs run", NAMES[k]), &first[k], &second[k]);
+        assert_bits_eq(&format!("{} {p} vs CPU", NAMES[k]), &first[k], &want[k]);
+        assert_bits_eq(
+            &format!("{} {p} run vs run", NAMES[k]),
+            &first[k],
+            &second[k],
+        );
     }
 }
 
 #[test]
 fn embedding_forward_and_backward_match_cpu_on_emu() {
-    embedding_matches_reference(&emu());
+    embedding_matches_reference::<f32>(&emu());
+}
+
+#[test]
+fn embedding_forward_and_backward_bf16_match_cpu_on_emu() {
+    embedding_matches_reference::<bf16>(&emu());
 }
 
 #[test]
 fn embedding_backward_is_bitwise_deterministic_with_a_hot_id_across_schedules() {
-    embedding_backward_is_bitwise_deterministic(&emu(), &emu_shuffled(4242));
+    embedding_backward_is_bitwise_deterministic::<f32>(&emu(), &emu_shuffled(4242));
+}
+
+#[test]
+fn embedding_backward_bf16_is_bitwise_deterministic_with_a_hot_id_across_schedules() {
+    embedding_backward_is_bitwise_deterministic::<bf16>(&emu(), &emu_shuffled(4243));
 }
 
 #[test]
 fn embedding_backward_skips_absent_gradients() {
     let dev = emu();
     let (s, rows) = shapes()[1];
-    let case = EmbCase::new(s, rows, 0.3, 5);
-    let want = case.reference(true);
-    let only_table = case.run(&dev, true, (true, false));
+    let case = EmbCase::new::<f32>(s, rows, 0.3, 5);
+    let want = case.reference::<f32>(true);
+    let only_table = case.run::<f32>(&dev, true, (true, false));
     assert_bits_eq("dtable (dwpe None)", &only_table[1], &want[1]);
     assert_bits_eq("dwpe untouched", &only_table[2], &case.dwpe0);
-    let only_wpe = case.run(&dev, true, (false, true));
+    let only_wpe = case.run::<f32>(&dev, true, (false, true));
     assert_bits_eq("dtable untouched", &only_wpe[1], &case.dtable0);
     assert_bits_eq("dwpe (dtable None)", &only_wpe[2], &want[2]);
 }
@@ -188,7 +213,7 @@ fn embedding_out_of_range_ids_write_nothing_out_of_bounds() {
         c: 5,
     };
     let rows = 4;
-    let mut case = EmbCase::new(s, rows, 0.0, 9);
+    let mut case = EmbCase::new::<f32>(s, rows, 0.0, 9);
     case.ids = vec![1, -1, 2, 4, 1, 1000];
     // CPU: the valid occurrences only (bad ids -> id 0 with a zero gradient row; their out rows are
     // restored to the sentinel below)
@@ -309,12 +334,25 @@ fn embedding_launchers_reject_bad_shapes() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn embedding_forward_and_backward_match_cpu_on_cuda() {
-    embedding_matches_reference(&gpu());
+    embedding_matches_reference::<f32>(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn embedding_forward_and_backward_bf16_match_cpu_on_cuda() {
+    embedding_matches_reference::<bf16>(&gpu());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn embedding_backward_is_bitwise_deterministic_on_cuda() {
     let dev = gpu();
-    embedding_backward_is_bitwise_deterministic(&dev, &dev);
+    embedding_backward_is_bitwise_deterministic::<f32>(&dev, &dev);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn embedding_backward_bf16_is_bitwise_deterministic_on_cuda() {
+    let dev = gpu();
+    embedding_backward_is_bitwise_deterministic::<bf16>(&dev, &dev);
 }

@@ -1,31 +1,64 @@
-//! `gelu_forward` / `gelu_backward` (kernels/gelu.cu) against `ops::gelu`.
+//! `gelu_forward` / `gelu_backward` (kernels/gelu.cu) against `ops::gelu`, for f32 and bf16
+//! activations (one body, generic over `A: Act`), and the fp32-only `bias_gelu_forward`.
 
 use crate::common::*;
+use half::bf16;
 use pepler_cuda::device::Device;
 use pepler_cuda::kernels::gelu;
 use pepler_cuda::ops;
+use pepler_cuda::precision::Act;
 
-fn gelu_matches_reference(dev: &Device) {
+/// The reference on `A`-rounded inputs with its output rounded to `A` (see `crate::precision`).
+fn gelu_matches_reference<A: Act>(dev: &Device) {
+    let p = A::PRECISION;
     for &n in &[1usize, 45, 771, 3 * 771] {
-        let x = rand_vec(n, 3, -6.0, 6.0);
-        let g = rand_vec(n, 4, -1.0, 1.0);
+        let x = rounded::<A>(rand_vec(n, 3, -6.0, 6.0));
+        let g = rounded::<A>(rand_vec(n, 4, -1.0, 1.0));
         let mut want = vec![0.0; n];
         ops::gelu::gelu_forward(&mut want, &x);
-        let (dx, dg) = (up(dev, &x), up(dev, &g));
-        let mut out = dev.alloc::<f32>(n).unwrap();
+        A::round_slice(&mut want);
+        let (dx, dg) = (up_as::<A>(dev, &x), up_as::<A>(dev, &g));
+        let mut out = dev.alloc::<A>(n).unwrap();
         gelu::gelu_forward(dev, out.view_mut(), dx.view(), n).unwrap();
-        assert_close("gelu.out", &format!("n={n}"), &down(dev, out.view()), &want);
+        let got = down_as(dev, out.view());
+        assert_close_at(p, "gelu.out", &format!("n={n}"), &got, &want);
+
+        // the same values through views one element in (misaligned: bf16's element-by-element
+        // path), with a poisoned guard before the output that must stay untouched
+        let pad = |v: &[f32]| [&[7.0][..], v].concat();
+        let (dx1, dg1) = (up_as::<A>(dev, &pad(&x)), up_as::<A>(dev, &pad(&g)));
+        let mut out1 = up_as::<A>(dev, &vec![f32::NAN; n + 1]);
+        gelu::gelu_forward(dev, out1.slice_mut(1..), dx1.slice(1..), n).unwrap();
+        let got1 = down_as(dev, out1.view());
+        assert!(
+            got1[0].is_nan(),
+            "gelu_forward wrote before its output view"
+        );
+        assert_bits_eq(
+            &format!("gelu.out {p} n={n} aligned vs misaligned"),
+            &got1[1..],
+            &got,
+        );
 
         let mut want = vec![0.0; n];
         ops::gelu::gelu_backward(&mut want, &x, &g);
+        A::round_slice(&mut want);
         // `=` semantics: whatever was in dinp is overwritten
-        let mut dinp = dev.upload(&vec![123.0; n]).unwrap();
+        let mut dinp = up_as::<A>(dev, &vec![123.0; n]);
         gelu::gelu_backward(dev, dinp.view_mut(), dx.view(), dg.view(), n).unwrap();
-        assert_close(
-            "gelu.dinp",
-            &format!("n={n}"),
-            &down(dev, dinp.view()),
-            &want,
+        let got = down_as(dev, dinp.view());
+        assert_close_at(p, "gelu.dinp", &format!("n={n}"), &got, &want);
+        let mut dinp1 = up_as::<A>(dev, &vec![f32::NAN; n + 1]);
+        gelu::gelu_backward(dev, dinp1.slice_mut(1..), dx1.slice(1..), dg1.slice(1..), n).unwrap();
+        let got1 = down_as(dev, dinp1.view());
+        assert!(
+            got1[0].is_nan(),
+            "gelu_backward wrote before its output view"
+        );
+        assert_bits_eq(
+            &format!("gelu.dinp {p} n={n} aligned vs misaligned"),
+            &got1[1..],
+            &got,
         );
     }
 }
@@ -71,11 +104,22 @@ fn bias_gelu_forward_matches_cpu_on_cuda() {
 
 #[test]
 fn gelu_forward_and_backward_match_cpu_on_emu() {
-    gelu_matches_reference(&emu());
+    gelu_matches_reference::<f32>(&emu());
+}
+
+#[test]
+fn gelu_forward_and_backward_bf16_match_cpu_on_emu() {
+    gelu_matches_reference::<bf16>(&emu());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gelu_forward_and_backward_match_cpu_on_cuda() {
-    gelu_matches_reference(&gpu());
+    gelu_matches_reference::<f32>(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gelu_forward_and_backward_bf16_match_cpu_on_cuda() {
+    gelu_matches_reference::<bf16>(&gpu());
 }

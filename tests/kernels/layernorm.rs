@@ -1,10 +1,15 @@
-//! `layernorm_forward` / `layernorm_backward` (kernels/layernorm.cu) against `ops::layernorm`.
+//! `layernorm_forward` / `layernorm_backward` / `residual_layernorm_forward` (kernels/layernorm.cu)
+//! against `ops::layernorm`, for f32 and bf16 activations (one body, generic over `A: Act`): the
+//! activations (x, out, dout, dinp, the residual stream) are `A`, the rest f32; the bf16 reference
+//! is the f32 one on the rounded inputs with its activation outputs rounded.
 
 use super::{COLS, EPS, ROWS};
 use crate::common::*;
+use half::bf16;
 use pepler_cuda::device::{Device, EmuOptions};
 use pepler_cuda::kernels::layernorm;
 use pepler_cuda::ops;
+use pepler_cuda::precision::{Act, Precision};
 
 struct LnCase {
     rows: usize,
@@ -19,23 +24,24 @@ struct LnCase {
 }
 
 impl LnCase {
-    fn new(rows: usize, c: usize, seed: u64) -> LnCase {
+    /// The activations (x, dout, dinp0) hold values of `A`.
+    fn new<A: Act>(rows: usize, c: usize, seed: u64) -> LnCase {
         LnCase {
             rows,
             c,
-            x: rand_vec(rows * c, seed, -3.0, 5.0),
+            x: rounded::<A>(rand_vec(rows * c, seed, -3.0, 5.0)),
             w: rand_vec(c, seed + 1, 0.5, 1.5),
             b: rand_vec(c, seed + 2, -0.5, 0.5),
-            dout: rand_vec(rows * c, seed + 3, -1.0, 1.0),
+            dout: rounded::<A>(rand_vec(rows * c, seed + 3, -1.0, 1.0)),
             // non-zero starting gradients: the backward accumulates (+=)
-            dinp0: rand_vec(rows * c, seed + 4, -0.1, 0.1),
+            dinp0: rounded::<A>(rand_vec(rows * c, seed + 4, -0.1, 0.1)),
             dw0: rand_vec(c, seed + 5, -0.1, 0.1),
             db0: rand_vec(c, seed + 6, -0.1, 0.1),
         }
     }
 
-    /// CPU reference: (out, mean, rstd, dinp, dweight, dbias).
-    fn reference(&self) -> [Vec<f32>; 6] {
+    /// CPU reference: (out, mean, rstd, dinp, dweight, dbias), out and dinp rounded to `A`.
+    fn reference<A: Act>(&self) -> [Vec<f32>; 6] {
         let (rows, c) = (self.rows, self.c);
         let (mut out, mut mean, mut rstd) = (vec![0.0; rows * c], vec![0.0; rows], vec![0.0; rows]);
         ops::layernorm::layernorm_forward(
@@ -45,18 +51,20 @@ impl LnCase {
         ops::layernorm::layernorm_backward(
             &mut dinp, &mut dw, &mut db, &self.dout, &self.x, &self.w, &mean, &rstd, rows, c,
         );
+        A::round_slice(&mut out);
+        A::round_slice(&mut dinp);
         [out, mean, rstd, dinp, dw, db]
     }
 
     /// Forward then backward on `dev`, backward from the CPU's mean/rstd so the two passes are
     /// checked independently: (out, mean, rstd, dinp, dweight, dbias).
-    fn run(&self, dev: &Device, cpu_mean: &[f32], cpu_rstd: &[f32]) -> [Vec<f32>; 6] {
-        self.run_grads(dev, cpu_mean, cpu_rstd, (true, true))
+    fn run<A: Act>(&self, dev: &Device, cpu_mean: &[f32], cpu_rstd: &[f32]) -> [Vec<f32>; 6] {
+        self.run_grads::<A>(dev, cpu_mean, cpu_rstd, (true, true))
     }
 
     /// [`LnCase::run`] requesting only the weight gradients in `grads` (dweight, dbias); the others
     /// come back as their initial values.
-    fn run_grads(
+    fn run_grads<A: Act>(
         &self,
         dev: &Device,
         cpu_mean: &[f32],
@@ -64,8 +72,8 @@ impl LnCase {
         grads: (bool, bool),
     ) -> [Vec<f32>; 6] {
         let (rows, c) = (self.rows, self.c);
-        let (x, w, b) = (up(dev, &self.x), up(dev, &self.w), up(dev, &self.b));
-        let mut out = dev.upload(&vec![f32::NAN; rows * c]).unwrap();
+        let (x, w, b) = (up_as::<A>(dev, &self.x), up(dev, &self.w), up(dev, &self.b));
+        let mut out = up_as::<A>(dev, &vec![f32::NAN; rows * c]);
         let mut mean = dev.upload(&vec![f32::NAN; rows]).unwrap();
         let mut rstd = dev.upload(&vec![f32::NAN; rows]).unwrap();
         layernorm::layernorm_forward(
@@ -83,10 +91,10 @@ impl LnCase {
         .unwrap();
 
         let (m, r) = (up(dev, cpu_mean), up(dev, cpu_rstd));
-        let mut dinp = up(dev, &self.dinp0);
+        let mut dinp = up_as::<A>(dev, &self.dinp0);
         let mut dw = up(dev, &self.dw0);
         let mut db = up(dev, &self.db0);
-        let dout = up(dev, &self.dout);
+        let dout = up_as::<A>(dev, &self.dout);
         // garbage scratch: the kernel must not depend on its contents
         let mut scratch = dev
             .upload(&vec![
@@ -111,14 +119,13 @@ impl LnCase {
         )
         .unwrap();
         [
-            out.view(),
-            mean.view(),
-            rstd.view(),
-            dinp.view(),
-            dw.view(),
-            db.view(),
+            down_as(dev, out.view()),
+            down(dev, mean.view()),
+            down(dev, rstd.view()),
+            down_as(dev, dinp.view()),
+            down(dev, dw.view()),
+            down(dev, db.view()),
         ]
-        .map(|v| down(dev, v))
     }
 }
 
@@ -131,14 +138,15 @@ const LN_NAMES: [&str; 6] = [
     "layernorm.dbias",
 ];
 
-fn layernorm_matches_reference(dev: &Device) {
+fn layernorm_matches_reference<A: Act>(dev: &Device) {
     for &rows in ROWS {
         for &c in COLS {
-            let case = LnCase::new(rows, c, 10 + rows as u64 * 1000 + c as u64);
-            let want = case.reference();
-            let got = case.run(dev, &want[1], &want[2]);
+            let case = LnCase::new::<A>(rows, c, 10 + rows as u64 * 1000 + c as u64);
+            let want = case.reference::<A>();
+            let got = case.run::<A>(dev, &want[1], &want[2]);
             for i in 0..6 {
-                assert_close(
+                assert_close_at(
+                    A::PRECISION,
                     LN_NAMES[i],
                     &format!("rows={rows} c={c}"),
                     &got[i],
@@ -151,14 +159,19 @@ fn layernorm_matches_reference(dev: &Device) {
 
 #[test]
 fn layernorm_forward_and_backward_match_cpu_on_emu() {
-    layernorm_matches_reference(&emu());
+    layernorm_matches_reference::<f32>(&emu());
+}
+
+#[test]
+fn layernorm_forward_and_backward_bf16_match_cpu_on_emu() {
+    layernorm_matches_reference::<bf16>(&emu());
 }
 
 #[test]
 fn layernorm_forward_without_mean_rstd_writes_only_out() {
     let dev = emu();
-    let case = LnCase::new(9, 45, 77);
-    let want = case.reference();
+    let case = LnCase::new::<f32>(9, 45, 77);
+    let want = case.reference::<f32>();
     let (x, w, b) = (up(&dev, &case.x), up(&dev, &case.w), up(&dev, &case.b));
     let mut out = dev.alloc::<f32>(9 * 45).unwrap();
     layernorm::layernorm_forward(
@@ -182,8 +195,7 @@ fn layernorm_forward_without_mean_rstd_writes_only_out() {
     );
 }
 
-#[test]
-fn layernorm_backward_is_bitwise_deterministic_across_runs_and_schedules() {
+fn layernorm_backward_is_bitwise_deterministic<A: Act>() {
     // Pass 1 strides over rows and pass 2 sums 256 partials: any order dependence would show.
     // c = 3073: 2 warps' accumulators (2*2*3073 floats) exceed 48 KiB, so one warp per block;
     // 260 rows > 256 blocks, so blocks 0..3 take a second row.
@@ -197,17 +209,17 @@ fn layernorm_backward_is_bitwise_deterministic_across_runs_and_schedules() {
             .block,
         (32, 1, 1)
     );
-    let case = LnCase::new(rows, c, 99);
-    let want = case.reference();
+    let case = LnCase::new::<A>(rows, c, 99);
+    let want = case.reference::<A>();
     let plain = emu();
-    let first = case.run(&plain, &want[1], &want[2]);
-    let second = case.run(&plain, &want[1], &want[2]);
+    let first = case.run::<A>(&plain, &want[1], &want[2]);
+    let second = case.run::<A>(&plain, &want[1], &want[2]);
     let shuffled = Device::emu_with(EmuOptions {
         shuffle: Some(Some(12345)),
         ..Default::default()
     })
     .unwrap();
-    let third = case.run(&shuffled, &want[1], &want[2]);
+    let third = case.run::<A>(&shuffled, &want[1], &want[2]);
     for i in 3..6 {
         assert_bits_eq(
             &format!("{} run 1 vs run 2", LN_NAMES[i]),
@@ -219,15 +231,31 @@ fn layernorm_backward_is_bitwise_deterministic_across_runs_and_schedules() {
             &first[i],
             &third[i],
         );
-        assert_close(LN_NAMES[i], "rows=260 c=3073", &first[i], &want[i]);
+        assert_close_at(
+            A::PRECISION,
+            LN_NAMES[i],
+            "rows=260 c=3073",
+            &first[i],
+            &want[i],
+        );
     }
 }
 
+#[test]
+fn layernorm_backward_is_bitwise_deterministic_across_runs_and_schedules() {
+    layernorm_backward_is_bitwise_deterministic::<f32>();
+}
+
+#[test]
+fn layernorm_backward_bf16_is_bitwise_deterministic_across_runs_and_schedules() {
+    layernorm_backward_is_bitwise_deterministic::<bf16>();
+}
+
 fn layernorm_backward_skips_absent_weight_gradients(dev: &Device) {
-    let case = LnCase::new(33, 771, 61);
-    let want = case.reference();
+    let case = LnCase::new::<f32>(33, 771, 61);
+    let want = case.reference::<f32>();
     for grads in [(false, false), (true, false), (false, true)] {
-        let got = case.run_grads(dev, &want[1], &want[2], grads);
+        let got = case.run_grads::<f32>(dev, &want[1], &want[2], grads);
         let ctx = format!("grads={grads:?}");
         assert_close("layernorm.dinp", &ctx, &got[3], &want[3]);
         if grads.0 {
@@ -274,23 +302,37 @@ fn layernorm_backward_skips_absent_weight_gradients(dev: &Device) {
     );
 }
 
-fn residual_layernorm_matches_reference(dev: &Device) {
+/// In bf16 the fused kernel normalises the residual stream as stored (rounded), so its reference
+/// is the unfused bf16 path: the residual reference rounded, then the LayerNorm reference of that,
+/// its output rounded. For f32 that is exactly `ops::layernorm::residual_layernorm_forward` (which
+/// the f32 case calls, the fast/slow pair of the fused kernel).
+fn residual_layernorm_matches_reference<A: Act>(dev: &Device) {
+    let p = A::PRECISION;
     for &rows in ROWS {
         for &c in COLS {
             let ctx = format!("rows={rows} c={c}");
-            let case = LnCase::new(rows, c, 500 + rows as u64 * 7 + c as u64);
-            let b = rand_vec(rows * c, 3 + c as u64, -2.0, 2.0);
+            let case = LnCase::new::<A>(rows, c, 500 + rows as u64 * 7 + c as u64);
+            let b = rounded::<A>(rand_vec(rows * c, 3 + c as u64, -2.0, 2.0));
             let n = rows * c;
             let (mut resid, mut out) = (vec![0.0; n], vec![0.0; n]);
             let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
-            ops::layernorm::residual_layernorm_forward(
-                &mut resid, &mut out, &mut mean, &mut rstd, &case.x, &b, &case.w, &case.b, rows, c,
-                EPS,
-            );
-            let (da, db) = (up(dev, &case.x), up(dev, &b));
+            if p == Precision::Fp32 {
+                ops::layernorm::residual_layernorm_forward(
+                    &mut resid, &mut out, &mut mean, &mut rstd, &case.x, &b, &case.w, &case.b,
+                    rows, c, EPS,
+                );
+            } else {
+                ops::residual::residual_forward(&mut resid, &case.x, &b);
+                A::round_slice(&mut resid);
+                ops::layernorm::layernorm_forward(
+                    &mut out, &mut mean, &mut rstd, &resid, &case.w, &case.b, rows, c, EPS,
+                );
+                A::round_slice(&mut out);
+            }
+            let (da, db) = (up_as::<A>(dev, &case.x), up_as::<A>(dev, &b));
             let (dw, dbias) = (up(dev, &case.w), up(dev, &case.b));
-            let mut g_resid = up(dev, &vec![f32::NAN; n]);
-            let mut g_out = up(dev, &vec![f32::NAN; n]);
+            let mut g_resid = up_as::<A>(dev, &vec![f32::NAN; n]);
+            let mut g_out = up_as::<A>(dev, &vec![f32::NAN; n]);
             let mut g_mean = up(dev, &vec![f32::NAN; rows]);
             let mut g_rstd = up(dev, &vec![f32::NAN; rows]);
             layernorm::residual_layernorm_forward(
@@ -308,10 +350,14 @@ fn residual_layernorm_matches_reference(dev: &Device) {
                 EPS,
             )
             .unwrap();
-            assert_close("residual.out", &ctx, &down(dev, g_resid.view()), &resid);
-            assert_close("layernorm.out", &ctx, &down(dev, g_out.view()), &out);
-            assert_close("layernorm.mean", &ctx, &down(dev, g_mean.view()), &mean);
-            assert_close("layernorm.rstd", &ctx, &down(dev, g_rstd.view()), &rstd);
+            let got_resid = down_as(dev, g_resid.view());
+            assert_close_at(p, "residual.out", &ctx, &got_resid, &resid);
+            let got_out = down_as(dev, g_out.view());
+            assert_close_at(p, "layernorm.out", &ctx, &got_out, &out);
+            let got_mean = down(dev, g_mean.view());
+            assert_close_at(p, "layernorm.mean", &ctx, &got_mean, &mean);
+            let got_rstd = down(dev, g_rstd.view());
+            assert_close_at(p, "layernorm.rstd", &ctx, &got_rstd, &rstd);
         }
     }
 }
@@ -323,7 +369,12 @@ fn layernorm_backward_skips_absent_weight_gradients_on_emu() {
 
 #[test]
 fn residual_layernorm_forward_matches_cpu_on_emu() {
-    residual_layernorm_matches_reference(&emu());
+    residual_layernorm_matches_reference::<f32>(&emu());
+}
+
+#[test]
+fn residual_layernorm_forward_bf16_matches_cpu_on_emu() {
+    residual_layernorm_matches_reference::<bf16>(&emu());
 }
 
 #[test]
@@ -335,32 +386,60 @@ fn layernorm_backward_skips_absent_weight_gradients_on_cuda() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn residual_layernorm_forward_matches_cpu_on_cuda() {
-    residual_layernorm_matches_reference(&gpu());
+    residual_layernorm_matches_reference::<f32>(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn residual_layernorm_forward_bf16_matches_cpu_on_cuda() {
+    residual_layernorm_matches_reference::<bf16>(&gpu());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn layernorm_forward_and_backward_match_cpu_on_cuda() {
-    layernorm_matches_reference(&gpu());
+    layernorm_matches_reference::<f32>(&gpu());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn layernorm_backward_is_bitwise_deterministic_on_cuda() {
-    let dev = gpu();
+fn layernorm_forward_and_backward_bf16_match_cpu_on_cuda() {
+    layernorm_matches_reference::<bf16>(&gpu());
+}
+
+fn layernorm_backward_is_bitwise_deterministic_on<A: Act>(dev: &Device) {
     // GPT-2 small's width, a realistic number of rows
-    let case = LnCase::new(4096, 768, 5);
-    let want = case.reference();
-    let first = case.run(&dev, &want[1], &want[2]);
-    let second = case.run(&dev, &want[1], &want[2]);
+    let p = A::PRECISION;
+    let case = LnCase::new::<A>(4096, 768, 5);
+    let want = case.reference::<A>();
+    let first = case.run::<A>(dev, &want[1], &want[2]);
+    let second = case.run::<A>(dev, &want[1], &want[2]);
     for i in 3..6 {
         assert_bits_eq(
-            &format!("{} run 1 vs run 2 (cuda)", LN_NAMES[i]),
+            &format!("{} {p} run 1 vs run 2 (cuda)", LN_NAMES[i]),
             &first[i],
             &second[i],
         );
     }
     for i in 0..6 {
-        assert_close(LN_NAMES[i], "rows=4096 c=768 (cuda)", &first[i], &want[i]);
+        assert_close_at(
+            p,
+            LN_NAMES[i],
+            "rows=4096 c=768 (cuda)",
+            &first[i],
+            &want[i],
+        );
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn layernorm_backward_is_bitwise_deterministic_on_cuda() {
+    layernorm_backward_is_bitwise_deterministic_on::<f32>(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn layernorm_backward_bf16_is_bitwise_deterministic_on_cuda() {
+    layernorm_backward_is_bitwise_deterministic_on::<bf16>(&gpu());
 }
