@@ -86,6 +86,14 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     ("matmul.dinp", Fp32, 1e-5, 1e-5),
     ("matmul.dweight", Fp32, 1e-5, 1e-5),
     ("matmul.dbias", Fp32, 1e-4, 1e-5),
+    // bf16 matmul vs the f32 reference on the same (bf16) inputs, out and dinp rounded to bf16:
+    // the f32 rows' summation error plus one bf16 ulp (2^-7 relative) where the two roundings of
+    // nearly equal f32 values land on neighbouring bf16 values. dweight and dbias are f32 sums of
+    // exact products / of widened values on both sides: the f32 rows unchanged.
+    ("matmul.out", Bf16, 1e-5, 0.0078125),
+    ("matmul.dinp", Bf16, 1e-5, 0.0078125),
+    ("matmul.dweight", Bf16, 1e-5, 1e-5),
+    ("matmul.dbias", Bf16, 1e-4, 1e-5),
     // -- end of the misc kernels' rows
     // attention (kernels/attention.cu)
     // The kernels keep the softmax online (running max, per-lane
