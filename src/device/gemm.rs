@@ -9,11 +9,22 @@
 //! `beta == 0` never reads C (NaN/garbage in C is overwritten), and `k == 0` or `alpha == 0`
 //! scales C by beta without touching A or B.
 //!
+//! The bf16 GEMM of mixed precision ([`gemm_bf16_host`], `Device::gemm_bf16`) takes the same
+//! config with bf16 A and B, a C of bf16 or f32 (an [`Act`] type) and an optional f32 bias:
+//! `D = alpha * op(A) op(B) + beta * C + bias[i]` (bias indexed by the row `i < m` of C, i.e. by
+//! the output feature of a row-major linear layer), products and sums in f32, D rounded once when
+//! C is bf16. Every product of two bf16 values is exact in f32 (8 + 8 significant bits), so
+//! widening A and B and running the f32 GEMM computes the same sums a bf16 tensor-core GEMM with
+//! f32 accumulation does, up to summation order.
+//!
 //! A row-major `rows x cols` matrix is a column-major `cols x rows` matrix, so llm.c's
 //! `out(B*T, OC) = inp(B*T, C) @ W(OC, C)^T` is `sgemm(T, N, m=OC, n=B*T, k=C, A=W, lda=C,
 //! B=inp, ldb=C, C=out, ldc=OC)`.
 
 use anyhow::{bail, Result};
+use half::bf16;
+
+use crate::precision::Act;
 
 /// `op(X)` of a cuBLAS GEMM: `N` uses X as stored, `T` its transpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -205,7 +216,7 @@ impl SgemmConfig {
     }
 
     /// True when nothing is computed or written.
-    fn is_noop(&self) -> bool {
+    pub fn is_noop(&self) -> bool {
         self.batch == 0 || self.m == 0 || self.n == 0
     }
 }
@@ -330,6 +341,176 @@ pub fn sgemm_reference(cfg: &SgemmConfig, a: &[f32], b: &[f32], c: &mut [f32]) -
                     cfg.beta as f64 * c[ci] as f64
                 };
                 c[ci] = (cfg.alpha as f64 * acc + prev) as f32;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The f32 config of `alpha * op(A) op(B)` alone (beta 0) into a compact temporary: C with
+/// `ldc = m` and `stride_c = m * n`.
+fn product_config(cfg: &SgemmConfig) -> SgemmConfig {
+    let mut p = *cfg;
+    p.beta = 0.0;
+    p.ldc = cfg.m.max(1);
+    p.stride_c = cfg.m * cfg.n;
+    p
+}
+
+/// The epilogue shared by the emulated bf16 GEMM and the CUDA device's fallback kernel
+/// (`gemm_epilogue_bf16` / `gemm_epilogue_f32` in kernels/matmul.cu, the same f32 operations in
+/// the same order): `acc + beta * c (skipped when beta == 0) + bias`, rounded once to `C`.
+#[inline]
+pub fn gemm_epilogue_value<C: Act>(acc: f32, beta: f32, c_old: C, bias: f32) -> C {
+    let mut v = acc;
+    if beta != 0.0 {
+        v += beta * c_old.to_f32();
+    }
+    C::from_f32(v + bias)
+}
+
+/// CPU bf16 GEMM with cuBLASLt semantics (the emulated device's `gemm_bf16`): A and B widened to
+/// f32 (exact), `alpha * op(A) op(B)` by [`sgemm_host`] into an f32 temporary, then per element
+/// of C `acc + beta * C + bias[i]` in f32, rounded once to `C` ([`gemm_epilogue_value`]).
+/// `beta == 0` never reads C; elements outside the `m x n` matrices (ld padding, batch gaps) are
+/// not touched.
+///
+/// # Safety
+/// As [`sgemm_host`], and `bias` (if any) must point at `m` readable f32 values.
+pub unsafe fn gemm_bf16_host<C: Act>(
+    cfg: &SgemmConfig,
+    a: *const bf16,
+    b: *const bf16,
+    c: *mut C,
+    bias: Option<*const f32>,
+) {
+    if cfg.is_noop() {
+        return;
+    }
+    let [la, lb, _] = cfg
+        .required_lens()
+        .expect("gemm_bf16_host: the caller checked the config");
+    let computes = cfg.k > 0 && cfg.alpha != 0.0;
+    let widen = |p: *const bf16, len: usize| -> Vec<f32> {
+        if !computes || len == 0 {
+            return Vec::new();
+        }
+        // SAFETY: the caller guarantees `len` (the extent the call touches) readable elements.
+        let xs = unsafe { std::slice::from_raw_parts(p, len) };
+        xs.iter().map(|x| x.to_f32()).collect()
+    };
+    let (wa, wb) = (widen(a, la), widen(b, lb));
+    let pcfg = product_config(cfg);
+    let mut acc = vec![0.0f32; cfg.m * cfg.n * cfg.batch];
+    if computes {
+        // SAFETY: wa/wb hold the extents of A and B under the same (lda, ldb, strides); acc holds
+        // the compact m x n x batch product.
+        unsafe { sgemm_host(&pcfg, wa.as_ptr(), wb.as_ptr(), acc.as_mut_ptr()) };
+    }
+    for batch in 0..cfg.batch {
+        for j in 0..cfg.n {
+            for i in 0..cfg.m {
+                let bias_i = match bias {
+                    // SAFETY: bias holds m elements.
+                    Some(p) => unsafe { *p.add(i) },
+                    None => 0.0,
+                };
+                let p = c.add(batch * cfg.stride_c + j * cfg.ldc + i);
+                let old = if cfg.beta != 0.0 { *p } else { C::default() };
+                *p = gemm_epilogue_value(
+                    acc[batch * cfg.m * cfg.n + j * cfg.m + i],
+                    cfg.beta,
+                    old,
+                    bias_i,
+                );
+            }
+        }
+    }
+}
+
+/// Safe [`gemm_bf16_host`] on slices.
+pub fn gemm_bf16_slices<C: Act>(
+    cfg: &SgemmConfig,
+    a: &[bf16],
+    b: &[bf16],
+    c: &mut [C],
+    bias: Option<&[f32]>,
+) -> Result<()> {
+    cfg.check(a.len(), b.len(), c.len())?;
+    check_bias(cfg, bias.map(|b| b.len()))?;
+    // SAFETY: check() proved every touched index is in bounds, the bias holds m values; the
+    // borrow checker proves C is exclusive.
+    unsafe {
+        gemm_bf16_host(
+            cfg,
+            a.as_ptr(),
+            b.as_ptr(),
+            c.as_mut_ptr(),
+            bias.map(|b| b.as_ptr()),
+        )
+    };
+    Ok(())
+}
+
+/// Error unless a bias of `len` elements covers the `m` rows of C.
+pub fn check_bias(cfg: &SgemmConfig, len: Option<usize>) -> Result<()> {
+    if let Some(len) = len {
+        if len < cfg.m {
+            bail!(
+                "gemm_bf16: bias has {len} elements but C has m = {} rows",
+                cfg.m
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The independent reference of the bf16 GEMM: the textbook triple loop on the widened inputs
+/// with f64 accumulation, `alpha * sum + beta * C + bias` in f64, rounded once to f32 and then to
+/// `C` (f64 -> f32 -> bf16 can differ from a direct f64 -> bf16 rounding only at exact bf16 ties
+/// of the f32 value, one bf16 ulp, within every bf16 tolerance).
+pub fn gemm_bf16_reference<C: Act>(
+    cfg: &SgemmConfig,
+    a: &[bf16],
+    b: &[bf16],
+    c: &mut [C],
+    bias: Option<&[f32]>,
+) -> Result<()> {
+    cfg.check(a.len(), b.len(), c.len())?;
+    check_bias(cfg, bias.map(|b| b.len()))?;
+    if cfg.is_noop() {
+        return Ok(());
+    }
+    for batch in 0..cfg.batch {
+        let (oa, ob, oc) = (
+            batch * cfg.stride_a,
+            batch * cfg.stride_b,
+            batch * cfg.stride_c,
+        );
+        for j in 0..cfg.n {
+            for i in 0..cfg.m {
+                let mut acc = 0.0f64;
+                if cfg.alpha != 0.0 {
+                    for p in 0..cfg.k {
+                        let av = match cfg.transa {
+                            GemmOp::N => a[oa + i + p * cfg.lda],
+                            GemmOp::T => a[oa + p + i * cfg.lda],
+                        };
+                        let bv = match cfg.transb {
+                            GemmOp::N => b[ob + p + j * cfg.ldb],
+                            GemmOp::T => b[ob + j + p * cfg.ldb],
+                        };
+                        acc += av.to_f64() * bv.to_f64();
+                    }
+                }
+                let ci = oc + i + j * cfg.ldc;
+                let prev = if cfg.beta == 0.0 {
+                    0.0
+                } else {
+                    cfg.beta as f64 * c[ci].to_f32() as f64
+                };
+                let bias_i = bias.map_or(0.0, |b| b[i] as f64);
+                c[ci] = C::from_f32((cfg.alpha as f64 * acc + prev + bias_i) as f32);
             }
         }
     }

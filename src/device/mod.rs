@@ -16,7 +16,8 @@
 //!   extent of the view it came from: on the emulated device in strict mode the kernel may touch
 //!   exactly that range ([`EmuOptions::strict`]), so launchers pass views sliced to what a launch
 //!   may touch. More than 48 KiB of dynamic shared memory needs [`Device::opt_in_dyn_smem`].
-//! - GEMM: [`Device::sgemm`] with a [`SgemmConfig`] (cuBLAS column-major semantics, fp32, no TF32).
+//! - GEMM: [`Device::sgemm`] with a [`SgemmConfig`] (cuBLAS column-major semantics, fp32, no TF32),
+//!   and [`Device::gemm_bf16`] (bf16 A/B, bf16 or f32 C, f32 compute, optional f32 bias epilogue).
 //! - [`Device::synchronize`].
 //!
 //! Every operation checks that its buffers belong to this device and are large enough, and
@@ -413,6 +414,15 @@ impl<T: Elem> fmt::Debug for ViewMut<'_, T> {
 }
 
 impl<'a, T: Elem> View<'a, T> {
+    /// This view typed `U` when `U` is `T`, else `None` (see [`ViewMut::downcast`]).
+    pub fn downcast<U: Elem>(self) -> Option<View<'a, U>> {
+        (std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>()).then_some(View {
+            addr: self.addr,
+            len: self.len,
+            device_id: self.device_id,
+            _p: PhantomData,
+        })
+    }
     pub fn len(&self) -> usize {
         self.len
     }
@@ -439,6 +449,16 @@ impl<'a, T: Elem> View<'a, T> {
 }
 
 impl<'a, T: Elem> ViewMut<'a, T> {
+    /// This view typed `U` when `U` is `T` (a no-op for generic code that dispatches on its
+    /// element type, e.g. an `A: Act` launcher calling the f32-only sgemm), else `None`.
+    pub fn downcast<U: Elem>(self) -> Option<ViewMut<'a, U>> {
+        (std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>()).then_some(ViewMut {
+            addr: self.addr,
+            len: self.len,
+            device_id: self.device_id,
+            _p: PhantomData,
+        })
+    }
     pub fn len(&self) -> usize {
         self.len
     }
@@ -930,8 +950,75 @@ impl Device {
                     b.addr as *const f32,
                     c.addr as *mut f32,
                 );
+                mark_gemm_output_written::<f32>(cfg, c.addr);
                 Ok(())
             },
+        }
+    }
+
+    /// The GEMM of mixed precision: `D = alpha * op(A) op(B) + beta * C + bias[i]` with cuBLAS
+    /// column-major semantics (the same [`SgemmConfig`] as [`Device::sgemm`]), A and B bf16, C
+    /// (= D) bf16 or f32 ([`crate::precision::Act`]), products and sums in f32, an optional f32 `bias` of
+    /// `m` elements added to every column of C (row `i` of C gets `bias[i]`: in the row-major
+    /// view of a linear layer, every output row gets the bias) in f32 before the single rounding
+    /// to C's type. `beta == 0` never reads C.
+    ///
+    /// cuda: cuBLASLt (`cublasLtMatmul`, `CUBLAS_COMPUTE_32F`, bf16 A/B, bf16 or f32 C/D) with the
+    /// bias in the `CUBLASLT_EPILOGUE_BIAS` epilogue (bias data type f32); if cuBLASLt offers no
+    /// algorithm for an f32 bias on a bf16 D, the product goes to an f32 temporary and one
+    /// `gemm_epilogue_bf16` kernel adds beta*C and the bias and rounds. emu: the inputs widened
+    /// exactly, the CPU GEMM into an f32 temporary, the same epilogue on the host
+    /// ([`gemm::gemm_bf16_host`]).
+    pub fn gemm_bf16<C: crate::precision::Act>(
+        &self,
+        cfg: &SgemmConfig,
+        a: View<'_, half::bf16>,
+        b: View<'_, half::bf16>,
+        c: ViewMut<'_, C>,
+        bias: Option<View<'_, f32>>,
+    ) -> Result<()> {
+        self.check_owner(a.device_id, "gemm_bf16 A")?;
+        self.check_owner(b.device_id, "gemm_bf16 B")?;
+        self.check_owner(c.device_id, "gemm_bf16 C")?;
+        if let Some(bv) = &bias {
+            self.check_owner(bv.device_id, "gemm_bf16 bias")?;
+        }
+        cfg.check(a.len, b.len, c.len)
+            .map_err(|e| anyhow::anyhow!("gemm_bf16: {e:#}"))?;
+        gemm::check_bias(cfg, bias.map(|b| b.len))?;
+        match &self.inner {
+            Inner::Cuda(d) => {
+                d.gemm_bf16(cfg, a.addr, b.addr, c.addr, C::DTYPE, bias.map(|b| b.addr))
+            }
+            // SAFETY: check() bounds every access of A, B, C, check_bias the bias; C is
+            // exclusively borrowed so it overlaps neither A, B nor the bias; the emu device runs
+            // synchronously.
+            Inner::Emu(_) => unsafe {
+                gemm::gemm_bf16_host(
+                    cfg,
+                    a.addr as *const half::bf16,
+                    b.addr as *const half::bf16,
+                    c.addr as *mut C,
+                    bias.map(|b| b.addr as *const f32),
+                );
+                mark_gemm_output_written::<C>(cfg, c.addr);
+                Ok(())
+            },
+        }
+    }
+}
+
+/// Strict mode's initcheck on the emulated device: the host GEMM wrote every element of the
+/// `m x n` matrices of C (not the ld padding or batch gaps).
+fn mark_gemm_output_written<T: Elem>(cfg: &SgemmConfig, c_addr: u64) {
+    if cfg.is_noop() {
+        return;
+    }
+    let size = std::mem::size_of::<T>();
+    for batch in 0..cfg.batch {
+        for j in 0..cfg.n {
+            let first = (batch * cfg.stride_c + j * cfg.ldc) * size;
+            emu_ffi::mem::mark_written(c_addr + first as u64, cfg.m * size);
         }
     }
 }

@@ -1,8 +1,14 @@
 //! The dense layer `y = x W (+ b)` and its backward on a [`Device`] (CPU reference:
-//! `crate::ops::matmul`, same [`WeightLayout`]s, same `=`/`+=` conventions): the GEMMs through
-//! [`Device::sgemm`] (cuBLAS sgemm without TF32 on cuda, the CPU GEMM with cuBLAS semantics on
-//! emu), the bias through `kernels/matmul.cu` (an add after the GEMM, and a deterministic two-pass
-//! column reduction for `dbias` with scratch from the caller).
+//! `crate::ops::matmul`, same [`WeightLayout`]s, same `=`/`+=` conventions), generic over the
+//! activation type `A: Act` (f32 or bf16; `src/precision.rs`):
+//! - f32: the GEMMs through [`Device::sgemm`] (cuBLAS sgemm without TF32 on cuda, the CPU GEMM
+//!   with cuBLAS semantics on emu), the bias through `kernels/matmul.cu` (an add after the GEMM);
+//! - bf16: `out`, `inp`, `weight` (the bf16 copy of the f32 master), `dout` and `dinp` are bf16,
+//!   the GEMMs go through [`Device::gemm_bf16`] (f32 compute; the forward's f32 bias added in the
+//!   GEMM's epilogue before `out` is rounded once; `dinp` rounded once; `dweight` accumulated in
+//!   f32 with beta = 1);
+//! - both: `bias`, `dweight`, `dbias` and the scratch are f32, and `dbias` is a deterministic
+//!   two-pass column reduction (f32 sums; the bf16 pass 1 widens `dout`).
 //!
 //! Row-major `(r, c)` is column-major `(c, r)`, so every product is written for cuBLAS transposed:
 //! `out^T (cout x rows) = W' (cout x cin) * inp^T (cin x rows)` where `W'` is `W` as stored
@@ -14,6 +20,7 @@ use super::{check_len, grid_for, mul, to_i32, BLOCK};
 use crate::device::{Device, GemmOp, KernelArg, LaunchConfig, SgemmConfig, View, ViewMut};
 use crate::ops::matmul::WeightLayout;
 use crate::ops::shape::MatmulShape;
+use crate::precision::{Act, Precision};
 
 /// Rows per partial sum of the bias gradient (`MM_BIAS_ROWS`): a constant, so the summation order
 /// depends on (rows, cout) only.
@@ -102,13 +109,48 @@ pub fn matmul_backward_dweight_gemm(
     }
 }
 
-/// `out = inp W (+ bias)` (=): `out` (rows, cout), `inp` (rows, cin), `weight` per `layout`.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_forward(
+/// One GEMM of the layer for activations `A`: f32 through [`Device::sgemm`] (no bias: the f32
+/// path adds it with `matmul_forward_bias`), bf16 through [`Device::gemm_bf16`] (bias in the
+/// epilogue). `C` is `A` (out, dinp) or f32 (dweight).
+fn gemm_act<A: Act, C: Act>(
     dev: &Device,
-    out: ViewMut<'_, f32>,
-    inp: View<'_, f32>,
-    weight: View<'_, f32>,
+    cfg: &SgemmConfig,
+    a: View<'_, A>,
+    b: View<'_, A>,
+    c: ViewMut<'_, C>,
+    bias: Option<View<'_, f32>>,
+) -> Result<()> {
+    const WHY: &str = "matmul: element type dispatch (A = f32 implies f32 views)";
+    match A::PRECISION {
+        Precision::Fp32 => {
+            if bias.is_some() {
+                bail!("matmul: the f32 GEMM takes no bias (matmul_forward_bias adds it)");
+            }
+            let a = a.downcast::<f32>().ok_or_else(|| anyhow::anyhow!(WHY))?;
+            let b = b.downcast::<f32>().ok_or_else(|| anyhow::anyhow!(WHY))?;
+            let c = c.downcast::<f32>().ok_or_else(|| anyhow::anyhow!(WHY))?;
+            dev.sgemm(cfg, a, b, c)
+        }
+        Precision::Bf16 => {
+            let a = a
+                .downcast::<half::bf16>()
+                .ok_or_else(|| anyhow::anyhow!(WHY))?;
+            let b = b
+                .downcast::<half::bf16>()
+                .ok_or_else(|| anyhow::anyhow!(WHY))?;
+            dev.gemm_bf16(cfg, a, b, c, bias)
+        }
+    }
+}
+
+/// `out = inp W (+ bias)` (=): `out` (rows, cout), `inp` (rows, cin), `weight` per `layout`, all
+/// of activation type `A`; `bias` f32. bf16: the bias is added in f32 before `out` is rounded.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward<A: Act>(
+    dev: &Device,
+    out: ViewMut<'_, A>,
+    inp: View<'_, A>,
+    weight: View<'_, A>,
     bias: Option<View<'_, f32>>,
     rows: usize,
     cin: usize,
@@ -130,13 +172,30 @@ pub fn matmul_forward(
     }
     let mut out = out;
     let cfg = matmul_forward_gemm(rows, cin, cout, layout);
-    dev.sgemm(
+    if A::PRECISION == Precision::Bf16 {
+        let bias = bias.map(|b| b.slice(..cout));
+        return gemm_act(
+            dev,
+            &cfg,
+            weight.slice(..nw),
+            inp.slice(..ni),
+            out.slice_mut(..no),
+            bias,
+        );
+    }
+    gemm_act(
+        dev,
         &cfg,
         weight.slice(..nw),
         inp.slice(..ni),
         out.slice_mut(..no),
+        None,
     )?;
     if let Some(b) = bias {
+        let out = out
+            .downcast::<f32>()
+            .ok_or_else(|| anyhow::anyhow!("{K}: f32 path with non-f32 out"))?;
+        let mut out = out;
         let args = [
             KernelArg::from(&out.slice_mut(..no)),
             b.slice(..cout).into(),
@@ -175,12 +234,13 @@ pub fn matmul_backward_scratch_len(rows: usize, cout: usize) -> usize {
     rows.div_ceil(MM_BIAS_ROWS).max(1) * cout
 }
 
-/// `dbias[o] += sum_r dout[r, o]` (two passes, fixed order; see `kernels/matmul.cu`).
-pub fn matmul_backward_bias(
+/// `dbias[o] += sum_r dout[r, o]` (two passes, fixed order, f32 sums of the widened `dout`; see
+/// `kernels/matmul.cu`).
+pub fn matmul_backward_bias<A: Act>(
     dev: &Device,
     dbias: ViewMut<'_, f32>,
     scratch: ViewMut<'_, f32>,
-    dout: View<'_, f32>,
+    dout: View<'_, A>,
     rows: usize,
     cout: usize,
 ) -> Result<()> {
@@ -204,9 +264,9 @@ pub fn matmul_backward_bias(
         cout_i.into(),
         (MM_BIAS_ROWS as i32).into(),
     ];
-    // SAFETY: args match `matmul_backward_bias(float*, const float*, int, int, int)`; dout holds
-    // rows*cout, scratch chunks*cout (one row per grid-y block).
-    unsafe { dev.launch(K, &pass1, &args)? };
+    // SAFETY: args match `matmul_backward_bias[_bf16](float*, const A*, int, int, int)`; dout
+    // holds rows*cout, scratch chunks*cout (one row per grid-y block).
+    unsafe { dev.launch(&A::kernel(K), &pass1, &args)? };
     let args = [
         KernelArg::from(&dbias.slice_mut(..cout)),
         scratch.as_view().into(),
@@ -219,18 +279,20 @@ pub fn matmul_backward_bias(
 }
 
 /// Backward of [`matmul_forward`]: `dinp = dout W^T` (=), `dweight +=` (`x^T dout` stored per
-/// `layout`), `dbias += sum_rows dout`; `None` skips that gradient. `scratch` needs
+/// `layout`), `dbias += sum_rows dout`; `None` skips that gradient. `dinp`, `dout`, `inp`,
+/// `weight` are activations (`A`; bf16: `dinp` rounded once), `dweight`, `dbias`, `scratch` f32
+/// (bf16: `dweight` accumulates the f32 product of the bf16 inputs, beta = 1). `scratch` needs
 /// [`matmul_backward_scratch_len`] elements when `dbias` is given (it may be empty otherwise).
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_backward(
+pub fn matmul_backward<A: Act>(
     dev: &Device,
-    dinp: Option<ViewMut<'_, f32>>,
+    dinp: Option<ViewMut<'_, A>>,
     dweight: Option<ViewMut<'_, f32>>,
     dbias: Option<ViewMut<'_, f32>>,
     scratch: ViewMut<'_, f32>,
-    dout: View<'_, f32>,
-    inp: View<'_, f32>,
-    weight: View<'_, f32>,
+    dout: View<'_, A>,
+    inp: View<'_, A>,
+    weight: View<'_, A>,
     rows: usize,
     cin: usize,
     cout: usize,
@@ -244,8 +306,11 @@ pub fn matmul_backward(
         cout,
         layout,
     };
-    let len = |v: &Option<ViewMut<'_, f32>>| v.as_ref().map(|v| v.len());
-    let (ld, lw, lb) = (len(&dinp), len(&dweight), len(&dbias));
+    let (ld, lw, lb) = (
+        dinp.as_ref().map(|v| v.len()),
+        dweight.as_ref().map(|v| v.len()),
+        dbias.as_ref().map(|v| v.len()),
+    );
     shape.check_backward(K, ld, lw, lb, dout.len(), inp.len(), weight.len())?;
     if dbias.is_some() {
         check_len(
@@ -259,14 +324,14 @@ pub fn matmul_backward(
     if let Some(mut d) = dinp {
         if ni > 0 {
             let cfg = matmul_backward_dinp_gemm(rows, cin, cout, layout);
-            dev.sgemm(&cfg, weight, dout, d.slice_mut(..ni))?;
+            gemm_act(dev, &cfg, weight, dout, d.slice_mut(..ni), None)?;
         }
     }
     if let Some(mut d) = dweight {
         if nw > 0 {
             let (cfg, a_is_dout) = matmul_backward_dweight_gemm(rows, cin, cout, layout);
             let (a, b) = if a_is_dout { (dout, inp) } else { (inp, dout) };
-            dev.sgemm(&cfg, a, b, d.slice_mut(..nw))?;
+            gemm_act(dev, &cfg, a, b, d.slice_mut(..nw), None)?;
         }
     }
     if let Some(d) = dbias {

@@ -25,6 +25,14 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     // cuBLAS sgemm / the emulated device's GEMM vs the f64-accumulating reference: fp32 rounding
     // of a k-term dot product (k <= 70 in tests/device.rs) stays well below 1e-5 relative.
     ("gemm.c", Fp32, 1e-5, 1e-5),
+    // bf16 GEMM (Device::gemm_bf16) vs the f64 reference on the same bf16 inputs: every product
+    // of two bf16 values is exact in f32, so the device differs from f64 only by the f32
+    // summation of k <= 70 terms (as the Fp32 row: < 1e-5 for inputs ~1) and, for a bf16 C, by
+    // where the two single roundings to bf16 land: one bf16 ulp, 2^-7 relative.
+    ("gemm.c", Bf16, 1e-5, 0.0078125),
+    // the same GEMM with an f32 C (weight gradients, beta = 1): no bf16 rounding at all, so the
+    // Fp32 row's f32 summation bound
+    ("gemm.c_f32", Bf16, 1e-5, 1e-5),
     ("residual.out", Fp32, 0.0, 0.0),
     // bf16: the same single f32 add of the widened inputs, rounded to nearest even once on both
     // sides: the same bits.
@@ -119,6 +127,14 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     ("matmul.dinp", Fp32, 1e-5, 1e-5),
     ("matmul.dweight", Fp32, 1e-5, 1e-5),
     ("matmul.dbias", Fp32, 1e-4, 1e-5),
+    // bf16 matmul vs the f32 reference on the same (bf16) inputs, out and dinp rounded to bf16:
+    // the f32 rows' summation error plus one bf16 ulp (2^-7 relative) where the two roundings of
+    // nearly equal f32 values land on neighbouring bf16 values. dweight and dbias are f32 sums of
+    // exact products / of widened values on both sides: the f32 rows unchanged.
+    ("matmul.out", Bf16, 1e-5, 0.0078125),
+    ("matmul.dinp", Bf16, 1e-5, 0.0078125),
+    ("matmul.dweight", Bf16, 1e-5, 1e-5),
+    ("matmul.dbias", Bf16, 1e-4, 1e-5),
     // -- end of the misc kernels' rows
     // attention (kernels/attention.cu)
     // The kernels keep the softmax online (running max, per-lane
