@@ -58,25 +58,6 @@ __host__ __device__ __forceinline__ constexpr T ceil_div(T a, T b) {
 #endif
 
 // ----------------------------------------------------------------------------------------------
-// element loads and stores of mixed precision (src/precision.rs): a kernel templated on its
-// activation type T (float or __nv_bfloat16) loads with to_float (exact), computes in f32 and
-// stores with from_float<T> (round to nearest even for bf16, once per stored value).
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) {
-    return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-    return __float2bfloat16_rn(x);
-}
-
-// ----------------------------------------------------------------------------------------------
 // vector loads and stores: one 64/128-bit access on a GPU, which must be naturally aligned (a
 // misaligned float4 faults there, but works on x86). Under emulation the alignment is checked
 // (strict mode: an error naming the kernel, thread and source line); the access itself is then
