@@ -17,10 +17,22 @@
 // adamw_update: one tensor of n elements. Launch: block 256, grid CEIL_DIV(n, 256).
 // adamw_update_multi: every trainable tensor of one flat parameter/grad/m/v allocation in ONE
 //   launch. `blocks` (i32, 3 per block, built once on the host by AdamWPlan): block b updates
-//   elements [start, start + len) (len <= ADAMW_CHUNK = 4096 of src/kernels/adamw.rs, one tensor's slice) with weight decay iff
-//   flag != 0 and has_decay (hf with wd = 0 never decays; torch tensors without decay skip the
-//   multiplication by 1 - lr*0 = 1, which is exact). Frozen tensors and gaps between tensors have no block and are never touched.
+//   elements [start, start + len) (len <= ADAMW_CHUNK = 4096 of src/kernels/adamw.rs, one tensor's
+//   slice) with weight decay iff flag != 0 and has_decay (hf with wd = 0 never decays; torch
+//   tensors without decay skip the multiplication by 1 - lr*0 = 1, which is exact). Frozen tensors
+//   and gaps between tensors have no block and are never touched.
+//   Mixed precision (src/precision.rs): `copy`, when not NULL, is the bf16 copy of the parameters
+//   the GEMMs read, laid out like p (same offsets): every updated element also gets
+//   copy[i] = bf16(p[i]) (=, round to nearest even) from the new f32 value, in the same launch;
+//   copies of frozen tensors and gaps are not touched (cast_f32_to_bf16 initialises them). p, m, v
+//   are f32 and bit-identical with or without the copy.
 //   Launch: grid nblocks, block ADAMW_BLOCK (256); threads stride over the block's chunk.
+// cast_f32_to_bf16: out[i] = bf16(inp[i]) (=, round to nearest even) for i < n: the bf16 copy of
+//   f32 masters after a load or init (frozen tensors too). Each thread converts 8 elements: one
+//   pair of 16-byte float4 loads and one 16-byte store of 8 packed bf16 when both pointers are
+//   16-byte aligned (then every 8-element group is), else 8 scalar conversions; the last n % 8
+//   elements are scalar. Each element is rounded on its own, so the result does not depend on
+//   alignment. Launch: block 256, grid CEIL_DIV(CEIL_DIV(n, 8), 256).
 #include "common.cuh"
 
 #define ADAMW_BLOCK 256
@@ -31,7 +43,7 @@ struct AdamWArgs {
     float decay;  // torch: 1 - lr*wd; hf: -lr*wd
 };
 
-__device__ __forceinline__ void adamw_element(float* __restrict__ p, const float* __restrict__ g,
+__device__ __forceinline__ float adamw_element(float* __restrict__ p, const float* __restrict__ g,
                                               float* __restrict__ m, float* __restrict__ v, long long i,
                                               const AdamWArgs& a, bool decay) {
     const float gi = g[i];
@@ -55,6 +67,7 @@ __device__ __forceinline__ void adamw_element(float* __restrict__ p, const float
     p[i] = pi;
     m[i] = mi;
     v[i] = vi;
+    return pi;
 }
 
 extern "C" __global__ void adamw_update(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
@@ -73,7 +86,8 @@ extern "C" __global__ void adamw_update(float* __restrict__ p, const float* __re
 
 extern "C" __global__ void __launch_bounds__(ADAMW_BLOCK)
     adamw_update_multi(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
-                       float* __restrict__ v, const int* __restrict__ blocks, int nblocks, int variant,
+                       float* __restrict__ v, __nv_bfloat16* __restrict__ copy,
+                       const int* __restrict__ blocks, int nblocks, int variant,
                        float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
                        float bias_correction2_sqrt, float eps, float neg_step_size, float decay,
                        int has_decay) {
@@ -87,6 +101,33 @@ extern "C" __global__ void __launch_bounds__(ADAMW_BLOCK)
     const AdamWArgs a{variant, beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt,
                       eps, neg_step_size, decay};
     for (int k = threadIdx.x; k < len; k += blockDim.x) {
-        adamw_element(p, g, m, v, start + k, a, dec);
+        const float pi = adamw_element(p, g, m, v, start + k, a, dec);
+        if (copy != nullptr) {
+            copy[start + k] = __float2bfloat16_rn(pi);
+        }
+    }
+}
+
+extern "C" __global__ void cast_f32_to_bf16(__nv_bfloat16* __restrict__ out, const float* __restrict__ inp,
+                                            long long n) {
+    const long long i0 = 8 * (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x);
+    if (i0 >= n) {
+        return;
+    }
+    const bool aligned = (reinterpret_cast<uintptr_t>(out) % 16 == 0) && (reinterpret_cast<uintptr_t>(inp) % 16 == 0);
+    if (aligned && i0 + 8 <= n) {
+        const float4 lo = load_vec<float4>(inp + i0);
+        const float4 hi = load_vec<float4>(inp + i0 + 4);
+        uint4 packed;
+        packed.x = pack_bf16x2(__float2bfloat16_rn(lo.x), __float2bfloat16_rn(lo.y));
+        packed.y = pack_bf16x2(__float2bfloat16_rn(lo.z), __float2bfloat16_rn(lo.w));
+        packed.z = pack_bf16x2(__float2bfloat16_rn(hi.x), __float2bfloat16_rn(hi.y));
+        packed.w = pack_bf16x2(__float2bfloat16_rn(hi.z), __float2bfloat16_rn(hi.w));
+        store_vec<uint4>(out + i0, packed);
+        return;
+    }
+    const long long end = i0 + 8 < n ? i0 + 8 : n;
+    for (long long i = i0; i < end; i++) {
+        out[i] = __float2bfloat16_rn(inp[i]);
     }
 }

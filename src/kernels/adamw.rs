@@ -2,12 +2,16 @@
 //! update and the multi-tensor update of one flat parameter/grad/m/v allocation, both bit-identical
 //! to the CPU reference in both formulas (`torch`, `hf`). The f32 scalars are derived on the host
 //! by `ops::adamw` itself ([`AdamWScalars`], [`HfScalars`]), so the kernel sees the CPU's values.
+//!
+//! Mixed precision (`src/precision.rs`): the GEMMs read a bf16 copy of the f32 masters, laid out
+//! like them. [`adamw_update_multi_with_copy`] rewrites the copy of every updated element in the
+//! same launch; [`cast_f32_to_bf16`] makes the whole copy after a load (frozen tensors too).
 
 use anyhow::{bail, Result};
 
 use super::{check_len, grid_for, to_i32, BLOCK};
 use crate::backend::{AdamWParams, AdamWVariant};
-use crate::device::{Device, DeviceBuffer, KernelArg, LaunchConfig, View, ViewMut};
+use crate::device::{DevPtr, Device, DeviceBuffer, KernelArg, LaunchConfig, View, ViewMut};
 use crate::ops::adamw::{AdamWScalars, HfScalars};
 
 /// Elements per block of the multi-tensor update (a tensor longer than this gets several blocks).
@@ -184,7 +188,8 @@ impl AdamWPlan {
 /// One AdamW update (`hp.variant`, `step` from 1) of every trainable tensor of `plan` in the flat
 /// `params`/`grads`/`m`/`v` allocations, in ONE launch; each element exactly as
 /// [`adamw_update`] with `weight_decay = hp.weight_decay` for tensors with `decay` and 0 for the
-/// rest. Frozen tensors and gaps are not touched.
+/// rest. Frozen tensors and gaps are not touched. ([`adamw_update_multi_with_copy`] without a
+/// copy.)
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_update_multi(
     dev: &Device,
@@ -196,24 +201,53 @@ pub fn adamw_update_multi(
     hp: &AdamWParams,
     step: u64,
 ) -> Result<()> {
+    adamw_update_multi_with_copy(dev, plan, params, grads, m, v, None, hp, step)
+}
+
+/// [`adamw_update_multi`], and when `copy` is given (the bf16 copy of the parameters the GEMMs
+/// read, laid out like `params`: same offsets, at least `plan.extent()` elements) also
+/// `copy[i] = bf16(params[i])` (round to nearest even) for every element it updates, in the same
+/// launch. The copies of frozen tensors and gaps are not touched. `params`, `m`, `v` are the same
+/// bits with or without a copy.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_multi_with_copy(
+    dev: &Device,
+    plan: &AdamWPlan,
+    params: ViewMut<'_, f32>,
+    grads: View<'_, f32>,
+    m: ViewMut<'_, f32>,
+    v: ViewMut<'_, f32>,
+    copy: Option<ViewMut<'_, half::bf16>>,
+    hp: &AdamWParams,
+    step: u64,
+) -> Result<()> {
     const K: &str = "adamw_update_multi";
     let n = plan.extent;
     check_len(K, "params", params.len(), n)?;
     check_len(K, "grads", grads.len(), n)?;
     check_len(K, "m", m.len(), n)?;
     check_len(K, "v", v.len(), n)?;
+    if let Some(c) = &copy {
+        check_len(K, "copy", c.len(), n)?;
+    }
     let (scalars, has_decay) = scalar_args(hp, step)?;
     if plan.nblocks == 0 {
         return Ok(());
     }
     let (mut params, mut m, mut v) = (params, m, v);
     let (params, m, v) = (params.slice_mut(..n), m.slice_mut(..n), v.slice_mut(..n));
+    let mut copy = copy;
+    let copy_arg = match copy.as_mut() {
+        Some(c) => KernelArg::from(&c.slice_mut(..n)),
+        None => KernelArg::Ptr(DevPtr::NULL),
+    };
     let cfg = LaunchConfig::linear(plan.nblocks as u32, ADAMW_BLOCK, 0);
     let mut args = vec![
         KernelArg::from(&params),
         grads.slice(..n).into(),
         KernelArg::from(&m),
         KernelArg::from(&v),
+        copy_arg,
         plan.blocks.view().into(),
         to_i32(K, "blocks", plan.nblocks)?.into(),
     ];
@@ -221,8 +255,41 @@ pub fn adamw_update_multi(
     // Tensors without decay skip it: torch's CPU multiplies them by (1 - lr*0) = 1.0 exactly, hf
     // skips it; with hf and wd = 0 no tensor decays.
     args.push(i32::from(has_decay).into());
-    // SAFETY: args match `adamw_update_multi(float*, const float*, float*, float*, const int*, int,
-    // int, float x8, int)`; the table (built by AdamWPlan::new, on this device) holds 3*nblocks ints
-    // whose ranges lie inside [0, extent), and the four views hold extent elements each.
+    // SAFETY: args match `adamw_update_multi(float*, const float*, float*, float*, __nv_bfloat16*,
+    // const int*, int, int, float x8, int)`; the table (built by AdamWPlan::new, on this device)
+    // holds 3*nblocks ints whose ranges lie inside [0, extent), and the four views (five with the
+    // copy; NULL otherwise) hold extent elements each.
+    unsafe { dev.launch(K, &cfg, &args) }
+}
+
+/// Elements each thread of `cast_f32_to_bf16` converts (one 16-byte store of bf16).
+const CAST_PER_THREAD: usize = 8;
+
+/// `out[i] = bf16(inp[i])` (=, round to nearest even) for `i < n`: the bf16 copy of f32 masters
+/// after a load or init (16-byte vector accesses when both views are 16-byte aligned; the result
+/// does not depend on alignment).
+pub fn cast_f32_to_bf16(
+    dev: &Device,
+    out: ViewMut<'_, half::bf16>,
+    inp: View<'_, f32>,
+    n: usize,
+) -> Result<()> {
+    const K: &str = "cast_f32_to_bf16";
+    check_len(K, "out", out.len(), n)?;
+    check_len(K, "inp", inp.len(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let mut out = out;
+    let threads = n.div_ceil(CAST_PER_THREAD);
+    let cfg = LaunchConfig::linear(grid_for(K, threads, BLOCK as usize)?, BLOCK, 0);
+    let n = i64::try_from(n).map_err(|_| anyhow::anyhow!("{K}: n={n} exceeds i64"))?;
+    let args = [
+        KernelArg::from(&out.slice_mut(..n as usize)),
+        inp.slice(..n as usize).into(),
+        n.into(),
+    ];
+    // SAFETY: args match `cast_f32_to_bf16(__nv_bfloat16*, const float*, long long)`; both views
+    // hold n elements; each thread touches 8 consecutive elements below n.
     unsafe { dev.launch(K, &cfg, &args) }
 }
