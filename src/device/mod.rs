@@ -929,11 +929,12 @@ impl Device {
     /// recorded with its arguments and replayed on the emulator.
     ///
     /// Inside `f`, on both devices, allocations, host copies ([`Device::htod`], [`Device::dtoh`]),
-    /// [`Device::synchronize`], [`Device::time`] and a nested capture are errors; an error (or
-    /// panic) in `f` ends the capture, discards it and is returned. Argument checks happen at
-    /// capture time. The device (and its clones) must not be used from other threads during a
-    /// capture: their work would be captured too. A buffer dropped inside `f` is freed after the
-    /// capture ends (cuda), but a graph must not be launched once a buffer it uses is gone.
+    /// [`Device::synchronize`], [`Device::time`] and a nested capture are errors; an error in `f`
+    /// (or a panic) ends the capture and discards it, and the error is returned. Arguments are
+    /// checked at capture time. The device (and its clones) must not be used from other threads
+    /// during a capture: their work would be captured too. A buffer dropped inside `f` is freed
+    /// after the capture ends (cuda), but a graph must not be launched once a buffer it uses is
+    /// gone.
     pub fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<graph::Graph> {
         graph::capture(self, f)
     }
@@ -967,11 +968,11 @@ impl Device {
     }
 
     /// The GEMM of mixed precision: `D = alpha * op(A) op(B) + beta * C + bias[i]` with cuBLAS
-    /// column-major semantics (the same [`SgemmConfig`] as [`Device::sgemm`]), A and B bf16, C
-    /// (= D) bf16 or f32 ([`crate::precision::Act`]), products and sums in f32, an optional f32 `bias` of
-    /// `m` elements added to every column of C (row `i` of C gets `bias[i]`: in the row-major
-    /// view of a linear layer, every output row gets the bias) in f32 before the single rounding
-    /// to C's type. `beta == 0` never reads C.
+    /// column-major semantics (the same [`SgemmConfig`] as [`Device::sgemm`]), A and B bf16,
+    /// C (= D) bf16 or f32 (an [`Act`](crate::precision::Act) type), products and sums in f32,
+    /// an optional f32 `bias` of `m` elements added to every column of C (row `i` of C gets
+    /// `bias[i]`: in the row-major view of a linear layer, every output row gets the bias) in f32
+    /// before the single rounding to C's type. `beta == 0` never reads C.
     ///
     /// cuda: cuBLASLt (`cublasLtMatmul`, `CUBLAS_COMPUTE_32F`, bf16 A/B, bf16 or f32 C/D) with the
     /// bias in the `CUBLASLT_EPILOGUE_BIAS` epilogue (bias data type f32); if cuBLASLt offers no
