@@ -742,3 +742,243 @@ fn dynamic_shared_memory_opt_in_on_cuda() {
     unsafe { dev.launch("emu_strict_smem_oob", &big, &args) }.unwrap();
     assert_eq!(dev.download(out.view()).unwrap(), vec![1.0; 32]);
 }
+
+// ------------------------------------------------------------------------------------------
+// Graphs (Device::capture, Graph::launch)
+
+use pepler_cuda::device::DeviceBuffer;
+use pepler_cuda::kernels::{adamw::cast_f32_to_bf16, gelu, matmul as mm};
+use pepler_cuda::ops::matmul::WeightLayout;
+
+const G_ROWS: usize = 9;
+const G_CIN: usize = 13;
+const G_COUT: usize = 7;
+
+/// The buffers of the graph tests' work: an input, the activations it produces, a weight
+/// gradient that accumulates (+=) across launches.
+struct GraphBufs {
+    x: DeviceBuffer<f32>,
+    h: DeviceBuffer<f32>,
+    h2: DeviceBuffer<f32>,
+    z: DeviceBuffer<f32>,
+    w: DeviceBuffer<f32>,
+    b: DeviceBuffer<f32>,
+    y: DeviceBuffer<f32>,
+    xb: DeviceBuffer<bf16>,
+    wb: DeviceBuffer<bf16>,
+    yb: DeviceBuffer<bf16>,
+    dw: DeviceBuffer<f32>,
+    scratch: DeviceBuffer<f32>,
+}
+
+impl GraphBufs {
+    fn new(dev: &Device) -> GraphBufs {
+        let up = |v: Vec<f32>| dev.upload(&v).unwrap();
+        let w = rand_vec(G_CIN * G_COUT, 21);
+        GraphBufs {
+            x: up(vec![0.25; G_ROWS * G_CIN]),
+            h: up(vec![0.5; G_ROWS * G_CIN]),
+            h2: up(vec![0.5; G_ROWS * G_CIN]),
+            z: up(vec![3.0; 17]),
+            wb: dev.upload(&to_bf16(&w)).unwrap(),
+            w: up(w),
+            b: up(rand_vec(G_COUT, 22)),
+            y: up(vec![0.5; G_ROWS * G_COUT]),
+            xb: dev.upload(&[bf16::ONE; G_ROWS * G_CIN]).unwrap(),
+            yb: dev.upload(&[bf16::ONE; G_ROWS * G_COUT]).unwrap(),
+            dw: up(rand_vec(G_CIN * G_COUT, 23)),
+            scratch: up(vec![0.0; 1]),
+        }
+    }
+
+    /// Queues the work: every kind of op a graph records (kernel launches, a device copy, a
+    /// memset, an f32 GEMM + bias kernel, a bf16 GEMM with its bias epilogue, an accumulating
+    /// weight-gradient GEMM): 8 ops.
+    fn queue(&mut self, dev: &Device) -> anyhow::Result<()> {
+        let (n, l) = (G_ROWS * G_CIN, WeightLayout::InOut);
+        gelu::gelu_forward(dev, self.h.view_mut(), self.x.view(), n)?;
+        dev.dtod(self.h.view(), self.h2.view_mut())?;
+        dev.zero(self.z.view_mut())?;
+        mm::matmul_forward(
+            dev,
+            self.y.view_mut(),
+            self.h2.view(),
+            self.w.view(),
+            Some(self.b.view()),
+            G_ROWS,
+            G_CIN,
+            G_COUT,
+            l,
+        )?;
+        cast_f32_to_bf16(dev, self.xb.view_mut(), self.x.view(), n)?;
+        mm::matmul_forward(
+            dev,
+            self.yb.view_mut(),
+            self.xb.view(),
+            self.wb.view(),
+            Some(self.b.view()),
+            G_ROWS,
+            G_CIN,
+            G_COUT,
+            l,
+        )?;
+        mm::matmul_backward(
+            dev,
+            None,
+            Some(self.dw.view_mut()),
+            None,
+            self.scratch.view_mut(),
+            self.y.view(),
+            self.h2.view(),
+            self.w.view(),
+            G_ROWS,
+            G_CIN,
+            G_COUT,
+            l,
+        )
+    }
+
+    /// Every output, widened to f32.
+    fn outputs(&self, dev: &Device) -> Vec<Vec<f32>> {
+        let f = |b: &DeviceBuffer<f32>| dev.download(b.view()).unwrap();
+        let h = |b: &DeviceBuffer<bf16>| {
+            dev.download(b.view())
+                .unwrap()
+                .iter()
+                .map(|x| x.to_f32())
+                .collect()
+        };
+        vec![
+            f(&self.h),
+            f(&self.h2),
+            f(&self.z),
+            f(&self.y),
+            h(&self.xb),
+            h(&self.yb),
+            f(&self.dw),
+        ]
+    }
+}
+
+const GRAPH_OUTPUTS: [&str; 7] = ["h", "h2", "z", "y", "xb", "yb", "dw"];
+
+/// Capture runs nothing; replaying on new input data gives the bits of running the same work
+/// directly, launch after launch (dw accumulates).
+fn graph_replay_matches_direct_run(dev: &Device) {
+    let mut direct = GraphBufs::new(dev);
+    let mut captured = GraphBufs::new(dev);
+    let before = captured.outputs(dev);
+    let graph = dev.capture(|| captured.queue(dev)).unwrap();
+    dev.synchronize().unwrap();
+    assert!(!dev.capturing());
+    if dev.kind() == DeviceKind::Emu {
+        assert_eq!(graph.recorded_ops(), Some(8), "{graph:?}");
+    }
+    for (k, (a, b)) in captured.outputs(dev).iter().zip(&before).enumerate() {
+        common::assert_bits_eq(
+            &format!("{} unchanged by the capture", GRAPH_OUTPUTS[k]),
+            a,
+            b,
+        );
+    }
+    for launch in 0..2 {
+        // new input data in the same buffer, then the same work two ways
+        let x = rand_vec(G_ROWS * G_CIN, 30 + launch);
+        dev.htod(&x, direct.x.view_mut()).unwrap();
+        dev.htod(&x, captured.x.view_mut()).unwrap();
+        direct.queue(dev).unwrap();
+        // SAFETY: every buffer the graph touches lives in `captured`, alive and not borrowed.
+        unsafe { graph.launch() }.unwrap();
+        let (want, got) = (direct.outputs(dev), captured.outputs(dev));
+        for k in 0..want.len() {
+            common::assert_bits_eq(
+                &format!("{} launch {launch}: graph vs direct", GRAPH_OUTPUTS[k]),
+                &got[k],
+                &want[k],
+            );
+        }
+    }
+    // an empty capture is a graph that does nothing
+    let empty = dev.capture(|| Ok(())).unwrap();
+    // SAFETY: the graph touches nothing.
+    unsafe { empty.launch() }.unwrap();
+}
+
+#[test]
+fn emu_graph_replay_matches_direct_run() {
+    graph_replay_matches_direct_run(&Device::emu().unwrap());
+}
+
+/// One body of the capture-failure test: what it does inside the capture.
+type CaptureCase<'a> = Box<dyn Fn(&mut DeviceBuffer<f32>) -> anyhow::Result<()> + 'a>;
+
+/// What cannot be captured is an error naming the operation, the capture is discarded and the
+/// device works normally afterwards; so after an error or a panic in the closure.
+fn graph_capture_failures_are_errors(dev: &Device) {
+    let mut buf = dev.upload(&[1.0f32, 2.0, 3.0]).unwrap();
+    let cases: Vec<(&str, CaptureCase)> = vec![
+        (
+            "dtoh inside Device::capture",
+            Box::new(|b| dev.download(b.view()).map(drop)),
+        ),
+        (
+            "alloc inside Device::capture",
+            Box::new(|_| dev.alloc::<f32>(4).map(drop)),
+        ),
+        (
+            "alloc inside Device::capture",
+            Box::new(|_| dev.upload(&[1.0f32]).map(drop)),
+        ),
+        (
+            "htod inside Device::capture",
+            Box::new(|b| dev.htod(&[0.0, 0.0, 0.0], b.view_mut())),
+        ),
+        (
+            "synchronize inside Device::capture",
+            Box::new(|_| dev.synchronize()),
+        ),
+        (
+            "captures do not nest",
+            Box::new(|_| dev.capture(|| Ok(())).map(drop)),
+        ),
+        (
+            "the closure's own error",
+            Box::new(|b| {
+                dev.zero(b.view_mut())?;
+                anyhow::bail!("the closure's own error")
+            }),
+        ),
+    ];
+    for (want, f) in cases {
+        let err = dev.capture(|| f(&mut buf)).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains(want), "{want:?} not in {msg:?}");
+        assert!(!dev.capturing(), "{want}: still capturing");
+        // nothing ran: the zero of the last case was captured, then discarded
+        assert_eq!(dev.download(buf.view()).unwrap(), [1.0, 2.0, 3.0], "{want}");
+    }
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = dev.capture(|| panic!("inside a capture"));
+    }));
+    assert!(panicked.is_err());
+    assert!(!dev.capturing(), "a panic must end the capture");
+    dev.zero(buf.view_mut()).unwrap();
+    assert_eq!(dev.download(buf.view()).unwrap(), [0.0; 3]);
+}
+
+#[test]
+fn emu_graph_capture_failures_are_errors() {
+    graph_capture_failures_are_errors(&Device::emu().unwrap());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_graph_replay_matches_direct_run() {
+    graph_replay_matches_direct_run(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_graph_capture_failures_are_errors() {
+    graph_capture_failures_are_errors(&gpu());
+}

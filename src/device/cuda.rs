@@ -6,11 +6,14 @@
 //!
 //! cudarc panics when it cannot load `libcuda.so`/`libcublas.so`, so [`CudaDevice::new`] checks
 //! for the libraries first and turns every failure into an error that says what is missing.
-//! All work goes to one stream, so cudarc's cross-stream event tracking is switched off.
+//! All work goes to one stream, so cudarc's cross-stream event tracking is switched off. That
+//! stream is a created (non-blocking) stream, not the legacy default stream, which CUDA cannot
+//! capture into a graph (`super::graph`).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -20,24 +23,68 @@ use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::result::CublasError as LtError;
 use cudarc::cublaslt::sys as lt_sys;
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, PushKernelArg,
+    CudaContext, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    PushKernelArg,
 };
 
 use super::embedded;
 use super::gemm::{GemmOp, SgemmConfig};
 use super::{DType, DevPtr, KernelArg, LaunchConfig};
 
-/// Device memory owned by a buffer (freed on drop, ordered after queued work on the stream).
+/// Device memory owned by a buffer (freed on drop, ordered after queued work on the stream; a
+/// buffer dropped during a graph capture is freed when the capture ends, so that its free is not
+/// captured into the graph).
 pub(crate) struct CudaMem {
-    /// Owns the allocation; never read, dropped to free.
-    #[allow(dead_code)]
-    slice: CudaSlice<u8>,
+    /// Owns the allocation; never read, dropped (or handed to `capture`) to free.
+    slice: Option<CudaSlice<u8>>,
     addr: u64,
+    capture: Arc<CaptureState>,
 }
 
 impl CudaMem {
     pub(crate) fn addr(&self) -> u64 {
         self.addr
+    }
+}
+
+impl Drop for CudaMem {
+    fn drop(&mut self) {
+        if let Some(slice) = self.slice.take() {
+            self.capture.release(slice);
+        }
+    }
+}
+
+/// Whether the stream is being captured, and the allocations dropped meanwhile.
+#[derive(Default)]
+struct CaptureState {
+    /// Guarded by `deferred`'s lock when it changes, so a drop never races the end of a capture.
+    active: AtomicBool,
+    deferred: Mutex<Vec<CudaSlice<u8>>>,
+}
+
+impl CaptureState {
+    fn release(&self, slice: CudaSlice<u8>) {
+        let mut deferred = match self.deferred.lock() {
+            Ok(d) => d,
+            Err(p) => p.into_inner(),
+        };
+        if self.active.load(Ordering::SeqCst) {
+            deferred.push(slice);
+        } else {
+            drop(deferred);
+            drop(slice);
+        }
+    }
+
+    /// Ends the capture state; returns the allocations to free now.
+    fn finish(&self) -> Vec<CudaSlice<u8>> {
+        let mut deferred = match self.deferred.lock() {
+            Ok(d) => d,
+            Err(p) => p.into_inner(),
+        };
+        self.active.store(false, Ordering::SeqCst);
+        std::mem::take(&mut *deferred)
     }
 }
 
@@ -49,6 +96,7 @@ pub struct CudaDevice {
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: Mutex<Option<Blas>>,
     blaslt: Mutex<Option<BlasLt>>,
+    capture: Arc<CaptureState>,
     name: String,
     capability: Option<(i32, i32)>,
 }
@@ -107,7 +155,10 @@ impl CudaDevice {
         })?;
         // SAFETY: this device uses a single stream, so there is no cross-stream use to track.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // a created stream: the legacy default stream cannot be captured into a graph
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| anyhow!("cannot create a CUDA stream on device {ordinal}: {e:?}"))?;
         let module = no_panic("load_module", || ctx.load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec())))?
             .map_err(|e| {
                 anyhow!(
@@ -128,6 +179,7 @@ impl CudaDevice {
             functions: Mutex::new(HashMap::new()),
             blas: Mutex::new(None),
             blaslt: Mutex::new(None),
+            capture: Arc::new(CaptureState::default()),
             name: format!("CUDA device {ordinal}: {gpu} ({cc})"),
             capability,
         })
@@ -151,7 +203,11 @@ impl CudaDevice {
             let (addr, _sync) = slice.device_ptr(&self.stream);
             addr
         };
-        Ok(CudaMem { addr, slice })
+        Ok(CudaMem {
+            addr,
+            slice: Some(slice),
+            capture: self.capture.clone(),
+        })
     }
 
     /// `bytes` of device memory with undefined contents, owned by the returned slice (for the
@@ -180,7 +236,11 @@ impl CudaDevice {
             let (addr, _sync) = slice.device_ptr(&self.stream);
             addr
         };
-        Ok(CudaMem { addr, slice })
+        Ok(CudaMem {
+            addr,
+            slice: Some(slice),
+            capture: self.capture.clone(),
+        })
     }
 
     /// cudaFuncAttributeMaxDynamicSharedMemorySize for kernel `name`, checked against the
@@ -399,7 +459,6 @@ impl CudaDevice {
 
     /// Creates the cuBLAS and cuBLASLt handles (and their workspaces) now if their libraries are
     /// present: a graph capture must not create them (creation allocates and synchronizes).
-    #[allow(dead_code)] // used by the graph capture (next commit)
     pub(crate) fn init_blas_handles(&self) -> Result<()> {
         self.ctx
             .bind_to_thread()
@@ -872,6 +931,65 @@ impl BlasLt {
             self.workspace_bytes,
             stream,
         )
+    }
+}
+
+impl CudaDevice {
+    /// Whether the stream is being captured (`Device::capture`).
+    pub(crate) fn capturing(&self) -> bool {
+        self.capture.active.load(Ordering::SeqCst)
+    }
+
+    /// Creates the BLAS handles, then starts capturing the stream (thread-local mode: this
+    /// thread's calls that are unsafe during capture, e.g. a synchronous allocation, fail).
+    pub(crate) fn begin_capture(&self) -> Result<()> {
+        if self.capturing() {
+            bail!(
+                "Device::capture: a capture is already under way on this device (captures do not \
+                 nest)"
+            );
+        }
+        self.init_blas_handles()?;
+        // Look every kernel up now: with CUDA's lazy module loading the first lookup of a
+        // function loads its code, which is better done outside the capture. (Kernels the fatbin
+        // lacks, e.g. the emulator's own test kernels, fail later, at their launch.)
+        for k in super::sigs::all() {
+            let _ = self.function(k.name);
+        }
+        {
+            let _deferred = self.capture.deferred.lock();
+            self.capture.active.store(true, Ordering::SeqCst);
+        }
+        let r = self.stream.begin_capture(
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        );
+        if let Err(e) = r {
+            drop(self.capture.finish());
+            bail!("cuStreamBeginCapture failed: {e:?}");
+        }
+        Ok(())
+    }
+
+    /// Ends the capture and instantiates the graph (`None`: nothing was captured). Frees the
+    /// buffers dropped during the capture.
+    pub(crate) fn end_capture(&self) -> Result<Option<CudaGraph>> {
+        let graph = self
+            .stream
+            .end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0));
+        drop(self.capture.finish());
+        graph.map_err(|e| {
+            anyhow!(
+                "cuStreamEndCapture/cuGraphInstantiate failed: {e:?} (an operation inside the \
+                 capture was not capturable and invalidated it)"
+            )
+        })
+    }
+
+    /// Launches an instantiated graph on the stream.
+    pub(crate) fn launch_graph(&self, graph: &CudaGraph) -> Result<()> {
+        graph
+            .launch()
+            .map_err(|e| anyhow!("cuGraphLaunch failed: {e:?}"))
     }
 }
 

@@ -19,6 +19,8 @@
 //! - GEMM: [`Device::sgemm`] with a [`SgemmConfig`] (cuBLAS column-major semantics, fp32, no TF32),
 //!   and [`Device::gemm_bf16`] (bf16 A/B, bf16 or f32 C, f32 compute, optional f32 bias epilogue).
 //! - [`Device::synchronize`].
+//! - graphs: [`Device::capture`] records the work a closure queues into a [`Graph`] that
+//!   [`Graph::launch`] replays (CUDA stream capture on cuda, a recorded op list on emu).
 //!
 //! Every operation checks that its buffers belong to this device and are large enough, and
 //! returns an error (never a panic) otherwise.
@@ -28,6 +30,7 @@ pub mod embedded;
 pub mod emu;
 pub mod emu_ffi;
 pub mod gemm;
+pub mod graph;
 pub mod sigs;
 
 use std::collections::HashMap;
@@ -42,6 +45,7 @@ use anyhow::{bail, Result};
 
 pub use emu_ffi::EmuOptions;
 pub use gemm::{GemmOp, SgemmConfig};
+pub use graph::Graph;
 
 /// Element type of a device buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -691,6 +695,10 @@ impl Device {
     }
 
     fn alloc_impl<T: Elem>(&self, len: usize, zeroed: bool) -> Result<DeviceBuffer<T>> {
+        self.not_capturing(
+            "alloc",
+            "an allocation cannot be captured in a graph: allocate every buffer before capturing",
+        )?;
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
             .ok_or_else(|| anyhow::anyhow!("alloc: {len} x {:?} overflows", T::DTYPE))?;
@@ -735,6 +743,11 @@ impl Device {
 
     /// Copy host -> device; lengths must match.
     pub fn htod<T: Elem>(&self, src: &[T], dst: ViewMut<'_, T>) -> Result<()> {
+        self.not_capturing(
+            "htod",
+            "a copy from host memory cannot be captured (the graph would not see later host data): \
+             upload before Graph::launch",
+        )?;
         self.check_owner(dst.device_id, "htod")?;
         if src.len() != dst.len {
             bail!(
@@ -760,6 +773,11 @@ impl Device {
 
     /// Copy device -> host (waits for pending work); lengths must match.
     pub fn dtoh<T: Elem>(&self, src: View<'_, T>, dst: &mut [T]) -> Result<()> {
+        self.not_capturing(
+            "dtoh",
+            "a host read cannot be captured (it would wait for work that has not run yet): read \
+             after Graph::launch",
+        )?;
         self.check_owner(src.device_id, "dtoh")?;
         if src.len != dst.len() {
             bail!(
@@ -817,10 +835,12 @@ impl Device {
             Inner::Cuda(d) => d.dtod(src.addr, dst.addr, bytes),
             // SAFETY: both ranges are live; src is shared-borrowed and dst exclusively borrowed,
             // so they cannot overlap.
-            Inner::Emu(_) => unsafe {
-                std::ptr::copy_nonoverlapping(src.addr as *const u8, dst.addr as *mut u8, bytes);
-                emu_ffi::mem::copy_written(src.addr, dst.addr, bytes);
-                Ok(())
+            Inner::Emu(d) => unsafe {
+                d.submit(emu::EmuOp::Dtod {
+                    src: src.addr,
+                    dst: dst.addr,
+                    bytes,
+                })
             },
         }
     }
@@ -835,10 +855,11 @@ impl Device {
         match &self.inner {
             Inner::Cuda(d) => d.memset_zero(dst.addr, bytes),
             // SAFETY: dst is a live, exclusively borrowed range of `bytes` bytes.
-            Inner::Emu(_) => unsafe {
-                std::ptr::write_bytes(dst.addr as *mut u8, 0, bytes);
-                emu_ffi::mem::mark_written(dst.addr, bytes);
-                Ok(())
+            Inner::Emu(d) => unsafe {
+                d.submit(emu::EmuOp::Zero {
+                    addr: dst.addr,
+                    bytes,
+                })
             },
         }
     }
@@ -901,13 +922,21 @@ impl Device {
         }
         match &self.inner {
             Inner::Cuda(d) => d.launch(name, cfg, args),
-            Inner::Emu(d) => d.launch(name, cfg, args),
+            Inner::Emu(d) => d.submit(emu::EmuOp::Launch {
+                name: name.to_string(),
+                cfg: *cfg,
+                args: args.to_vec(),
+            }),
         }
     }
 
     /// Seconds the work `f` queues takes on the device: CUDA events around it on cuda (GPU time,
     /// not host time), the wall clock on emu (which runs synchronously). For benchmarks.
     pub fn time(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        self.not_capturing(
+            "time",
+            "timing waits for the timed work; time Graph::launch instead",
+        )?;
         match &self.inner {
             Inner::Cuda(d) => d.time_queued(f),
             Inner::Emu(_) => {
@@ -920,10 +949,48 @@ impl Device {
 
     /// Wait for all queued work; surfaces asynchronous kernel errors on cuda.
     pub fn synchronize(&self) -> Result<()> {
+        self.not_capturing(
+            "synchronize",
+            "waiting for the device cannot be captured (nothing runs until Graph::launch)",
+        )?;
         match &self.inner {
             Inner::Cuda(d) => d.synchronize(),
             Inner::Emu(_) => Ok(()),
         }
+    }
+
+    /// Whether a graph capture ([`Device::capture`]) is under way on this device.
+    pub fn capturing(&self) -> bool {
+        match &self.inner {
+            Inner::Cuda(d) => d.capturing(),
+            Inner::Emu(d) => d.capturing(),
+        }
+    }
+
+    fn not_capturing(&self, what: &str, why: &str) -> Result<()> {
+        if self.capturing() {
+            bail!("{what} inside Device::capture: {why}");
+        }
+        Ok(())
+    }
+
+    /// Records the device work `f` queues (kernel launches, [`Device::zero`], [`Device::dtod`],
+    /// GEMMs) into a [`Graph`] without running it; [`Graph::launch`] replays it, in order, with
+    /// the arguments it had at capture (addresses and scalars by value: replay on new data by
+    /// writing new values into the same buffers). cuda: stream capture of the device's stream
+    /// (`cuStreamBeginCapture`, thread-local mode), instantiated once; the cuBLAS/cuBLASLt
+    /// handles and their workspaces are created before the capture starts. emu: every op is
+    /// recorded with its arguments and replayed on the emulator.
+    ///
+    /// Inside `f`, on both devices, allocations, host copies ([`Device::htod`], [`Device::dtoh`]),
+    /// [`Device::synchronize`], [`Device::time`] and a nested capture are errors; an error in `f`
+    /// (or a panic) ends the capture and discards it, and the error is returned. Arguments are
+    /// checked at capture time. The device (and its clones) must not be used from other threads
+    /// during a capture: their work would be captured too. A buffer dropped inside `f` is freed
+    /// after the capture ends (cuda), but a graph must not be launched once a buffer it uses is
+    /// gone.
+    pub fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<graph::Graph> {
+        graph::capture(self, f)
     }
 
     /// `C = alpha * op(A) op(B) + beta * C` with cuBLAS semantics (see [`gemm`]); cuBLAS sgemm
@@ -943,25 +1010,23 @@ impl Device {
             Inner::Cuda(d) => d.sgemm(cfg, a.addr, b.addr, c.addr),
             // SAFETY: check() bounds every access; C is exclusively borrowed so it overlaps
             // neither A nor B; the emu device runs synchronously.
-            Inner::Emu(_) => unsafe {
-                gemm::sgemm_host(
-                    cfg,
-                    a.addr as *const f32,
-                    b.addr as *const f32,
-                    c.addr as *mut f32,
-                );
-                mark_gemm_output_written::<f32>(cfg, c.addr);
-                Ok(())
+            Inner::Emu(d) => unsafe {
+                d.submit(emu::EmuOp::Sgemm {
+                    cfg: *cfg,
+                    a: a.addr,
+                    b: b.addr,
+                    c: c.addr,
+                })
             },
         }
     }
 
     /// The GEMM of mixed precision: `D = alpha * op(A) op(B) + beta * C + bias[i]` with cuBLAS
-    /// column-major semantics (the same [`SgemmConfig`] as [`Device::sgemm`]), A and B bf16, C
-    /// (= D) bf16 or f32 ([`crate::precision::Act`]), products and sums in f32, an optional f32 `bias` of
-    /// `m` elements added to every column of C (row `i` of C gets `bias[i]`: in the row-major
-    /// view of a linear layer, every output row gets the bias) in f32 before the single rounding
-    /// to C's type. `beta == 0` never reads C.
+    /// column-major semantics (the same [`SgemmConfig`] as [`Device::sgemm`]), A and B bf16,
+    /// C (= D) bf16 or f32 (an [`Act`](crate::precision::Act) type), products and sums in f32,
+    /// an optional f32 `bias` of `m` elements added to every column of C (row `i` of C gets
+    /// `bias[i]`: in the row-major view of a linear layer, every output row gets the bias) in f32
+    /// before the single rounding to C's type. `beta == 0` never reads C.
     ///
     /// cuda: cuBLASLt (`cublasLtMatmul`, `CUBLAS_COMPUTE_32F`, bf16 A/B, bf16 or f32 C/D) with the
     /// bias in the `CUBLASLT_EPILOGUE_BIAS` epilogue (bias data type f32); if cuBLASLt offers no
@@ -993,32 +1058,16 @@ impl Device {
             // SAFETY: check() bounds every access of A, B, C, check_bias the bias; C is
             // exclusively borrowed so it overlaps neither A, B nor the bias; the emu device runs
             // synchronously.
-            Inner::Emu(_) => unsafe {
-                gemm::gemm_bf16_host(
-                    cfg,
-                    a.addr as *const half::bf16,
-                    b.addr as *const half::bf16,
-                    c.addr as *mut C,
-                    bias.map(|b| b.addr as *const f32),
-                );
-                mark_gemm_output_written::<C>(cfg, c.addr);
-                Ok(())
+            Inner::Emu(d) => unsafe {
+                d.submit(emu::EmuOp::GemmBf16 {
+                    cfg: *cfg,
+                    a: a.addr,
+                    b: b.addr,
+                    c: c.addr,
+                    c_type: C::DTYPE,
+                    bias: bias.map(|b| b.addr),
+                })
             },
-        }
-    }
-}
-
-/// Strict mode's initcheck on the emulated device: the host GEMM wrote every element of the
-/// `m x n` matrices of C (not the ld padding or batch gaps).
-fn mark_gemm_output_written<T: Elem>(cfg: &SgemmConfig, c_addr: u64) {
-    if cfg.is_noop() {
-        return;
-    }
-    let size = std::mem::size_of::<T>();
-    for batch in 0..cfg.batch {
-        for j in 0..cfg.n {
-            let first = (batch * cfg.stride_c + j * cfg.ldc) * size;
-            emu_ffi::mem::mark_written(c_addr + first as u64, cfg.m * size);
         }
     }
 }
