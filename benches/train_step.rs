@@ -27,9 +27,9 @@ use pepler_cuda::device::Device;
 use pepler_cuda::model::batch::Batch;
 use pepler_cuda::model::config::ModelConfig;
 use pepler_cuda::model::params::ParamSet;
+use pepler_cuda::model::pepler::{ForwardOptions, Pepler};
 use pepler_cuda::model::sizes::ModelSize;
 use pepler_cuda::precision::Precision;
-use pepler_cuda::model::pepler::{ForwardOptions, Pepler};
 use rand::{Rng, SeedableRng};
 
 struct Args {
@@ -200,7 +200,10 @@ fn in_precision<B: Backend + Measured>(
     default_batch: usize,
     capability: Option<(i32, i32)>,
 ) -> Result<()> {
-    match args.precision.unwrap_or_else(|| default_precision(capability)) {
+    match args
+        .precision
+        .unwrap_or_else(|| default_precision(capability))
+    {
         Precision::Fp32 => bench::<B, f32>(be, kind, args, default_batch),
         Precision::Bf16 => bench::<B, half::bf16>(be, kind, args, default_batch),
     }
@@ -330,7 +333,10 @@ fn bench<B: Backend + Measured, A: Act>(
     );
     let peak = model.backend().peak_bytes();
     if let Some(bytes) = peak {
-        println!("peak device memory allocated: {:.2} GiB", bytes as f64 / (1u64 << 30) as f64);
+        println!(
+            "peak device memory allocated: {:.2} GiB",
+            bytes as f64 / (1u64 << 30) as f64
+        );
     }
     println!(
         "{{\"framework\":\"pepler-cuda\",\"backend\":\"{kind}\",\"device\":\"{backend}\",\"model\":\"{}\",\"precision\":\"{precision}\",\"threads\":{threads},\"batch\":{batch_size},\"stage\":{},\"median_step_s\":{m:.4},\"tokens_per_s\":{:.1},\"tflops\":{tflops:.3},\"peak_bytes\":{}}}",

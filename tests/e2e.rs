@@ -35,7 +35,12 @@ fn train(cfg: &TrainConfig, out: &Path, control: RunControl) -> TrainSummary {
     train_on(CpuBackend::new(), cfg, out, control)
 }
 
-fn train_on<B: pepler_cuda::backend::Backend>(be: B, cfg: &TrainConfig, out: &Path, control: RunControl) -> TrainSummary {
+fn train_on<B: pepler_cuda::backend::Backend>(
+    be: B,
+    cfg: &TrainConfig,
+    out: &Path,
+    control: RunControl,
+) -> TrainSummary {
     train_in::<B, f32>(be, cfg, out, control)
 }
 
@@ -253,7 +258,9 @@ fn resume_refuses_a_changed_configuration_and_a_missing_state() {
         };
         format!(
             "{:#}",
-            job.run::<_, f32>(CpuBackend::new()).err().expect("resume must fail")
+            job.run::<_, f32>(CpuBackend::new())
+                .err()
+                .expect("resume must fail")
         )
     };
     let err = resume_error(&cfg);
@@ -274,7 +281,9 @@ fn train_err(cfg: &TrainConfig, out: &Path, control: RunControl) -> String {
     };
     format!(
         "{:#}",
-        job.run::<_, f32>(CpuBackend::new()).err().expect("the run must fail")
+        job.run::<_, f32>(CpuBackend::new())
+            .err()
+            .expect("the run must fail")
     )
 }
 

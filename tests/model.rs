@@ -7,9 +7,9 @@
 //! 300: forward, backward and three AdamW steps). `model_tests_bf16!` runs the precision-independent
 //! properties with bf16 activations (`cpu_bf16`, `emu_bf16`, `model_bf16_on_cuda`).
 
+use half::bf16;
 use pepler_cuda::backend::cpu::CpuBackend;
 use pepler_cuda::backend::gpu::GpuBackend;
-use half::bf16;
 use pepler_cuda::backend::{Act, Backend};
 use pepler_cuda::device::Device;
 use pepler_cuda::model::batch::Batch;
@@ -746,8 +746,12 @@ fn emu_matches_cpu_on_random_configs_in_bf16() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_matches_cpu_on_random_configs_on_cuda() {
-    gpu_matches_cpu_on_random_configs::<f32>(|| Device::cuda().expect("this test needs a CUDA GPU"));
-    gpu_matches_cpu_on_random_configs::<bf16>(|| Device::cuda().expect("this test needs a CUDA GPU"));
+    gpu_matches_cpu_on_random_configs::<f32>(|| {
+        Device::cuda().expect("this test needs a CUDA GPU")
+    });
+    gpu_matches_cpu_on_random_configs::<bf16>(|| {
+        Device::cuda().expect("this test needs a CUDA GPU")
+    });
 }
 
 /// After the first step of a shape, a training step allocates nothing on the device.

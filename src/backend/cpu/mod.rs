@@ -458,7 +458,10 @@ impl Backend for CpuBackend {
         let qkv = wide(op, "qkv", qkv, s.b * n * 3 * s.c)?;
         // the cache holds A values: appending rounds k and v as a bf16 kernel's store does
         let out = pre_mut(op, "out", out, s.b * n * s.c)?;
-        let (kc, vc) = (pre_mut(op, "k_cache", k_cache, cache)?, pre_mut(op, "v_cache", v_cache, cache)?);
+        let (kc, vc) = (
+            pre_mut(op, "k_cache", k_cache, cache)?,
+            pre_mut(op, "v_cache", v_cache, cache)?,
+        );
         A::with_f32_mut(kc, |kc| {
             A::with_f32_mut(vc, |vc| {
                 A::with_f32_mut(out, |out| {
