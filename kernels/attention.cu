@@ -54,6 +54,25 @@
 //     dkv:     2*32*hs (Q, dout) + 2*32 (lse, D) + 2*4R*hd (K, V) + 2*4*32 (P r, dS)  hd128: 41.5 KiB
 //   (src/kernels/attention.rs computes the same numbers: `attention_smem_bytes`.)
 //
+// Tensor-core forward (bf16 only, hd exactly 64 or 128; the launcher's default for bf16 there):
+//   attention_forward_tc_hdN_bf16, attention_cached_forward_tc_hdN_bf16: the same outputs, row
+//   semantics and dropout indices as the scalar forward, with S = Q K^T and O = P V on
+//   mma.m16n8k16 (bf16 inputs, f32 accumulate; common.cuh), FlashAttention-2 style. Grid =
+//   ceil(Lq / 64) * NH * B blocks of 4 warps; warp w owns the block's query rows 16w..16w+15 (the
+//   mma's A rows; Q fragments loaded once by ldmatrix), the block walks key tiles of 32 up to its
+//   last row's position (a warp skips tiles past its own last row). Per tile a warp computes
+//   S (16 x 32: 4 n-tiles, HD/16 k-steps; K fragments by ldmatrix), scales and masks it, keeps the
+//   online softmax in f32 (row max over the row's 4 lanes by a quad butterfly; per-lane partial
+//   sums of the f32 P, joined at the end), rescales O, rounds P r (dropout applied) to bf16 -- the
+//   one rounding the scalar kernel does not have -- and reuses S's accumulator fragments as P's A
+//   fragments for O += P V (V fragments by ldmatrix.trans). out = O / l rounded once; lse f32.
+//   Shared memory (bf16, rows padded to HD + 8 elements: 16-byte aligned for ldmatrix, 8 rows
+//   on distinct bank groups): Q 64 + K 32 + V 32 rows: hd64 18 KiB, hd128 34 KiB
+//   (`attention_tc_smem_bytes`). Rows past Lq and keys past the tile's end are zero-filled, so no
+//   NaN from the shared-memory fill reaches an mma. Deterministic like the rest: fixed
+//   tiling, fixed mma and reduction order, no atomics; cached == full bit for bit as above (a
+//   fully masked tile leaves a row's m, l and O unchanged: corr = 1, P = 0).
+//
 // Never materialises an L x L matrix in global memory. Determinism: no atomics; every output element
 // is written by one thread that sums in a fixed order (keys ascending for out and dq, queries
 // ascending for dk and dv, channels ascending in every dot product), and the tiling depends on the
@@ -278,6 +297,245 @@ extern "C" __global__ void attention_forward_hd128_bf16(__nv_bfloat16* __restric
 }
 
 // ----------------------------------------------------------------------------------------------
+// tensor-core forward (bf16 only, hd = 64 or 128; see the header: "Tensor-core forward")
+
+#define ATTN_TC_ROWS 16                            // query rows per warp: the mma's M
+#define ATTN_TC_BR (ATTN_WARPS * ATTN_TC_ROWS)     // 64 query rows per block
+#define ATTN_TC_BC 32                              // keys per staged tile
+
+__device__ __forceinline__ float attn_tc_quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float attn_tc_quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// The tensor-core twin of attn_forward_rows (same arguments, same row semantics): query rows
+// row0.. of one (sequence, head), row i at position pos0 + i seeing keys 0..pos0+i. Warp w owns the
+// block's rows 16w..16w+15 (the mma's A rows); lane (g = lane/4, t = lane%4) holds rows g and g+8,
+// keys/channels 8n + 2t, 8n + 2t + 1 of every 8-wide n-tile (the C fragment layout, common.cuh).
+template <int HD>
+__device__ void attn_tc_forward_rows(__nv_bfloat16* smem, __nv_bfloat16* __restrict__ out, long long out_rs,
+                                     float* __restrict__ lse, const __nv_bfloat16* __restrict__ q, long long q_rs,
+                                     const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+                                     long long kv_rs, const int* __restrict__ mask, int nq, int pos0, int row0,
+                                     AttnDropout drop, unsigned long long drop_base, long long drop_l) {
+    constexpr int HS = HD + 8;   // row stride: 16 bytes of padding keep rows 16-byte aligned and put
+                                 // the 8 rows an ldmatrix matrix reads on distinct bank groups
+    constexpr int KSTEPS = HD / 16;  // k-steps of S = Q K^T
+    constexpr int NT = HD / 8;       // n-tiles of O = P V
+    __nv_bfloat16* qs = smem;                  // [ATTN_TC_BR][HS]
+    __nv_bfloat16* ks = qs + ATTN_TC_BR * HS;  // [ATTN_TC_BC][HS]
+    __nv_bfloat16* vs = ks + ATTN_TC_BC * HS;  // [ATTN_TC_BC][HS]
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int mi = lane >> 3;  // ldmatrix: this lane passes the address of row lane%8 of matrix mi
+    const int mr = lane & 7;
+    const int nrows = min(ATTN_TC_BR, nq - row0);
+    const int wrow0 = warp * ATTN_TC_ROWS;               // the warp's first row in the block
+    const int wrows = min(ATTN_TC_ROWS, nrows - wrow0);  // <= 0: the warp has no row (uniform)
+    const int wlast = pos0 + row0 + wrow0 + wrows - 1;   // position of the warp's last row
+    const float scale = sqrtf(static_cast<float>(HD));
+    const __nv_bfloat16 zero = __ushort_as_bfloat16(0);
+
+    // rows past nq are zeros (finite scores, masked below, never stored)
+    for (int i = threadIdx.x; i < ATTN_TC_BR * HD; i += blockDim.x) {
+        const int r = i / HD;
+        const int c = i - r * HD;
+        qs[r * HS + c] = r < nrows ? q[static_cast<long long>(row0 + r) * q_rs + c] : zero;
+    }
+    const int nkeys = pos0 + row0 + nrows;  // keys 0..last row's position
+    const int ntiles = CEIL_DIV(nkeys, ATTN_TC_BC);
+
+    int pos[2];     // positions of rows g and g+8; -1 for a row past nq (sees no key)
+    float m[2];     // running max of the row (the same bits on the row's 4 lanes)
+    float lp[2];    // this lane's share of the row's denominator at the running max
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        const int lr = wrow0 + g + 8 * ri;
+        pos[ri] = lr < nrows ? pos0 + row0 + lr : -1;
+        m[ri] = -INFINITY;
+        lp[ri] = 0.0f;
+    }
+    float o[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) o[n][i] = 0.0f;
+    }
+    uint32_t qf[KSTEPS][4];  // A fragments of the warp's 16 query rows, loaded once
+
+    for (int kt = 0; kt < ntiles; kt++) {
+        const int j0 = kt * ATTN_TC_BC;
+        const int nk = min(ATTN_TC_BC, nkeys - j0);
+        __syncthreads();  // the previous tile is consumed (and Q is staged, on the first pass)
+        // keys past nk are zeros: their scores are masked and their P is 0, and 0 * 0 adds nothing
+        for (int i = threadIdx.x; i < ATTN_TC_BC * HD; i += blockDim.x) {
+            const int j = i / HD;
+            const int c = i - j * HD;
+            const long long gi = static_cast<long long>(j0 + j) * kv_rs + c;
+            ks[j * HS + c] = j < nk ? k[gi] : zero;
+            vs[j * HS + c] = j < nk ? v[gi] : zero;
+        }
+        __syncthreads();
+        if (wrows <= 0) continue;  // warp-uniform: nothing to compute, only the barriers
+        if (kt == 0) {
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS; kk++) {
+                // matrices: rows 0-7 / 8-15 (mi % 2) x channels 16kk + 0-7 / 8-15 (mi / 2)
+                ldmatrix_x4(qf[kk], qs + (wrow0 + (mi & 1) * 8 + mr) * HS + kk * 16 + (mi >> 1) * 8);
+            }
+        }
+        if (j0 > wlast) continue;  // warp-uniform: every key of the tile is after the warp's rows
+
+        // S = Q K^T (16 x 32): n-tile n holds keys 8n..8n+7; f32 accumulation from 0
+        float sc[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; n++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) sc[n][i] = 0.0f;
+        }
+#pragma unroll
+        for (int kk = 0; kk < KSTEPS; kk++) {
+#pragma unroll
+            for (int n = 0; n < 4; n += 2) {
+                // B = K^T: an 8x8 block of K rows (keys) is B's column-major fragment as loaded;
+                // matrices: keys 8n + 0-7 / 8(n+1) + 0-7 (mi / 2) x channels 16kk + 0-7 / 8-15 (mi % 2)
+                uint32_t kb[4];
+                ldmatrix_x4(kb, ks + ((n + (mi >> 1)) * 8 + mr) * HS + kk * 16 + (mi & 1) * 8);
+                const uint32_t b0[2] = {kb[0], kb[1]};
+                const uint32_t b1[2] = {kb[2], kb[3]};
+                mma_m16n8k16_bf16(sc[n], qf[kk], b0, sc[n]);
+                mma_m16n8k16_bf16(sc[n + 1], qf[kk], b1, sc[n + 1]);
+            }
+        }
+
+        // online softmax, per row ri (fragment elements i = 2ri, 2ri+1): scale, mask, max, exp
+        uint32_t pf[2][4];  // P (dropout applied, rounded to bf16) as the A fragments of P V
+#pragma unroll
+        for (int ri = 0; ri < 2; ri++) {
+            bool vis[4][2];
+            float tmax = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int jj = 8 * n + 2 * t + e;
+                    const int j = j0 + jj;
+                    vis[n][e] = jj < nk && j <= pos[ri] && (mask == nullptr || mask[j] != 0);
+                    const float sv = vis[n][e] ? sc[n][2 * ri + e] / scale : -INFINITY;
+                    sc[n][2 * ri + e] = sv;
+                    tmax = fmaxf(tmax, sv);
+                }
+            }
+            const float mnew = fmaxf(m[ri], attn_tc_quad_max(tmax));
+            // nothing visible yet: keep everything (corr 1, P 0), as the scalar kernel skips the row
+            const float corr = mnew == -INFINITY ? 1.0f : expf(m[ri] - mnew);  // 0 on the first visible tile
+            float psum = __fmul_rn(lp[ri], corr);  // not contracted with the adds: the same bits on both devices
+            float pd[4][2];
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float p = vis[n][e] ? expf(sc[n][2 * ri + e] - mnew) : 0.0f;
+                    psum += p;
+                    if (drop.on && vis[n][e]) {
+                        const int j = j0 + 8 * n + 2 * t + e;
+                        const unsigned long long idx = drop_base + static_cast<unsigned long long>(pos[ri]) * drop_l + j;
+                        p *= dropout_scale_at(drop.key, idx, drop.p);
+                    }
+                    pd[n][e] = p;
+                }
+            }
+            lp[ri] = psum;
+            m[ri] = mnew;
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                o[n][2 * ri] *= corr;
+                o[n][2 * ri + 1] *= corr;
+            }
+            // the S C-fragment is the P A-fragment: k-step s covers keys 16s..16s+15 = n-tiles 2s, 2s+1
+#pragma unroll
+            for (int s2 = 0; s2 < 2; s2++) {
+                pf[s2][ri] = pack_bf16x2(__float2bfloat16_rn(pd[2 * s2][0]), __float2bfloat16_rn(pd[2 * s2][1]));
+                pf[s2][2 + ri] =
+                    pack_bf16x2(__float2bfloat16_rn(pd[2 * s2 + 1][0]), __float2bfloat16_rn(pd[2 * s2 + 1][1]));
+            }
+        }
+
+        // O += P V (16 x HD), accumulating into the rescaled O
+#pragma unroll
+        for (int s2 = 0; s2 < 2; s2++) {
+#pragma unroll
+            for (int n = 0; n < NT; n += 2) {
+                // B = V (keys x channels, row-major): ldmatrix .trans gives B's fragment;
+                // matrices: keys 16s2 + 0-7 / 8-15 (mi % 2) x channels 8n + 0-7 / 8(n+1) + 0-7 (mi / 2)
+                uint32_t vb[4];
+                ldmatrix_x4_trans(vb, vs + (16 * s2 + (mi & 1) * 8 + mr) * HS + (n + (mi >> 1)) * 8);
+                const uint32_t b0[2] = {vb[0], vb[1]};
+                const uint32_t b1[2] = {vb[2], vb[3]};
+                mma_m16n8k16_bf16(o[n], pf[s2], b0, o[n]);
+                mma_m16n8k16_bf16(o[n + 1], pf[s2], b1, o[n + 1]);
+            }
+        }
+    }
+    if (wrows <= 0) return;
+
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        const float l = attn_tc_quad_sum(lp[ri]);  // lanes 4g..4g+3 in a butterfly: the same bits on all
+        if (pos[ri] < 0) continue;
+        const int row = row0 + wrow0 + g + 8 * ri;
+        const bool empty = m[ri] == -INFINITY;
+        const float inv = empty ? 0.0f : 1.0f / l;
+        __nv_bfloat16* orow = out + static_cast<long long>(row) * out_rs;
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            orow[8 * n + 2 * t] = __float2bfloat16_rn(empty ? 0.0f : o[n][2 * ri] * inv);
+            orow[8 * n + 2 * t + 1] = __float2bfloat16_rn(empty ? 0.0f : o[n][2 * ri + 1] * inv);
+        }
+        if (lse != nullptr && t == 0) lse[row] = empty ? INFINITY : m[ri] + logf(l);
+    }
+}
+
+template <int HD>
+__device__ void attn_tc_forward(__nv_bfloat16* smem, __nv_bfloat16* __restrict__ out, float* __restrict__ lse,
+                                const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ key_mask, int L, int C,
+                                int NH, AttnDropout drop) {
+    const AttnBlock a = attn_block(L, ATTN_TC_BR, NH);
+    const long long bh = a.b * NH + a.h;
+    const long long c3 = 3LL * C;
+    const __nv_bfloat16* base = qkv + a.b * L * c3 + static_cast<long long>(a.h) * HD;
+    attn_tc_forward_rows<HD>(smem, out + a.b * L * C + static_cast<long long>(a.h) * HD, C,
+                             lse == nullptr ? nullptr : lse + bh * L, base, c3, base + C, base + 2LL * C, c3,
+                             key_mask == nullptr ? nullptr : key_mask + a.b * L, L, 0, a.tile * ATTN_TC_BR, drop,
+                             static_cast<unsigned long long>(bh * L) * L, L);
+}
+
+extern "C" __global__ void attention_forward_tc_hd64_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
+                                                          const __nv_bfloat16* __restrict__ qkv,
+                                                          const int* __restrict__ key_mask, int L, int C, int NH,
+                                                          int drop_on, unsigned long long seed, unsigned long long step,
+                                                          unsigned int site, float p) {
+    DYN_SMEM(__nv_bfloat16, smem);
+    attn_tc_forward<64>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+extern "C" __global__ void attention_forward_tc_hd128_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
+                                                           const __nv_bfloat16* __restrict__ qkv,
+                                                           const int* __restrict__ key_mask, int L, int C, int NH,
+                                                           int drop_on, unsigned long long seed,
+                                                           unsigned long long step, unsigned int site, float p) {
+    DYN_SMEM(__nv_bfloat16, smem);
+    attn_tc_forward<128>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+}
+
+// ----------------------------------------------------------------------------------------------
 // decoding with a KV cache
 
 template <typename T>
@@ -379,13 +637,49 @@ extern "C" __global__ void attention_cached_forward_hd128_bf16(__nv_bfloat16* __
     attn_cached_forward<__nv_bfloat16, 4, 2>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
 }
 
+template <int HD>
+__device__ void attn_tc_cached_forward(__nv_bfloat16* smem, __nv_bfloat16* __restrict__ out,
+                                       const __nv_bfloat16* __restrict__ qkv, const __nv_bfloat16* __restrict__ k_cache,
+                                       const __nv_bfloat16* __restrict__ v_cache, int n, int C, int NH, int start,
+                                       int lmax) {
+    const AttnBlock a = attn_block(n, ATTN_TC_BR, NH);
+    const long long bh = a.b * NH + a.h;
+    const long long c3 = 3LL * C;
+    const long long kv = bh * lmax * HD;
+    AttnDropout none;
+    none.on = 0;
+    none.key = 0ull;
+    none.p = 0.0f;
+    attn_tc_forward_rows<HD>(smem, out + a.b * n * C + static_cast<long long>(a.h) * HD, C, nullptr,
+                             qkv + a.b * n * c3 + static_cast<long long>(a.h) * HD, c3, k_cache + kv, v_cache + kv,
+                             HD, nullptr, n, start, a.tile * ATTN_TC_BR, none, 0ull, 0);
+}
+
+extern "C" __global__ void attention_cached_forward_tc_hd64_bf16(__nv_bfloat16* __restrict__ out,
+                                                                 const __nv_bfloat16* __restrict__ qkv,
+                                                                 const __nv_bfloat16* __restrict__ k_cache,
+                                                                 const __nv_bfloat16* __restrict__ v_cache, int n,
+                                                                 int C, int NH, int start, int lmax) {
+    DYN_SMEM(__nv_bfloat16, smem);
+    attn_tc_cached_forward<64>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
+}
+
+extern "C" __global__ void attention_cached_forward_tc_hd128_bf16(__nv_bfloat16* __restrict__ out,
+                                                                  const __nv_bfloat16* __restrict__ qkv,
+                                                                  const __nv_bfloat16* __restrict__ k_cache,
+                                                                  const __nv_bfloat16* __restrict__ v_cache, int n,
+                                                                  int C, int NH, int start, int lmax) {
+    DYN_SMEM(__nv_bfloat16, smem);
+    attn_tc_cached_forward<128>(smem, out, qkv, k_cache, v_cache, n, C, NH, start, lmax);
+}
+
 // ----------------------------------------------------------------------------------------------
 // backward
 
 // D[b, h, t] = sum_c dout[b, t, h*hd + c] * out[b, t, h*hd + c]: a warp per row, 8 rows per block.
 template <typename T>
-__device__ void attn_backward_rowdot(float* __restrict__ D, const T* __restrict__ dout, const T* __restrict__ out, int B,
-                                     int L, int C, int NH) {
+__device__ void attn_backward_rowdot(float* __restrict__ D, const T* __restrict__ dout, const T* __restrict__ out,
+                                     int B, int L, int C, int NH) {
     const int hd = C / NH;
     const long long row = static_cast<long long>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
@@ -643,15 +937,17 @@ extern "C" __global__ void attention_backward_dq_hd32(float* __restrict__ dqkv, 
                                                       int L, int C, int NH, int drop_on, unsigned long long seed,
                                                       unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dq<float, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dq<float, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                  attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_backward_dq_hd32_bf16(__nv_bfloat16* __restrict__ dqkv,
                                                            const __nv_bfloat16* __restrict__ dout,
-                                                           const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
-                                                           const float* __restrict__ D, const int* __restrict__ key_mask, int L,
-                                                           int C, int NH, int drop_on, unsigned long long seed,
-                                                           unsigned long long step, unsigned int site, float p) {
+                                                           const __nv_bfloat16* __restrict__ qkv,
+                                                           const float* __restrict__ lse, const float* __restrict__ D,
+                                                           const int* __restrict__ key_mask, int L, int C, int NH,
+                                                           int drop_on, unsigned long long seed, unsigned long long step,
+                                                           unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dq<__nv_bfloat16, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
                                           attn_dropout(drop_on, seed, step, site, p));
@@ -663,15 +959,17 @@ extern "C" __global__ void attention_backward_dq_hd64(float* __restrict__ dqkv, 
                                                       int L, int C, int NH, int drop_on, unsigned long long seed,
                                                       unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dq<float, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dq<float, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                  attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_backward_dq_hd64_bf16(__nv_bfloat16* __restrict__ dqkv,
                                                            const __nv_bfloat16* __restrict__ dout,
-                                                           const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
-                                                           const float* __restrict__ D, const int* __restrict__ key_mask, int L,
-                                                           int C, int NH, int drop_on, unsigned long long seed,
-                                                           unsigned long long step, unsigned int site, float p) {
+                                                           const __nv_bfloat16* __restrict__ qkv,
+                                                           const float* __restrict__ lse, const float* __restrict__ D,
+                                                           const int* __restrict__ key_mask, int L, int C, int NH,
+                                                           int drop_on, unsigned long long seed, unsigned long long step,
+                                                           unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dq<__nv_bfloat16, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
                                           attn_dropout(drop_on, seed, step, site, p));
@@ -683,15 +981,17 @@ extern "C" __global__ void attention_backward_dq_hd128(float* __restrict__ dqkv,
                                                        int L, int C, int NH, int drop_on, unsigned long long seed,
                                                        unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dq<float, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dq<float, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                  attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_backward_dq_hd128_bf16(__nv_bfloat16* __restrict__ dqkv,
                                                             const __nv_bfloat16* __restrict__ dout,
-                                                            const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
-                                                            const float* __restrict__ D, const int* __restrict__ key_mask, int L,
-                                                            int C, int NH, int drop_on, unsigned long long seed,
-                                                            unsigned long long step, unsigned int site, float p) {
+                                                            const __nv_bfloat16* __restrict__ qkv,
+                                                            const float* __restrict__ lse, const float* __restrict__ D,
+                                                            const int* __restrict__ key_mask, int L, int C, int NH,
+                                                            int drop_on, unsigned long long seed, unsigned long long step,
+                                                            unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dq<__nv_bfloat16, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
                                           attn_dropout(drop_on, seed, step, site, p));
@@ -703,15 +1003,17 @@ extern "C" __global__ void attention_backward_dkv_hd32(float* __restrict__ dqkv,
                                                        int L, int C, int NH, int drop_on, unsigned long long seed,
                                                        unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dkv<float, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dkv<float, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                   attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd32_bf16(__nv_bfloat16* __restrict__ dqkv,
                                                             const __nv_bfloat16* __restrict__ dout,
-                                                            const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
-                                                            const float* __restrict__ D, const int* __restrict__ key_mask, int L,
-                                                            int C, int NH, int drop_on, unsigned long long seed,
-                                                            unsigned long long step, unsigned int site, float p) {
+                                                            const __nv_bfloat16* __restrict__ qkv,
+                                                            const float* __restrict__ lse, const float* __restrict__ D,
+                                                            const int* __restrict__ key_mask, int L, int C, int NH,
+                                                            int drop_on, unsigned long long seed, unsigned long long step,
+                                                            unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dkv<__nv_bfloat16, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
                                            attn_dropout(drop_on, seed, step, site, p));
@@ -723,15 +1025,17 @@ extern "C" __global__ void attention_backward_dkv_hd64(float* __restrict__ dqkv,
                                                        int L, int C, int NH, int drop_on, unsigned long long seed,
                                                        unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dkv<float, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dkv<float, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                   attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd64_bf16(__nv_bfloat16* __restrict__ dqkv,
                                                             const __nv_bfloat16* __restrict__ dout,
-                                                            const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
-                                                            const float* __restrict__ D, const int* __restrict__ key_mask, int L,
-                                                            int C, int NH, int drop_on, unsigned long long seed,
-                                                            unsigned long long step, unsigned int site, float p) {
+                                                            const __nv_bfloat16* __restrict__ qkv,
+                                                            const float* __restrict__ lse, const float* __restrict__ D,
+                                                            const int* __restrict__ key_mask, int L, int C, int NH,
+                                                            int drop_on, unsigned long long seed, unsigned long long step,
+                                                            unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dkv<__nv_bfloat16, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
                                            attn_dropout(drop_on, seed, step, site, p));
@@ -743,15 +1047,17 @@ extern "C" __global__ void attention_backward_dkv_hd128(float* __restrict__ dqkv
                                                         int L, int C, int NH, int drop_on, unsigned long long seed,
                                                         unsigned long long step, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_backward_dkv<float, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_backward_dkv<float, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                                   attn_dropout(drop_on, seed, step, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd128_bf16(__nv_bfloat16* __restrict__ dqkv,
                                                              const __nv_bfloat16* __restrict__ dout,
-                                                             const __nv_bfloat16* __restrict__ qkv, const float* __restrict__ lse,
-                                                             const float* __restrict__ D, const int* __restrict__ key_mask, int L,
-                                                             int C, int NH, int drop_on, unsigned long long seed,
-                                                             unsigned long long step, unsigned int site, float p) {
+                                                             const __nv_bfloat16* __restrict__ qkv,
+                                                             const float* __restrict__ lse, const float* __restrict__ D,
+                                                             const int* __restrict__ key_mask, int L, int C, int NH,
+                                                             int drop_on, unsigned long long seed, unsigned long long step,
+                                                             unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dkv<__nv_bfloat16, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
                                            attn_dropout(drop_on, seed, step, site, p));

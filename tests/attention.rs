@@ -16,7 +16,7 @@ mod common;
 use common::*;
 use half::bf16;
 use pepler_cuda::device::{Device, DeviceBuffer, EmuOptions, View, MAX_DYN_SMEM};
-use pepler_cuda::kernels::attention as ka;
+use pepler_cuda::kernels::attention::{self as ka, AttnForwardKernel};
 use pepler_cuda::ops::attention::{self as oa, AttnShape};
 use pepler_cuda::ops::dropout::DropoutSite;
 use pepler_cuda::precision::Act;
@@ -153,10 +153,10 @@ impl Case {
         Outputs { out, lse, dqkv }
     }
 
-    /// Forward then backward on `dev` with activations stored as `A`, every output buffer
-    /// oversized by [`TAIL`] sentinels and pre-filled with NaN (they are `=`: every element must
-    /// be written). Returns the outputs widened to f32.
-    fn run<A: Act>(&self, dev: &Device) -> Outputs {
+    /// Forward (by the kernels `fwd`) then backward on `dev` with activations stored as `A`, every
+    /// output buffer oversized by [`TAIL`] sentinels and pre-filled with NaN (they are `=`: every
+    /// element must be written). Returns the outputs widened to f32.
+    fn run<A: Act>(&self, dev: &Device, fwd: AttnForwardKernel) -> Outputs {
         let s = self.s;
         let (n_out, n_lse, n_qkv) = (s.b * s.l * s.c, s.b * s.nh * s.l, s.b * s.l * 3 * s.c);
         let with_tail = |n: usize| {
@@ -173,8 +173,9 @@ impl Case {
         let mut scratch = dev
             .alloc::<f32>(ka::attention_backward_scratch_len(s).unwrap())
             .unwrap();
-        ka::attention_forward(
+        ka::attention_forward_using(
             dev,
+            fwd,
             out.view_mut(),
             lse.view_mut(),
             qkv.view(),
@@ -219,10 +220,11 @@ impl Case {
         }
     }
 
-    /// Compare with the reference at precision `prec`. Rows with no visible key: lse exactly +inf,
-    /// out exactly 0.
-    fn check(&self, prec: Precision, got: &Outputs, want: &Outputs) {
-        let ctx = format!("{prec} {}", self.ctx());
+    /// Compare with the reference at precision `prec`, with the tolerances of the forward kernels
+    /// `fwd` (`attention.*` or `attention_tc.*`). Rows with no visible key: lse exactly +inf, out
+    /// exactly 0.
+    fn check(&self, prec: Precision, fwd: AttnForwardKernel, got: &Outputs, want: &Outputs) {
+        let ctx = format!("{prec} {fwd:?} {}", self.ctx());
         let s = self.s;
         let (mut lse_g, mut lse_w) = (Vec::new(), Vec::new());
         for (i, (&g, &w)) in got.lse.iter().zip(&want.lse).enumerate() {
@@ -241,10 +243,16 @@ impl Case {
                 lse_w.push(w);
             }
         }
+        let names = match fwd {
+            AttnForwardKernel::Scalar => ["attention.lse", "attention.out", "attention.dqkv"],
+            AttnForwardKernel::TensorCore => {
+                ["attention_tc.lse", "attention_tc.out", "attention_tc.dqkv"]
+            }
+        };
         for (name, g, w) in [
-            ("attention.lse", &lse_g, &lse_w),
-            ("attention.out", &got.out, &want.out),
-            ("attention.dqkv", &got.dqkv, &want.dqkv),
+            (names[0], &lse_g, &lse_w),
+            (names[1], &got.out, &want.out),
+            (names[2], &got.dqkv, &want.dqkv),
         ] {
             eprintln!(
                 "{ctx} {name}: {:.3} of the tolerance",
@@ -268,10 +276,17 @@ fn tolerance_share(prec: Precision, name: &str, actual: &[f32], expected: &[f32]
 /// The head sizes the tests cover: all three kernel variants, channels not a multiple of 32.
 const HDS: &[usize] = &[8, 16, 24, 40, 64, 128];
 
-/// Small cases for every head size: odd L around the 16-row block and 32-key tile boundaries,
-/// with the mask and dropout switched on in turn.
-fn small_cases_match_reference<A: Act>(dev: &Device) {
-    for (k, &hd) in HDS.iter().enumerate() {
+/// The head sizes of [`HDS`] (with their index) that the kernels `fwd` take for `A`.
+fn hds_for<A: Act>(fwd: AttnForwardKernel) -> impl Iterator<Item = (usize, usize)> {
+    HDS.iter().copied().enumerate().filter(move |&(_, hd)| {
+        fwd == AttnForwardKernel::Scalar || AttnForwardKernel::default_for::<A>(hd) == fwd
+    })
+}
+
+/// Small cases for every head size the kernels `fwd` take: odd L around the 16-row block and
+/// 32-key tile boundaries, with the mask and dropout switched on in turn.
+fn small_cases_match_reference<A: Act>(dev: &Device, fwd: AttnForwardKernel) {
+    for (k, hd) in hds_for::<A>(fwd) {
         for (i, &(l, padded, dropout)) in [
             (1, false, false),
             (5, true, true),
@@ -282,14 +297,19 @@ fn small_cases_match_reference<A: Act>(dev: &Device) {
         .enumerate()
         {
             let case = Case::new(2, l, 2, hd, padded, dropout, (10 * k + i) as u64).rounded::<A>();
-            case.check(A::PRECISION, &case.run::<A>(dev), &case.reference::<A>());
+            case.check(
+                A::PRECISION,
+                fwd,
+                &case.run::<A>(dev, fwd),
+                &case.reference::<A>(),
+            );
         }
     }
 }
 
 /// One long sequence per head size (L = 300: ten key tiles, causal skipping, long online softmax).
-fn long_cases_match_reference<A: Act>(dev: &Device) {
-    for (k, &hd) in HDS.iter().enumerate() {
+fn long_cases_match_reference<A: Act>(dev: &Device, fwd: AttnForwardKernel) {
+    for (k, hd) in hds_for::<A>(fwd) {
         // alternate padding and dropout so that both meet a long sequence
         let case = Case::new(
             1,
@@ -301,17 +321,27 @@ fn long_cases_match_reference<A: Act>(dev: &Device) {
             100 + k as u64,
         )
         .rounded::<A>();
-        case.check(A::PRECISION, &case.run::<A>(dev), &case.reference::<A>());
+        case.check(
+            A::PRECISION,
+            fwd,
+            &case.run::<A>(dev, fwd),
+            &case.reference::<A>(),
+        );
     }
 }
 
 /// Forward and backward twice on `dev` and once on `shuffled` (another block and thread
 /// schedule): the same bits every time, and close to the reference. `case` holds `A`'s inputs.
-fn backward_is_bitwise_deterministic<A: Act>(dev: &Device, shuffled: &Device, case: &Case) {
+fn backward_is_bitwise_deterministic<A: Act>(
+    dev: &Device,
+    shuffled: &Device,
+    case: &Case,
+    fwd: AttnForwardKernel,
+) {
     let want = case.reference::<A>();
-    let first = case.run::<A>(dev);
-    let second = case.run::<A>(dev);
-    let third = case.run::<A>(shuffled);
+    let first = case.run::<A>(dev, fwd);
+    let second = case.run::<A>(dev, fwd);
+    let third = case.run::<A>(shuffled, fwd);
     for (name, a, b, c) in [
         ("out", &first.out, &second.out, &third.out),
         ("lse", &first.lse, &second.lse, &third.lse),
@@ -325,13 +355,18 @@ fn backward_is_bitwise_deterministic<A: Act>(dev: &Device, shuffled: &Device, ca
             c,
         );
     }
-    case.check(A::PRECISION, &first, &want);
+    case.check(A::PRECISION, fwd, &first, &want);
 }
 
 /// Decoding: prefill `n0` positions, then one at a time up to `l`; every step's output must be the
 /// full forward's rows bit for bit, the caches must hold k and v, and both must match the CPU
-/// cached reference (outputs rounded to `A`). Activations and caches are `A`.
-fn cached_matches_full<A: Act>(dev: &Device, b: usize, l: usize, nh: usize, hd: usize, n0: usize) {
+/// cached reference (outputs rounded to `A`). Activations and caches are `A`; both forwards use the
+/// kernels `fwd`.
+fn cached_matches_full<A: Act>(
+    dev: &Device,
+    fwd: AttnForwardKernel,
+    (b, l, nh, hd, n0): (usize, usize, usize, usize, usize),
+) {
     let case = Case::new(b, l, nh, hd, false, false, 500 + hd as u64).rounded::<A>();
     let s = case.s;
     let c = s.c;
@@ -341,8 +376,9 @@ fn cached_matches_full<A: Act>(dev: &Device, b: usize, l: usize, nh: usize, hd: 
         let qkv = up_as::<A>(dev, &case.qkv);
         let mut out = dev.alloc::<A>(b * l * c).unwrap();
         let mut lse = dev.alloc::<f32>(b * nh * l).unwrap();
-        ka::attention_forward(
+        ka::attention_forward_using(
             dev,
+            fwd,
             out.view_mut(),
             lse.view_mut(),
             qkv.view(),
@@ -368,8 +404,9 @@ fn cached_matches_full<A: Act>(dev: &Device, b: usize, l: usize, nh: usize, hd: 
         }
         let mut out = up_as::<A>(dev, &vec![f32::NAN; b * n * c + TAIL]);
         let qkv_dev = up_as::<A>(dev, &qkv_step);
-        ka::attention_cached_forward(
+        ka::attention_cached_forward_using(
             dev,
+            fwd,
             out.view_mut(),
             qkv_dev.view(),
             kc.view_mut(),
@@ -397,8 +434,12 @@ fn cached_matches_full<A: Act>(dev: &Device, b: usize, l: usize, nh: usize, hd: 
             s,
         );
         A::round_slice(&mut want);
-        let ctx = format!("{prec} cached b={b} hd={hd} start={start} n={n}");
-        assert_close_at(prec, "attention.out", &ctx, &got[..b * n * c], &want);
+        let ctx = format!("{prec} {fwd:?} cached b={b} hd={hd} start={start} n={n}");
+        let name = match fwd {
+            AttnForwardKernel::Scalar => "attention.out",
+            AttnForwardKernel::TensorCore => "attention_tc.out",
+        };
+        assert_close_at(prec, name, &ctx, &got[..b * n * c], &want);
         for bi in 0..b {
             assert_bits_eq(
                 &format!("{ctx}: cached vs full forward, sequence {bi}"),
@@ -423,24 +464,43 @@ fn cached_matches_full<A: Act>(dev: &Device, b: usize, l: usize, nh: usize, hd: 
 // ------------------------------------------------------------------------------------------
 // emulated device
 
+use AttnForwardKernel::{Scalar, TensorCore};
+
 #[test]
 fn attention_matches_reference_for_every_head_size_small_l() {
-    small_cases_match_reference::<f32>(&emu());
+    small_cases_match_reference::<f32>(&emu(), Scalar);
 }
 
 #[test]
 fn attention_bf16_matches_reference_for_every_head_size_small_l() {
-    small_cases_match_reference::<bf16>(&emu());
+    small_cases_match_reference::<bf16>(&emu(), Scalar);
+}
+
+#[test]
+fn attention_tc_bf16_matches_reference_small_l() {
+    let dev = emu();
+    small_cases_match_reference::<bf16>(&dev, TensorCore);
+    // two 64-row query blocks, the second partial; padded keys and dropout
+    for (hd, seed) in [(64, 60), (128, 61)] {
+        let case = Case::new(2, 70, 1, hd, true, true, seed).rounded::<bf16>();
+        let got = case.run::<bf16>(&dev, TensorCore);
+        case.check(Bf16, TensorCore, &got, &case.reference::<bf16>());
+    }
 }
 
 #[test]
 fn attention_matches_reference_at_l300() {
-    long_cases_match_reference::<f32>(&emu());
+    long_cases_match_reference::<f32>(&emu(), Scalar);
 }
 
 #[test]
 fn attention_bf16_matches_reference_at_l300() {
-    long_cases_match_reference::<bf16>(&emu());
+    long_cases_match_reference::<bf16>(&emu(), Scalar);
+}
+
+#[test]
+fn attention_tc_bf16_matches_reference_at_l300() {
+    long_cases_match_reference::<bf16>(&emu(), TensorCore);
 }
 
 /// The emulated device in shuffle mode: random block order, and a random runnable thread picked
@@ -457,13 +517,70 @@ fn emu_shuffled(seed: u64) -> Device {
 fn attention_is_bitwise_deterministic_across_runs_and_schedules() {
     // 70 positions: three query/key tiles; padded keys and dropout on; hd 40 (partial lanes).
     let case = Case::new(2, 70, 2, 40, true, true, 77);
-    backward_is_bitwise_deterministic::<f32>(&emu(), &emu_shuffled(4242), &case);
+    backward_is_bitwise_deterministic::<f32>(&emu(), &emu_shuffled(4242), &case, Scalar);
 }
 
 #[test]
 fn attention_bf16_is_bitwise_deterministic_across_runs_and_schedules() {
     let case = Case::new(2, 70, 2, 40, true, true, 77).rounded::<bf16>();
-    backward_is_bitwise_deterministic::<bf16>(&emu(), &emu_shuffled(4243), &case);
+    backward_is_bitwise_deterministic::<bf16>(&emu(), &emu_shuffled(4243), &case, Scalar);
+}
+
+#[test]
+fn attention_tc_bf16_is_bitwise_deterministic_across_runs_and_schedules() {
+    // two 64-row query blocks and three key tiles; padded keys and dropout on
+    let case = Case::new(2, 70, 2, 64, true, true, 79).rounded::<bf16>();
+    backward_is_bitwise_deterministic::<bf16>(&emu(), &emu_shuffled(4244), &case, TensorCore);
+}
+
+#[test]
+fn attention_defaults_to_tensor_cores_for_bf16_at_hd64_and_hd128() {
+    for hd in 1..=ka::ATTN_MAX_HD {
+        let tc = matches!(hd, 64 | 128);
+        assert_eq!(
+            AttnForwardKernel::default_for::<f32>(hd),
+            Scalar,
+            "f32 hd={hd}"
+        );
+        assert_eq!(
+            AttnForwardKernel::default_for::<bf16>(hd) == TensorCore,
+            tc,
+            "bf16 hd={hd}"
+        );
+    }
+    // the plain launcher runs exactly the tensor-core kernel's bits
+    let dev = emu();
+    let case = Case::new(1, 40, 2, 64, true, false, 80).rounded::<bf16>();
+    let s = case.s;
+    let qkv = up_as::<bf16>(&dev, &case.qkv);
+    let mask = dev.upload(case.mask.as_deref().unwrap()).unwrap();
+    let forward = |which: Option<AttnForwardKernel>| {
+        let mut out = dev.alloc::<bf16>(s.b * s.l * s.c).unwrap();
+        let mut lse = dev.alloc::<f32>(s.b * s.nh * s.l).unwrap();
+        let (o, l, q, m) = (
+            out.view_mut(),
+            lse.view_mut(),
+            qkv.view(),
+            Some(mask.view()),
+        );
+        match which {
+            None => ka::attention_forward(&dev, o, l, q, m, None, s),
+            Some(w) => ka::attention_forward_using(&dev, w, o, l, q, m, None, s),
+        }
+        .unwrap();
+        (down_as(&dev, out.view()), down(&dev, lse.view()))
+    };
+    let (default, tc, scalar) = (
+        forward(None),
+        forward(Some(TensorCore)),
+        forward(Some(Scalar)),
+    );
+    assert_bits_eq("default vs tensor-core out", &default.0, &tc.0);
+    assert_bits_eq("default vs tensor-core lse", &default.1, &tc.1);
+    assert!(
+        default.0.iter().zip(&scalar.0).any(|(a, b)| a != b),
+        "the tensor-core and scalar kernels should round P differently somewhere"
+    );
 }
 
 /// Prefill and decode shapes of the cached tests (b, l, nh, hd, prefill).
@@ -475,19 +592,32 @@ const CACHED_CASES: &[(usize, usize, usize, usize, usize)] = &[
     (1, 35, 2, 128, 9),
 ];
 
+/// The tensor-core kernels' cached cases: hd 64 and 128 of [`CACHED_CASES`], and a prefill of two
+/// 64-row query blocks.
+const CACHED_TC_CASES: &[(usize, usize, usize, usize, usize)] =
+    &[(2, 37, 2, 64, 20), (1, 35, 2, 128, 9), (1, 70, 1, 64, 66)];
+
 #[test]
 fn attention_cached_forward_reproduces_the_full_forward_bits() {
     let dev = emu();
-    for &(b, l, nh, hd, n0) in CACHED_CASES {
-        cached_matches_full::<f32>(&dev, b, l, nh, hd, n0);
+    for &case in CACHED_CASES {
+        cached_matches_full::<f32>(&dev, Scalar, case);
     }
 }
 
 #[test]
 fn attention_bf16_cached_forward_reproduces_the_full_forward_bits() {
     let dev = emu();
-    for &(b, l, nh, hd, n0) in CACHED_CASES {
-        cached_matches_full::<bf16>(&dev, b, l, nh, hd, n0);
+    for &case in CACHED_CASES {
+        cached_matches_full::<bf16>(&dev, Scalar, case);
+    }
+}
+
+#[test]
+fn attention_tc_bf16_cached_forward_reproduces_the_full_forward_bits() {
+    let dev = emu();
+    for &case in CACHED_TC_CASES {
+        cached_matches_full::<bf16>(&dev, TensorCore, case);
     }
 }
 
@@ -505,6 +635,11 @@ fn attention_shared_memory_fits_48_kib_for_every_head_size() {
         }
     }
     assert!(ka::attention_smem_bytes(ka::AttnKernel::Forward, 129).is_err());
+    for hd in [64, 128] {
+        let bytes = ka::attention_tc_smem_bytes(hd).unwrap();
+        assert!(bytes <= MAX_DYN_SMEM, "tensor-core hd={hd}: {bytes} bytes");
+    }
+    assert!(ka::attention_tc_smem_bytes(96).is_err());
 }
 
 #[test]
@@ -667,6 +802,8 @@ fn attention_launchers_reject_bad_sizes() {
     // the bf16 launchers check the same sizes
     let qkv16 = dev.alloc::<bf16>(479).unwrap();
     let mut out16 = dev.alloc::<bf16>(2 * 5 * 16).unwrap();
+    let mut kc16 = dev.alloc::<bf16>(2 * 2 * 6 * 8).unwrap();
+    let mut vc16 = dev.alloc::<bf16>(2 * 2 * 6 * 8).unwrap();
     let e = err(ka::attention_forward(
         &dev,
         out16.view_mut(),
@@ -680,6 +817,43 @@ fn attention_launchers_reject_bad_sizes() {
         e.contains("attention_forward: qkv has 479 elements, needs at least 480"),
         "{e}"
     );
+    // the tensor-core kernels exist for bf16 with hd 64 or 128 only
+    let s64 = AttnShape {
+        b: 1,
+        l: 2,
+        c: 64,
+        nh: 1,
+    };
+    let e = err(ka::attention_forward_using(
+        &dev,
+        TensorCore,
+        out.view_mut(),
+        lse.view_mut(),
+        qkv.view(),
+        None,
+        None,
+        s64,
+    ));
+    assert!(
+        e.contains("attention_forward: the tensor-core kernels take bf16 activations, not fp32"),
+        "{e}"
+    );
+    let e = err(ka::attention_cached_forward_using(
+        &dev,
+        TensorCore,
+        out16.view_mut(),
+        qkv16.view(),
+        kc16.view_mut(),
+        vc16.view_mut(),
+        0,
+        1,
+        6,
+        s,
+    ));
+    assert!(
+        e.contains("attention_cached_forward: attention tensor-core forward: head size 8 is not supported (64 or 128)"),
+        "{e}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -689,24 +863,38 @@ fn attention_launchers_reject_bad_sizes() {
 #[ignore = "needs a CUDA GPU"]
 fn attention_matches_reference_for_every_head_size_on_cuda() {
     let dev = gpu();
-    small_cases_match_reference::<f32>(&dev);
-    long_cases_match_reference::<f32>(&dev);
-    pepler_shape_matches_reference::<f32>(&dev);
+    small_cases_match_reference::<f32>(&dev, Scalar);
+    long_cases_match_reference::<f32>(&dev, Scalar);
+    pepler_shape_matches_reference::<f32>(&dev, Scalar);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_bf16_matches_reference_for_every_head_size_on_cuda() {
     let dev = gpu();
-    small_cases_match_reference::<bf16>(&dev);
-    long_cases_match_reference::<bf16>(&dev);
-    pepler_shape_matches_reference::<bf16>(&dev);
+    small_cases_match_reference::<bf16>(&dev, Scalar);
+    long_cases_match_reference::<bf16>(&dev, Scalar);
+    pepler_shape_matches_reference::<bf16>(&dev, Scalar);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_tc_bf16_matches_reference_on_cuda() {
+    let dev = gpu();
+    small_cases_match_reference::<bf16>(&dev, TensorCore);
+    long_cases_match_reference::<bf16>(&dev, TensorCore);
+    pepler_shape_matches_reference::<bf16>(&dev, TensorCore);
 }
 
 /// PEPLER's shape: GPT-2 small heads, a padded batch, dropout on.
-fn pepler_shape_matches_reference<A: Act>(dev: &Device) {
+fn pepler_shape_matches_reference<A: Act>(dev: &Device, fwd: AttnForwardKernel) {
     let case = Case::new(16, 26, 12, 64, true, true, 9).rounded::<A>();
-    case.check(A::PRECISION, &case.run::<A>(dev), &case.reference::<A>());
+    case.check(
+        A::PRECISION,
+        fwd,
+        &case.run::<A>(dev, fwd),
+        &case.reference::<A>(),
+    );
 }
 
 #[test]
@@ -716,17 +904,21 @@ fn attention_is_bitwise_deterministic_on_cuda() {
     // on a GPU the second device handle stands in for a different schedule: blocks run
     // concurrently in whatever order the hardware picks
     let case = Case::new(8, 300, 4, 64, true, true, 78);
-    backward_is_bitwise_deterministic::<f32>(&dev, &gpu(), &case);
+    backward_is_bitwise_deterministic::<f32>(&dev, &gpu(), &case, Scalar);
     let case = case.rounded::<bf16>();
-    backward_is_bitwise_deterministic::<bf16>(&dev, &gpu(), &case);
+    backward_is_bitwise_deterministic::<bf16>(&dev, &gpu(), &case, Scalar);
+    backward_is_bitwise_deterministic::<bf16>(&dev, &gpu(), &case, TensorCore);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_cached_forward_reproduces_the_full_forward_bits_on_cuda() {
     let dev = gpu();
-    for (b, l, nh, hd, n0) in [(2, 37, 2, 8, 20), (4, 70, 12, 64, 20), (1, 35, 2, 128, 9)] {
-        cached_matches_full::<f32>(&dev, b, l, nh, hd, n0);
-        cached_matches_full::<bf16>(&dev, b, l, nh, hd, n0);
+    for case in [(2, 37, 2, 8, 20), (4, 70, 12, 64, 20), (1, 35, 2, 128, 9)] {
+        cached_matches_full::<f32>(&dev, Scalar, case);
+        cached_matches_full::<bf16>(&dev, Scalar, case);
+        if case.3 != 8 {
+            cached_matches_full::<bf16>(&dev, TensorCore, case);
+        }
     }
 }

@@ -311,6 +311,64 @@ fn mma_fed_by_ldmatrix_matches_naive_product() {
     check_mma("emu_test_mma_ldmatrix");
 }
 
+/// Small integers: every partial sum is an integer below 2^11, exact in f32 in any order, so the
+/// tensor-core product must equal the scalar f32 matmul bit for bit (on a GPU too, whatever its
+/// accumulation order).
+#[test]
+fn mma_of_small_integers_is_exact() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for kernel in ["emu_test_mma", "emu_test_mma_ldmatrix"] {
+        for kind in [0, 1] {
+            let mut ints = |n: usize| -> (Vec<u16>, Vec<f32>) {
+                (0..n)
+                    .map(|_| {
+                        let x = rng.gen_range(-8i32..=8) as f32;
+                        let bits = if kind == 0 {
+                            bf16::from_f32(x).to_bits()
+                        } else {
+                            f16::from_f32(x).to_bits()
+                        };
+                        (bits, x)
+                    })
+                    .unzip()
+            };
+            let (a_bits, a) = ints(16 * 16);
+            let (b_bits, b) = ints(16 * 8);
+            let c: Vec<f32> = (0..16 * 8)
+                .map(|_| rng.gen_range(-64i32..=64) as f32)
+                .collect();
+            let mut d = vec![f32::NAN; 16 * 8];
+            run(
+                kernel,
+                [1, 1, 1],
+                [32, 1, 1],
+                0,
+                Args::default()
+                    .int(kind)
+                    .cptr(a_bits.as_ptr())
+                    .cptr(b_bits.as_ptr())
+                    .cptr(c.as_ptr())
+                    .ptr(d.as_mut_ptr()),
+            )
+            .unwrap();
+            for i in 0..16 {
+                for j in 0..8 {
+                    let mut want = c[i * 8 + j];
+                    for k in 0..16 {
+                        want += a[i * 16 + k] * b[k * 8 + j];
+                    }
+                    assert_eq!(
+                        d[i * 8 + j].to_bits(),
+                        want.to_bits(),
+                        "{kernel} kind {kind}: D[{i}][{j}] = {}, scalar matmul {want}",
+                        d[i * 8 + j]
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn ldmatrix_layouts_with_and_without_trans() {
     for num in [1, 2, 4] {

@@ -11,6 +11,11 @@
 //! bf16) of `qkv`, `out`, `dout`, `dqkv` and the KV caches, and launch `A::kernel(name)` (`_bf16`
 //! after the `_hdN` suffix). The log-sum-exp, the backward's row term D and all arithmetic stay f32;
 //! bf16 outputs are rounded once when stored.
+//!
+//! Tensor cores ([`AttnForwardKernel`]): for bf16 with head size 64 or 128, the forward and the
+//! cached forward default to `attention_{,cached_}forward_tc_hdN_bf16` (QK^T and PV on
+//! `mma.m16n8k16`, P rounded to bf16 for PV as FlashAttention does); the `_using` wrappers pick a
+//! kernel family explicitly. The backward has no tensor-core version.
 
 use anyhow::{bail, Result};
 
@@ -18,7 +23,7 @@ use super::{check_len, grid_for, to_i32, BLOCK};
 use crate::device::{DevPtr, Device, KernelArg, LaunchConfig, View, ViewMut, MAX_DYN_SMEM};
 use crate::ops::attention::AttnShape;
 use crate::ops::dropout::DropoutSite;
-use crate::precision::Act;
+use crate::precision::{Act, Precision};
 
 /// The largest head size the fused kernels take.
 pub const ATTN_MAX_HD: usize = 128;
@@ -90,9 +95,82 @@ fn tiled_config<A: Act>(
     Ok((A::kernel(&format!("{kernel}_{suffix}")), cfg))
 }
 
-/// Kernel name and launch shape of the forward for activation type `A`.
+/// Which kernels compute the forward and the cached forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnForwardKernel {
+    /// `attention_{,cached_}forward_hdN[_bf16]`: every head size and element type, f32 P.
+    Scalar,
+    /// `attention_{,cached_}forward_tc_hdN_bf16`: bf16 with head size 64 or 128 only; QK^T and PV
+    /// on tensor cores, P rounded to bf16 for PV.
+    TensorCore,
+}
+
+impl AttnForwardKernel {
+    /// What [`attention_forward`] and [`attention_cached_forward`] use for element type `A` and
+    /// head size `hd`: tensor cores where a kernel exists, the scalar kernels otherwise.
+    pub fn default_for<A: Act>(hd: usize) -> AttnForwardKernel {
+        if A::PRECISION == Precision::Bf16 && matches!(hd, 64 | 128) {
+            AttnForwardKernel::TensorCore
+        } else {
+            AttnForwardKernel::Scalar
+        }
+    }
+}
+
+/// Query rows per block of the tensor-core forward (`ATTN_TC_BR`: 4 warps of 16 rows).
+const TC_ROWS: usize = 64;
+/// Keys per staged tile of the tensor-core forward (`ATTN_TC_BC`).
+const TC_KEYS: usize = 32;
+
+/// Dynamic shared memory in bytes of the tensor-core forward for head size `hd` (64 or 128): bf16
+/// Q (64 rows), K and V (32 rows each) with rows padded to hd + 8 elements.
+pub fn attention_tc_smem_bytes(hd: usize) -> Result<u32> {
+    if !matches!(hd, 64 | 128) {
+        bail!("attention tensor-core forward: head size {hd} is not supported (64 or 128)");
+    }
+    let bytes = ((TC_ROWS + 2 * TC_KEYS) * (hd + 8) * 2) as u32;
+    debug_assert!(
+        bytes <= MAX_DYN_SMEM,
+        "attention tc smem {bytes} for hd {hd}"
+    );
+    Ok(bytes)
+}
+
+/// Kernel name and launch shape of a forward (`kernel` = "attention_forward" or
+/// "attention_cached_forward") over `rows` query rows of each (sequence, head), for element type
+/// `A` and kernel family `which`.
+fn forward_config<A: Act>(
+    kernel: &str,
+    which: AttnForwardKernel,
+    s: &AttnShape,
+    rows: usize,
+) -> Result<(String, LaunchConfig)> {
+    match which {
+        AttnForwardKernel::Scalar => tiled_config::<A>(kernel, AttnKernel::Forward, s, rows),
+        AttnForwardKernel::TensorCore => {
+            let hd = s.hd();
+            if A::PRECISION != Precision::Bf16 {
+                bail!(
+                    "{kernel}: the tensor-core kernels take bf16 activations, not {}",
+                    A::PRECISION
+                );
+            }
+            let smem = attention_tc_smem_bytes(hd).map_err(|e| anyhow::anyhow!("{kernel}: {e}"))?;
+            let blocks = rows
+                .div_ceil(TC_ROWS)
+                .checked_mul(s.nh)
+                .and_then(|x| x.checked_mul(s.b))
+                .ok_or_else(|| anyhow::anyhow!("{kernel}: grid size overflows"))?;
+            let cfg = LaunchConfig::linear(grid_for(kernel, blocks, 1)?, (WARPS * 32) as u32, smem);
+            Ok((A::kernel(&format!("{kernel}_tc_hd{hd}")), cfg))
+        }
+    }
+}
+
+/// Kernel name and launch shape of the forward for activation type `A` (the default kernel).
 pub fn attention_forward_config<A: Act>(s: &AttnShape) -> Result<(String, LaunchConfig)> {
-    tiled_config::<A>("attention_forward", AttnKernel::Forward, s, s.l)
+    let which = AttnForwardKernel::default_for::<A>(s.hd());
+    forward_config::<A>("attention_forward", which, s, s.l)
 }
 
 /// Scratch elements [`attention_backward`] needs: the row term D, (B, NH, L).
@@ -169,8 +247,26 @@ fn mask_arg(kernel: &str, key_mask: Option<View<'_, i32>>, need: usize) -> Resul
 /// log-sum-exp; +inf for a query with no visible key) from `qkv` (B, L, 3C), with the optional
 /// key-padding mask (B, L) and attention dropout (the reference's element index (b, h, t, j)).
 /// `out` and `qkv` are activations (`A`; a bf16 `out` is the f32 result rounded once), `lse` f32.
+/// Runs [`AttnForwardKernel::default_for`] (tensor cores for bf16 with hd 64 or 128).
 pub fn attention_forward<A: Act>(
     dev: &Device,
+    out: ViewMut<'_, A>,
+    lse: ViewMut<'_, f32>,
+    qkv: View<'_, A>,
+    key_mask: Option<View<'_, i32>>,
+    dropout: Option<DropoutSite>,
+    s: AttnShape,
+) -> Result<()> {
+    let which = AttnForwardKernel::default_for::<A>(s.hd());
+    attention_forward_using(dev, which, out, lse, qkv, key_mask, dropout, s)
+}
+
+/// [`attention_forward`] with the kernel family chosen by the caller (an error where `which` has no
+/// kernel for `A` and this head size).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_forward_using<A: Act>(
+    dev: &Device,
+    which: AttnForwardKernel,
     mut out: ViewMut<'_, A>,
     mut lse: ViewMut<'_, f32>,
     qkv: View<'_, A>,
@@ -185,10 +281,10 @@ pub fn attention_forward<A: Act>(
     check_len(K, "qkv", qkv.len(), n_qkv)?;
     let mask = mask_arg(K, key_mask, n_mask)?;
     let [d_on, d_seed, d_step, d_site, d_p] = dropout_args(K, dropout)?;
+    let (name, cfg) = forward_config::<A>(K, which, &s, s.l)?;
     if n_out == 0 {
         return Ok(());
     }
-    let (name, cfg) = attention_forward_config::<A>(&s)?;
     let (out, lse) = (out.slice_mut(..n_out), lse.slice_mut(..n_lse));
     let args = [
         KernelArg::from(&out),
@@ -204,8 +300,8 @@ pub fn attention_forward<A: Act>(
         d_site,
         d_p,
     ];
-    // SAFETY: args match `attention_forward_hdN[_bf16](A*, float*, const A*, const int*, int, int,
-    // int, int, unsigned long long, unsigned long long, unsigned int, float)` with A the element
+    // SAFETY: args match `attention_forward_[tc_]hdN[_bf16](A*, float*, const A*, const int*, int,
+    // int, int, int, unsigned long long, unsigned long long, unsigned int, float)` with A the element
     // type of out and qkv (float or __nv_bfloat16, the name's suffix); out holds B*L*C,
     // lse B*NH*L, qkv B*L*3C and the mask B*L elements (or is NULL), as the grid covers B*NH
     // (sequence, head) pairs of L rows; dyn_smem is the kernel's layout for this hd.
@@ -312,10 +408,30 @@ pub fn attention_backward<A: Act>(
 /// Decoding: appends the k and v of `n` new positions (`qkv` (B, n, 3C)) at `start..start+n` to
 /// `k_cache`, `v_cache` (B, NH, lmax, hd) (=), then writes `out` (B, n, C) (=): query `i` attends
 /// to cached keys `0..=start+i`, no mask, no dropout. Same row routine as
-/// [`attention_forward`], so the same bits as the full computation. `s.l` is not used.
+/// [`attention_forward`] (the same [`AttnForwardKernel::default_for`]), so the same bits as the
+/// full computation. `s.l` is not used.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_cached_forward<A: Act>(
     dev: &Device,
+    out: ViewMut<'_, A>,
+    qkv: View<'_, A>,
+    k_cache: ViewMut<'_, A>,
+    v_cache: ViewMut<'_, A>,
+    start: usize,
+    n: usize,
+    lmax: usize,
+    s: AttnShape,
+) -> Result<()> {
+    let which = AttnForwardKernel::default_for::<A>(s.hd());
+    attention_cached_forward_using(dev, which, out, qkv, k_cache, v_cache, start, n, lmax, s)
+}
+
+/// [`attention_cached_forward`] with the kernel family chosen by the caller: the same bits as
+/// [`attention_forward_using`] with the same `which`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_cached_forward_using<A: Act>(
+    dev: &Device,
+    which: AttnForwardKernel,
     mut out: ViewMut<'_, A>,
     qkv: View<'_, A>,
     mut k_cache: ViewMut<'_, A>,
@@ -342,6 +458,7 @@ pub fn attention_cached_forward<A: Act>(
     check_len(K, "v_cache", v_cache.len(), n_cache)?;
     to_i32(K, "start+n", end)?;
     to_i32(K, "lmax", lmax)?;
+    let (name, cfg_fwd) = forward_config::<A>(K, which, &shape, n)?;
     if n_out == 0 {
         return Ok(());
     }
@@ -377,7 +494,7 @@ pub fn attention_cached_forward<A: Act>(
     // hold B*NH*lmax*hd, reading qkv (B*n*3C).
     unsafe { dev.launch(&A::kernel("attention_cache_append"), &cfg, &args)? };
 
-    let (name, cfg) = tiled_config::<A>(K, AttnKernel::Forward, &shape, n)?;
+    let cfg = cfg_fwd;
     let args = [
         KernelArg::from(&out),
         qkv.into(),
@@ -389,7 +506,7 @@ pub fn attention_cached_forward<A: Act>(
         start_i.into(),
         lmax_i.into(),
     ];
-    // SAFETY: args match `attention_cached_forward_hdN[_bf16](A*, const A* x3, int x5)`; out
+    // SAFETY: args match `attention_cached_forward_[tc_]hdN[_bf16](A*, const A* x3, int x5)`; out
     // holds B*n*C, qkv B*n*3C, the caches B*NH*lmax*hd of which rows < start+n are read (written
     // by the append above, in stream order).
     unsafe { dev.launch(&name, &cfg, &args) }

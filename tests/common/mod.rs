@@ -168,6 +168,21 @@ pub const TOLERANCES: &[(&str, Precision, f32, f32)] = &[
     // queries with random signs. Worst seen: 44% of this row (0.0085 beyond the one-ulp part, in
     // the dq of a query with one visible key, where the reference's dq is exactly 0).
     ("attention.dqkv", Bf16, 0.021, 1.0 / 128.0 + 1e-4),
+    // The tensor-core forward (attention_{,cached_}forward_tc_hdN_bf16, hd 64 and 128), then the
+    // same backward: scores are mma sums of exact bf16 products in f32 (a different order than
+    // the reference's sequential dot: f32 noise), the softmax is f32 as above, but the P that
+    // multiplies V is rounded to bf16 (as FlashAttention does; the denominator l sums the f32 P).
+    // out: one ulp as for attention.out, plus the rounding of P r: each term moves by at most
+    // u P_j r_j |v_j| (u = 2^-8), so out moves by at most u max(r) max|v| sum_j P_j / l =
+    // 2^-8 * 4/3 * 2 = 0.0104 (+ f32 noise). Worst seen: 60% of this row (0.0044 beyond one ulp).
+    ("attention_tc.out", Bf16, 0.0105, 1.0 / 128.0 + 1e-5),
+    // lse is f32 from f32 scores and exps, like the scalar kernel's: the Fp32 row. Worst seen 6%.
+    ("attention_tc.lse", Bf16, 1e-5, 1e-6),
+    // dqkv: attention.dqkv's 0.021 for the rounding of out in D = dout . out, plus the same
+    // estimate for the rounding of P inside out: D_t moves by sum_j d(P_j r_j) (dout . v_j) / l,
+    // about u max(r) sqrt(hd) |dout| |v|, so dq_t by about u max(r) |dout| |v| |k| =
+    // 2^-8 * 4/3 * 1 * 2 * 2 = 0.021 more. Worst seen: 33% of this row (0.0128 beyond one ulp).
+    ("attention_tc.dqkv", Bf16, 0.042, 1.0 / 128.0 + 1e-4),
     // -- end of the attention rows
     // row gather / scatter (kernels/gather.cu): a copy, or one add per element onto a distinct
     // row, as the reference: exact in f32; in bf16 the sum is formed in f32 and rounded once on
