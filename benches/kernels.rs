@@ -403,6 +403,7 @@ fn adamw_groups(c: &mut Criterion) {
                     g.view(),
                     m.view_mut(),
                     v.view_mut(),
+                    None,
                     &hp,
                     1,
                 )

@@ -434,6 +434,32 @@ fn forward_and_gradients_agree_with_pytorch_fixtures<B: Backend>(mk: &impl Fn() 
 
 // ------------------------------------------------------------------ every backend
 
+/// The properties that hold whatever the precision (bitwise determinism, skipped gradients, the
+/// gradient norm), for activations of type `$act`; inside a module that defines `mk()`.
+macro_rules! precision_tests {
+    ($act:ty $(, #[$attr:meta])?) => {
+        $(#[$attr])?
+        #[test]
+        fn forward_and_backward_are_bitwise_deterministic() {
+            super::forward_and_backward_are_bitwise_deterministic::<_, $act>(&mk);
+        }
+
+        $(#[$attr])?
+        #[test]
+        fn skipped_gradients_stay_zero_and_the_rest_are_unchanged() {
+            super::skipped_gradients_stay_zero_and_the_rest_are_unchanged::<_, $act>(&mk);
+        }
+
+        $(#[$attr])?
+        #[test]
+        fn grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them() {
+            super::grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them::<_, $act>(
+                &mk,
+            );
+        }
+    };
+}
+
 /// Expands the test bodies above into a module per backend: `$mk` builds a fresh backend.
 macro_rules! model_tests {
     ($module:ident, $mk:expr $(, #[$attr:meta])?) => {
@@ -443,6 +469,8 @@ macro_rules! model_tests {
             fn mk() -> impl Backend {
                 $mk
             }
+
+            precision_tests!(f32 $(, #[$attr])?);
 
             $(#[$attr])?
             #[test]
@@ -465,26 +493,8 @@ macro_rules! model_tests {
 
             $(#[$attr])?
             #[test]
-            fn forward_and_backward_are_bitwise_deterministic() {
-                super::forward_and_backward_are_bitwise_deterministic::<_, f32>(&mk);
-            }
-
-            $(#[$attr])?
-            #[test]
             fn dropout_changes_training_loss_deterministically_and_not_eval() {
                 super::dropout_changes_training_loss_deterministically_and_not_eval(&mk);
-            }
-
-            $(#[$attr])?
-            #[test]
-            fn skipped_gradients_stay_zero_and_the_rest_are_unchanged() {
-                super::skipped_gradients_stay_zero_and_the_rest_are_unchanged::<_, f32>(&mk);
-            }
-
-            $(#[$attr])?
-            #[test]
-            fn grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them() {
-                super::grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them::<_, f32>(&mk);
             }
 
             $(#[$attr])?
@@ -496,10 +506,9 @@ macro_rules! model_tests {
     };
 }
 
-/// The bf16 modules: the properties that hold whatever the precision (bitwise determinism, skipped
-/// gradients, the gradient norm). Finite differences and exact padding invariance are fp32
-/// properties (bf16's rounding is coarser than the differences they measure); bf16 numerics are
-/// checked against PyTorch in tests/parity.rs and against the CPU below.
+/// The bf16 modules: `precision_tests!` with bf16 activations. Finite differences and exact padding
+/// invariance are fp32 properties (bf16's rounding is coarser than the differences they measure);
+/// bf16 numerics are checked against PyTorch in tests/parity.rs and against the CPU below.
 macro_rules! model_tests_bf16 {
     ($module:ident, $mk:expr $(, #[$attr:meta])?) => {
         mod $module {
@@ -509,25 +518,7 @@ macro_rules! model_tests_bf16 {
                 $mk
             }
 
-            $(#[$attr])?
-            #[test]
-            fn forward_and_backward_are_bitwise_deterministic_in_bf16() {
-                super::forward_and_backward_are_bitwise_deterministic::<_, bf16>(&mk);
-            }
-
-            $(#[$attr])?
-            #[test]
-            fn skipped_gradients_stay_zero_and_the_rest_are_unchanged_in_bf16() {
-                super::skipped_gradients_stay_zero_and_the_rest_are_unchanged::<_, bf16>(&mk);
-            }
-
-            $(#[$attr])?
-            #[test]
-            fn grad_norm_is_the_norm_of_all_gradients_in_bf16() {
-                super::grad_norm_is_the_norm_of_all_gradients_and_clipping_scales_them::<_, bf16>(
-                    &mk,
-                );
-            }
+            precision_tests!(bf16 $(, #[$attr])?);
         }
     };
 }

@@ -309,8 +309,26 @@ pub fn sgemm_slices(cfg: &SgemmConfig, a: &[f32], b: &[f32], c: &mut [f32]) -> R
 /// tested against (slow; small shapes only).
 pub fn sgemm_reference(cfg: &SgemmConfig, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<()> {
     cfg.check(a.len(), b.len(), c.len())?;
+    reference_loop(cfg, a, b, c, None, |x| x as f64, |x| x as f64, |v| v as f32);
+    Ok(())
+}
+
+/// The triple loop of both references: `C = alpha op(A) op(B) + beta C (+ bias[i])`, every
+/// product and sum in f64 (`widen`/`load` read A, B and C as f64), `store` rounding the result
+/// into C's element type. Callers check the extents first.
+#[allow(clippy::too_many_arguments)]
+fn reference_loop<T: Copy, C: Copy>(
+    cfg: &SgemmConfig,
+    a: &[T],
+    b: &[T],
+    c: &mut [C],
+    bias: Option<&[f32]>,
+    widen: impl Fn(T) -> f64,
+    load: impl Fn(C) -> f64,
+    store: impl Fn(f64) -> C,
+) {
     if cfg.is_noop() {
-        return Ok(());
+        return;
     }
     for batch in 0..cfg.batch {
         let (oa, ob, oc) = (
@@ -331,20 +349,23 @@ pub fn sgemm_reference(cfg: &SgemmConfig, a: &[f32], b: &[f32], c: &mut [f32]) -
                             GemmOp::N => b[ob + p + j * cfg.ldb],
                             GemmOp::T => b[ob + j + p * cfg.ldb],
                         };
-                        acc += av as f64 * bv as f64;
+                        acc += widen(av) * widen(bv);
                     }
                 }
                 let ci = oc + i + j * cfg.ldc;
                 let prev = if cfg.beta == 0.0 {
                     0.0
                 } else {
-                    cfg.beta as f64 * c[ci] as f64
+                    cfg.beta as f64 * load(c[ci])
                 };
-                c[ci] = (cfg.alpha as f64 * acc + prev) as f32;
+                let mut v = cfg.alpha as f64 * acc + prev;
+                if let Some(b) = bias {
+                    v += b[i] as f64;
+                }
+                c[ci] = store(v);
             }
         }
     }
-    Ok(())
 }
 
 /// The f32 config of `alpha * op(A) op(B)` alone (beta 0) into a compact temporary: C with
@@ -478,42 +499,9 @@ pub fn gemm_bf16_reference<C: Act>(
 ) -> Result<()> {
     cfg.check(a.len(), b.len(), c.len())?;
     check_bias(cfg, bias.map(|b| b.len()))?;
-    if cfg.is_noop() {
-        return Ok(());
-    }
-    for batch in 0..cfg.batch {
-        let (oa, ob, oc) = (
-            batch * cfg.stride_a,
-            batch * cfg.stride_b,
-            batch * cfg.stride_c,
-        );
-        for j in 0..cfg.n {
-            for i in 0..cfg.m {
-                let mut acc = 0.0f64;
-                if cfg.alpha != 0.0 {
-                    for p in 0..cfg.k {
-                        let av = match cfg.transa {
-                            GemmOp::N => a[oa + i + p * cfg.lda],
-                            GemmOp::T => a[oa + p + i * cfg.lda],
-                        };
-                        let bv = match cfg.transb {
-                            GemmOp::N => b[ob + p + j * cfg.ldb],
-                            GemmOp::T => b[ob + j + p * cfg.ldb],
-                        };
-                        acc += av.to_f64() * bv.to_f64();
-                    }
-                }
-                let ci = oc + i + j * cfg.ldc;
-                let prev = if cfg.beta == 0.0 {
-                    0.0
-                } else {
-                    cfg.beta as f64 * c[ci].to_f32() as f64
-                };
-                let bias_i = bias.map_or(0.0, |b| b[i] as f64);
-                c[ci] = C::from_f32((cfg.alpha as f64 * acc + prev + bias_i) as f32);
-            }
-        }
-    }
+    let load = |x: C| x.to_f32() as f64;
+    let store = |v: f64| C::from_f32(v as f32);
+    reference_loop(cfg, a, b, c, bias, |x: bf16| x.to_f64(), load, store);
     Ok(())
 }
 

@@ -188,29 +188,13 @@ impl AdamWPlan {
 /// One AdamW update (`hp.variant`, `step` from 1) of every trainable tensor of `plan` in the flat
 /// `params`/`grads`/`m`/`v` allocations, in ONE launch; each element exactly as
 /// [`adamw_update`] with `weight_decay = hp.weight_decay` for tensors with `decay` and 0 for the
-/// rest. Frozen tensors and gaps are not touched. ([`adamw_update_multi_with_copy`] without a
-/// copy.)
+/// rest. Frozen tensors and gaps are not touched. When `copy` is given (the bf16 copy of the
+/// parameters the GEMMs read, laid out like `params`: same offsets, at least `plan.extent()`
+/// elements), also `copy[i] = bf16(params[i])` (round to nearest even) for every element it
+/// updates, in the same launch; the copies of frozen tensors and gaps are not touched, and
+/// `params`, `m`, `v` are the same bits with or without a copy.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_update_multi(
-    dev: &Device,
-    plan: &AdamWPlan,
-    params: ViewMut<'_, f32>,
-    grads: View<'_, f32>,
-    m: ViewMut<'_, f32>,
-    v: ViewMut<'_, f32>,
-    hp: &AdamWParams,
-    step: u64,
-) -> Result<()> {
-    adamw_update_multi_with_copy(dev, plan, params, grads, m, v, None, hp, step)
-}
-
-/// [`adamw_update_multi`], and when `copy` is given (the bf16 copy of the parameters the GEMMs
-/// read, laid out like `params`: same offsets, at least `plan.extent()` elements) also
-/// `copy[i] = bf16(params[i])` (round to nearest even) for every element it updates, in the same
-/// launch. The copies of frozen tensors and gaps are not touched. `params`, `m`, `v` are the same
-/// bits with or without a copy.
-#[allow(clippy::too_many_arguments)]
-pub fn adamw_update_multi_with_copy(
     dev: &Device,
     plan: &AdamWPlan,
     params: ViewMut<'_, f32>,

@@ -7,8 +7,7 @@ use half::bf16;
 use pepler_cuda::backend::{AdamWParams, AdamWVariant};
 use pepler_cuda::device::Device;
 use pepler_cuda::kernels::adamw::{
-    adamw_update, adamw_update_multi, adamw_update_multi_with_copy, cast_f32_to_bf16, AdamWPlan,
-    AdamWTensor, ADAMW_CHUNK,
+    adamw_update, adamw_update_multi, cast_f32_to_bf16, AdamWPlan, AdamWTensor, ADAMW_CHUNK,
 };
 use pepler_cuda::ops::adamw as cpu;
 
@@ -144,7 +143,7 @@ fn adamw_multi_writes_the_bf16_copy(dev: &Device) {
                 }
             }
             let dg = up(dev, &g);
-            adamw_update_multi_with_copy(
+            adamw_update_multi(
                 dev,
                 &plan,
                 p.view_mut(),
@@ -275,6 +274,7 @@ fn adamw_multi_matches_reference(dev: &Device) {
                     dg.view(),
                     m.view_mut(),
                     v.view_mut(),
+                    None,
                     &h,
                     t,
                 )
@@ -339,6 +339,7 @@ fn adamw_plan_rejects_overlaps_and_launchers_reject_short_buffers() {
         g.view(),
         b.view_mut(),
         c.view_mut(),
+        None,
         &h,
         1,
     )

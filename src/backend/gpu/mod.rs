@@ -782,7 +782,7 @@ impl Backend for GpuBackend {
                 })?)
             }
         };
-        adamw::adamw_update_multi_with_copy(&self.dev, plan, pa, ga, ma, va, ca, &hp, step)
+        adamw::adamw_update_multi(&self.dev, plan, pa, ga, ma, va, ca, &hp, step)
     }
 
     fn cast<A: Act>(&self, dst: &mut GpuBuf<A>, src: &GpuBuf<f32>, n: usize) -> Result<()> {
