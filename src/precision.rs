@@ -152,6 +152,11 @@ impl Precision {
         }
     }
 
+    /// fp32 (for serde's `skip_serializing_if`).
+    pub fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
+
     /// The command line's spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -463,6 +463,41 @@ fn interrupted_and_resumed_run_on_emu_equals_uninterrupted_in_bf16() {
     interrupted_and_resumed_run_on_emu_equals_uninterrupted_in::<half::bf16>();
 }
 
+/// A run keeps its precision: resuming a bf16 run in fp32 is refused with the option to use, and
+/// leaves the run as it was (the same call in bf16 then finishes it).
+#[test]
+fn resume_in_another_precision_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let cfg = tiny_config();
+    let first = RunControl {
+        stop_after_epochs: Some(1),
+        ..RunControl::default()
+    };
+    assert!(!train_in::<_, half::bf16>(CpuBackend::new(), &cfg, &dir, first).finished);
+    let state = std::fs::read(dir.join(checkpoint::STATE_FILE)).unwrap();
+    let resume = RunControl {
+        resume: true,
+        ..RunControl::default()
+    };
+    let err = TrainJob {
+        cfg: cfg.clone(),
+        out_dir: dir.clone(),
+        control: resume,
+        evaluate: false,
+    }
+    .run::<_, f32>(CpuBackend::new())
+    .err()
+    .expect("resuming in fp32 must fail")
+    .to_string();
+    assert!(err.contains("--precision bf16"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.join(checkpoint::STATE_FILE)).unwrap(),
+        state
+    );
+    assert!(train_in::<_, half::bf16>(CpuBackend::new(), &cfg, &dir, resume).finished);
+}
+
 /// Mixed precision keeps the model: a run in bf16 on our kernels (emulated device) ends within 2%
 /// of the fp32 run's BLEU-1 and FMR, and its validation loss stays within 2% of the fp32 curve at
 /// every epoch both runs reached. (The default synthetic run, 6000 reviews, takes hours on the
@@ -476,10 +511,10 @@ fn bf16_run_on_emu_stays_within_2_percent_of_fp32() {
         data: DataSource::Synthetic {
             users: 40,
             items: 40,
-            reviews: 600,
+            reviews: 400,
             seed: 11,
         },
-        epochs: 4,
+        epochs: 3,
         ..tiny_config()
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -26,6 +26,7 @@ use super::vocab::VocabMap;
 use crate::model::config::ModelConfig;
 use crate::model::params::{HostTensor, ParamSet};
 use crate::model::safetensors_io::{write_f32_tensors, write_text_atomic, SafetensorsFile};
+use crate::precision::Precision;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const MODEL_SIDECAR: &str = "model.json";
@@ -65,6 +66,10 @@ pub struct Sidecar {
     /// The built-in model's compact vocabulary (`train::vocab`), if it has one.
     #[serde(default)]
     pub vocab: Option<VocabMap>,
+    /// The activation precision the run trains in (`--precision`); a resume must use the same.
+    /// Omitted from the JSON for fp32, so earlier runs' sidecars still read (and compare) the same.
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 /// AdamW moments per parameter, in canonical order (`None` for tensors without state).

@@ -191,6 +191,7 @@ pub fn train<B: Backend, A: Act>(
         finished: false,
         val_loss: None,
         vocab: session.vocab.clone(),
+        precision: A::PRECISION,
     };
     if !resume {
         // A fresh run never silently destroys another: the caller clears the directory only
@@ -207,6 +208,15 @@ pub fn train<B: Backend, A: Act>(
                  options (saved: {})",
                 state_path.display(),
                 serde_json::to_string(&st.sidecar.train_config)?
+            );
+        }
+        if st.sidecar.precision != A::PRECISION {
+            bail!(
+                "{}: the run trains in {}; resume it with --precision {} (this call asked for {})",
+                state_path.display(),
+                st.sidecar.precision,
+                st.sidecar.precision,
+                A::PRECISION
             );
         }
         if st.sidecar.tokenizer_sha256 != side.tokenizer_sha256 {
