@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::train::DeviceArg;
 use crate::experiment::attention::{AttentionJob, HeadSel, LayerSel};
 
 /// Generate the explanation for a (user, item) pair with a trained run's best model and draw the
@@ -37,20 +36,13 @@ pub struct AttentionArgs {
     /// directory).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Device for generation: auto, cpu, cuda or emu (the map itself is computed on the host).
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
-    /// Worker threads for the CPU backend (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Activation precision: fp32 or bf16 (default: bf16 on a GPU of compute capability 8.0 or
-    /// newer, fp32 elsewhere). Checkpoints are fp32 whatever the training precision.
-    #[arg(long, value_enum)]
-    pub precision: Option<crate::precision::Precision>,
+    /// Where and how the job computes.
+    #[command(flatten)]
+    pub run_on: super::backend::DeviceArgs,
 }
 
 pub fn run(args: &AttentionArgs) -> Result<i32> {
-    super::backend::configure_threads(args.threads)?;
+    super::backend::configure_threads(args.run_on.threads)?;
     let job = AttentionJob {
         run_dir: args.run.clone(),
         user: args.user.clone(),
@@ -60,7 +52,7 @@ pub fn run(args: &AttentionArgs) -> Result<i32> {
         compare_init: args.compare_init,
         out_dir: args.out.clone().unwrap_or_else(|| args.run.clone()),
     };
-    let out = super::backend::dispatch(args.device, args.precision, job)?;
+    let out = super::backend::dispatch(args.run_on.device, args.run_on.precision, job)?;
     for p in &out.panels {
         println!("{}: {}", p.model, p.explanation);
     }

@@ -12,6 +12,23 @@ use crate::backend::{Act, Backend};
 use crate::device::Device;
 use crate::precision::Precision;
 
+/// `--device`, `--threads`, `--precision`: where and how a job computes (flattened into every
+/// subcommand that runs the model).
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct DeviceArgs {
+    /// Device: auto, cpu, cuda or emu.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Activation precision: fp32, or bf16 (mixed precision: f32 master weights, moments and
+    /// reductions; checkpoints stay fp32). Default: bf16 on a GPU of compute capability 8.0 or
+    /// newer, fp32 elsewhere.
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+}
+
 /// A job that can run on any backend, with activations stored as `A` (the precision).
 pub trait OnBackend {
     type Out;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
-use super::train::DeviceArg;
 use crate::data::Split;
 use crate::pipeline::{EvaluateJob, GENERATED_FILE, METRICS_FILE};
 
@@ -43,21 +42,14 @@ pub struct EvaluateArgs {
     /// Batch size for generation (default: the run's).
     #[arg(long, default_value_t = 0)]
     pub batch_size: usize,
-    /// Device: auto, cpu, cuda or emu.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
-    /// Worker threads for the CPU backend (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Activation precision: fp32 or bf16 (default: bf16 on a GPU of compute capability 8.0 or
-    /// newer, fp32 elsewhere). Checkpoints are fp32 whatever the training precision.
-    #[arg(long, value_enum)]
-    pub precision: Option<crate::precision::Precision>,
+    /// Where and how the job computes.
+    #[command(flatten)]
+    pub run_on: super::backend::DeviceArgs,
 }
 
 /// Checks the options that have a bound before any work starts.
 fn check(args: &EvaluateArgs) -> Result<()> {
-    super::train::check_threads(args.threads)?;
+    super::train::check_threads(args.run_on.threads)?;
     let max = crate::train::config::MAX_BATCH_SIZE;
     if args.batch_size > max {
         anyhow::bail!(
@@ -80,10 +72,10 @@ fn job(args: &EvaluateArgs) -> EvaluateJob {
 /// `generate`: writes generated.jsonl (and metrics.json) and prints where.
 pub fn run_generate(args: &EvaluateArgs) -> Result<i32> {
     check(args)?;
-    super::backend::configure_threads(args.threads)?;
+    super::backend::configure_threads(args.run_on.threads)?;
     let j = job(args);
     let out = j.out_dir.join(GENERATED_FILE);
-    super::backend::dispatch(args.device, args.precision, j)?;
+    super::backend::dispatch(args.run_on.device, args.run_on.precision, j)?;
     println!("{}", out.display());
     Ok(0)
 }
@@ -91,10 +83,10 @@ pub fn run_generate(args: &EvaluateArgs) -> Result<i32> {
 /// `evaluate`: generates, then prints the metrics table and writes metrics.json.
 pub fn run_evaluate(args: &EvaluateArgs) -> Result<i32> {
     check(args)?;
-    super::backend::configure_threads(args.threads)?;
+    super::backend::configure_threads(args.run_on.threads)?;
     let j = job(args);
     let out = j.out_dir.join(METRICS_FILE);
-    let report = super::backend::dispatch(args.device, args.precision, j)?;
+    let report = super::backend::dispatch(args.run_on.device, args.run_on.precision, j)?;
     println!("{report}");
     println!("metrics: {}", out.display());
     Ok(0)

@@ -323,7 +323,7 @@ pub fn run(args: &ExperimentArgs) -> Result<i32> {
         }
         _ => {}
     }
-    super::backend::configure_threads(common.data.threads)?;
+    super::backend::configure_threads(common.data.run_on.threads)?;
     let kind = axes.kind();
     let base = common.base_config(kind);
     let splits = common.split_sources(&base)?;
@@ -354,8 +354,8 @@ pub fn run(args: &ExperimentArgs) -> Result<i32> {
         &out,
         &runs,
         GridControl {
-            device: common.data.device,
-            precision: common.data.precision,
+            device: common.data.run_on.device,
+            precision: common.data.run_on.precision,
             max_runs: common.max_runs,
             stop_after_epochs: common.stop_after,
         },

@@ -76,16 +76,9 @@ pub struct DataArgs {
     /// Built-in synthetic dataset: generator seed.
     #[arg(long, default_value_t = 42)]
     pub synthetic_seed: u64,
-    /// Device: auto, cpu, cuda or emu.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
-    /// Worker threads for the CPU backend (default: all cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Activation precision: fp32, or bf16 (mixed precision: f32 master weights, moments and
-    /// reductions). Default: bf16 on a GPU of compute capability 8.0 or newer, fp32 elsewhere.
-    #[arg(long, value_enum)]
-    pub precision: Option<crate::precision::Precision>,
+    /// Where and how the job computes.
+    #[command(flatten)]
+    pub run_on: super::backend::DeviceArgs,
 }
 
 impl DataArgs {
@@ -254,8 +247,8 @@ pub fn check_threads(threads: Option<usize>) -> Result<()> {
 }
 
 pub fn run(args: &TrainArgs) -> Result<i32> {
-    check_threads(args.data.threads)?;
-    crate::cli::backend::configure_threads(args.data.threads)?;
+    check_threads(args.data.run_on.threads)?;
+    crate::cli::backend::configure_threads(args.data.run_on.threads)?;
     let job = crate::pipeline::TrainJob {
         cfg: args.config(),
         out_dir: args.out.clone(),
@@ -266,6 +259,6 @@ pub fn run(args: &TrainArgs) -> Result<i32> {
         },
         evaluate: !args.no_eval,
     };
-    crate::cli::backend::dispatch(args.data.device, args.data.precision, job)?;
+    crate::cli::backend::dispatch(args.data.run_on.device, args.data.run_on.precision, job)?;
     Ok(0)
 }
