@@ -15,7 +15,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pepler_cuda::backend::{AdamWParams, AdamWVariant};
 use pepler_cuda::device::{Device, DeviceBuffer};
 use pepler_cuda::kernels::{
-    adamw, classifier, dropout, embedding, gelu, global_norm, layernorm, matmul, rating,
+    adamw, classifier, dropout, embedding, gather, gelu, global_norm, layernorm, matmul, rating,
+    residual,
 };
 use pepler_cuda::ops;
 use pepler_cuda::ops::dropout::DropoutSite;
@@ -808,8 +809,80 @@ fn attention(c: &mut Criterion) {
     }
 }
 
+/// The bf16 twins and the kernels mixed precision added (`_bf16` device rows; the cpu row is the
+/// f32 reference on the same shape): half the bytes of the f32 groups for the memory-bound ones.
+fn bf16_groups(c: &mut Criterion) {
+    use half::bf16;
+    let s = devices().1;
+    let n = s.rows * s.c;
+    let shape = format!("{}x{}", s.rows, s.c);
+    let x = data(n, 21);
+    let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+    // residual add: read 2, write 1 (2 bytes each)
+    let (a, b) = (x.clone(), data(n, 22));
+    let mut out = vec![0.0; n];
+    let xb2 = xb.clone();
+    run_group(
+        c,
+        "residual_forward_bf16",
+        &shape,
+        (6 * n) as u64,
+        Box::new(move || ops::residual::residual_forward(&mut out, &a, &b)),
+        |dev| {
+            let (ad, bd) = (dev.upload(&xb2).unwrap(), dev.upload(&xb2).unwrap());
+            let mut o = dev.alloc::<bf16>(n).unwrap();
+            let dev = dev.clone();
+            Box::new(move || {
+                residual::residual_forward(&dev, o.view_mut(), ad.view(), bd.view(), n).unwrap()
+            })
+        },
+    );
+    // the weight copy: read f32, write bf16
+    let xs = x.clone();
+    let mut outb = vec![bf16::ZERO; n];
+    run_group(
+        c,
+        "cast_f32_to_bf16",
+        &shape,
+        (6 * n) as u64,
+        Box::new(move || {
+            for (o, &v) in outb.iter_mut().zip(&xs) {
+                *o = bf16::from_f32(v);
+            }
+        }),
+        |dev| {
+            let xd = dev.upload(&x).unwrap();
+            let mut o = dev.alloc::<bf16>(n).unwrap();
+            let dev = dev.clone();
+            Box::new(move || adamw::cast_f32_to_bf16(&dev, o.view_mut(), xd.view(), n).unwrap())
+        },
+    );
+    // the LM head's row gather: every other row of (rows, c)
+    let nr = s.rows / 2;
+    let idx: Vec<i32> = (0..nr).map(|r| (2 * r) as i32).collect();
+    let (src, idx_h) = (data(n, 23), idx.clone());
+    let mut g_out = vec![0.0; nr * s.c];
+    let cc = s.c;
+    run_group(
+        c,
+        "row_gather_bf16",
+        &format!("{nr}of{}x{}", s.rows, s.c),
+        (4 * nr * s.c) as u64,
+        Box::new(move || ops::gather::row_gather(&mut g_out, &src, &idx_h, cc)),
+        |dev| {
+            let (sd, id) = (dev.upload(&xb).unwrap(), dev.upload(&idx).unwrap());
+            let mut o = dev.alloc::<bf16>(nr * cc).unwrap();
+            let (dev, rows) = (dev.clone(), s.rows);
+            Box::new(move || {
+                gather::row_gather(&dev, o.view_mut(), sd.view(), id.view(), nr, cc, rows).unwrap()
+            })
+        },
+    );
+}
+
 criterion_group!(
     benches,
+    bf16_groups,
     layernorm_forward,
     attention,
     embedding,
