@@ -1,20 +1,24 @@
-//! One PEPLER training step (zero_grad + forward + backward + AdamW) at GPT-2 shapes on the CPU
-//! backend, the GPU backend on a CUDA GPU (`--device cuda`) or on the emulated device (`--device
-//! emu`, correctness only: far too slow to time): GPT-2 small by default (12 layers, 768 wide, 12
-//! heads; `--model xl`: 48 layers, 1600 wide, 25 heads), vocab 50260, n_positions 1024, random
-//! init, continuous prompt, dropout 0.1 in train mode, batch 8 x 22 text tokens (24 positions with
-//! the prompt), ragged rows; every parameter trainable (stage 2) by default. The same workload as
-//! `scripts/reference/bench_step.py`, so the two medians compare directly.
+//! One PEPLER training step (zero_grad + forward + backward + AdamW, `Pepler::train_step`) at
+//! GPT-2 shapes on the CPU backend, the GPU backend on a CUDA GPU (`--device cuda`) or on the
+//! emulated device (`--device emu`, correctness only: far too slow to time): GPT-2 small by
+//! default (12 layers, 768 wide, 12 heads; `--model xl`: 48 layers, 1600 wide, 25 heads), vocab
+//! 50260, n_positions 1024, random init, continuous prompt, dropout 0.1 in train mode, batch 8 x 22
+//! text tokens (24 positions with the prompt), ragged rows; every parameter trainable (stage 2) by
+//! default. The same workload as `scripts/reference/bench_step.py`, so the two medians compare
+//! directly.
 //!
 //! Run: `cargo bench --bench train_step [-- --device cpu|cuda|emu --precision fp32|bf16 --model
-//! small|xl --iters 10 --warmup 2 --stage 1|2 --batch B --text-len 22 --peak-tflops P]` (batch
-//! default: 8 on the CPU, 128 on a GPU, as the original PEPLER; precision default: bf16 on a GPU of
-//! compute capability >= 8.0, fp32 elsewhere). Prints the per-phase medians, ms/step, tokens/s, the
-//! model FLOP utilisation (MFU: forward + backward FLOPs of the step over `--peak-tflops`, default
-//! the H100/H200 SXM dense peak of the precision: 67 TFLOP/s fp32 on CUDA cores, 989 bf16 on tensor
-//! cores), the device memory the GPU backend allocated (peak), and one JSON line
-//! `{"framework":"pepler-cuda",...,"median_step_s":..}`. `--device cuda` without a usable GPU says
-//! so and benches the CPU backend instead.
+//! small|xl --graph on|off|both --iters 10 --warmup 2 --stage 1|2 --batch B --text-len 22
+//! --peak-tflops P]` (batch default: 8 on the CPU, 128 on a GPU, as the original PEPLER; precision
+//! default: bf16 on a GPU of compute capability >= 8.0, fp32 elsewhere). `--graph` (GPU backend
+//! only; default `both`): steps replayed as one captured graph, launched kernel by kernel, or both
+//! in turn, then what the graph saves (the step is captured at its second run, so keep `--warmup`
+//! at 2 or more to time replays only). Prints per mode ms/step, tokens/s, the model FLOP
+//! utilisation (MFU: forward + backward FLOPs of the step over `--peak-tflops`, default the
+//! H100/H200 SXM dense peak of the precision: 67 TFLOP/s fp32 on CUDA cores, 989 bf16 on tensor
+//! cores) and one JSON line `{"framework":"pepler-cuda",...,"graph":..,"median_step_s":..}` (the
+//! graph-on line last), then the device memory the GPU backend allocated (peak). `--device cuda`
+//! without a usable GPU says so and benches the CPU backend instead.
 
 use std::time::Instant;
 
@@ -27,8 +31,9 @@ use pepler_cuda::device::Device;
 use pepler_cuda::model::batch::Batch;
 use pepler_cuda::model::config::ModelConfig;
 use pepler_cuda::model::params::ParamSet;
-use pepler_cuda::model::pepler::{ForwardOptions, Pepler};
+use pepler_cuda::model::pepler::Pepler;
 use pepler_cuda::model::sizes::ModelSize;
+use pepler_cuda::model::step::TrainStep;
 use pepler_cuda::precision::Precision;
 use rand::{Rng, SeedableRng};
 
@@ -45,6 +50,16 @@ struct Args {
     /// `None`: the device's default (`default_precision`).
     precision: Option<Precision>,
     model: ModelSize,
+    graph: GraphArg,
+}
+
+/// `--graph`: steps captured and replayed as graphs, kernel by kernel, or both (the default on a
+/// backend with graphs: the comparison of what the graph saves).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum GraphArg {
+    On,
+    Off,
+    Both,
 }
 
 fn parse_args() -> Result<Args> {
@@ -58,6 +73,7 @@ fn parse_args() -> Result<Args> {
         peak_tflops: 0.0,
         precision: None,
         model: ModelSize::Small,
+        graph: GraphArg::Both,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -94,6 +110,14 @@ fn parse_args() -> Result<Args> {
                     Some("xl") => ModelSize::Xl,
                     _ => bail!("--model must be small or xl"),
                 }
+            }
+            "--graph" => {
+                a.graph = match argv.get(i + 1).map(String::as_str) {
+                    Some("on") => GraphArg::On,
+                    Some("off") => GraphArg::Off,
+                    Some("both") => GraphArg::Both,
+                    _ => bail!("--graph must be on, off or both"),
+                };
             }
             "--iters" => a.iters = val(i)?.max(1),
             "--warmup" => a.warmup = val(i)?,
@@ -272,11 +296,6 @@ fn bench<B: Backend + Measured, A: Act>(
         eps: 1e-6,
         weight_decay: 0.0,
     };
-    let need = if args.stage == 2 {
-        None
-    } else {
-        Some(trainable.as_slice())
-    };
     let threads = rayon::current_num_threads();
     println!(
         "train_step on {backend}: GPT-2 {} (vocab {}, {} params), {precision}, batch {} x {} text tokens (+2 prompt), stage {}, {threads} rayon threads; init {init_s:.2}s",
@@ -287,63 +306,74 @@ fn bench<B: Backend + Measured, A: Act>(
         args.text_len,
         args.stage
     );
-    let (mut tot, mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut last_loss = 0.0;
-    for k in 1..=(args.warmup + args.iters) as u64 {
-        let s0 = Instant::now();
-        model.zero_grads()?;
-        let out = model.forward(
-            &batch,
-            ForwardOptions {
-                train: true,
-                step: k,
-                want_logits: false,
-            },
-        )?;
-        let s1 = Instant::now();
-        model.backward(need)?;
-        let s2 = Instant::now();
-        model.adamw_step(hp, k, &trainable)?;
-        model.backend().synchronize()?;
-        let s3 = Instant::now();
-        last_loss = out.loss;
-        if k as usize > args.warmup {
-            tot.push((s3 - s0).as_secs_f64());
-            fwd.push((s1 - s0).as_secs_f64());
-            bwd.push((s2 - s1).as_secs_f64());
-            opt.push((s3 - s2).as_secs_f64());
-        }
-    }
-    let m = median(&mut tot);
-    println!(
-        "median of {}: step {m:.3}s = forward {:.3}s + backward {:.3}s + adamw {:.3}s (last loss {last_loss:.4})",
-        args.iters,
-        median(&mut fwd),
-        median(&mut bwd),
-        median(&mut opt)
-    );
     let tokens = (batch.b * (batch.t + 2)) as f64;
-    let tflops = step_flops(&cfg, &batch) / m / 1e12;
-    println!(
-        "{:.2} ms/step, {:.0} tokens/s, {tflops:.2} TFLOP/s = MFU {:.1}% of {} TFLOP/s",
-        m * 1e3,
-        tokens / m,
-        100.0 * tflops / peak_tflops,
-        peak_tflops
-    );
-    let peak = model.backend().peak_bytes();
-    if let Some(bytes) = peak {
+    let peak_tf = peak_tflops;
+    let modes: &[bool] = match (args.graph, model.backend().has_graphs()) {
+        (_, false) => &[false],
+        (GraphArg::On, true) => &[true],
+        (GraphArg::Off, true) => &[false],
+        (GraphArg::Both, true) => &[false, true],
+    };
+    let mut medians = Vec::new();
+    for &graphs in modes {
+        model.set_step_graphs(graphs);
+        let mut tot = Vec::new();
+        let mut last = None;
+        for k in 1..=(args.warmup + args.iters) as u64 {
+            let s0 = Instant::now();
+            // the step ends with the read of its losses: timed to completion
+            let r = model.train_step(
+                &batch,
+                TrainStep {
+                    step: k,
+                    adam_step: k,
+                    hp,
+                    trainable: &trainable,
+                    clip_grad_norm: None,
+                    want_grad_norm: false,
+                },
+            )?;
+            if k as usize > args.warmup {
+                tot.push(s0.elapsed().as_secs_f64());
+            }
+            last = Some(r);
+        }
+        let last = last.expect("at least one step");
+        let m = median(&mut tot);
+        let tflops = step_flops(&cfg, &batch) / m / 1e12;
+        let mode = if graphs { "graph on" } else { "graph off" };
+        println!(
+            "{mode}: median of {} steps {:.2} ms/step ({:?} launch), {:.0} tokens/s, {tflops:.2} TFLOP/s = MFU {:.1}% of {} TFLOP/s (last loss {:.4})",
+            args.iters,
+            m * 1e3,
+            last.launch,
+            tokens / m,
+            100.0 * tflops / peak_tf,
+            peak_tf,
+            last.out.loss
+        );
+        let peak = model.backend().peak_bytes();
+        println!(
+            "{{\"framework\":\"pepler-cuda\",\"backend\":\"{kind}\",\"device\":\"{backend}\",\"model\":\"{}\",\"precision\":\"{precision}\",\"graph\":{graphs},\"threads\":{threads},\"batch\":{batch_size},\"stage\":{},\"median_step_s\":{m:.4},\"tokens_per_s\":{:.1},\"tflops\":{tflops:.3},\"peak_bytes\":{}}}",
+            args.model,
+            args.stage,
+            tokens / m,
+            peak.map_or("null".to_string(), |b| b.to_string())
+        );
+        medians.push(m);
+    }
+    if let [off, on] = medians[..] {
+        println!(
+            "the step graph saves {:.2} ms/step: graph off / graph on = {:.2}x",
+            (off - on) * 1e3,
+            off / on
+        );
+    }
+    if let Some(bytes) = model.backend().peak_bytes() {
         println!(
             "peak device memory allocated: {:.2} GiB",
             bytes as f64 / (1u64 << 30) as f64
         );
     }
-    println!(
-        "{{\"framework\":\"pepler-cuda\",\"backend\":\"{kind}\",\"device\":\"{backend}\",\"model\":\"{}\",\"precision\":\"{precision}\",\"threads\":{threads},\"batch\":{batch_size},\"stage\":{},\"median_step_s\":{m:.4},\"tokens_per_s\":{:.1},\"tflops\":{tflops:.3},\"peak_bytes\":{}}}",
-        args.model,
-        args.stage,
-        tokens / m,
-        peak.map_or("null".to_string(), |b| b.to_string())
-    );
     Ok(())
 }

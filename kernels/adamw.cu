@@ -14,7 +14,8 @@
 //           p = p + (neg_step * m) / (sqrt(v) + eps);  if decay: p = fma(p, -lr*wd, p)
 // All of p, m, v are updated in place (=). Elementwise: deterministic by construction.
 //
-// adamw_update: one tensor of n elements. Launch: block 256, grid CEIL_DIV(n, 256).
+// adamw_update: one tensor of n elements (step_at as below). Launch: block 256, grid
+//   CEIL_DIV(n, 256).
 // adamw_update_multi: every trainable tensor of one flat parameter/grad/m/v allocation in ONE
 //   launch. `blocks` (i32, 3 per block, built once on the host by AdamWPlan): block b updates
 //   elements [start, start + len) (len <= ADAMW_CHUNK = 4096 of src/kernels/adamw.rs, one tensor's
@@ -26,6 +27,9 @@
 //   copy[i] = bf16(p[i]) (=, round to nearest even) from the new f32 value, in the same launch;
 //   copies of frozen tensors and gaps are not touched (cast_f32_to_bf16 initialises them). p, m, v
 //   are f32 and bit-identical with or without the copy.
+//   step_at: NULL (the eight float arguments beta1 .. decay are used), or, inside a captured step
+//   graph, the device's step scalars holding those eight values in that order (src/device/step.rs):
+//   read when the kernel runs, so a replay applies that step's bias corrections and learning rate.
 //   Launch: grid nblocks, block ADAMW_BLOCK (256); threads stride over the block's chunk.
 // cast_f32_to_bf16: out[i] = bf16(inp[i]) (=, round to nearest even) for i < n: the bf16 copy of
 //   f32 masters after a load or init (frozen tensors too). Each thread converts 8 elements: one
@@ -74,13 +78,16 @@ extern "C" __global__ void adamw_update(float* __restrict__ p, const float* __re
                                         float* __restrict__ v, int n, int variant, float beta1,
                                         float one_minus_beta1, float beta2, float one_minus_beta2,
                                         float bias_correction2_sqrt, float eps, float neg_step_size, float decay,
-                                        int has_decay) {
+                                        int has_decay, const float* __restrict__ step_at) {
     const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (i >= n) {
         return;
     }
-    const AdamWArgs a{variant, beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt,
-                      eps, neg_step_size, decay};
+    const AdamWArgs a = step_at == nullptr
+                            ? AdamWArgs{variant, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                                        bias_correction2_sqrt, eps, neg_step_size, decay}
+                            : AdamWArgs{variant, step_at[0], step_at[1], step_at[2], step_at[3],
+                                        step_at[4], step_at[5], step_at[6], step_at[7]};
     adamw_element(p, g, m, v, i, a, has_decay != 0);
 }
 
@@ -90,7 +97,7 @@ extern "C" __global__ void __launch_bounds__(ADAMW_BLOCK)
                        const int* __restrict__ blocks, int nblocks, int variant,
                        float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
                        float bias_correction2_sqrt, float eps, float neg_step_size, float decay,
-                       int has_decay) {
+                       int has_decay, const float* __restrict__ step_at) {
     if (static_cast<int>(blockIdx.x) >= nblocks) {
         return;
     }
@@ -98,8 +105,11 @@ extern "C" __global__ void __launch_bounds__(ADAMW_BLOCK)
     const long long start = e[0];
     const int len = e[1];
     const bool dec = e[2] != 0 && has_decay != 0;
-    const AdamWArgs a{variant, beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt,
-                      eps, neg_step_size, decay};
+    const AdamWArgs a = step_at == nullptr
+                            ? AdamWArgs{variant, beta1, one_minus_beta1, beta2, one_minus_beta2,
+                                        bias_correction2_sqrt, eps, neg_step_size, decay}
+                            : AdamWArgs{variant, step_at[0], step_at[1], step_at[2], step_at[3],
+                                        step_at[4], step_at[5], step_at[6], step_at[7]};
     for (int k = threadIdx.x; k < len; k += blockDim.x) {
         const float pi = adamw_element(p, g, m, v, start + k, a, dec);
         if (copy != nullptr) {

@@ -18,7 +18,10 @@
 //   key j visible to t  <=>  j <= t and key_mask[b, j] != 0
 //   P_tj  = exp(s_tj - lse_t) for visible keys, 0 otherwise;  lse_t = m_t + log(sum_j exp(s_tj - m_t))
 //   r_tj  = dropout_scale(site, ((b*NH + h)*L + t)*L + j)  (1 without dropout; the element index of
-//           the probability in the reference, so every device draws the same mask)
+//           the probability in the reference, so every device draws the same mask). The dropout
+//           arguments of every entry point are (drop_on, seed, step, step_at, site, p); step_at is
+//           NULL, or inside a captured step graph the device's step scalar holding the step
+//           (src/device/step.rs), read when the kernel runs so each replay uses its step's masks.
 //   out_t = sum_j P_tj r_tj v_j
 //   A query with no visible key has all-zero probabilities: out_t = 0, and lse_t = +INFINITY, so
 //   that exp(s - lse) = 0 in the backward with no special case.
@@ -91,10 +94,12 @@ struct AttnDropout {
 };
 
 __device__ __forceinline__ AttnDropout attn_dropout(int on, unsigned long long seed, unsigned long long step,
-                                                    unsigned int site, float p) {
+                                                    const unsigned long long* step_at, unsigned int site, float p) {
     AttnDropout d;
     d.on = on;
-    d.key = on ? dropout_key(seed, step, site) : 0ull;
+    // step_at (not NULL inside a captured step graph): the step is read at run time from the
+    // device's step scalars (src/device/step.rs), so a replay uses the current step's masks
+    d.key = on ? dropout_key(seed, step_at != nullptr ? *step_at : step, site) : 0ull;
     d.p = p;
     return d;
 }
@@ -245,55 +250,55 @@ __device__ void attn_forward(float* smem, T* __restrict__ out, float* __restrict
 extern "C" __global__ void attention_forward_hd32(float* __restrict__ out, float* __restrict__ lse,
                                                   const float* __restrict__ qkv, const int* __restrict__ key_mask,
                                                   int L, int C, int NH, int drop_on, unsigned long long seed,
-                                                  unsigned long long step, unsigned int site, float p) {
+                                                  unsigned long long step, const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_forward<float, 1, 4>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_forward<float, 1, 4>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_forward_hd32_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
                                                       const __nv_bfloat16* __restrict__ qkv,
                                                       const int* __restrict__ key_mask, int L, int C, int NH,
                                                       int drop_on, unsigned long long seed, unsigned long long step,
-                                                      unsigned int site, float p) {
+                                                      const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_forward<__nv_bfloat16, 1, 4>(smem, out, lse, qkv, key_mask, L, C, NH,
-                                         attn_dropout(drop_on, seed, step, site, p));
+                                         attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_forward_hd64(float* __restrict__ out, float* __restrict__ lse,
                                                   const float* __restrict__ qkv, const int* __restrict__ key_mask,
                                                   int L, int C, int NH, int drop_on, unsigned long long seed,
-                                                  unsigned long long step, unsigned int site, float p) {
+                                                  unsigned long long step, const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_forward<float, 2, 4>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_forward<float, 2, 4>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_forward_hd64_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
                                                       const __nv_bfloat16* __restrict__ qkv,
                                                       const int* __restrict__ key_mask, int L, int C, int NH,
                                                       int drop_on, unsigned long long seed, unsigned long long step,
-                                                      unsigned int site, float p) {
+                                                      const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_forward<__nv_bfloat16, 2, 4>(smem, out, lse, qkv, key_mask, L, C, NH,
-                                         attn_dropout(drop_on, seed, step, site, p));
+                                         attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_forward_hd128(float* __restrict__ out, float* __restrict__ lse,
                                                    const float* __restrict__ qkv, const int* __restrict__ key_mask,
                                                    int L, int C, int NH, int drop_on, unsigned long long seed,
-                                                   unsigned long long step, unsigned int site, float p) {
+                                                   unsigned long long step, const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
-    attn_forward<float, 4, 2>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_forward<float, 4, 2>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_forward_hd128_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
                                                        const __nv_bfloat16* __restrict__ qkv,
                                                        const int* __restrict__ key_mask, int L, int C, int NH,
                                                        int drop_on, unsigned long long seed, unsigned long long step,
-                                                       unsigned int site, float p) {
+                                                       const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_forward<__nv_bfloat16, 4, 2>(smem, out, lse, qkv, key_mask, L, C, NH,
-                                         attn_dropout(drop_on, seed, step, site, p));
+                                         attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -521,18 +526,18 @@ extern "C" __global__ void attention_forward_tc_hd64_bf16(__nv_bfloat16* __restr
                                                           const __nv_bfloat16* __restrict__ qkv,
                                                           const int* __restrict__ key_mask, int L, int C, int NH,
                                                           int drop_on, unsigned long long seed, unsigned long long step,
-                                                          unsigned int site, float p) {
+                                                          const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(__nv_bfloat16, smem);
-    attn_tc_forward<64>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_tc_forward<64>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_forward_tc_hd128_bf16(__nv_bfloat16* __restrict__ out, float* __restrict__ lse,
                                                            const __nv_bfloat16* __restrict__ qkv,
                                                            const int* __restrict__ key_mask, int L, int C, int NH,
                                                            int drop_on, unsigned long long seed,
-                                                           unsigned long long step, unsigned int site, float p) {
+                                                           unsigned long long step, const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(__nv_bfloat16, smem);
-    attn_tc_forward<128>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, site, p));
+    attn_tc_forward<128>(smem, out, lse, qkv, key_mask, L, C, NH, attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -935,10 +940,10 @@ extern "C" __global__ void attention_backward_dq_hd32(float* __restrict__ dqkv, 
                                                       const float* __restrict__ qkv, const float* __restrict__ lse,
                                                       const float* __restrict__ D, const int* __restrict__ key_mask,
                                                       int L, int C, int NH, int drop_on, unsigned long long seed,
-                                                      unsigned long long step, unsigned int site, float p) {
+                                                      unsigned long long step, const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dq<float, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                  attn_dropout(drop_on, seed, step, site, p));
+                                  attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_backward_dq_hd32_bf16(__nv_bfloat16* __restrict__ dqkv,
@@ -947,20 +952,20 @@ extern "C" __global__ void attention_backward_dq_hd32_bf16(__nv_bfloat16* __rest
                                                            const float* __restrict__ lse, const float* __restrict__ D,
                                                            const int* __restrict__ key_mask, int L, int C, int NH,
                                                            int drop_on, unsigned long long seed, unsigned long long step,
-                                                           unsigned int site, float p) {
+                                                           const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dq<__nv_bfloat16, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                          attn_dropout(drop_on, seed, step, site, p));
+                                          attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_backward_dq_hd64(float* __restrict__ dqkv, const float* __restrict__ dout,
                                                       const float* __restrict__ qkv, const float* __restrict__ lse,
                                                       const float* __restrict__ D, const int* __restrict__ key_mask,
                                                       int L, int C, int NH, int drop_on, unsigned long long seed,
-                                                      unsigned long long step, unsigned int site, float p) {
+                                                      unsigned long long step, const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dq<float, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                  attn_dropout(drop_on, seed, step, site, p));
+                                  attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_backward_dq_hd64_bf16(__nv_bfloat16* __restrict__ dqkv,
@@ -969,20 +974,20 @@ extern "C" __global__ void attention_backward_dq_hd64_bf16(__nv_bfloat16* __rest
                                                            const float* __restrict__ lse, const float* __restrict__ D,
                                                            const int* __restrict__ key_mask, int L, int C, int NH,
                                                            int drop_on, unsigned long long seed, unsigned long long step,
-                                                           unsigned int site, float p) {
+                                                           const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dq<__nv_bfloat16, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                          attn_dropout(drop_on, seed, step, site, p));
+                                          attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_backward_dq_hd128(float* __restrict__ dqkv, const float* __restrict__ dout,
                                                        const float* __restrict__ qkv, const float* __restrict__ lse,
                                                        const float* __restrict__ D, const int* __restrict__ key_mask,
                                                        int L, int C, int NH, int drop_on, unsigned long long seed,
-                                                       unsigned long long step, unsigned int site, float p) {
+                                                       unsigned long long step, const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dq<float, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                  attn_dropout(drop_on, seed, step, site, p));
+                                  attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_backward_dq_hd128_bf16(__nv_bfloat16* __restrict__ dqkv,
@@ -991,20 +996,20 @@ extern "C" __global__ void attention_backward_dq_hd128_bf16(__nv_bfloat16* __res
                                                             const float* __restrict__ lse, const float* __restrict__ D,
                                                             const int* __restrict__ key_mask, int L, int C, int NH,
                                                             int drop_on, unsigned long long seed, unsigned long long step,
-                                                            unsigned int site, float p) {
+                                                            const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dq<__nv_bfloat16, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                          attn_dropout(drop_on, seed, step, site, p));
+                                          attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd32(float* __restrict__ dqkv, const float* __restrict__ dout,
                                                        const float* __restrict__ qkv, const float* __restrict__ lse,
                                                        const float* __restrict__ D, const int* __restrict__ key_mask,
                                                        int L, int C, int NH, int drop_on, unsigned long long seed,
-                                                       unsigned long long step, unsigned int site, float p) {
+                                                       unsigned long long step, const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dkv<float, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                   attn_dropout(drop_on, seed, step, site, p));
+                                   attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd32_bf16(__nv_bfloat16* __restrict__ dqkv,
@@ -1013,20 +1018,20 @@ extern "C" __global__ void attention_backward_dkv_hd32_bf16(__nv_bfloat16* __res
                                                             const float* __restrict__ lse, const float* __restrict__ D,
                                                             const int* __restrict__ key_mask, int L, int C, int NH,
                                                             int drop_on, unsigned long long seed, unsigned long long step,
-                                                            unsigned int site, float p) {
+                                                            const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dkv<__nv_bfloat16, 1, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                           attn_dropout(drop_on, seed, step, site, p));
+                                           attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd64(float* __restrict__ dqkv, const float* __restrict__ dout,
                                                        const float* __restrict__ qkv, const float* __restrict__ lse,
                                                        const float* __restrict__ D, const int* __restrict__ key_mask,
                                                        int L, int C, int NH, int drop_on, unsigned long long seed,
-                                                       unsigned long long step, unsigned int site, float p) {
+                                                       unsigned long long step, const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dkv<float, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                   attn_dropout(drop_on, seed, step, site, p));
+                                   attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd64_bf16(__nv_bfloat16* __restrict__ dqkv,
@@ -1035,20 +1040,20 @@ extern "C" __global__ void attention_backward_dkv_hd64_bf16(__nv_bfloat16* __res
                                                             const float* __restrict__ lse, const float* __restrict__ D,
                                                             const int* __restrict__ key_mask, int L, int C, int NH,
                                                             int drop_on, unsigned long long seed, unsigned long long step,
-                                                            unsigned int site, float p) {
+                                                            const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dkv<__nv_bfloat16, 2, 4>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                           attn_dropout(drop_on, seed, step, site, p));
+                                           attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd128(float* __restrict__ dqkv, const float* __restrict__ dout,
                                                         const float* __restrict__ qkv, const float* __restrict__ lse,
                                                         const float* __restrict__ D, const int* __restrict__ key_mask,
                                                         int L, int C, int NH, int drop_on, unsigned long long seed,
-                                                        unsigned long long step, unsigned int site, float p) {
+                                                        unsigned long long step, const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dkv<float, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                   attn_dropout(drop_on, seed, step, site, p));
+                                   attn_dropout(drop_on, seed, step, step_at, site, p));
 }
 
 extern "C" __global__ void attention_backward_dkv_hd128_bf16(__nv_bfloat16* __restrict__ dqkv,
@@ -1057,8 +1062,8 @@ extern "C" __global__ void attention_backward_dkv_hd128_bf16(__nv_bfloat16* __re
                                                              const float* __restrict__ lse, const float* __restrict__ D,
                                                              const int* __restrict__ key_mask, int L, int C, int NH,
                                                              int drop_on, unsigned long long seed, unsigned long long step,
-                                                             unsigned int site, float p) {
+                                                             const unsigned long long* step_at, unsigned int site, float p) {
     DYN_SMEM(float, smem);
     attn_backward_dkv<__nv_bfloat16, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
-                                           attn_dropout(drop_on, seed, step, site, p));
+                                           attn_dropout(drop_on, seed, step, step_at, site, p));
 }

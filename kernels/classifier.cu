@@ -12,7 +12,9 @@
 // crossentropy_forward[_bf16]:                          (losses: =; logits -> dlogits: = in place)
 //   m = max_i x[i];  s = sum_i exp(x[i] - m);  losses[r] = log(s) - (x[t] - m)
 //   with has_dscale: x[i] <- exp(x[i] - m) / s * dscale, and x[t] -= dscale (the probabilities are
-//   never stored anywhere else). Ignored row (t < 0): loss 0, dlogits 0. A target >= v (the host
+//   never stored anywhere else). dscale_at: NULL (dscale is the by-value argument), or, inside a
+//   captured step graph, the device's step scalar holding it (src/device/step.rs: 1 / the batch's
+//   target count, read when the kernel runs). Ignored row (t < 0): loss 0, dlogits 0. A target >= v (the host
 //   validates targets, so only a bug gets here): loss NaN, so the mean shows it, dlogits 0; nothing
 //   is read or written outside the row.
 //   Launch: one block of CE_BLOCK (512) threads per row, grid rows; each thread strides over the
@@ -129,14 +131,17 @@ __device__ __forceinline__ void crossentropy_forward_impl(float* __restrict__ lo
 
 extern "C" __global__ void __launch_bounds__(CE_BLOCK)
     crossentropy_forward(float* __restrict__ losses, float* __restrict__ logits, const int* __restrict__ targets,
-                         int rows, int v, float dscale, int has_dscale) {
-    crossentropy_forward_impl(losses, logits, targets, rows, v, dscale, has_dscale);
+                         int rows, int v, float dscale, int has_dscale, const float* __restrict__ dscale_at) {
+    crossentropy_forward_impl(losses, logits, targets, rows, v, dscale_at != nullptr ? *dscale_at : dscale,
+                              has_dscale);
 }
 
 extern "C" __global__ void __launch_bounds__(CE_BLOCK)
     crossentropy_forward_bf16(float* __restrict__ losses, __nv_bfloat16* __restrict__ logits,
-                              const int* __restrict__ targets, int rows, int v, float dscale, int has_dscale) {
-    crossentropy_forward_impl(losses, logits, targets, rows, v, dscale, has_dscale);
+                              const int* __restrict__ targets, int rows, int v, float dscale, int has_dscale,
+                              const float* __restrict__ dscale_at) {
+    crossentropy_forward_impl(losses, logits, targets, rows, v, dscale_at != nullptr ? *dscale_at : dscale,
+                              has_dscale);
 }
 
 extern "C" __global__ void __launch_bounds__(CE_MEAN_BLOCK)

@@ -149,7 +149,7 @@ if [ -n "$backend_note" ]; then na bench:step; else
   fi
   # bf16 mixed precision: GPT-2 small and the XL shape at batch 128 (ms/step, MFU, peak memory)
   part bench:step-bf16 45 1 benches/train_step --device cuda --precision bf16 --batch 128 --iters 5 --warmup 2
-  part bench:xl-bf16 90 1 benches/train_step --device cuda --precision bf16 --model xl --batch 128 --iters 3 --warmup 1
+  part bench:xl-bf16 90 1 benches/train_step --device cuda --precision bf16 --model xl --batch 128 --iters 3 --warmup 2
 fi
 part torch:step 60 1 python3 scripts/reference/bench_step.py --device cuda --batch 128 --iters 5 --warmup 2
 # the user's best plain-PyTorch alternative on a GPU: bf16 autocast
@@ -193,6 +193,8 @@ ours16=$(grep -ho '"median_step_s": *[0-9.]*' "$out/logs/bench_step-bf16.log" 2>
 theirs16=$(grep -ho '"median_step_s": *[0-9.]*' "$out/logs/torch_step-bf16.log" 2>/dev/null | grep -o '[0-9.]*$' | tail -n 1)
 ratio16=""
 if [ -n "$ours16" ] && [ -n "$theirs16" ]; then ratio16=$(python3 -c "print(f'{$theirs16/$ours16:.2f}')"); fi
+# what the whole-step graph saves (the bf16 step bench runs with --graph both: off, then on)
+graph_line=$(grep -h 'the step graph saves' "$out/logs/bench_step-bf16.log" 2>/dev/null | tail -n 1)
 
 # the report: markdown (logs first, table last) and JSON
 total=$(( $(date +%s) - t_start ))
@@ -215,6 +217,7 @@ total=$(( $(date +%s) - t_start ))
   echo
   [ -n "$ratio" ] && echo "Training step, batch 128: pepler-cuda ${ours} s, PyTorch eager ${theirs} s: PyTorch / pepler-cuda = ${ratio}" && echo
   [ -n "$ratio16" ] && echo "Training step, batch 128, bf16: pepler-cuda ${ours16} s, PyTorch bf16 autocast ${theirs16} s: PyTorch / pepler-cuda = ${ratio16}" && echo
+  [ -n "$graph_line" ] && echo "Training step, batch 128, bf16: ${graph_line}" && echo
   echo "| part | status | wall s | note |"
   echo "|---|---|---|---|"
   for i in "${!names[@]}"; do

@@ -982,3 +982,122 @@ fn cuda_graph_replay_matches_direct_run() {
 fn cuda_graph_capture_failures_are_errors() {
     graph_capture_failures_are_errors(&gpu());
 }
+
+// ------------------------------------------------------------------------------------------
+// Step scalars (Device::set_step_scalars): per-step values a captured graph reads at replay
+
+use pepler_cuda::backend::{AdamWParams, AdamWVariant};
+use pepler_cuda::device::StepScalars;
+use pepler_cuda::kernels::{adamw, dropout};
+use pepler_cuda::ops::dropout::DropoutSite;
+
+const S_N: usize = 300;
+
+fn s_site(step: u64) -> DropoutSite {
+    DropoutSite {
+        p: 0.3,
+        seed: 5,
+        step,
+        site: 2,
+    }
+}
+
+fn s_hp(lr: f64) -> AdamWParams {
+    AdamWParams {
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        variant: AdamWVariant::Torch,
+    }
+}
+
+/// The step scalars of (dropout step, AdamW lr and step).
+fn s_scalars(step: u64, lr: f64) -> StepScalars {
+    StepScalars {
+        dropout_step: step,
+        adamw: adamw::step_factors(&s_hp(lr), step).unwrap(),
+        dscale: 0.0,
+    }
+}
+
+/// Dropout and an AdamW update of `x`-derived data: what a step graph holds.
+struct StepBufs {
+    x: DeviceBuffer<f32>,
+    y: DeviceBuffer<f32>,
+    p: DeviceBuffer<f32>,
+    m: DeviceBuffer<f32>,
+    v: DeviceBuffer<f32>,
+}
+
+impl StepBufs {
+    fn new(dev: &Device) -> StepBufs {
+        let up = |v: Vec<f32>| dev.upload(&v).unwrap();
+        StepBufs {
+            x: up(rand_vec(S_N, 41)),
+            y: up(vec![0.0; S_N]),
+            p: up(rand_vec(S_N, 42)),
+            m: up(vec![0.0; S_N]),
+            v: up(vec![0.0; S_N]),
+        }
+    }
+
+    fn queue(&mut self, dev: &Device, step: u64, lr: f64) -> anyhow::Result<()> {
+        dropout::dropout_forward(dev, self.y.view_mut(), self.x.view(), s_site(step), S_N)?;
+        let (p, m, v) = (self.p.view_mut(), self.m.view_mut(), self.v.view_mut());
+        adamw::adamw_update(dev, p, self.y.view(), m, v, &s_hp(lr), step, S_N)
+    }
+
+    fn outputs(&self, dev: &Device) -> Vec<Vec<f32>> {
+        [&self.y, &self.p, &self.m, &self.v]
+            .iter()
+            .map(|b| dev.download(b.view()).unwrap())
+            .collect()
+    }
+}
+
+/// A graph captured at step 1 and replayed at steps 2..4 with new step scalars (and a new
+/// learning rate) draws each step's dropout mask and applies each step's AdamW factors: the bits
+/// of launching directly at that step. Capturing without the scalars set, or with other values
+/// than the launch's, is an error.
+fn step_scalars_reach_a_replayed_graph(dev: &Device) {
+    let mut captured = StepBufs::new(dev);
+    let mut direct = StepBufs::new(dev);
+    let none = dev.capture(|| captured.queue(dev, 1, 1e-2));
+    let msg = format!("{:#}", none.unwrap_err());
+    assert!(msg.contains("set_step_scalars"), "{msg}");
+    dev.set_step_scalars(&s_scalars(1, 1e-2)).unwrap();
+    let other = dev.capture(|| captured.queue(dev, 2, 1e-2));
+    let msg = format!("{:#}", other.unwrap_err());
+    assert!(msg.contains("dropout step"), "{msg}");
+    let graph = dev.capture(|| captured.queue(dev, 1, 1e-2)).unwrap();
+    for step in 1..5u64 {
+        let lr = 1e-2 / step as f64;
+        dev.set_step_scalars(&s_scalars(step, lr)).unwrap();
+        // SAFETY: the graph's buffers live in `captured`, alive and not borrowed.
+        unsafe { graph.launch() }.unwrap();
+        direct.queue(dev, step, lr).unwrap();
+        let (got, want) = (captured.outputs(dev), direct.outputs(dev));
+        for (k, name) in ["y", "p", "m", "v"].iter().enumerate() {
+            common::assert_bits_eq(&format!("{name} at step {step}"), &got[k], &want[k]);
+        }
+    }
+    // the masks really change with the step (else the test above would prove nothing)
+    let mut a = StepBufs::new(dev);
+    a.queue(dev, 1, 1e-2).unwrap();
+    let mut b = StepBufs::new(dev);
+    b.queue(dev, 2, 1e-2).unwrap();
+    assert_ne!(a.outputs(dev)[0], b.outputs(dev)[0]);
+}
+
+#[test]
+fn step_scalars_reach_a_replayed_graph_on_emu() {
+    step_scalars_reach_a_replayed_graph(&Device::emu().unwrap());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn step_scalars_reach_a_replayed_graph_on_cuda() {
+    step_scalars_reach_a_replayed_graph(&gpu());
+}

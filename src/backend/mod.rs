@@ -76,6 +76,9 @@ pub trait Backend {
     /// An owned buffer of `len` elements of `T` in the backend's memory.
     type Buf<T: Element>;
 
+    /// A captured sequence of this backend's work (`capture`); `()` where there are no graphs.
+    type Graph: Send + Sync;
+
     /// Human-readable name ("cpu", "cuda:0", ...).
     fn name(&self) -> String;
 
@@ -433,6 +436,35 @@ pub trait Backend {
         adamw_update_each(self, params, grads, m, v, copies, tensors, hp, step)
     }
 
+    // ---------------------------------------------------------------- step graphs
+    /// Whether `capture` and `replay` work here (the GPU backend: CUDA graphs, recorded on emu).
+    /// The model then captures whole training steps (`Pepler::train_step`).
+    fn has_graphs(&self) -> bool {
+        false
+    }
+    /// Makes `s` the per-step values that captured work reads when it is replayed (the device's
+    /// step scalars, `crate::device::step`). Call it before each step, outside any capture; a
+    /// no-op on backends without graphs (their ops take the values by argument).
+    fn set_step_values(&self, s: &StepValues) -> Result<()> {
+        let _ = s;
+        Ok(())
+    }
+    /// Records the backend work `f` submits, in order, without running it (see
+    /// `crate::device::Device::capture`: no allocation, host copy or host read inside).
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Self::Graph> {
+        let _ = f;
+        anyhow::bail!("{}: this backend has no graphs", self.name())
+    }
+    /// Replays a graph from `capture`. `Ok(false)`: the graph is stale (memory the backend owns
+    /// and the graph used was reallocated since) and nothing ran: run the work directly.
+    ///
+    /// # Safety
+    /// Every buffer the captured work used must still be alive, at the same address.
+    unsafe fn replay(&self, g: &Self::Graph) -> Result<bool> {
+        let _ = g;
+        anyhow::bail!("{}: this backend has no graphs", self.name())
+    }
+
     /// `dst[..n] = A(src[..n])`, rounded to nearest even (=): the weight copies of bf16 training.
     fn cast<A: Act>(&self, dst: &mut Self::Buf<A>, src: &Self::Buf<f32>, n: usize) -> Result<()>;
     /// `cast` of every whole tensor of a group. Default: one `cast` per tensor.
@@ -496,4 +528,16 @@ pub struct GroupTensor {
     pub trainable: bool,
     /// Apply the optimizer's weight decay to it.
     pub decay: bool,
+}
+
+/// The values of one training step that change from step to step and that a captured step must
+/// read at replay (`Backend::set_step_values`): each equals what the step's ops take by argument.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepValues {
+    /// `DropoutSite::step` of every dropout site of the step.
+    pub dropout_step: u64,
+    /// AdamW's hyper-parameters and step (`adamw_update_group`), when the step updates.
+    pub adamw: Option<(AdamWParams, u64)>,
+    /// `crossentropy_forward`'s dscale (1 / the batch's target count).
+    pub dscale: f32,
 }

@@ -195,6 +195,17 @@ pub struct TrainArgs {
     /// Skip generation and evaluation on the test split after training.
     #[arg(long)]
     pub no_eval: bool,
+    /// On a GPU, capture each training step as a graph (once per batch shape) and replay it:
+    /// one launch per step instead of hundreds. `off` launches kernel by kernel (same bits).
+    #[arg(long, value_enum, default_value_t = Toggle::On)]
+    pub graph: Toggle,
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    On,
+    Off,
 }
 
 impl TrainArgs {
@@ -256,6 +267,7 @@ pub fn run(args: &TrainArgs) -> Result<i32> {
             resume: args.resume,
             overwrite: args.overwrite,
             stop_after_epochs: args.stop_after,
+            no_step_graphs: args.graph == Toggle::Off,
         },
         evaluate: !args.no_eval,
     };

@@ -32,6 +32,7 @@ pub mod emu_ffi;
 pub mod gemm;
 pub mod graph;
 pub mod sigs;
+pub mod step;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -46,6 +47,7 @@ use anyhow::{bail, Result};
 pub use emu_ffi::EmuOptions;
 pub use gemm::{GemmOp, SgemmConfig};
 pub use graph::Graph;
+pub use step::{StepScalars, StepSlot};
 
 /// Element type of a device buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -562,6 +564,8 @@ pub struct Device {
     smem_optin: Arc<Mutex<HashMap<String, u32>>>,
     /// Bytes allocated through this device (all clones share it).
     mem: Arc<MemStats>,
+    /// The step scalars captured graphs read ([`step`]; all clones share them).
+    step: step::SharedStepState,
 }
 
 impl fmt::Debug for Device {
@@ -629,6 +633,7 @@ impl Device {
             note,
             smem_optin: Arc::new(Mutex::new(HashMap::new())),
             mem: Arc::new(MemStats::default()),
+            step: Default::default(),
         }
     }
 

@@ -605,6 +605,7 @@ pub fn run_grid(exp_dir: &Path, runs: &[RunSpec], control: GridControl) -> Resul
                     // before its first checkpoint) starts over
                     overwrite: !resume,
                     stop_after_epochs: control.stop_after_epochs,
+                    no_step_graphs: false,
                 },
                 evaluate: true,
             },

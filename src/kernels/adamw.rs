@@ -11,7 +11,9 @@ use anyhow::{bail, Result};
 
 use super::{check_len, grid_for, to_i32, BLOCK};
 use crate::backend::{AdamWParams, AdamWVariant};
-use crate::device::{DevPtr, Device, DeviceBuffer, KernelArg, LaunchConfig, View, ViewMut};
+use crate::device::{
+    DevPtr, Device, DeviceBuffer, KernelArg, LaunchConfig, StepSlot, View, ViewMut,
+};
 use crate::ops::adamw::{AdamWScalars, HfScalars};
 
 /// Elements per block of the multi-tensor update (a tensor longer than this gets several blocks).
@@ -19,49 +21,74 @@ pub const ADAMW_CHUNK: usize = 4096;
 /// Threads per block of the multi-tensor update (`ADAMW_BLOCK` in the .cu file).
 pub const ADAMW_BLOCK: u32 = 256;
 
-/// The kernel's scalar arguments for one step: variant, beta1, 1-beta1, beta2, 1-beta2,
-/// sqrt(1-beta2^t), eps, -step_size, decay; plus whether decay applies at all (hf with wd = 0
-/// skips it, as transformers does).
+/// The kernel's scalar arguments for one step: variant, then the eight [`step_factors`]; plus
+/// whether decay applies at all (hf with wd = 0 skips it, as transformers does).
 fn scalar_args(hp: &AdamWParams, step: u64) -> Result<([KernelArg; 9], bool)> {
+    let f = step_factors(hp, step)?;
+    let variant = match hp.variant {
+        AdamWVariant::Torch => 0i32,
+        AdamWVariant::Hf => 1,
+    };
+    let has_decay = match hp.variant {
+        // the CPU multiplies by `decay` always; by 1.0 (exact) when wd = 0
+        AdamWVariant::Torch => true,
+        AdamWVariant::Hf => {
+            HfScalars::new(hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, step)
+                .decay
+                .is_some()
+        }
+    };
+    Ok((
+        [
+            variant.into(),
+            f[0].into(),
+            f[1].into(),
+            f[2].into(),
+            f[3].into(),
+            f[4].into(),
+            f[5].into(),
+            f[6].into(),
+            f[7].into(),
+        ],
+        has_decay,
+    ))
+}
+
+/// AdamW's eight f32 factors of one step, in the kernels' order: beta1, 1-beta1, beta2, 1-beta2,
+/// sqrt(1-beta2^t) (1 for hf, which folds it into the step size), eps, -step_size, decay (torch:
+/// 1 - lr*wd; hf: -lr*wd, 0 without decay). They change with the step and the learning rate, so a
+/// captured step reads them from the device's step scalars (`crate::device::step`).
+pub fn step_factors(hp: &AdamWParams, step: u64) -> Result<[f32; 8]> {
     if step == 0 {
         bail!("adamw: step counts from 1");
     }
     Ok(match hp.variant {
         AdamWVariant::Torch => {
             let s = AdamWScalars::new(hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, step);
-            (
-                [
-                    0i32.into(),
-                    // torch's lerp form never uses beta1 itself
-                    (hp.beta1 as f32).into(),
-                    s.one_minus_beta1.into(),
-                    s.beta2.into(),
-                    s.one_minus_beta2.into(),
-                    s.bias_correction2_sqrt.into(),
-                    s.eps.into(),
-                    s.neg_step_size.into(),
-                    s.decay.into(),
-                ],
-                // the CPU multiplies by `decay` always; by 1.0 (exact) when wd = 0
-                true,
-            )
+            [
+                // torch's lerp form never uses beta1 itself
+                hp.beta1 as f32,
+                s.one_minus_beta1,
+                s.beta2,
+                s.one_minus_beta2,
+                s.bias_correction2_sqrt,
+                s.eps,
+                s.neg_step_size,
+                s.decay,
+            ]
         }
         AdamWVariant::Hf => {
             let s = HfScalars::new(hp.lr, hp.beta1, hp.beta2, hp.eps, hp.weight_decay, step);
-            (
-                [
-                    1i32.into(),
-                    s.beta1.into(),
-                    s.one_minus_beta1.into(),
-                    s.beta2.into(),
-                    s.one_minus_beta2.into(),
-                    1.0f32.into(),
-                    s.eps.into(),
-                    s.neg_step_size.into(),
-                    s.decay.unwrap_or(0.0).into(),
-                ],
-                s.decay.is_some(),
-            )
+            [
+                s.beta1,
+                s.one_minus_beta1,
+                s.beta2,
+                s.one_minus_beta2,
+                1.0,
+                s.eps,
+                s.neg_step_size,
+                s.decay.unwrap_or(0.0),
+            ]
         }
     })
 }
@@ -100,8 +127,9 @@ pub fn adamw_update(
     ];
     args.extend(scalars);
     args.push(i32::from(has_decay).into());
+    args.push(dev.step_arg(K, StepSlot::AdamW(step_factors(hp, step)?))?);
     // SAFETY: args match `adamw_update(float*, const float*, float*, float*, int, int, float x8,
-    // int)`; the four views hold n elements each, one thread per element.
+    // int, const float*)` (the last NULL or the 8 AdamW step scalars); the four views hold n elements each, one thread per element.
     unsafe { dev.launch(K, &cfg, &args) }
 }
 
@@ -239,8 +267,10 @@ pub fn adamw_update_multi(
     // Tensors without decay skip it: torch's CPU multiplies them by (1 - lr*0) = 1.0 exactly, hf
     // skips it; with hf and wd = 0 no tensor decays.
     args.push(i32::from(has_decay).into());
+    args.push(dev.step_arg(K, StepSlot::AdamW(step_factors(hp, step)?))?);
     // SAFETY: args match `adamw_update_multi(float*, const float*, float*, float*, __nv_bfloat16*,
-    // const int*, int, int, float x8, int)`; the table (built by AdamWPlan::new, on this device)
+    // const int*, int, int, float x8, int, const float*)` (the last NULL or the 8 AdamW step
+    // scalars); the table (built by AdamWPlan::new, on this device)
     // holds 3*nblocks ints whose ranges lie inside [0, extent), and the four views (five with the
     // copy; NULL otherwise) hold extent elements each.
     unsafe { dev.launch(K, &cfg, &args) }

@@ -208,27 +208,21 @@ fn full_sizes(kernel: &str, s: &AttnShape) -> Result<(usize, usize, usize, usize
     Ok((qkv, out, lse, bl))
 }
 
-/// The dropout arguments of a kernel: (on, seed, step, site, p).
-fn dropout_args(kernel: &str, d: Option<DropoutSite>) -> Result<[KernelArg; 5]> {
+/// The dropout arguments of a kernel: (on, seed, step, step_at, site, p) (see
+/// `dropout::site_args`; all zero, NULL and off without dropout).
+fn dropout_args(dev: &Device, kernel: &str, d: Option<DropoutSite>) -> Result<[KernelArg; 6]> {
     Ok(match d {
         None => [
             0i32.into(),
             0u64.into(),
             0u64.into(),
+            KernelArg::Ptr(crate::device::DevPtr::NULL),
             0u32.into(),
             0.0f32.into(),
         ],
         Some(d) => {
-            if !(0.0..1.0).contains(&d.p) {
-                bail!("{kernel}: dropout p={} must be in [0, 1)", d.p);
-            }
-            [
-                1i32.into(),
-                d.seed.into(),
-                d.step.into(),
-                d.site.into(),
-                d.p.into(),
-            ]
+            let [seed, step, step_at, site, p] = super::dropout::site_args(dev, kernel, d)?;
+            [1i32.into(), seed, step, step_at, site, p]
         }
     })
 }
@@ -280,7 +274,7 @@ pub fn attention_forward_using<A: Act>(
     check_len(K, "lse", lse.len(), n_lse)?;
     check_len(K, "qkv", qkv.len(), n_qkv)?;
     let mask = mask_arg(K, key_mask, n_mask)?;
-    let [d_on, d_seed, d_step, d_site, d_p] = dropout_args(K, dropout)?;
+    let [d_on, d_seed, d_step, d_step_at, d_site, d_p] = dropout_args(dev, K, dropout)?;
     let (name, cfg) = forward_config::<A>(K, which, &s, s.l)?;
     if n_out == 0 {
         return Ok(());
@@ -297,11 +291,13 @@ pub fn attention_forward_using<A: Act>(
         d_on,
         d_seed,
         d_step,
+        d_step_at,
         d_site,
         d_p,
     ];
     // SAFETY: args match `attention_forward_[tc_]hdN[_bf16](A*, float*, const A*, const int*, int,
-    // int, int, int, unsigned long long, unsigned long long, unsigned int, float)` with A the element
+    // int, int, int, unsigned long long, unsigned long long, const unsigned long long*, unsigned
+    // int, float)` with A the element
     // type of out and qkv (float or __nv_bfloat16, the name's suffix); out holds B*L*C,
     // lse B*NH*L, qkv B*L*3C and the mask B*L elements (or is NULL), as the grid covers B*NH
     // (sequence, head) pairs of L rows; dyn_smem is the kernel's layout for this hd.
@@ -341,7 +337,7 @@ pub fn attention_backward<A: Act>(
         attention_backward_scratch_len(s)?,
     )?;
     let mask = mask_arg(K, key_mask, n_mask)?;
-    let [d_on, d_seed, d_step, d_site, d_p] = dropout_args(K, dropout)?;
+    let [d_on, d_seed, d_step, d_step_at, d_site, d_p] = dropout_args(dev, K, dropout)?;
     if n_out == 0 {
         return Ok(());
     }
@@ -391,12 +387,13 @@ pub fn attention_backward<A: Act>(
             d_on,
             d_seed,
             d_step,
+            d_step_at,
             d_site,
             d_p,
         ];
         // SAFETY: args match `attention_backward_{dq,dkv}_hdN[_bf16](A*, const A* x2, const float*
-        // x2, const int*, int, int, int, int, unsigned long long, unsigned long long, unsigned int,
-        // float)` with A the element type of dqkv, dout and qkv; dqkv
+        // x2, const int*, int, int, int, int, unsigned long long, unsigned long long, const unsigned
+        // long long* (NULL or the step scalar), unsigned int, float)` with A the element type of dqkv, dout and qkv; dqkv
         // and qkv hold B*L*3C, dout B*L*C, lse and D B*NH*L (D written by the launch above, in
         // stream order), the mask B*L or NULL. The dq kernel writes only the q thirds of dqkv and
         // the dkv kernel only the k and v thirds.

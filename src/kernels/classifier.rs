@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 
 use super::{check_len, mul, to_i32};
-use crate::device::{Device, KernelArg, LaunchConfig, View, ViewMut};
+use crate::device::{DevPtr, Device, KernelArg, LaunchConfig, StepSlot, View, ViewMut};
 use crate::precision::Act;
 
 /// Threads per row of `crossentropy_forward` / `argmax_forward` (`CE_BLOCK` in the .cu file).
@@ -63,9 +63,13 @@ pub fn crossentropy_forward<A: Act>(
         to_i32(K, "v", v)?.into(),
         dscale.unwrap_or(0.0).into(),
         i32::from(dscale.is_some()).into(),
+        match dscale {
+            Some(d) => dev.step_arg(K, StepSlot::DScale(d))?,
+            None => KernelArg::Ptr(DevPtr::NULL),
+        },
     ];
     // SAFETY: args match `crossentropy_forward[_bf16](float*, A*, const int*, int, int, float,
-    // int)`; losses/targets hold rows, logits rows*v; block r touches row r only, and only targets
+    // int, const float*)` (the last NULL or the dscale step scalar); losses/targets hold rows, logits rows*v; block r touches row r only, and only targets
     // in 0..v index into it.
     unsafe { dev.launch(&A::kernel(K), &cfg, &args) }
 }

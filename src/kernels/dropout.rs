@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use super::{act_map_config, check_len, to_i32};
-use crate::device::{Device, KernelArg, View, ViewMut};
+use crate::device::{Device, KernelArg, StepSlot, View, ViewMut};
 use crate::ops::dropout::DropoutSite;
 use crate::precision::Act;
 
@@ -52,17 +52,26 @@ fn launch<A: Act>(
         None => KernelArg::from(&out),
     };
     let cfg = act_map_config::<A>(K, n)?;
-    let args = [
-        KernelArg::from(&out),
-        inp_arg,
-        to_i32(K, "n", n)?.into(),
-        site.seed.into(),
-        site.step.into(),
-        site.site.into(),
-        site.p.into(),
-    ];
+    let args = [KernelArg::from(&out), inp_arg, to_i32(K, "n", n)?.into()];
+    let args: Vec<KernelArg> = args.into_iter().chain(site_args(dev, K, site)?).collect();
     // SAFETY: args match `dropout_forward[_bf16](A*, const A*, int, unsigned long long, unsigned
-    // long long, unsigned int, float)`; out and inp hold n elements (inp may be out itself: the
+    // long long, const unsigned long long* (NULL or the step scalar), unsigned int, float)`; out and inp hold n elements (inp may be out itself: the
     // kernel reads each element before writing it, in the same thread).
     unsafe { dev.launch(&A::kernel(K), &cfg, &args) }
+}
+
+/// The dropout arguments every dropout-applying kernel takes: (seed, step, step_at, site, p).
+/// `step_at` is NULL outside a graph capture; inside one it is the device's dropout-step scalar
+/// (`Device::step_arg`), so a replay draws the masks of the step it runs for.
+pub(crate) fn site_args(dev: &Device, kernel: &str, d: DropoutSite) -> Result<[KernelArg; 5]> {
+    if !(0.0..1.0).contains(&d.p) {
+        anyhow::bail!("{kernel}: dropout p={} must be in [0, 1)", d.p);
+    }
+    Ok([
+        d.seed.into(),
+        d.step.into(),
+        dev.step_arg(kernel, StepSlot::DropoutStep(d.step))?,
+        d.site.into(),
+        d.p.into(),
+    ])
 }

@@ -203,8 +203,12 @@ pub(crate) struct Pass {
     pub l: usize,
     pub p: usize,
     pub t: usize,
-    /// Target tokens (rows of the LM head).
+    /// Target tokens (the text loss averages over them).
     pub n: usize,
+    /// Rows the LM head runs on: the `n` target rows, then (on backends with step graphs)
+    /// non-target rows with target -1 up to a multiple of `HEAD_ROW_BUCKET` (loss 0, gradient 0),
+    /// so that batches with nearby target counts share one captured step.
+    pub head_rows: usize,
     pub c: usize,
     pub dropout: Option<StepDropout>,
     /// The batch has padded keys (attention takes the key mask).

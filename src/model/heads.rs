@@ -97,7 +97,7 @@ pub(crate) fn lm_head_forward<B: Backend, A: Act>(
     train: bool,
     want_logits: bool,
 ) -> Result<Option<Vec<f32>>> {
-    let (rows, c, v, n) = (pass.b * pass.l, pass.c, cfg.vocab_size, pass.n);
+    let (rows, c, v, n) = (pass.b * pass.l, pass.c, cfg.vocab_size, pass.head_rows);
     let (lnw, lnb) = (w.f32(idx.lnf_w), w.f32(idx.lnf_b));
     let eps = cfg.layer_norm_epsilon;
     be.layernorm_forward(
@@ -141,7 +141,8 @@ pub(crate) fn lm_head_forward<B: Backend, A: Act>(
         v,
         WeightLayout::OutIn,
     )?;
-    let dscale = train.then_some(1.0 / n as f32);
+    // the mean over the real targets (padding rows have target -1: loss 0, dlogits 0)
+    let dscale = train.then_some(1.0 / pass.n as f32);
     be.crossentropy_forward(&mut a.losses, &mut a.logits, &a.targets, n, v, dscale)?;
     be.crossentropy_mean(&mut a.scalars, 0, &a.losses, &a.targets, n)?;
     Ok(logits)
@@ -161,7 +162,7 @@ pub(crate) fn lm_head_backward<B: Backend, A: Act>(
     a: &mut Acts<B, A>,
     pass: &Pass,
 ) -> Result<()> {
-    let (rows, c, v, n) = (pass.b * pass.l, pass.c, cfg.vocab_size, pass.n);
+    let (rows, c, v, n) = (pass.b * pass.l, pass.c, cfg.vocab_size, pass.head_rows);
     let [dwte] = pick(grads, [need(idx.wte)]);
     be.matmul_backward(
         Some(&mut a.dlnf_sel),

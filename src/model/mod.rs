@@ -11,3 +11,4 @@ pub mod params;
 pub mod pepler;
 pub mod safetensors_io;
 pub mod sizes;
+pub mod step;

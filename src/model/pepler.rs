@@ -36,6 +36,7 @@ use super::block::{block_backward, block_forward, BlockAttn, BlockDropout, Layer
 use super::config::{ModelConfig, RecKind};
 use super::heads;
 use super::params::{ParamSet, ParamSpec};
+use super::step::StepGraphs;
 use crate::backend::{Act, AdamWParams, AttnShape, Backend, GroupTensor};
 use crate::precision::Precision;
 
@@ -198,9 +199,9 @@ pub struct ForwardOutput {
 /// AdamW first and second moments of every parameter, in backend memory (one group each), and
 /// which parameters have been updated since the optimizer was (re)set: the others' moments are
 /// not part of the optimizer state (checkpoints store `None`) and start from zero when first used.
-struct Moments<B: Backend> {
-    m: Vec<B::Buf<f32>>,
-    v: Vec<B::Buf<f32>>,
+pub(crate) struct Moments<B: Backend> {
+    pub m: Vec<B::Buf<f32>>,
+    pub v: Vec<B::Buf<f32>>,
     live: Vec<bool>,
 }
 
@@ -219,10 +220,12 @@ pub struct Pepler<B: Backend, A: Act = f32> {
     /// The weights in `A` that the GEMMs read, laid out like `params` (empty for f32, where the
     /// GEMMs read the masters); rewritten by every optimizer step and every parameter upload.
     pub(crate) copies: Vec<B::Buf<A>>,
-    grads: Vec<B::Buf<f32>>,
-    moments: Option<Moments<B>>,
-    acts: Option<Acts<B, A>>,
+    pub(crate) grads: Vec<B::Buf<f32>>,
+    pub(crate) moments: Option<Moments<B>>,
+    pub(crate) acts: Option<Acts<B, A>>,
     saved: Option<Pass>,
+    /// Captured training steps (`train_step`, `super::step`).
+    pub(crate) graphs: StepGraphs<B::Graph>,
     /// Dropout seed.
     pub seed: u64,
 }
@@ -275,6 +278,7 @@ impl<B: Backend, A: Act> Pepler<B, A> {
             moments: None,
             acts: None,
             saved: None,
+            graphs: StepGraphs::default(),
             seed: 0,
         })
     }
@@ -336,6 +340,7 @@ impl<B: Backend, A: Act> Pepler<B, A> {
     /// Sets every gradient to zero (allocating them on first use).
     pub fn zero_grads(&mut self) -> Result<()> {
         if self.grads.is_empty() {
+            self.graphs.clear();
             self.grads = self.be.alloc_group(&self.lens())?;
             return Ok(());
         }
@@ -355,17 +360,7 @@ impl<B: Backend, A: Act> Pepler<B, A> {
         if self.grads.is_empty() {
             bail!("adamw_step: no gradients (call zero_grads, forward, backward first)");
         }
-        self.ensure_moments()?;
-        let Pepler { be, moments, .. } = self;
-        let mo = moments.as_mut().expect("ensured above");
-        for (i, &tr) in trainable.iter().enumerate() {
-            if tr && !mo.live[i] {
-                // fresh moments for a tensor the optimizer has not updated since it was set
-                be.zero(&mut mo.m[i])?;
-                be.zero(&mut mo.v[i])?;
-                mo.live[i] = true;
-            }
-        }
+        self.prepare_moments(trainable)?;
         let tensors: Vec<GroupTensor> = trainable
             .iter()
             .map(|&trainable| GroupTensor {
@@ -426,9 +421,27 @@ impl<B: Backend, A: Act> Pepler<B, A> {
         self.specs.iter().map(|s| s.numel()).collect()
     }
 
+    /// Allocates the moments on first use and zeroes those of every trainable tensor the
+    /// optimizer has not updated since it was (re)set.
+    pub(crate) fn prepare_moments(&mut self, trainable: &[bool]) -> Result<()> {
+        self.ensure_moments()?;
+        let Pepler { be, moments, .. } = self;
+        let mo = moments.as_mut().expect("ensured above");
+        for (i, &tr) in trainable.iter().enumerate() {
+            if tr && !mo.live[i] {
+                // fresh moments for a tensor the optimizer has not updated since it was set
+                be.zero(&mut mo.m[i])?;
+                be.zero(&mut mo.v[i])?;
+                mo.live[i] = true;
+            }
+        }
+        Ok(())
+    }
+
     /// Allocates the moment groups (zero-filled) on first use.
     fn ensure_moments(&mut self) -> Result<()> {
         if self.moments.is_none() {
+            self.graphs.clear();
             let lens = self.lens();
             self.moments = Some(Moments {
                 m: self.be.alloc_group(&lens)?,
@@ -449,6 +462,7 @@ impl<B: Backend, A: Act> Pepler<B, A> {
                 Some(a) => (a.cap_b.max(b), a.cap_l.max(l)),
                 None => (b, l),
             };
+            self.graphs.clear(); // they use the old buffers
             self.acts = None; // free before allocating the larger set
             self.acts = Some(Acts::new(&self.be, &self.cfg, cb, cl)?);
         }
@@ -457,14 +471,46 @@ impl<B: Backend, A: Act> Pepler<B, A> {
 
     /// Forward pass over `batch`. With `opts.train`, dropout is on and `backward` may follow.
     pub fn forward(&mut self, batch: &Batch, opts: ForwardOptions) -> Result<ForwardOutput> {
+        let pass = self.stage(batch, opts.train, opts.step)?;
+        let Pepler {
+            cfg,
+            be,
+            idx,
+            params,
+            copies,
+            acts,
+            ..
+        } = self;
+        let w = Weights {
+            master: params,
+            copy: copies,
+        };
+        let a = acts.as_mut().expect("staged");
+        let (train, want) = (opts.train, opts.want_logits);
+        let logits = forward_on_device(be, w, idx, cfg, a, &pass, train, want)?;
+        // Predictions come back for evaluation and parity forwards, not for training steps.
+        let rating = if cfg.rec != RecKind::None && (!opts.train || opts.want_logits) {
+            Some(heads::widen(be.download(&a.pred, pass.b)?))
+        } else {
+            None
+        };
+        let mut out = self.read_losses(&pass)?;
+        out.rating = rating;
+        out.logits = logits;
+        self.saved = opts.train.then_some(pass);
+        Ok(out)
+    }
+
+    /// The host side of a pass: validates `batch`, picks the LM head's rows, sizes the
+    /// activations and uploads the inputs. Everything after it is device work.
+    pub(crate) fn stage(&mut self, batch: &Batch, train: bool, step: u64) -> Result<Pass> {
         let cfg = self.cfg.clone();
         let cfg = &cfg;
         batch.validate(cfg)?;
         let (b, t) = (batch.b, batch.t);
         let p = batch.prompt_len(cfg);
         let l = p + t;
-        let (c, nh) = (cfg.n_embd, cfg.n_head);
-        let rows = b * l;
+        let (c, rows) = (cfg.n_embd, b * l);
         // Targets: position p+t'-1 predicts text[t'] where mask[t'] == 1 (HF shift by one).
         let mut sel = Vec::with_capacity(rows);
         let mut tgt = Vec::with_capacity(rows);
@@ -480,38 +526,29 @@ impl<B: Backend, A: Act> Pepler<B, A> {
         if n == 0 {
             bail!("forward: the batch has no target tokens (all text is padding)");
         }
+        if self.be.has_graphs() {
+            pad_head_rows(&mut sel, &mut tgt, rows);
+        }
+        let head_rows = sel.len();
         self.ensure_acts(b, l)?;
-        let dropout = (opts.train && cfg.dropout > 0.0).then_some(StepDropout {
+        let dropout = (train && cfg.dropout > 0.0).then_some(StepDropout {
             p: cfg.dropout,
             seed: self.seed,
-            step: opts.step,
+            step,
         });
-        let any_pad = batch.mask.contains(&0);
         let pass = Pass {
             b,
             l,
             p,
             t,
             n,
+            head_rows,
             c,
             dropout,
-            any_pad,
+            any_pad: batch.mask.contains(&0),
         };
-        let Pepler {
-            cfg,
-            be,
-            idx,
-            params,
-            copies,
-            acts,
-            ..
-        } = self;
-        let w = Weights {
-            master: params,
-            copy: copies,
-        };
+        let Pepler { cfg, be, acts, .. } = self;
         let a = acts.as_mut().expect("ensured above");
-
         // ---- inputs (validated on the host above: kernels never see an out-of-range id)
         let ids = |v: &[u32]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
         be.write(&mut a.text_ids, &ids(&batch.text))?;
@@ -533,54 +570,27 @@ impl<B: Backend, A: Act> Pepler<B, A> {
         if cfg.rec != RecKind::None {
             be.write(&mut a.rating_target, &batch.rating)?;
         }
+        Ok(pass)
+    }
 
-        // ---- encoder, blocks, heads
-        heads::encoder_forward(be, w, idx, cfg, a, &pass)?;
-        let ash = AttnShape { b, l, c, nh };
-        let mask = pass.any_pad.then_some(&a.key_mask);
-        for (li, lw) in idx.layers.iter().enumerate() {
-            let (prev, rest) = a.layers.split_at_mut(li);
-            let x_in = block_input(prev, &a.emb, &a.encoded_d, dropout.is_some());
-            let drop = dropout.map(|step| BlockDropout {
-                step,
-                layer: li,
-                tmp: &mut a.drop_tmp,
-            });
-            let attn = BlockAttn::Full { mask };
-            let eps = cfg.layer_norm_epsilon;
-            block_forward(be, w, lw, eps, x_in, &mut rest[0], attn, drop, ash)?;
-        }
-        // The heads read the last block's output while writing other activations: lend them
-        // the layers' buffers for the call (a move of the Vec, not of device memory).
-        let layers = std::mem::take(&mut a.layers);
-        let last = &layers[cfg.n_layer - 1].res3;
-        let (train, want) = (opts.train, opts.want_logits);
-        let logits = heads::lm_head_forward(be, w, idx, cfg, last, a, &pass, train, want);
-        a.layers = layers;
-        let logits = logits?;
-        let has_rating = cfg.rec != RecKind::None;
-        let rating = if has_rating {
-            heads::rating_head_forward(be, w, idx, cfg, a, &pass)?;
-            // Predictions come back for evaluation and parity forwards, not for training steps.
-            let want = !opts.train || opts.want_logits;
-            want.then(|| be.download(&a.pred, b).map(heads::widen))
-                .transpose()?
-        } else {
-            None
-        };
-        // The one device-to-host read of a training step: the losses.
-        let scalars = be.download(&a.scalars, if has_rating { 2 } else { 1 })?;
+    /// The losses a forward left on the device (slots 0 and 1 of the scalars): the one
+    /// device-to-host read of a training step.
+    pub(crate) fn read_losses(&self, pass: &Pass) -> Result<ForwardOutput> {
+        let a = self.acts.as_ref().expect("a forward ran");
+        let has_rating = self.cfg.rec != RecKind::None;
+        let scalars = self
+            .be
+            .download(&a.scalars, if has_rating { 2 } else { 1 })?;
         let text_loss = scalars[0];
         let rating_loss = has_rating.then(|| scalars[1]);
-        let loss = text_loss + rating_loss.map_or(0.0, |r| cfg.rec_lambda * r);
-        self.saved = opts.train.then_some(pass);
+        let loss = text_loss + rating_loss.map_or(0.0, |r| self.cfg.rec_lambda * r);
         Ok(ForwardOutput {
             text_loss,
             rating_loss,
             loss,
-            rating,
-            logits,
-            n_targets: n,
+            rating: None,
+            logits: None,
+            n_targets: pass.n,
         })
     }
 
@@ -620,51 +630,131 @@ impl<B: Backend, A: Act> Pepler<B, A> {
             copy: copies,
         };
         let a = acts.as_mut().expect("forward allocated the activations");
-        let need = |i: usize| need.is_none_or(|nd| nd[i]).then_some(i);
-        let ash = AttnShape {
-            b: pass.b,
-            l: pass.l,
-            c: pass.c,
-            nh: cfg.n_head,
-        };
-
-        // ---- LM head (dlogits sit in a.logits): a.dres = d(last block's output)
-        let layers = std::mem::take(&mut a.layers);
-        let last = &layers[cfg.n_layer - 1].res3;
-        let head = heads::lm_head_backward(be, w, grads, &need, idx, cfg, last, a, &pass);
-        a.layers = layers;
-        head?;
-
-        // ---- blocks, last to first; a.dres holds d(residual stream)
-        for (li, lw) in idx.layers.iter().enumerate().rev() {
-            let (prev, rest) = a.layers.split_at(li);
-            let x_in = block_input(prev, &a.emb, &a.encoded_d, pass.dropout.is_some());
-            let mask = pass.any_pad.then_some(&a.key_mask);
-            block_backward(
-                be,
-                w,
-                grads,
-                &need,
-                lw,
-                li,
-                x_in,
-                &rest[0],
-                mask,
-                pass.dropout,
-                &mut a.dres,
-                &mut a.dblock,
-                &mut a.drop_tmp,
-                ash,
-            )?;
-        }
-
-        // ---- encoder and rating head
-        heads::encoder_backward(be, grads, &need, idx, cfg, a, &pass)?;
-        if cfg.rec != RecKind::None {
-            heads::rating_head_backward(be, w, grads, &need, idx, cfg, a, &pass)?;
-        }
-        Ok(())
+        backward_on_device(be, w, grads, need, idx, cfg, a, &pass)
     }
+}
+
+/// Appends rows `0..rows` that are not already in `sel`, with target -1, until `sel` holds a
+/// multiple of [`HEAD_ROW_BUCKET`] rows (or all `rows`): the LM head's padding on backends with
+/// step graphs (see `Pass::head_rows`). The extra rows are real, distinct rows of the final
+/// layernorm's output, so the gather, the GEMMs and the scatter need no special case.
+fn pad_head_rows(sel: &mut Vec<i32>, tgt: &mut Vec<i32>, rows: usize) {
+    let want = sel.len().div_ceil(HEAD_ROW_BUCKET) * HEAD_ROW_BUCKET;
+    let want = want.min(rows);
+    let mut taken = vec![false; rows];
+    for &r in sel.iter() {
+        taken[r as usize] = true;
+    }
+    let free = (0..rows).filter(|&r| !taken[r]);
+    for r in free.take(want - sel.len()) {
+        sel.push(r as i32);
+        tgt.push(-1);
+    }
+}
+
+/// Rows of the LM head on backends with step graphs are padded to a multiple of this (a GEMM
+/// tile), so a step graph serves every batch whose target count falls in the same bucket.
+pub const HEAD_ROW_BUCKET: usize = 128;
+
+/// The device work of a forward pass (encoder, blocks, heads): losses into `a.scalars`, the
+/// rating prediction into `a.pred`. No host read, except the full logits when `want_logits`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_on_device<B: Backend, A: Act>(
+    be: &B,
+    w: Weights<'_, B, A>,
+    idx: &Idx,
+    cfg: &ModelConfig,
+    a: &mut Acts<B, A>,
+    pass: &Pass,
+    train: bool,
+    want_logits: bool,
+) -> Result<Option<Vec<f32>>> {
+    let (b, l, c, nh) = (pass.b, pass.l, pass.c, cfg.n_head);
+    let dropout = pass.dropout;
+    heads::encoder_forward(be, w, idx, cfg, a, pass)?;
+    let ash = AttnShape { b, l, c, nh };
+    let mask = pass.any_pad.then_some(&a.key_mask);
+    for (li, lw) in idx.layers.iter().enumerate() {
+        let (prev, rest) = a.layers.split_at_mut(li);
+        let x_in = block_input(prev, &a.emb, &a.encoded_d, dropout.is_some());
+        let drop = dropout.map(|step| BlockDropout {
+            step,
+            layer: li,
+            tmp: &mut a.drop_tmp,
+        });
+        let attn = BlockAttn::Full { mask };
+        let eps = cfg.layer_norm_epsilon;
+        block_forward(be, w, lw, eps, x_in, &mut rest[0], attn, drop, ash)?;
+    }
+    // The heads read the last block's output while writing other activations: lend them
+    // the layers' buffers for the call (a move of the Vec, not of device memory).
+    let layers = std::mem::take(&mut a.layers);
+    let last = &layers[cfg.n_layer - 1].res3;
+    let logits = heads::lm_head_forward(be, w, idx, cfg, last, a, pass, train, want_logits);
+    a.layers = layers;
+    let logits = logits?;
+    if cfg.rec != RecKind::None {
+        heads::rating_head_forward(be, w, idx, cfg, a, pass)?;
+    }
+    Ok(logits)
+}
+
+/// The device work of a backward pass (see `Pepler::backward`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_on_device<B: Backend, A: Act>(
+    be: &B,
+    w: Weights<'_, B, A>,
+    grads: &mut [B::Buf<f32>],
+    need: Option<&[bool]>,
+    idx: &Idx,
+    cfg: &ModelConfig,
+    a: &mut Acts<B, A>,
+    pass: &Pass,
+) -> Result<()> {
+    let need = |i: usize| need.is_none_or(|nd| nd[i]).then_some(i);
+    let ash = AttnShape {
+        b: pass.b,
+        l: pass.l,
+        c: pass.c,
+        nh: cfg.n_head,
+    };
+
+    // ---- LM head (dlogits sit in a.logits): a.dres = d(last block's output)
+    let layers = std::mem::take(&mut a.layers);
+    let last = &layers[cfg.n_layer - 1].res3;
+    let head = heads::lm_head_backward(be, w, grads, &need, idx, cfg, last, a, pass);
+    a.layers = layers;
+    head?;
+
+    // ---- blocks, last to first; a.dres holds d(residual stream)
+    for (li, lw) in idx.layers.iter().enumerate().rev() {
+        let (prev, rest) = a.layers.split_at(li);
+        let x_in = block_input(prev, &a.emb, &a.encoded_d, pass.dropout.is_some());
+        let mask = pass.any_pad.then_some(&a.key_mask);
+        block_backward(
+            be,
+            w,
+            grads,
+            &need,
+            lw,
+            li,
+            x_in,
+            &rest[0],
+            mask,
+            pass.dropout,
+            &mut a.dres,
+            &mut a.dblock,
+            &mut a.drop_tmp,
+            ash,
+        )?;
+    }
+
+    // ---- encoder and rating head
+    heads::encoder_backward(be, grads, &need, idx, cfg, a, pass)?;
+    if cfg.rec != RecKind::None {
+        heads::rating_head_backward(be, w, grads, &need, idx, cfg, a, pass)?;
+    }
+    Ok(())
 }
 
 /// Optimizer state in and out (checkpoints, `--resume`, a fresh optimizer per training stage).

@@ -23,6 +23,7 @@ use crate::backend::{Act, AdamWParams, Backend};
 use crate::data::{EncodedSplit, Padding};
 use crate::model::config::ModelConfig;
 use crate::model::pepler::{ForwardOptions, Pepler};
+use crate::model::step::{StepLaunch, TrainStep};
 
 /// PEPLER's AdamW settings besides lr and weight decay (the original's).
 pub const ADAM_BETAS: (f64, f64) = (0.9, 0.999);
@@ -111,6 +112,41 @@ pub struct RunControl {
     pub overwrite: bool,
     /// Stop this call after so many epochs, leaving a resumable state (time-boxed jobs).
     pub stop_after_epochs: Option<u32>,
+    /// Turn off the step graphs (`Pepler::train_step`) and launch every step kernel by kernel:
+    /// same bits, for measuring what the graphs save (`--graph off`).
+    pub no_step_graphs: bool,
+}
+
+/// How an epoch's steps were launched (`StepLaunch`), for the epoch's log line.
+#[derive(Default)]
+struct LaunchCounts {
+    plain: usize,
+    captured: usize,
+    replayed: usize,
+}
+
+impl LaunchCounts {
+    fn add(&mut self, l: StepLaunch) {
+        match l {
+            StepLaunch::Plain => self.plain += 1,
+            StepLaunch::Captured => self.captured += 1,
+            StepLaunch::Replayed => self.replayed += 1,
+        }
+    }
+
+    /// ` | step graphs: ...` on a backend with graphs (nothing on the CPU).
+    fn describe(&self, has_graphs: bool) -> String {
+        if !has_graphs {
+            return String::new();
+        }
+        if self.captured + self.replayed == 0 {
+            return " | steps kernel by kernel".to_string();
+        }
+        format!(
+            " | step graphs: {} replayed, {} captured, {} kernel by kernel",
+            self.replayed, self.captured, self.plain
+        )
+    }
 }
 
 /// Trainable flags in canonical parameter order for a stage.
@@ -170,6 +206,7 @@ pub fn train<B: Backend, A: Act>(
     let model_cfg = model.config().clone();
     let plan = stages(cfg.strategy, cfg.stage1_wte, &model_cfg)?;
     model.seed = cfg.seed;
+    model.set_step_graphs(!control.no_step_graphs);
 
     let run_id = checkpoint::run_id(
         cfg,
@@ -320,8 +357,8 @@ pub fn train<B: Backend, A: Act>(
             let mut sum = LossSum::default();
             let mut tokens = 0usize;
             let order_key = side.stage as u64 * 1_000_003 + epoch as u64;
-            // The gradient norm of the epoch's last step, for the record (one extra read a epoch).
             let mut grad_norm = None;
+            let mut launches = LaunchCounts::default();
             let mut batches_done = 0u64;
             for batch in
                 session
@@ -331,15 +368,25 @@ pub fn train<B: Backend, A: Act>(
                 let mb = batch.to_model_batch();
                 side.global_step += 1;
                 side.adam_step += 1;
-                model.zero_grads()?;
-                let out = model.forward(
+                batches_done += 1;
+                // The gradient norm of the epoch's last step, for the record.
+                let last = batches_done == n_batches;
+                let report = model.train_step(
                     &mb,
-                    ForwardOptions {
-                        train: true,
+                    TrainStep {
                         step: side.global_step,
-                        want_logits: false,
+                        adam_step: side.adam_step,
+                        hp,
+                        trainable: &flags,
+                        clip_grad_norm: cfg.clip_grad_norm,
+                        want_grad_norm: last,
                     },
                 )?;
+                launches.add(report.launch);
+                let out = report.out;
+                if last {
+                    grad_norm = report.grad_norm.map(f64::from);
+                }
                 if !out.loss.is_finite() {
                     bail!(
                         "the training loss became {} at step {} (stage `{}`, epoch {epoch}): the \
@@ -349,15 +396,6 @@ pub fn train<B: Backend, A: Act>(
                         stage.name
                     );
                 }
-                model.backward(Some(&flags))?;
-                batches_done += 1;
-                if batches_done == n_batches {
-                    grad_norm = Some(model.grad_norm()? as f64);
-                }
-                if let Some(max_norm) = cfg.clip_grad_norm {
-                    model.clip_grad_norm(max_norm)?;
-                }
-                model.adamw_step(hp, side.adam_step, &flags)?;
                 sum.add(batch.len(), out.text_loss, out.rating_loss);
                 tokens += mb.mask.iter().filter(|&&m| m == 1).count();
                 let secs = t0.elapsed().as_secs_f64().max(1e-9);
@@ -405,7 +443,7 @@ pub fn train<B: Backend, A: Act>(
                 run_id: run_id.clone(),
             };
             println!(
-                "{:<6} epoch {:>3} | train loss {:.4} (ppl {:.2}) | valid loss {:.4} (ppl {:.2}){} | {:.0} tok/s | {:.1}s{}",
+                "{:<6} epoch {:>3} | train loss {:.4} (ppl {:.2}) | valid loss {:.4} (ppl {:.2}){} | {:.0} tok/s | {:.1}s{}{}",
                 stage.name,
                 epoch,
                 rec.train_loss,
@@ -415,6 +453,7 @@ pub fn train<B: Backend, A: Act>(
                 val.rating.map_or(String::new(), |r| format!(" rating mse {r:.4}")),
                 rec.tokens_per_s,
                 seconds,
+                launches.describe(model.backend().has_graphs()),
                 match verdict {
                     Verdict::Improved => " | saved best".to_string(),
                     Verdict::Endured(n) => format!(" | endured {n}"),

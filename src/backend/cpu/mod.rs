@@ -105,6 +105,7 @@ fn check_heads(op: &str, s: &AttnShape) -> Result<()> {
 
 impl Backend for CpuBackend {
     type Buf<T: Element> = CpuBuf<T>;
+    type Graph = ();
 
     fn name(&self) -> String {
         "cpu".to_string()

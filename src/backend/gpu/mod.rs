@@ -21,7 +21,7 @@
 
 pub mod buf;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{bail, Result};
@@ -30,9 +30,9 @@ pub use buf::GpuBuf;
 
 use super::{
     Act, AdamWParams, AttnShape, Backend, DropoutSite, Element, EmbedShape, GroupTensor,
-    WeightLayout,
+    StepValues, WeightLayout,
 };
-use crate::device::{Device, DeviceBuffer, ViewMut};
+use crate::device::{Device, DeviceBuffer, StepScalars, ViewMut};
 use crate::kernels::{
     adamw, attention, classifier, dropout, embedding, gather, gelu, global_norm, layernorm, matmul,
     rating, residual,
@@ -57,6 +57,15 @@ pub struct GpuBackend {
     ws: Mutex<Workspace>,
     adamw: Mutex<Option<AdamWCache>>,
     allocations: AtomicUsize,
+    /// Bumped whenever backend-owned memory a graph may hold (workspace, AdamW table) is
+    /// reallocated: graphs captured before are stale.
+    generation: AtomicU64,
+}
+
+/// A captured step on this backend, valid while the backend's own buffers are the ones it used.
+pub struct GpuGraph {
+    graph: crate::device::Graph,
+    generation: u64,
 }
 
 impl GpuBackend {
@@ -66,6 +75,7 @@ impl GpuBackend {
             ws: Mutex::new(Workspace::default()),
             adamw: Mutex::new(None),
             allocations: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -83,6 +93,12 @@ impl GpuBackend {
         self.allocations.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a reallocation of backend-owned memory (see `generation`).
+    fn count_realloc(&self) {
+        self.count_alloc();
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Runs `f` with at least `nf` f32 and `ni` i32 elements of workspace (exactly that many are
     /// passed: launchers slice to what they use).
     fn with_scratch<R>(
@@ -98,12 +114,12 @@ impl GpuBackend {
         if ws.f32s.as_ref().is_none_or(|b| b.len() < nf) {
             ws.f32s = None; // free before allocating the larger one
             ws.f32s = Some(self.dev.alloc(nf.max(1))?);
-            self.count_alloc();
+            self.count_realloc();
         }
         if ws.i32s.as_ref().is_none_or(|b| b.len() < ni) {
             ws.i32s = None;
             ws.i32s = Some(self.dev.alloc(ni.max(1))?);
-            self.count_alloc();
+            self.count_realloc();
         }
         let Workspace { f32s, i32s } = &mut *ws;
         let fs = f32s.as_mut().expect("allocated above").slice_mut(..nf);
@@ -137,6 +153,42 @@ fn slot_mut<'a>(op: &str, b: &'a mut GpuBuf<f32>, slot: usize) -> Result<ViewMut
 
 impl Backend for GpuBackend {
     type Buf<T: Element> = GpuBuf<T>;
+    type Graph = GpuGraph;
+
+    fn has_graphs(&self) -> bool {
+        true
+    }
+
+    fn set_step_values(&self, s: &StepValues) -> Result<()> {
+        let adamw = match &s.adamw {
+            Some((hp, step)) => adamw::step_factors(hp, *step)?,
+            None => [0.0; 8],
+        };
+        self.dev.set_step_scalars(&StepScalars {
+            dropout_step: s.dropout_step,
+            adamw,
+            dscale: s.dscale,
+        })
+    }
+
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<GpuGraph> {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let graph = self.dev.capture(f)?;
+        if self.generation.load(Ordering::Relaxed) != generation {
+            bail!("the step reallocated backend memory while it was captured");
+        }
+        Ok(GpuGraph { graph, generation })
+    }
+
+    unsafe fn replay(&self, g: &GpuGraph) -> Result<bool> {
+        if g.generation != self.generation.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        // SAFETY: the caller keeps its buffers alive; the backend's own (workspace, AdamW table)
+        // are the ones captured, as the generation shows.
+        unsafe { g.graph.launch()? };
+        Ok(true)
+    }
 
     fn name(&self) -> String {
         format!("{} ({})", self.dev.kind(), self.dev.name())
@@ -769,7 +821,7 @@ impl Backend for GpuBackend {
                 .collect();
             *cache = None;
             let plan = adamw::AdamWPlan::new(&self.dev, &table)?;
-            self.count_alloc();
+            self.count_realloc();
             *cache = Some(AdamWCache { key, plan });
         }
         let plan = &cache.as_ref().expect("built above").plan;
