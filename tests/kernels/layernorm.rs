@@ -74,7 +74,11 @@ impl LnCase {
         off: usize,
     ) -> [Vec<f32>; 6] {
         let (rows, c) = (self.rows, self.c);
-        let (x, w, b) = (up_at::<A>(dev, &self.x, off), up(dev, &self.w), up(dev, &self.b));
+        let (x, w, b) = (
+            up_at::<A>(dev, &self.x, off),
+            up(dev, &self.w),
+            up(dev, &self.b),
+        );
         let mut out = up_at::<A>(dev, &vec![f32::NAN; rows * c], off);
         let mut mean = dev.upload(&vec![f32::NAN; rows]).unwrap();
         let mut rstd = dev.upload(&vec![f32::NAN; rows]).unwrap();
@@ -341,7 +345,12 @@ fn residual_layernorm_reference<A: Act>(case: &LnCase, b: &[f32]) -> [Vec<f32>; 
 
 /// The fused kernel on `dev` with its activations (a, b, resid, out) `off` elements into their
 /// buffers (see [`up_at`]): (resid, out, mean, rstd).
-fn residual_layernorm_run<A: Act>(dev: &Device, case: &LnCase, b: &[f32], off: usize) -> [Vec<f32>; 4] {
+fn residual_layernorm_run<A: Act>(
+    dev: &Device,
+    case: &LnCase,
+    b: &[f32],
+    off: usize,
+) -> [Vec<f32>; 4] {
     let (rows, c) = (case.rows, case.c);
     let n = rows * c;
     let (da, db) = (up_at::<A>(dev, &case.x, off), up_at::<A>(dev, b, off));
