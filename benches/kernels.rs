@@ -878,6 +878,192 @@ fn bf16_groups(c: &mut Criterion) {
             })
         },
     );
+    bf16_layernorm_groups(c);
+    bf16_gelu_and_classifier_groups(c);
+}
+
+/// bf16 rows `v` on `dev`.
+fn bf16_buf(dev: &Device, v: &[f32]) -> DeviceBuffer<half::bf16> {
+    let b: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+    dev.upload(&b).unwrap()
+}
+
+/// LayerNorm forward and backward with bf16 activations at GPT-2's width (the 16-byte chunked
+/// rows of kernels/layernorm.cu).
+fn bf16_layernorm_groups(c: &mut Criterion) {
+    use half::bf16;
+    let s = devices().1;
+    let (rows, cc) = (s.rows, s.c);
+    let n = rows * cc;
+    let shape = format!("{rows}x{cc}");
+    let (x, w, b, dout) = (data(n, 24), data(cc, 25), data(cc, 26), data(n, 27));
+    let (x2, w2, b2) = (x.clone(), w.clone(), b.clone());
+    let (mut o, mut m, mut rs) = (vec![0.0; n], vec![0.0; rows], vec![0.0; rows]);
+    // read inp, write out (2 bytes each); weight, bias, mean, rstd in f32
+    run_group(
+        c,
+        "layernorm_forward_bf16",
+        &shape,
+        (4 * n + 8 * cc + 8 * rows) as u64,
+        Box::new(move || {
+            ops::layernorm::layernorm_forward(&mut o, &mut m, &mut rs, &x2, &w2, &b2, rows, cc, EPS)
+        }),
+        |dev| {
+            let (xd, wd, bd) = (
+                bf16_buf(dev, &x),
+                f32_buf(dev, cc, 25),
+                f32_buf(dev, cc, 26),
+            );
+            let mut o = dev.alloc::<bf16>(n).unwrap();
+            let (mut m, mut rs) = (
+                dev.alloc::<f32>(rows).unwrap(),
+                dev.alloc::<f32>(rows).unwrap(),
+            );
+            let dev = dev.clone();
+            Box::new(move || {
+                layernorm::layernorm_forward(
+                    &dev,
+                    o.view_mut(),
+                    Some(m.view_mut()),
+                    Some(rs.view_mut()),
+                    xd.view(),
+                    wd.view(),
+                    bd.view(),
+                    rows,
+                    cc,
+                    EPS,
+                )
+                .unwrap()
+            })
+        },
+    );
+    // the CPU's statistics feed both sides' backward
+    let (mut mean, mut rstd) = (vec![0.0; rows], vec![0.0; rows]);
+    ops::layernorm::layernorm_forward(
+        &mut vec![0.0; n],
+        &mut mean,
+        &mut rstd,
+        &x,
+        &w,
+        &b,
+        rows,
+        cc,
+        EPS,
+    );
+    let (_, _, blocks) = layernorm::layernorm_backward_config(rows, cc).unwrap();
+    let (x2, w2, d2, m2, r2) = (
+        x.clone(),
+        w.clone(),
+        dout.clone(),
+        mean.clone(),
+        rstd.clone(),
+    );
+    let (mut di, mut dw, mut db) = (vec![0.0; n], vec![0.0; cc], vec![0.0; cc]);
+    // read dout, inp, dinp and write dinp (2 bytes each); weight, mean, rstd; the partials
+    // written and read back (blocks x 2c f32); dweight, dbias read and written
+    run_group(
+        c,
+        "layernorm_backward_bf16",
+        &shape,
+        (8 * n + 4 * cc + 8 * rows + 16 * blocks * cc + 16 * cc) as u64,
+        Box::new(move || {
+            ops::layernorm::layernorm_backward(
+                &mut di, &mut dw, &mut db, &d2, &x2, &w2, &m2, &r2, rows, cc,
+            )
+        }),
+        |dev| {
+            let (xd, dd, wd) = (
+                bf16_buf(dev, &x),
+                bf16_buf(dev, &dout),
+                f32_buf(dev, cc, 25),
+            );
+            let (md, rd) = (dev.upload(&mean).unwrap(), dev.upload(&rstd).unwrap());
+            let mut di = bf16_buf(dev, &vec![0.0; n]);
+            let (mut dw, mut db) = (f32_buf(dev, cc, 28), f32_buf(dev, cc, 29));
+            let mut scratch = dev
+                .alloc::<f32>(layernorm::layernorm_backward_scratch_len(rows, cc).unwrap())
+                .unwrap();
+            let dev = dev.clone();
+            Box::new(move || {
+                layernorm::layernorm_backward(
+                    &dev,
+                    di.view_mut(),
+                    Some(dw.view_mut()),
+                    Some(db.view_mut()),
+                    scratch.view_mut(),
+                    dd.view(),
+                    xd.view(),
+                    wd.view(),
+                    md.view(),
+                    rd.view(),
+                    rows,
+                    cc,
+                )
+                .unwrap()
+            })
+        },
+    );
+}
+
+/// GELU at the MLP's width (8 bf16 per thread, act_map1) and the cross-entropy over bf16 logits
+/// at the f32 classifier group's shape (rows split into head, 16-byte chunks, tail).
+fn bf16_gelu_and_classifier_groups(c: &mut Criterion) {
+    use half::bf16;
+    let s = devices().1;
+    let (rows4, c4) = (s.rows, 4 * s.c);
+    let n = rows4 * c4;
+    let x = data(n, 30);
+    let x2 = x.clone();
+    let mut out = vec![0.0; n];
+    // read 1, write 1 (2 bytes each)
+    run_group(
+        c,
+        "gelu_forward_bf16",
+        &format!("{rows4}x{c4}"),
+        (4 * n) as u64,
+        Box::new(move || ops::gelu::gelu_forward(&mut out, &x2)),
+        |dev| {
+            let xd = bf16_buf(dev, &x);
+            let mut o = dev.alloc::<bf16>(n).unwrap();
+            let dev = dev.clone();
+            Box::new(move || gelu::gelu_forward(&dev, o.view_mut(), xd.view(), n).unwrap())
+        },
+    );
+    let (rows, v) = (s.ce_rows, s.v);
+    let logits = data(rows * v, 5);
+    let targets = ids(rows, v);
+    let (l2, t2) = (logits.clone(), targets.clone());
+    let mut losses = vec![0.0; rows];
+    // read the logits three times, write dlogits once (2 bytes each)
+    run_group(
+        c,
+        "crossentropy_forward_bf16",
+        &format!("{rows}x{v}"),
+        (2 * 4 * rows * v) as u64,
+        Box::new(move || {
+            let mut x = l2.clone();
+            ops::crossentropy::crossentropy_forward(&mut losses, &mut x, &t2, rows, v, Some(1.0))
+        }),
+        |dev| {
+            let mut x = bf16_buf(dev, &logits);
+            let t = dev.upload(&targets).unwrap();
+            let mut l = dev.alloc::<f32>(rows).unwrap();
+            let dev = dev.clone();
+            // dlogits overwrite the logits: later iterations see gradients, same cost
+            Box::new(move || {
+                classifier::crossentropy_forward(
+                    &dev,
+                    l.view_mut(),
+                    x.view_mut(),
+                    t.view(),
+                    rows,
+                    v,
+                    Some(1.0),
+                )
+                .unwrap()
+            })
+        },
+    );
 }
 
 criterion_group!(

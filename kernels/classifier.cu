@@ -18,7 +18,7 @@
 //   validates targets, so only a bug gets here): loss NaN, so the mean shows it, dlogits 0; nothing
 //   is read or written outside the row.
 //   Launch: one block of CE_BLOCK (512) threads per row, grid rows; each thread strides over the
-//   row, then a block reduction (xor-butterfly per warp, then the warps' results added in warp
+//   row (bf16: over its 16-byte chunks, see "Vector loads" below), then a block reduction (xor-butterfly per warp, then the warps' results added in warp
 //   order by every thread). Three passes over the row (max, sum, gradient): at V = 50260 a row is
 //   200 KB (bf16: 100 KB) and stays in L2 between passes.
 //
@@ -34,10 +34,24 @@
 //   reference). NaN logits never win (the CPU's sequential `>` scan differs only for rows with a
 //   NaN, which greedy decoding never sees). Launch: one block of CE_BLOCK threads per row.
 //
+// Vector loads (the _bf16 kernels): a row of odd length v (GPT-2's 50257) starts at any 2-byte
+// offset from a 16-byte boundary, so each row is split by ITS address: the head (the h < 8
+// elements before the row's first 16-byte boundary), the aligned middle as chunks of 8 (one 16-byte
+// load, and for the gradient one 16-byte store, each), and the tail (< 8 elements). Thread t takes
+// head element t, chunks t, t + CE_BLOCK, t + 2 CE_BLOCK, ..., tail element t, in that order; its
+// partial max/sum runs over those elements in that order, then the block reduction as in fp32.
+// The max and argmax do not depend on the order (fmaxf; lowest index of the maximum); the sum of
+// exp does, so it is fixed by (v, the row's address mod 16) — not by the row index alone. The
+// fp32 kernels keep the strided split (thread t: elements t, t + CE_BLOCK, ...).
+//
 // Determinism: no atomics; every reduction's order is fixed by (rows, v) and the constant block
-// sizes, so results are bit-reproducible across runs and schedules. exp/log are the device's
-// libm (CUDA's within 2 ulp, the emulated device uses the host's): emu and cuda agree to a few
-// ulp, not bit for bit.
+// sizes, and in the _bf16 crossentropy also by each row's address mod 16: the same logits at the
+// same address mod 16 (e.g. at the same element offset into any allocation: both devices align
+// allocations to at least 16 bytes) give the same bits run to run and under any block schedule; the same
+// row at another address mod 16 may differ in the last bits of its loss and dlogits (f32
+// reassociation, within the tolerances). argmax is exact and independent of alignment. exp/log
+// are the device's libm (CUDA's within 2 ulp, the emulated device uses the host's): emu and cuda
+// agree to a few ulp, not bit for bit.
 #include "common.cuh"
 
 #define CE_BLOCK 512
@@ -77,6 +91,70 @@ __device__ __forceinline__ float classifier_block_max(float v, float* scratch) {
     return m;
 }
 
+// The bf16 row split (see the header): `head` elements before the row's first 16-byte boundary,
+// `chunks` aligned 8-element chunks from there, then the tail (fewer than 8) up to v.
+struct ClassifierSplit {
+    int head;
+    int chunks;
+    int tail;  // index of the first tail element
+};
+
+__device__ __forceinline__ ClassifierSplit classifier_split(const __nv_bfloat16* x, int v) {
+    const int past = static_cast<int>((reinterpret_cast<uintptr_t>(x) & 15) >> 1);  // bf16s past a boundary
+    const int head = min((8 - past) & 7, v);
+    const int chunks = (v - head) >> 3;
+    return {head, chunks, head + 8 * chunks};
+}
+
+// Calls f(i, x[i]) for this thread's elements of a bf16 row, in its fixed order: head element
+// threadIdx.x, chunks threadIdx.x, threadIdx.x + CE_BLOCK, ... (one 16-byte load each), tail
+// element threadIdx.x.
+template <class F>
+__device__ __forceinline__ void classifier_bf16_visit(const __nv_bfloat16* x, int v, F f) {
+    const ClassifierSplit sp = classifier_split(x, v);
+    const int t = threadIdx.x;
+    if (t < sp.head) {
+        f(t, __bfloat162float(x[t]));
+    }
+    for (int q = t; q < sp.chunks; q += CE_BLOCK) {
+        const int i0 = sp.head + 8 * q;
+        float e[8];
+        load_bf16x8(e, x + i0);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            f(i0 + k, e[k]);
+        }
+    }
+    if (t < v - sp.tail) {
+        f(sp.tail + t, __bfloat162float(x[sp.tail + t]));
+    }
+}
+
+// x[i] <- f(i, x[i]) (computed in f32, rounded once) over this thread's elements of a bf16 row, in
+// the split of classifier_bf16_visit (one 16-byte load and store per chunk).
+template <class F>
+__device__ __forceinline__ void classifier_bf16_map(__nv_bfloat16* x, int v, F f) {
+    const ClassifierSplit sp = classifier_split(x, v);
+    const int t = threadIdx.x;
+    if (t < sp.head) {
+        x[t] = __float2bfloat16_rn(f(t, __bfloat162float(x[t])));
+    }
+    for (int q = t; q < sp.chunks; q += CE_BLOCK) {
+        const int i0 = sp.head + 8 * q;
+        float e[8];
+        load_bf16x8(e, x + i0);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            e[k] = f(i0 + k, e[k]);
+        }
+        store_bf16x8(x + i0, e);
+    }
+    if (t < v - sp.tail) {
+        const int i = sp.tail + t;
+        x[i] = __float2bfloat16_rn(f(i, __bfloat162float(x[i])));
+    }
+}
+
 template <class T>
 __device__ __forceinline__ void crossentropy_forward_impl(float* __restrict__ losses, T* __restrict__ logits,
                                                           const int* __restrict__ targets, int rows, int v,
@@ -88,10 +166,15 @@ __device__ __forceinline__ void crossentropy_forward_impl(float* __restrict__ lo
     }
     T* x = logits + static_cast<long long>(r) * v;
     const int t = targets[r];
+    constexpr bool vec = ACT_PER_THREAD<T> == 8;  // bf16: the split rows of the header
     if (t < 0 || t >= v) {
         if (has_dscale) {
-            for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
-                x[i] = from_float<T>(0.0f);
+            if constexpr (vec) {
+                classifier_bf16_map(x, v, [](int, float) { return 0.0f; });
+            } else {
+                for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
+                    x[i] = from_float<T>(0.0f);
+                }
             }
         }
         if (threadIdx.x == 0) {
@@ -101,14 +184,22 @@ __device__ __forceinline__ void crossentropy_forward_impl(float* __restrict__ lo
     }
 
     float m = -INFINITY;
-    for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
-        m = fmaxf(m, to_float(x[i]));
+    if constexpr (vec) {
+        classifier_bf16_visit(x, v, [&](int, float xi) { m = fmaxf(m, xi); });
+    } else {
+        for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
+            m = fmaxf(m, to_float(x[i]));
+        }
     }
     m = classifier_block_max(m, scratch);
 
     float s = 0.0f;
-    for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
-        s += expf(to_float(x[i]) - m);
+    if constexpr (vec) {
+        classifier_bf16_visit(x, v, [&](int, float xi) { s += expf(xi - m); });
+    } else {
+        for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
+            s += expf(to_float(x[i]) - m);
+        }
     }
     s = classifier_block_sum(s, scratch);
 
@@ -119,12 +210,22 @@ __device__ __forceinline__ void crossentropy_forward_impl(float* __restrict__ lo
     if (has_dscale) {
         __syncthreads();
         const float inv = 1.0f / s;
-        for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
-            float d = expf(to_float(x[i]) - m) * inv * dscale;
-            if (i == t) {
-                d -= dscale;
+        if constexpr (vec) {
+            classifier_bf16_map(x, v, [&](int i, float xi) {
+                float d = expf(xi - m) * inv * dscale;
+                if (i == t) {
+                    d -= dscale;
+                }
+                return d;
+            });
+        } else {
+            for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
+                float d = expf(to_float(x[i]) - m) * inv * dscale;
+                if (i == t) {
+                    d -= dscale;
+                }
+                x[i] = from_float<T>(d);
             }
-            x[i] = from_float<T>(d);
         }
     }
 }
@@ -186,11 +287,20 @@ __device__ __forceinline__ void argmax_forward_impl(int* __restrict__ out, const
     // lower index, so the result is the lowest index of the maximum whatever the order.
     float bv = -INFINITY;
     int bi = v;
-    for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
-        const float xi = to_float(x[i]);
-        if (xi > bv || (xi == bv && i < bi)) {
-            bv = xi;
-            bi = i;
+    if constexpr (ACT_PER_THREAD<T> == 8) {
+        classifier_bf16_visit(x, v, [&](int i, float xi) {
+            if (xi > bv || (xi == bv && i < bi)) {
+                bv = xi;
+                bi = i;
+            }
+        });
+    } else {
+        for (int i = threadIdx.x; i < v; i += CE_BLOCK) {
+            const float xi = to_float(x[i]);
+            if (xi > bv || (xi == bv && i < bi)) {
+                bv = xi;
+                bi = i;
+            }
         }
     }
 #pragma unroll

@@ -301,6 +301,46 @@ __device__ __forceinline__ bool act_aligned16(const void* p) {
     return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
+// Row kernels (layernorm, classifier, embedding) that vectorize a row whose alignment they do not
+// control: 8 consecutive elements at p with one 16-byte access (two float4 for f32) when p is
+// 16-byte aligned, else element by element. Same elements, same values, same order either way:
+// the caller's arithmetic cannot tell the two apart.
+__device__ __forceinline__ void load_bf16x8_any(float (&f)[8], const __nv_bfloat16* p) {
+    if (act_aligned16(p)) {
+        load_bf16x8(f, p);
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        f[k] = __bfloat162float(p[k]);
+    }
+}
+
+__device__ __forceinline__ void store_bf16x8_any(__nv_bfloat16* p, const float (&f)[8]) {
+    if (act_aligned16(p)) {
+        store_bf16x8(p, f);
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        p[k] = __float2bfloat16_rn(f[k]);
+    }
+}
+
+__device__ __forceinline__ void load_f32x8_any(float (&f)[8], const float* p) {
+    if (act_aligned16(p)) {
+        const float4 lo = load_float4(p);
+        const float4 hi = load_float4(p + 4);
+        f[0] = lo.x, f[1] = lo.y, f[2] = lo.z, f[3] = lo.w;
+        f[4] = hi.x, f[5] = hi.y, f[6] = hi.z, f[7] = hi.w;
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        f[k] = p[k];
+    }
+}
+
 template <class T, class Op>
 __device__ __forceinline__ void act_map1(T* out, const T* a, long long n, Op op) {
     constexpr int N = ACT_PER_THREAD<T>;

@@ -13,6 +13,11 @@
 // embedding_forward[_bf16]:                                                               (out: =)
 //   out[b, offset+j, k] = table[ids[b*n+j], k] (+ wpe[pos0+offset+j, k])
 //   Launch: one thread per (b, j, k), block 256, grid CEIL_DIV(batch*n*c, 256) (64-bit index).
+//   _bf16: one thread per (b, j, chunk of 8 channels), grid CEIL_DIV(batch*n*CEIL_DIV(c, 8), 256):
+//   a chunk is read from table/wpe with two float4 each and written with one 16-byte store where
+//   each address is 16-byte aligned (c % 8 == 0 and aligned buffers: every chunk), else element
+//   by element (a view at an odd offset, the last chunk of a row when c % 8 != 0). Each element
+//   is the same single f32 add rounded once either way: bit-identical on every path.
 //
 // embedding_backward_chain (pass 1 of the table gradient):                            (scratch: =)
 //   For each position p = b*n+j of the call: next[p] = the smallest p' > p with ids[p'] == ids[p]
@@ -30,6 +35,9 @@
 //   dwpe[pos0+offset+j, k] += dout[b, offset+j, k] for b = 0..batch in order (one thread per
 //   (j, k) accumulating in a register from dwpe's old value): the CPU's order, bit-identical.
 //   Launch: one thread per (j, k), block 256, grid CEIL_DIV(n*c, 256).
+//   The _bf16 backwards read dout one element per thread (a warp's 32 channels are 64 contiguous
+//   bytes: coalesced); 16-byte reads would need a thread per 8 channels and 8 accumulators, for a
+//   kernel that runs once per step over batch*n rows.
 //
 // Out-of-range ids (id < 0 or id >= rows): the host validates ids before upload (Batch::validate);
 // should one reach a kernel anyway, the forward leaves that output row untouched and the backward
@@ -38,11 +46,60 @@
 // Determinism: no atomics; every sum runs in (b, j) order, independent of the launch schedule.
 #include "common.cuh"
 
+// embedding_forward_bf16: thread per (b, j, chunk of 8 channels) (see the header).
+__device__ __forceinline__ void embedding_forward_bf16x8(__nv_bfloat16* __restrict__ out,
+                                                        const float* __restrict__ table,
+                                                        const int* __restrict__ ids, const float* __restrict__ wpe,
+                                                        int batch, int n, int seq, int offset, int pos0, int c,
+                                                        int rows) {
+    const int per_row = (c + 7) / 8;
+    const long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (idx >= static_cast<long long>(batch) * n * per_row) {
+        return;
+    }
+    const long long p = idx / per_row;  // b * n + j
+    const int k0 = static_cast<int>(idx % per_row) * 8;
+    const int b = static_cast<int>(p / n);
+    const int j = static_cast<int>(p % n);
+    const int id = ids[p];
+    if (id < 0 || id >= rows) {
+        return;  // see the header: out-of-range ids write nothing
+    }
+    const float* src = table + static_cast<long long>(id) * c + k0;
+    const float* pos = wpe != nullptr ? wpe + static_cast<long long>(pos0 + offset + j) * c + k0 : nullptr;
+    __nv_bfloat16* dst = out + (static_cast<long long>(b) * seq + offset + j) * c + k0;
+    if (k0 + 8 <= c) {
+        float v[8];
+        load_f32x8_any(v, src);
+        if (pos != nullptr) {
+            float w[8];
+            load_f32x8_any(w, pos);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                v[k] += w[k];
+            }
+        }
+        store_bf16x8_any(dst, v);
+        return;
+    }
+    for (int k = 0; k < c - k0; k++) {  // the row's last, partial chunk (c % 8 != 0)
+        float v = src[k];
+        if (pos != nullptr) {
+            v += pos[k];
+        }
+        dst[k] = __float2bfloat16_rn(v);
+    }
+}
+
 template <class T>
 __device__ __forceinline__ void embedding_forward_impl(T* __restrict__ out, const float* __restrict__ table,
                                                        const int* __restrict__ ids, const float* __restrict__ wpe,
                                                        int batch, int n, int seq, int offset, int pos0, int c,
                                                        int rows) {
+    if constexpr (ACT_PER_THREAD<T> == 8) {
+        embedding_forward_bf16x8(out, table, ids, wpe, batch, n, seq, offset, pos0, c, rows);
+        return;
+    }
     const long long idx = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
     const long long total = static_cast<long long>(batch) * n * c;
     if (idx >= total) {

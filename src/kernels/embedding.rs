@@ -8,10 +8,11 @@
 //! The launchers are generic over the activation type `A` (f32 or bf16) of `out` / `dout`; the
 //! tables and their gradients are always f32, and the backward sums the exactly widened `dout`
 //! in f32, so it is bit-identical to the CPU reference on the widened values in both precisions.
+//! The forward's launch shape depends on `A` (bf16: a thread per 8 channels); the backward's not.
 
 use anyhow::{bail, Result};
 
-use super::{check_len, grid_for, mul, opt_ref, to_i32, BLOCK};
+use super::{act_per_thread, check_len, grid_for, mul, opt_ref, to_i32, BLOCK};
 use crate::device::{Device, KernelArg, LaunchConfig, View, ViewMut};
 use crate::ops::embedding::EmbedShape;
 use crate::precision::Act;
@@ -57,10 +58,12 @@ fn shape_args(kernel: &str, s: &EmbedShape) -> Result<[KernelArg; 6]> {
     ])
 }
 
-/// Launch shape of the forward: a thread per output element.
-pub fn embedding_forward_config(s: &EmbedShape) -> Result<LaunchConfig> {
+/// Launch shape of the forward: a thread per output element (f32), or per chunk of 8 channels of
+/// an output row (bf16: one 16-byte store, see `kernels/embedding.cu`).
+pub fn embedding_forward_config<A: Act>(s: &EmbedShape) -> Result<LaunchConfig> {
+    let per_row = s.c.div_ceil(act_per_thread::<A>());
     Ok(LaunchConfig::linear(
-        grid_for("embedding_forward", s.batch * s.n * s.c, BLOCK as usize)?,
+        grid_for("embedding_forward", s.batch * s.n * per_row, BLOCK as usize)?,
         BLOCK,
         0,
     ))
@@ -91,7 +94,7 @@ pub fn embedding_forward<A: Act>(
     let mut out = out;
     let out = out.slice_mut(..n_out);
     let wpe = wpe.map(|w| w.slice(..wpe_rows * s.c));
-    let cfg = embedding_forward_config(&s)?;
+    let cfg = embedding_forward_config::<A>(&s)?;
     let [batch, n, seq, offset, pos0, c] = shape_args(K, &s)?;
     let args = [
         KernelArg::from(&out),

@@ -10,8 +10,10 @@ use pepler_cuda::kernels::classifier;
 use pepler_cuda::ops::crossentropy as cpu;
 use pepler_cuda::precision::Act;
 
-/// Odd vocabulary sizes: a single class, below a block, above a block, GPT-2's with added tokens.
-const VOCABS: &[usize] = &[1, 37, 1031, 50260];
+/// Odd vocabulary sizes: a single class, below a block, above a block, GPT-2's, GPT-2's with added
+/// tokens. In bf16 a row of odd length starts at every offset mod 8 from a 16-byte boundary, so
+/// the rows of one call take every head/chunk/tail split (kernels/classifier.cu).
+const VOCABS: &[usize] = &[1, 37, 1031, 50257, 50260];
 
 /// (logits, targets) for `rows` x `v`: row offsets up to 60 (only a max-subtracted softmax survives
 /// them), one ignored row, one target on the row's maximum, the rest random. The logits hold
@@ -44,13 +46,28 @@ fn ce_run<A: Act>(
     v: usize,
     dscale: Option<f32>,
 ) -> [Vec<f32>; 3] {
-    let mut logits = up_as::<A>(dev, x);
+    ce_run_at::<A>(dev, x, targets, rows, v, dscale, 0)
+}
+
+/// [`ce_run`] with the logits a view `off` elements into their buffer (behind NaN padding, which
+/// must stay untouched): in bf16 `off` mod 8 shifts every row's split into head, 16-byte chunks
+/// and tail.
+fn ce_run_at<A: Act>(
+    dev: &Device,
+    x: &[f32],
+    targets: &[i32],
+    rows: usize,
+    v: usize,
+    dscale: Option<f32>,
+    off: usize,
+) -> [Vec<f32>; 3] {
+    let mut logits = up_as::<A>(dev, &[&vec![f32::NAN; off][..], x].concat());
     let tg = up_i32(dev, targets);
     let mut losses = up(dev, &vec![f32::NAN; rows]);
     classifier::crossentropy_forward(
         dev,
         losses.view_mut(),
-        logits.view_mut(),
+        logits.slice_mut(off..),
         tg.view(),
         rows,
         v,
@@ -59,9 +76,14 @@ fn ce_run<A: Act>(
     .unwrap();
     let mut mean = up(dev, &[f32::NAN]);
     classifier::crossentropy_mean(dev, mean.view_mut(), losses.view(), tg.view(), rows).unwrap();
+    let pad = down_as(dev, logits.slice(..off));
+    assert!(
+        pad.iter().all(|p| p.is_nan()),
+        "padding before the view changed"
+    );
     [
         down(dev, losses.view()),
-        down_as(dev, logits.view()),
+        down_as(dev, logits.slice(off..)),
         down(dev, mean.view()),
     ]
 }
@@ -235,6 +257,83 @@ fn argmax_matches_cpu_with_ties_on_cuda() {
 #[ignore = "needs a CUDA GPU"]
 fn argmax_bf16_matches_cpu_with_ties_on_cuda() {
     argmax_matches_reference::<bf16>(&gpu());
+}
+
+/// The determinism contract of the bf16 split rows (kernels/classifier.cu): the losses and dlogits
+/// of a row are fixed by its values and its address mod 16. At each of the 8 offsets mod 8 they
+/// match the reference, are the same bits under a shuffled schedule, and offsets 8 apart (the same
+/// address mod 16 for every row) give the same bits; argmax is exact at every offset. v = 9001:
+/// threads take 2 or 3 chunks; v = 37: fewer chunks than threads, head and tail only in some rows.
+/// f32 has no split: the same checks hold trivially.
+fn classifier_bits_depend_only_on_row_alignment<A: Act>(dev: &Device, shuffled: &Device) {
+    let p = A::PRECISION;
+    for (rows, v) in [(4, 9001), (5, 37)] {
+        let (x, targets) = ce_case::<A>(rows, v, 17 + v as u64);
+        let (mut want_l, mut want_x) = (vec![0.0; rows], x.clone());
+        cpu::crossentropy_forward(&mut want_l, &mut want_x, &targets, rows, v, Some(0.5));
+        A::round_slice(&mut want_x);
+        let mut want_argmax = vec![0i32; rows];
+        cpu::argmax_forward(&mut want_argmax, &x, rows, v);
+        let by_off: Vec<[Vec<f32>; 3]> = (0..8)
+            .map(|off| ce_run_at::<A>(dev, &x, &targets, rows, v, Some(0.5), off))
+            .collect();
+        for off in 0..16 {
+            let ctx = format!("{p} rows={rows} v={v} offset {off}");
+            let got = if off < 8 {
+                by_off[off].clone()
+            } else {
+                ce_run_at::<A>(dev, &x, &targets, rows, v, Some(0.5), off)
+            };
+            assert_close_at(p, "crossentropy.losses", &ctx, &got[0], &want_l);
+            assert_close_at(p, "crossentropy.dlogits", &ctx, &got[1], &want_x);
+            let same = &by_off[off % 8];
+            for (k, name) in ["losses", "dlogits", "mean"].iter().enumerate() {
+                assert_bits_eq(
+                    &format!("{name} {ctx} vs offset {}", off % 8),
+                    &got[k],
+                    &same[k],
+                );
+            }
+            if off < 8 {
+                let again = ce_run_at::<A>(shuffled, &x, &targets, rows, v, Some(0.5), off);
+                for (k, name) in ["losses", "dlogits", "mean"].iter().enumerate() {
+                    assert_bits_eq(&format!("{name} {ctx} shuffled"), &again[k], &got[k]);
+                }
+            }
+            let dx = up_as::<A>(dev, &[&vec![f32::NAN; off][..], &x].concat());
+            let mut out = up_i32(dev, &vec![-1; rows]);
+            classifier::argmax_forward(dev, out.view_mut(), dx.slice(off..), rows, v).unwrap();
+            assert_eq!(
+                dev.download(out.view()).unwrap(),
+                want_argmax,
+                "argmax {ctx}"
+            );
+        }
+    }
+}
+
+#[test]
+fn classifier_bits_depend_only_on_row_alignment_on_emu() {
+    classifier_bits_depend_only_on_row_alignment::<f32>(&emu(), &emu_shuffled(91));
+}
+
+#[test]
+fn classifier_bf16_bits_depend_only_on_row_alignment_on_emu() {
+    classifier_bits_depend_only_on_row_alignment::<bf16>(&emu(), &emu_shuffled(92));
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn classifier_bits_depend_only_on_row_alignment_on_cuda() {
+    let dev = gpu();
+    classifier_bits_depend_only_on_row_alignment::<f32>(&dev, &dev);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn classifier_bf16_bits_depend_only_on_row_alignment_on_cuda() {
+    let dev = gpu();
+    classifier_bits_depend_only_on_row_alignment::<bf16>(&dev, &dev);
 }
 
 fn crossentropy_is_bitwise_deterministic_on_cuda<A: Act>() {

@@ -119,6 +119,8 @@ fn shapes() -> Vec<(EmbedShape, usize)> {
         // c > 256: the table pass needs two blocks along y
         (sh(2, 5, 5, 0, 3, 300), 6),
         (sh(5, 3, 9, 6, 0, 33), 50),
+        // c % 8 == 0: the bf16 forward's 16-byte chunks
+        (sh(3, 4, 6, 1, 2, 64), 9),
     ]
 }
 
@@ -165,6 +167,81 @@ fn embedding_backward_is_bitwise_deterministic<A: Act>(dev: &Device, other: &Dev
             &second[k],
         );
     }
+}
+
+/// The forward with `out` `off_out` elements and `table`/`wpe` `off_tab` elements into their
+/// buffers (behind padding that must stay untouched / is NaN if read): odd offsets make the bf16
+/// kernel's chunks miss 16-byte alignment (element-by-element accesses).
+fn embedding_forward_at<A: Act>(
+    dev: &Device,
+    case: &EmbCase,
+    with_wpe: bool,
+    off_out: usize,
+    off_tab: usize,
+) -> Vec<f32> {
+    let s = case.s;
+    let pad = vec![f32::NAN; off_tab];
+    let table = up(dev, &[&pad[..], &case.table].concat());
+    let wpe = up(dev, &[&pad[..], &case.wpe].concat());
+    let ids = up_i32(dev, &case.ids);
+    let mut out = up_as::<A>(dev, &vec![UNTOUCHED; off_out + s.batch * s.seq * s.c]);
+    let wpe_view = with_wpe.then(|| wpe.slice(off_tab..));
+    embedding_forward(
+        dev,
+        out.slice_mut(off_out..),
+        table.slice(off_tab..),
+        ids.view(),
+        wpe_view,
+        s,
+    )
+    .unwrap();
+    let got = down_as(dev, out.view());
+    assert!(
+        got[..off_out].iter().all(|&v| v == UNTOUCHED),
+        "padding written"
+    );
+    got[off_out..].to_vec()
+}
+
+/// Every forward element is one f32 add rounded once, on the vector path (c % 8 == 0, aligned
+/// views) and element by element (odd view offsets, c % 8 != 0): the CPU's bits at every offset.
+fn embedding_forward_is_alignment_independent<A: Act>(dev: &Device) {
+    for (i, (s, rows)) in shapes().into_iter().enumerate() {
+        let case = EmbCase::new::<A>(s, rows, 0.3, 300 + i as u64);
+        for with_wpe in [true, false] {
+            let want = case.reference::<A>(with_wpe);
+            for (off_out, off_tab) in [(0, 0), (1, 0), (0, 1), (8, 4), (3, 5)] {
+                let got = embedding_forward_at::<A>(dev, &case, with_wpe, off_out, off_tab);
+                let ctx = format!(
+                    "embedding.out {} {s:?} wpe={with_wpe} out offset {off_out}, table offset {off_tab}",
+                    A::PRECISION
+                );
+                assert_bits_eq(&ctx, &got, &want[0]);
+            }
+        }
+    }
+}
+
+#[test]
+fn embedding_forward_is_alignment_independent_on_emu() {
+    embedding_forward_is_alignment_independent::<f32>(&emu());
+}
+
+#[test]
+fn embedding_forward_bf16_is_alignment_independent_on_emu() {
+    embedding_forward_is_alignment_independent::<bf16>(&emu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn embedding_forward_is_alignment_independent_on_cuda() {
+    embedding_forward_is_alignment_independent::<f32>(&gpu());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn embedding_forward_bf16_is_alignment_independent_on_cuda() {
+    embedding_forward_is_alignment_independent::<bf16>(&gpu());
 }
 
 #[test]
