@@ -57,24 +57,16 @@
 //   bit-reproducible run to run, under any block schedule and at any view offset.
 #include "common.cuh"
 
-// The bf16 rows with c % 8 == 0 (see the header): lane l owns the 8-column chunks l, l+32, ... and
-// sums its chunks in order, element by element; 16-byte accesses where the row is aligned.
-__device__ __forceinline__ void layernorm_forward_row_bf16x8(__nv_bfloat16* __restrict__ y, float* __restrict__ mean,
-                                                             float* __restrict__ rstd,
-                                                             const __nv_bfloat16* __restrict__ x,
-                                                             const float* __restrict__ weight,
-                                                             const float* __restrict__ bias, long long row, int c,
-                                                             float eps, int lane) {
+// The rest of a bf16x8 row once lane `lane` holds its partial sum of the row (the mean): the
+// centred variance (second pass over x), then y, mean[row], rstd[row]; shared by the plain and the
+// residual forward, so both normalise alike.
+__device__ __forceinline__ void layernorm_finish_row_bf16x8(__nv_bfloat16* __restrict__ y, float* __restrict__ mean,
+                                                            float* __restrict__ rstd,
+                                                            const __nv_bfloat16* __restrict__ x,
+                                                            const float* __restrict__ weight,
+                                                            const float* __restrict__ bias, long long row, int c,
+                                                            float eps, int lane, float sum) {
     const int chunks = c / 8;
-    float sum = 0.0f;
-    for (int q = lane; q < chunks; q += 32) {
-        float v[8];
-        load_bf16x8_any(v, x + 8 * q);
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            sum += v[k];
-        }
-    }
     const float m = warp_reduce_sum(sum) / c;
 
     float var = 0.0f;
@@ -104,6 +96,27 @@ __device__ __forceinline__ void layernorm_forward_row_bf16x8(__nv_bfloat16* __re
         if (mean != nullptr) mean[row] = m;
         if (rstd != nullptr) rstd[row] = s;
     }
+}
+
+// The bf16 rows with c % 8 == 0 (see the header): lane l owns the 8-column chunks l, l+32, ... and
+// sums its chunks in order, element by element; 16-byte accesses where the row is aligned.
+__device__ __forceinline__ void layernorm_forward_row_bf16x8(__nv_bfloat16* __restrict__ y, float* __restrict__ mean,
+                                                             float* __restrict__ rstd,
+                                                             const __nv_bfloat16* __restrict__ x,
+                                                             const float* __restrict__ weight,
+                                                             const float* __restrict__ bias, long long row, int c,
+                                                             float eps, int lane) {
+    const int chunks = c / 8;
+    float sum = 0.0f;
+    for (int q = lane; q < chunks; q += 32) {
+        float v[8];
+        load_bf16x8_any(v, x + 8 * q);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            sum += v[k];
+        }
+    }
+    layernorm_finish_row_bf16x8(y, mean, rstd, x, weight, bias, row, c, eps, lane, sum);
 }
 
 template <class T>
@@ -391,35 +404,7 @@ __device__ __forceinline__ void residual_layernorm_row_bf16x8(__nv_bfloat16* __r
         }
         store_bf16x8_any(x + 8 * q, va);  // exact: va holds bf16 values
     }
-    const float m = warp_reduce_sum(sum) / c;
-
-    float var = 0.0f;
-    for (int q = lane; q < chunks; q += 32) {
-        float v[8];
-        load_bf16x8_any(v, x + 8 * q);
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const float d = v[k] - m;
-            var += d * d;
-        }
-    }
-    const float s = 1.0f / sqrtf(warp_reduce_sum(var) / c + eps);
-
-    for (int q = lane; q < chunks; q += 32) {
-        float v[8], w[8], b[8];
-        load_bf16x8_any(v, x + 8 * q);
-        load_f32x8_any(w, weight + 8 * q);
-        load_f32x8_any(b, bias + 8 * q);
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            v[k] = (v[k] - m) * s * w[k] + b[k];
-        }
-        store_bf16x8_any(y + 8 * q, v);
-    }
-    if (lane == 0) {
-        if (mean != nullptr) mean[row] = m;
-        if (rstd != nullptr) rstd[row] = s;
-    }
+    layernorm_finish_row_bf16x8(y, mean, rstd, x, weight, bias, row, c, eps, lane, sum);
 }
 
 template <class T>

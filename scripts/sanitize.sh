@@ -11,12 +11,13 @@
 #      emulator itself and in kernels, beyond what strict mode's per-view memcheck covers.
 #
 # The test files run are $PEPLER_SANITIZE_TESTS (default: every tests/*.rs that launches kernels:
-# kernels, attention, emulator, device). Prints each part's wall time and the total; exit 1 if any part fails.
+# kernels, attention, emulator, device, and step_graph: whole training steps captured and
+# replayed). Prints each part's wall time and the total; exit 1 if any part fails.
 # Usage: scripts/sanitize.sh [part...]   (parts: shuffle tsan asan; default all three)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-tests=${PEPLER_SANITIZE_TESTS:-"kernels attention emulator device"}
+tests=${PEPLER_SANITIZE_TESTS:-"kernels attention emulator device step_graph"}
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(shuffle tsan asan)
 test_args=()

@@ -499,7 +499,8 @@ fn resume_in_another_precision_is_refused() {
 }
 
 /// Mixed precision keeps the model: a run in bf16 on our kernels (emulated device) ends within 2%
-/// of the fp32 run's BLEU-1 and FMR, and its validation loss stays within 2% of the fp32 curve at
+/// of the fp32 run's BLEU-1 and FMR (FMR: or one explanation, its resolution here), and its
+/// validation loss stays within 2% of the fp32 curve at
 /// every epoch both runs reached. (The default synthetic run, 6000 reviews, takes hours on the
 /// emulated device: this is the same pipeline at a size CI affords; README "Mixed precision" has
 /// the default run's numbers on the CPU backend's bf16 reference.)
@@ -535,9 +536,19 @@ fn bf16_run_on_emu_stays_within_2_percent_of_fp32() {
         m16.bleu_1,
         m32.bleu_1
     );
+    // FMR is a count over the test explanations (40 here): its resolution is one explanation,
+    // 2.5 points, coarser than 2% of any FMR this small run reaches, so the band is 2% or one
+    // explanation, whichever is larger (one greedy token flipped by bf16's rounding moves FMR
+    // by exactly that). The default run's test split is 15 times larger.
+    let n_test = std::fs::read_to_string(b.join("generated.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(n_test > 0);
+    let one = 1.0 / n_test as f64;
     assert!(
-        within(m16.fmr, m32.fmr),
-        "FMR {} vs fp32 {}",
+        (m16.fmr - m32.fmr).abs() <= (0.02 * m32.fmr).max(one) + 1e-12,
+        "FMR {} vs fp32 {} ({n_test} explanations)",
         m16.fmr,
         m32.fmr
     );

@@ -7,6 +7,9 @@
 //! 300: forward, backward and three AdamW steps). `model_tests_bf16!` runs the precision-independent
 //! properties with bf16 activations (`cpu_bf16`, `emu_bf16`, `model_bf16_on_cuda`).
 
+mod common;
+
+use common::tiny;
 use half::bf16;
 use pepler_cuda::backend::cpu::CpuBackend;
 use pepler_cuda::backend::gpu::GpuBackend;
@@ -17,29 +20,6 @@ use pepler_cuda::model::config::{ModelConfig, PromptKind, RecKind};
 use pepler_cuda::model::params::ParamSet;
 use pepler_cuda::model::pepler::{ForwardOptions, ForwardOutput, Pepler};
 use pepler_cuda::model::safetensors_io::SafetensorsFile;
-
-/// A tiny config: vocab 37, 12 wide, 2 layers, 3 heads.
-fn tiny(prompt: PromptKind, rec: RecKind) -> ModelConfig {
-    ModelConfig {
-        vocab_size: 37,
-        n_positions: 16,
-        n_embd: 12,
-        n_layer: 2,
-        n_head: 3,
-        layer_norm_epsilon: 1e-5,
-        n_users: 4,
-        n_items: 5,
-        bos_id: 34,
-        eos_id: 35,
-        pad_id: 36,
-        prompt,
-        rec,
-        rec_lambda: 0.5,
-        mlp_hidden: 6,
-        mlp_layers: 1,
-        dropout: 0.0,
-    }
-}
 
 /// Random params with non-trivial LayerNorm weights and biases (so no term hides behind 1 or 0).
 fn params(cfg: &ModelConfig, seed: u64) -> ParamSet {

@@ -5,6 +5,8 @@
 //! `train_step` is the same as the five calls it replaces. The `_on_cuda` twins run the same
 //! bodies on a GPU.
 
+mod common;
+
 use half::bf16;
 use pepler_cuda::backend::cpu::CpuBackend;
 use pepler_cuda::backend::gpu::GpuBackend;
@@ -19,23 +21,8 @@ use pepler_cuda::model::step::{StepLaunch, TrainStep};
 /// Continuous prompt, MLP rating head, dropout on: every per-step value is exercised.
 fn config() -> ModelConfig {
     ModelConfig {
-        vocab_size: 37,
-        n_positions: 16,
-        n_embd: 12,
-        n_layer: 2,
-        n_head: 3,
-        layer_norm_epsilon: 1e-5,
-        n_users: 4,
-        n_items: 5,
-        bos_id: 34,
-        eos_id: 35,
-        pad_id: 36,
-        prompt: PromptKind::Continuous,
-        rec: RecKind::Mlp,
-        rec_lambda: 0.5,
-        mlp_hidden: 6,
-        mlp_layers: 1,
         dropout: 0.2,
+        ..common::tiny(PromptKind::Continuous, RecKind::Mlp)
     }
 }
 

@@ -361,13 +361,7 @@ impl<B: Backend, A: Act> Pepler<B, A> {
             bail!("adamw_step: no gradients (call zero_grads, forward, backward first)");
         }
         self.prepare_moments(trainable)?;
-        let tensors: Vec<GroupTensor> = trainable
-            .iter()
-            .map(|&trainable| GroupTensor {
-                trainable,
-                decay: true,
-            })
-            .collect();
+        let tensors = group_tensors(trainable);
         let Pepler {
             be,
             params,
@@ -632,6 +626,18 @@ impl<B: Backend, A: Act> Pepler<B, A> {
         let a = acts.as_mut().expect("forward allocated the activations");
         backward_on_device(be, w, grads, need, idx, cfg, a, &pass)
     }
+}
+
+/// The optimizer's per-tensor flags: `trainable` as given, weight decay on every tensor (as the
+/// original, which passes `model.parameters()` to one AdamW group).
+pub(crate) fn group_tensors(trainable: &[bool]) -> Vec<GroupTensor> {
+    trainable
+        .iter()
+        .map(|&trainable| GroupTensor {
+            trainable,
+            decay: true,
+        })
+        .collect()
 }
 
 /// Appends rows `0..rows` that are not already in `sel`, with target -1, until `sel` holds a

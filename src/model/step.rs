@@ -24,8 +24,10 @@ use std::collections::{HashMap, HashSet};
 use anyhow::{bail, Result};
 
 use super::batch::Batch;
-use super::pepler::{backward_on_device, forward_on_device, ForwardOutput, Pepler, Weights};
-use crate::backend::{Act, AdamWParams, Backend, GroupTensor, StepValues};
+use super::pepler::{
+    backward_on_device, forward_on_device, group_tensors, ForwardOutput, Pepler, Weights,
+};
+use crate::backend::{Act, AdamWParams, Backend, StepValues};
 
 /// What one training step does besides forward and backward.
 #[derive(Clone, Copy, Debug)]
@@ -174,14 +176,7 @@ impl<B: Backend, A: Act> Pepler<B, A> {
                 s.hp.variant == crate::backend::AdamWVariant::Hf,
             ),
         };
-        let tensors: Vec<GroupTensor> = s
-            .trainable
-            .iter()
-            .map(|&trainable| GroupTensor {
-                trainable,
-                decay: true,
-            })
-            .collect();
+        let tensors = group_tensors(s.trainable);
 
         // ---- the device work, as one closure: run directly, or captured and replayed
         let Pepler {

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use pepler_cuda::device::{Device, DeviceBuffer, View};
+use pepler_cuda::model::config::{ModelConfig, PromptKind, RecKind};
 use pepler_cuda::precision::Act;
 #[allow(unused_imports)] // Bf16 rows are looked up by the bf16 tests only
 pub use pepler_cuda::precision::Precision::{self, Bf16, Fp32};
@@ -298,4 +299,27 @@ pub fn up_as<A: Act>(dev: &Device, v: &[f32]) -> DeviceBuffer<A> {
 /// Download `A` values widened to f32 (exact).
 pub fn down_as<A: Act>(dev: &Device, v: View<'_, A>) -> Vec<f32> {
     A::widen(&dev.download(v).unwrap()).into_owned()
+}
+
+/// A tiny config: vocab 37, 12 wide, 2 layers, 3 heads.
+pub fn tiny(prompt: PromptKind, rec: RecKind) -> ModelConfig {
+    ModelConfig {
+        vocab_size: 37,
+        n_positions: 16,
+        n_embd: 12,
+        n_layer: 2,
+        n_head: 3,
+        layer_norm_epsilon: 1e-5,
+        n_users: 4,
+        n_items: 5,
+        bos_id: 34,
+        eos_id: 35,
+        pad_id: 36,
+        prompt,
+        rec,
+        rec_lambda: 0.5,
+        mlp_hidden: 6,
+        mlp_layers: 1,
+        dropout: 0.0,
+    }
 }
