@@ -40,6 +40,8 @@
 //   attention_backward_rowdot    D (=) into the caller's scratch (B, NH, L)
 //   attention_backward_dq_hdN    dq thirds of dqkv (=)
 //   attention_backward_dkv_hdN   dk and dv thirds of dqkv (=)
+//   (bf16 at hd 64 and 128 also: attention_{,cached_}forward_tc_hdN_bf16 and
+//   attention_backward_{dq,dkv}_tc_hdN_bf16, the tensor-core sections below)
 //
 // Launch (ATTN_WARPS = 4 warps, 128 threads; R = rows per warp: 4, or 2 for hd128 to fit 48 KiB):
 //   forward / cached / dq: grid = ceil(Lq / (4R)) * NH * B blocks, block x fastest = query tile, then
@@ -75,6 +77,36 @@
 //   NaN from the shared-memory fill reaches an mma. Deterministic like the rest: fixed
 //   tiling, fixed mma and reduction order, no atomics; cached == full bit for bit as above (a
 //   fully masked tile leaves a row's m, l and O unchanged: corr = 1, P = 0).
+//
+// Tensor-core backward (bf16 only, hd exactly 64 or 128; the launcher's default for bf16 there):
+//   attention_backward_dq_tc_hdN_bf16, attention_backward_dkv_tc_hdN_bf16: the same math, outputs
+//   (dq thirds; dk and dv thirds of dqkv, =), masking, dropout indices and arguments as the scalar
+//   dq/dkv kernels, after the same attention_backward_rowdot (D); FlashAttention-2's backward
+//   split in two kernels so that no output needs an atomic. Every product is an mma.m16n8k16
+//   (bf16 inputs, f32 accumulate), P recomputed as exp(s - lse) in f32. Grid = ceil(L / 64) * NH
+//   * B blocks of 4 warps, the block's 64 rows fastest; BN = 32 (hd64) or 16 (hd128) rows of the
+//   other side per staged tile.
+//   dkv: a block owns keys 64b..64b+63, warp w keys 16w..16w+15 (the A rows, K and V fragments by
+//     ldmatrix), and walks query tiles of BN from the tile holding its first key to L (a warp
+//     skips tiles whose queries all precede its keys). Per tile: S^T = K Q^T and dP^T = V dO^T
+//     (16 x BN; Q, dO as B by ldmatrix), then per element P = exp(S^T / sqrtf(hd) - lse_t) (0 if
+//     not visible), r = dropout_scale_at(.., (bh*L + t)*L + j), P r and dS = P (dP r - D_t) /
+//     sqrtf(hd); both are rounded to bf16 once, and their C fragments reused as A fragments for
+//     dV += (P r)^T dO and dK += dS^T Q (dO, Q as B by ldmatrix.trans). dk, dv rounded once.
+//   dq: a block owns queries 64b..64b+63, warp w 16 of them, and walks key tiles of BN up to the
+//     block's last query (a warp skips tiles past its last row): S = Q K^T, dP = dO V^T, dS as
+//     above (rounded to bf16 once), dQ += dS K (K by ldmatrix.trans). dq rounded once.
+//   The two roundings the scalar kernels do not have: P r and dS as mma operands (as
+//   FlashAttention); accumulators and the softmax terms stay f32.
+//   Shared memory (bf16, rows padded to HD + 8 as the forward's): dq: Q, dO (64 rows each) + K, V
+//   (BN each); dkv: K, V (64 each) + Q, dO (BN each) + lse, D of the tile (BN f32 each): hd64
+//   27.0 / 27.3 KiB, hd128 42.5 / 42.6 KiB (`attention_tc_backward_smem_bytes`). Rows past L are
+//   zero-filled (and their lse, D zeros), so every mma reads finite values; elements that are not
+//   visible get P = dS = 0 by selection, never by arithmetic on those fillers.
+//   Determinism: every dq, dk, dv element is accumulated by one lane, over tiles in ascending
+//   order with a fixed mma order inside, no atomics; the tiling depends on the shape alone, so
+//   the bits are the same across runs and block schedules (tests/attention.rs checks it under
+//   PEPLER_EMU_SHUFFLE-style shuffled schedules).
 //
 // Never materialises an L x L matrix in global memory. Determinism: no atomics; every output element
 // is written by one thread that sums in a fixed order (keys ascending for out and dq, queries

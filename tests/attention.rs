@@ -9,6 +9,10 @@
 //! Every body is generic over the activation type (`f32`, `bf16`): the bf16 kernels get inputs
 //! generated as f32 and rounded to bf16, and are checked against the f32 reference on those
 //! (widened) inputs with out and dqkv rounded to bf16 (`Bf16` rows of `TOLERANCES`); lse is f32.
+//! The tensor-core kernels (bf16, hd 64 and 128; [`Kernels`]: the forward alone, or forward and
+//! backward, the launchers' default) are checked the same way with their own `attention_tc*` rows,
+//! at odd L around their 64-row blocks and 32/16-row tiles, against the scalar backward, and bit
+//! for bit under shuffled schedules.
 //! GPU-only twins (`*_on_cuda`, ignored) run the same bodies on the CUDA device.
 
 mod common;
