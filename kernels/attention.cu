@@ -40,6 +40,8 @@
 //   attention_backward_rowdot    D (=) into the caller's scratch (B, NH, L)
 //   attention_backward_dq_hdN    dq thirds of dqkv (=)
 //   attention_backward_dkv_hdN   dk and dv thirds of dqkv (=)
+//   (bf16 at hd 64 and 128 also: attention_{,cached_}forward_tc_hdN_bf16 and
+//   attention_backward_{dq,dkv}_tc_hdN_bf16, the tensor-core sections below)
 //
 // Launch (ATTN_WARPS = 4 warps, 128 threads; R = rows per warp: 4, or 2 for hd128 to fit 48 KiB):
 //   forward / cached / dq: grid = ceil(Lq / (4R)) * NH * B blocks, block x fastest = query tile, then
@@ -75,6 +77,36 @@
 //   NaN from the shared-memory fill reaches an mma. Deterministic like the rest: fixed
 //   tiling, fixed mma and reduction order, no atomics; cached == full bit for bit as above (a
 //   fully masked tile leaves a row's m, l and O unchanged: corr = 1, P = 0).
+//
+// Tensor-core backward (bf16 only, hd exactly 64 or 128; the launcher's default for bf16 there):
+//   attention_backward_dq_tc_hdN_bf16, attention_backward_dkv_tc_hdN_bf16: the same math, outputs
+//   (dq thirds; dk and dv thirds of dqkv, =), masking, dropout indices and arguments as the scalar
+//   dq/dkv kernels, after the same attention_backward_rowdot (D); FlashAttention-2's backward
+//   split in two kernels so that no output needs an atomic. Every product is an mma.m16n8k16
+//   (bf16 inputs, f32 accumulate), P recomputed as exp(s - lse) in f32. Grid = ceil(L / 64) * NH
+//   * B blocks of 4 warps, the block's 64 rows fastest; BN = 32 (hd64) or 16 (hd128) rows of the
+//   other side per staged tile.
+//   dkv: a block owns keys 64b..64b+63, warp w keys 16w..16w+15 (the A rows, K and V fragments by
+//     ldmatrix), and walks query tiles of BN from the tile holding its first key to L (a warp
+//     skips tiles whose queries all precede its keys). Per tile: S^T = K Q^T and dP^T = V dO^T
+//     (16 x BN; Q, dO as B by ldmatrix), then per element P = exp(S^T / sqrtf(hd) - lse_t) (0 if
+//     not visible), r = dropout_scale_at(.., (bh*L + t)*L + j), P r and dS = P (dP r - D_t) /
+//     sqrtf(hd); both are rounded to bf16 once, and their C fragments reused as A fragments for
+//     dV += (P r)^T dO and dK += dS^T Q (dO, Q as B by ldmatrix.trans). dk, dv rounded once.
+//   dq: a block owns queries 64b..64b+63, warp w 16 of them, and walks key tiles of BN up to the
+//     block's last query (a warp skips tiles past its last row): S = Q K^T, dP = dO V^T, dS as
+//     above (rounded to bf16 once), dQ += dS K (K by ldmatrix.trans). dq rounded once.
+//   The two roundings the scalar kernels do not have: P r and dS as mma operands (as
+//   FlashAttention); accumulators and the softmax terms stay f32.
+//   Shared memory (bf16, rows padded to HD + 8 as the forward's): dq: Q, dO (64 rows each) + K, V
+//   (BN each); dkv: K, V (64 each) + Q, dO (BN each) + lse, D of the tile (BN f32 each): hd64
+//   27.0 / 27.3 KiB, hd128 42.5 / 42.6 KiB (`attention_tc_backward_smem_bytes`). Rows past L are
+//   zero-filled (and their lse, D zeros), so every mma reads finite values; elements that are not
+//   visible get P = dS = 0 by selection, never by arithmetic on those fillers.
+//   Determinism: every dq, dk, dv element is accumulated by one lane, over tiles in ascending
+//   order with a fixed mma order inside, no atomics; the tiling depends on the shape alone, so
+//   the bits are the same across runs and block schedules (tests/attention.rs checks it under
+//   PEPLER_EMU_SHUFFLE-style shuffled schedules).
 //
 // Never materialises an L x L matrix in global memory. Determinism: no atomics; every output element
 // is written by one thread that sums in a fixed order (keys ascending for out and dq, queries
@@ -1066,4 +1098,378 @@ extern "C" __global__ void attention_backward_dkv_hd128_bf16(__nv_bfloat16* __re
     DYN_SMEM(float, smem);
     attn_backward_dkv<__nv_bfloat16, 4, 2>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
                                            attn_dropout(drop_on, seed, step, step_at, site, p));
+}
+
+// ----------------------------------------------------------------------------------------------
+// tensor-core backward (bf16 only, hd = 64 or 128; see the header: "Tensor-core backward")
+
+#define ATTN_TCB_BM 64  // rows per block (keys for dkv, queries for dq): 4 warps x the mma's 16
+
+// Shapes of the tensor-core backward for head size HD. BN: rows of the other side per staged tile
+// (queries for dkv, keys for dq): 32 at hd 64, 16 at hd 128, which keeps shared memory under 48 KiB.
+template <int HD>
+struct AttnTcb {
+    static constexpr int HS = HD + 8;  // smem row stride (elements): 16-byte aligned rows, the 8 rows
+                                       // of an ldmatrix matrix on distinct bank groups (as the forward)
+    static constexpr int BN = HD == 64 ? 32 : 16;
+    static constexpr int KSTEPS = HD / 16;  // k-steps of a product over channels
+    static constexpr int NT = HD / 8;       // n-tiles of a product into channels
+};
+
+// Stages `rows` rows of HD bf16 channels (stride rs in src) into smem rows of stride HD + 8: rows
+// past n are zeros, so no NaN of the shared-memory fill reaches an mma.
+template <int HD>
+__device__ __forceinline__ void attn_tcb_stage(__nv_bfloat16* dst, const __nv_bfloat16* __restrict__ src, long long rs,
+                                               int rows, int n) {
+    constexpr int HS = AttnTcb<HD>::HS;
+    const __nv_bfloat16 zero = __ushort_as_bfloat16(0);
+    for (int i = threadIdx.x; i < rows * HD; i += blockDim.x) {
+        const int r = i / HD;
+        const int c = i - r * HD;
+        dst[r * HS + c] = r < n ? src[static_cast<long long>(r) * rs + c] : zero;
+    }
+}
+
+// acc (16 x BN, C fragments, n-tile n = columns 8n..8n+7) = X Y^T over the HD channels, X = rows
+// x0..x0+15 of the smem tile x (the A fragments), Y = rows 0..BN-1 of the smem tile y (an 8x8 block
+// of Y rows is B's column-major fragment as ldmatrix loads it). f32 accumulation from 0.
+template <int HD, int BN>
+__device__ __forceinline__ void attn_tcb_xyt(float (&acc)[BN / 8][4], const __nv_bfloat16* x, int x0,
+                                             const __nv_bfloat16* y, int lane) {
+    constexpr int HS = AttnTcb<HD>::HS;
+    const int mi = lane >> 3;  // ldmatrix: this lane passes the address of row lane%8 of matrix mi
+    const int mr = lane & 7;
+#pragma unroll
+    for (int n = 0; n < BN / 8; n++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[n][i] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < AttnTcb<HD>::KSTEPS; kk++) {
+        // A matrices: rows 0-7 / 8-15 (mi % 2) x channels 16kk + 0-7 / 8-15 (mi / 2)
+        uint32_t af[4];
+        ldmatrix_x4(af, x + (x0 + (mi & 1) * 8 + mr) * HS + kk * 16 + (mi >> 1) * 8);
+#pragma unroll
+        for (int n = 0; n < BN / 8; n += 2) {
+            // B matrices: y rows 8n + 0-7 / 8(n+1) + 0-7 (mi / 2) x channels 16kk + 0-7 / 8-15 (mi % 2)
+            uint32_t yb[4];
+            ldmatrix_x4(yb, y + ((n + (mi >> 1)) * 8 + mr) * HS + kk * 16 + (mi & 1) * 8);
+            const uint32_t b0[2] = {yb[0], yb[1]};
+            const uint32_t b1[2] = {yb[2], yb[3]};
+            mma_m16n8k16_bf16(acc[n], af, b0, acc[n]);
+            mma_m16n8k16_bf16(acc[n + 1], af, b1, acc[n + 1]);
+        }
+    }
+}
+
+// The bf16 rounding of a 16 x BN f32 tile held as C fragments, as A fragments: k-step s covers
+// columns 16s..16s+15 = n-tiles 2s (a[0], a[1]: rows g, g+8) and 2s+1 (a[2], a[3]) (common.cuh).
+template <int BN>
+__device__ __forceinline__ void attn_tcb_to_a(uint32_t (&f)[BN / 16][4], const float (&v)[BN / 8][4]) {
+#pragma unroll
+    for (int s = 0; s < BN / 16; s++) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            f[s][2 * h] = pack_bf16x2(__float2bfloat16_rn(v[2 * s + h][0]), __float2bfloat16_rn(v[2 * s + h][1]));
+            f[s][2 * h + 1] = pack_bf16x2(__float2bfloat16_rn(v[2 * s + h][2]), __float2bfloat16_rn(v[2 * s + h][3]));
+        }
+    }
+}
+
+// acc (16 x HD, C fragments) += A Y, A the 16 x BN A fragments af, Y = rows 0..BN-1 of the smem tile
+// y (row-major, BN x HD: ldmatrix .trans gives B's fragment).
+template <int HD, int BN>
+__device__ __forceinline__ void attn_tcb_ay(float (&acc)[HD / 8][4], const uint32_t (&af)[BN / 16][4],
+                                            const __nv_bfloat16* y, int lane) {
+    constexpr int HS = AttnTcb<HD>::HS;
+    const int mi = lane >> 3;
+    const int mr = lane & 7;
+#pragma unroll
+    for (int s = 0; s < BN / 16; s++) {
+#pragma unroll
+        for (int n = 0; n < HD / 8; n += 2) {
+            // matrices: y rows 16s + 0-7 / 8-15 (mi % 2) x channels 8n + 0-7 / 8(n+1) + 0-7 (mi / 2)
+            uint32_t yb[4];
+            ldmatrix_x4_trans(yb, y + (16 * s + (mi & 1) * 8 + mr) * HS + (n + (mi >> 1)) * 8);
+            const uint32_t b0[2] = {yb[0], yb[1]};
+            const uint32_t b1[2] = {yb[2], yb[3]};
+            mma_m16n8k16_bf16(acc[n], af[s], b0, acc[n]);
+            mma_m16n8k16_bf16(acc[n + 1], af[s], b1, acc[n + 1]);
+        }
+    }
+}
+
+// dq rows of one (b, h) query block of 64: warp w owns queries 16w..16w+15 (the A rows of S = Q K^T,
+// dP = dO V^T and dQ = dS K); lane (g, t) holds rows g, g+8 and keys/channels 8n + 2t, 8n + 2t + 1.
+// Walks key tiles of BN up to the block's last query, as the scalar dq kernel walks its tiles.
+template <int HD>
+__device__ void attn_tc_backward_dq(__nv_bfloat16* smem, __nv_bfloat16* __restrict__ dqkv,
+                                    const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
+                                    const float* __restrict__ lse, const float* __restrict__ D,
+                                    const int* __restrict__ key_mask, int L, int C, int NH, AttnDropout drop) {
+    constexpr int HS = AttnTcb<HD>::HS;
+    constexpr int BN = AttnTcb<HD>::BN;
+    constexpr int NT = AttnTcb<HD>::NT;
+    __nv_bfloat16* qs = smem;                  // [64][HS] the block's queries
+    __nv_bfloat16* gs = qs + ATTN_TCB_BM * HS;  // [64][HS] and their dout rows
+    __nv_bfloat16* ks = gs + ATTN_TCB_BM * HS;  // [BN][HS] the staged keys
+    __nv_bfloat16* vs = ks + BN * HS;           // [BN][HS] and values
+    const AttnBlock a = attn_block(L, ATTN_TCB_BM, NH);
+    const long long bh = a.b * NH + a.h;
+    const long long c3 = 3LL * C;
+    const long long hoff = static_cast<long long>(a.h) * HD;
+    const __nv_bfloat16* qkv_b = qkv + a.b * L * c3 + hoff;
+    const __nv_bfloat16* dout_b = dout + a.b * L * C + hoff;
+    const int* mask = key_mask == nullptr ? nullptr : key_mask + a.b * L;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int row0 = a.tile * ATTN_TCB_BM;
+    const int nrows = min(ATTN_TCB_BM, L - row0);
+    const int wr0 = warp * 16;                   // the warp's first row in the block
+    const int wrows = min(16, nrows - wr0);      // <= 0: the warp has no row (uniform)
+    const int wlast = row0 + wr0 + wrows - 1;    // the warp's last query
+    const float scale = sqrtf(static_cast<float>(HD));
+    const unsigned long long drop_base = static_cast<unsigned long long>(bh * L) * L;
+
+    attn_tcb_stage<HD>(qs, qkv_b + static_cast<long long>(row0) * c3, c3, ATTN_TCB_BM, nrows);
+    attn_tcb_stage<HD>(gs, dout_b + static_cast<long long>(row0) * C, C, ATTN_TCB_BM, nrows);
+    int pos[2];  // queries of rows g and g+8; -1 past L (sees no key)
+    float lse_r[2], d_r[2];
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        const int lr = wr0 + g + 8 * ri;
+        const bool ok = lr < nrows;
+        pos[ri] = ok ? row0 + lr : -1;
+        lse_r[ri] = ok ? lse[bh * L + row0 + lr] : 0.0f;
+        d_r[ri] = ok ? D[bh * L + row0 + lr] : 0.0f;
+    }
+    float dq[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) dq[n][i] = 0.0f;
+    }
+    const int nkeys = row0 + nrows;  // keys 0..the block's last query
+    const int ntiles = CEIL_DIV(nkeys, BN);
+    for (int kt = 0; kt < ntiles; kt++) {
+        const int j0 = kt * BN;
+        const int nk = min(BN, nkeys - j0);
+        __syncthreads();  // the previous tile is consumed (and Q, dout are staged, on the first pass)
+        const __nv_bfloat16* kv = qkv_b + static_cast<long long>(j0) * c3;
+        attn_tcb_stage<HD>(ks, kv + C, c3, BN, nk);
+        attn_tcb_stage<HD>(vs, kv + 2LL * C, c3, BN, nk);
+        __syncthreads();
+        if (wrows <= 0 || j0 > wlast) continue;  // warp-uniform: no row, or every key is after its rows
+
+        float sc[BN / 8][4], dp[BN / 8][4];
+        attn_tcb_xyt<HD, BN>(sc, qs, wr0, ks, lane);  // S = Q K^T (unscaled)
+        attn_tcb_xyt<HD, BN>(dp, gs, wr0, vs, lane);  // dP = dO V^T (before dropout)
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int ri = i >> 1;
+                const int jj = 8 * n + 2 * t + (i & 1);
+                const int j = j0 + jj;
+                const bool vis = jj < nk && j <= pos[ri] && (mask == nullptr || mask[j] != 0);
+                float ds = 0.0f;
+                if (vis) {
+                    const float s = sc[n][i] / scale;
+                    const float p = expf(s - lse_r[ri]);
+                    float dpv = dp[n][i];
+                    if (drop.on) {
+                        dpv *= dropout_scale_at(drop.key, drop_base + static_cast<unsigned long long>(pos[ri]) * L + j,
+                                                drop.p);
+                    }
+                    ds = p * (dpv - d_r[ri]) / scale;
+                }
+                dp[n][i] = ds;
+            }
+        }
+        uint32_t sf[BN / 16][4];
+        attn_tcb_to_a<BN>(sf, dp);  // dS rounded to bf16 once
+        attn_tcb_ay<HD, BN>(dq, sf, ks, lane);  // dQ += dS K
+    }
+    if (wrows <= 0) return;
+    __nv_bfloat16* dq_b = dqkv + a.b * L * c3 + hoff;
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        if (pos[ri] < 0) continue;
+        __nv_bfloat16* drow = dq_b + static_cast<long long>(pos[ri]) * c3;
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            drow[8 * n + 2 * t] = __float2bfloat16_rn(dq[n][2 * ri]);
+            drow[8 * n + 2 * t + 1] = __float2bfloat16_rn(dq[n][2 * ri + 1]);
+        }
+    }
+}
+
+// dk and dv rows of one (b, h) key block of 64: warp w owns keys 16w..16w+15 (the A rows of
+// S^T = K Q^T, dP^T = V dO^T, dV = (P r)^T dO and dK = dS^T Q); lane (g, t) holds keys g, g+8 and
+// queries/channels 8n + 2t, 8n + 2t + 1. Walks query tiles of BN from the block's first key to L.
+template <int HD>
+__device__ void attn_tc_backward_dkv(__nv_bfloat16* smem, __nv_bfloat16* __restrict__ dqkv,
+                                     const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
+                                     const float* __restrict__ lse, const float* __restrict__ D,
+                                     const int* __restrict__ key_mask, int L, int C, int NH, AttnDropout drop) {
+    constexpr int HS = AttnTcb<HD>::HS;
+    constexpr int BN = AttnTcb<HD>::BN;
+    constexpr int NT = AttnTcb<HD>::NT;
+    __nv_bfloat16* ks = smem;                   // [64][HS] the block's keys
+    __nv_bfloat16* vs = ks + ATTN_TCB_BM * HS;  // [64][HS] and values
+    __nv_bfloat16* qs = vs + ATTN_TCB_BM * HS;  // [BN][HS] the staged queries
+    __nv_bfloat16* gs = qs + BN * HS;           // [BN][HS] and their dout rows
+    float* ls = reinterpret_cast<float*>(gs + BN * HS);  // [BN] their lse
+    float* dd = ls + BN;                                 // [BN] and D
+    const AttnBlock a = attn_block(L, ATTN_TCB_BM, NH);
+    const long long bh = a.b * NH + a.h;
+    const long long c3 = 3LL * C;
+    const long long hoff = static_cast<long long>(a.h) * HD;
+    const __nv_bfloat16* qkv_b = qkv + a.b * L * c3 + hoff;
+    const __nv_bfloat16* dout_b = dout + a.b * L * C + hoff;
+    const int* mask = key_mask == nullptr ? nullptr : key_mask + a.b * L;
+    const int warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int g = lane >> 2;
+    const int t = lane & 3;
+    const int row0 = a.tile * ATTN_TCB_BM;  // the block's first key
+    const int nrows = min(ATTN_TCB_BM, L - row0);
+    const int wr0 = warp * 16;
+    const int wfirst = row0 + wr0;  // the warp's first key (none if wr0 >= nrows: uniform)
+    const float scale = sqrtf(static_cast<float>(HD));
+    const unsigned long long drop_base = static_cast<unsigned long long>(bh * L) * L;
+
+    const __nv_bfloat16* kv = qkv_b + static_cast<long long>(row0) * c3;
+    attn_tcb_stage<HD>(ks, kv + C, c3, ATTN_TCB_BM, nrows);
+    attn_tcb_stage<HD>(vs, kv + 2LL * C, c3, ATTN_TCB_BM, nrows);
+    int key[2];    // keys of rows g and g+8
+    bool kvis[2];  // the key exists and is not padded (a padded key's dk and dv stay 0)
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        const int lr = wr0 + g + 8 * ri;
+        key[ri] = row0 + lr;
+        kvis[ri] = lr < nrows && (mask == nullptr || mask[row0 + lr] != 0);
+    }
+    float dk[NT][4], dv[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            dk[n][i] = 0.0f;
+            dv[n][i] = 0.0f;
+        }
+    }
+    for (int t0 = (row0 / BN) * BN; t0 < L; t0 += BN) {
+        const int nt = min(BN, L - t0);
+        __syncthreads();  // the previous tile is consumed (and K, V are staged, on the first pass)
+        attn_tcb_stage<HD>(qs, qkv_b + static_cast<long long>(t0) * c3, c3, BN, nt);
+        attn_tcb_stage<HD>(gs, dout_b + static_cast<long long>(t0) * C, C, BN, nt);
+        for (int i = threadIdx.x; i < BN; i += blockDim.x) {
+            ls[i] = i < nt ? lse[bh * L + t0 + i] : 0.0f;
+            dd[i] = i < nt ? D[bh * L + t0 + i] : 0.0f;
+        }
+        __syncthreads();
+        // warp-uniform: no key, or every query of the tile precedes the warp's keys
+        if (wr0 >= nrows || t0 + nt - 1 < wfirst) continue;
+
+        float sc[BN / 8][4], dp[BN / 8][4];
+        attn_tcb_xyt<HD, BN>(sc, ks, wr0, qs, lane);  // S^T = K Q^T (unscaled)
+        attn_tcb_xyt<HD, BN>(dp, vs, wr0, gs, lane);  // dP^T = V dO^T (before dropout)
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int ri = i >> 1;
+                const int tt = 8 * n + 2 * t + (i & 1);
+                const int tq = t0 + tt;
+                const bool vis = kvis[ri] && tt < nt && tq >= key[ri];
+                float pr = 0.0f;
+                float ds = 0.0f;
+                if (vis) {
+                    const float s = sc[n][i] / scale;
+                    const float p = expf(s - ls[tt]);
+                    float rr = 1.0f;
+                    if (drop.on) {
+                        rr = dropout_scale_at(drop.key, drop_base + static_cast<unsigned long long>(tq) * L + key[ri],
+                                              drop.p);
+                    }
+                    const float dpv = dp[n][i] * rr;
+                    pr = p * rr;
+                    ds = p * (dpv - dd[tt]) / scale;
+                }
+                sc[n][i] = pr;
+                dp[n][i] = ds;
+            }
+        }
+        uint32_t pf[BN / 16][4], sf[BN / 16][4];
+        attn_tcb_to_a<BN>(pf, sc);  // (P r)^T rounded to bf16 once
+        attn_tcb_to_a<BN>(sf, dp);  // dS^T rounded to bf16 once
+        attn_tcb_ay<HD, BN>(dv, pf, gs, lane);  // dV += (P r)^T dO
+        attn_tcb_ay<HD, BN>(dk, sf, qs, lane);  // dK += dS^T Q
+    }
+    if (wr0 >= nrows) return;
+    __nv_bfloat16* dkv_b = dqkv + a.b * L * c3 + hoff;
+#pragma unroll
+    for (int ri = 0; ri < 2; ri++) {
+        if (wr0 + g + 8 * ri >= nrows) continue;
+        __nv_bfloat16* drow = dkv_b + static_cast<long long>(key[ri]) * c3;
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            const int c = 8 * n + 2 * t;
+            drow[C + c] = __float2bfloat16_rn(dk[n][2 * ri]);
+            drow[C + c + 1] = __float2bfloat16_rn(dk[n][2 * ri + 1]);
+            drow[2LL * C + c] = __float2bfloat16_rn(dv[n][2 * ri]);
+            drow[2LL * C + c + 1] = __float2bfloat16_rn(dv[n][2 * ri + 1]);
+        }
+    }
+}
+
+extern "C" __global__ void attention_backward_dq_tc_hd64_bf16(__nv_bfloat16* __restrict__ dqkv,
+                                                              const __nv_bfloat16* __restrict__ dout,
+                                                              const __nv_bfloat16* __restrict__ qkv,
+                                                              const float* __restrict__ lse, const float* __restrict__ D,
+                                                              const int* __restrict__ key_mask, int L, int C, int NH,
+                                                              int drop_on, unsigned long long seed, unsigned long long step,
+                                                              const unsigned long long* step_at, unsigned int site, float p) {
+    DYN_SMEM(__nv_bfloat16, smem);
+    attn_tc_backward_dq<64>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                            attn_dropout(drop_on, seed, step, step_at, site, p));
+}
+
+extern "C" __global__ void attention_backward_dq_tc_hd128_bf16(__nv_bfloat16* __restrict__ dqkv,
+                                                               const __nv_bfloat16* __restrict__ dout,
+                                                               const __nv_bfloat16* __restrict__ qkv,
+                                                               const float* __restrict__ lse, const float* __restrict__ D,
+                                                               const int* __restrict__ key_mask, int L, int C, int NH,
+                                                               int drop_on, unsigned long long seed, unsigned long long step,
+                                                               const unsigned long long* step_at, unsigned int site, float p) {
+    DYN_SMEM(__nv_bfloat16, smem);
+    attn_tc_backward_dq<128>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                             attn_dropout(drop_on, seed, step, step_at, site, p));
+}
+
+extern "C" __global__ void attention_backward_dkv_tc_hd64_bf16(__nv_bfloat16* __restrict__ dqkv,
+                                                               const __nv_bfloat16* __restrict__ dout,
+                                                               const __nv_bfloat16* __restrict__ qkv,
+                                                               const float* __restrict__ lse, const float* __restrict__ D,
+                                                               const int* __restrict__ key_mask, int L, int C, int NH,
+                                                               int drop_on, unsigned long long seed, unsigned long long step,
+                                                               const unsigned long long* step_at, unsigned int site, float p) {
+    DYN_SMEM(__nv_bfloat16, smem);
+    attn_tc_backward_dkv<64>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                             attn_dropout(drop_on, seed, step, step_at, site, p));
+}
+
+extern "C" __global__ void attention_backward_dkv_tc_hd128_bf16(__nv_bfloat16* __restrict__ dqkv,
+                                                                const __nv_bfloat16* __restrict__ dout,
+                                                                const __nv_bfloat16* __restrict__ qkv,
+                                                                const float* __restrict__ lse, const float* __restrict__ D,
+                                                                const int* __restrict__ key_mask, int L, int C, int NH,
+                                                                int drop_on, unsigned long long seed, unsigned long long step,
+                                                                const unsigned long long* step_at, unsigned int site, float p) {
+    DYN_SMEM(__nv_bfloat16, smem);
+    attn_tc_backward_dkv<128>(smem, dqkv, dout, qkv, lse, D, key_mask, L, C, NH,
+                              attn_dropout(drop_on, seed, step, step_at, site, p));
 }

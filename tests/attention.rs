@@ -9,6 +9,10 @@
 //! Every body is generic over the activation type (`f32`, `bf16`): the bf16 kernels get inputs
 //! generated as f32 and rounded to bf16, and are checked against the f32 reference on those
 //! (widened) inputs with out and dqkv rounded to bf16 (`Bf16` rows of `TOLERANCES`); lse is f32.
+//! The tensor-core kernels (bf16, hd 64 and 128; [`Kernels`]: the forward alone, or forward and
+//! backward, the launchers' default) are checked the same way with their own `attention_tc*` rows,
+//! at odd L around their 64-row blocks and 32/16-row tiles, against the scalar backward, and bit
+//! for bit under shuffled schedules.
 //! GPU-only twins (`*_on_cuda`, ignored) run the same bodies on the CUDA device.
 
 mod common;
@@ -16,7 +20,7 @@ mod common;
 use common::*;
 use half::bf16;
 use pepler_cuda::device::{Device, DeviceBuffer, EmuOptions, View, MAX_DYN_SMEM};
-use pepler_cuda::kernels::attention::{self as ka, AttnForwardKernel};
+use pepler_cuda::kernels::attention::{self as ka, AttnBackwardKernel, AttnForwardKernel};
 use pepler_cuda::ops::attention::{self as oa, AttnShape};
 use pepler_cuda::ops::dropout::DropoutSite;
 use pepler_cuda::precision::Act;
@@ -36,6 +40,45 @@ fn up_as<A: Act>(dev: &Device, v: &[f32]) -> DeviceBuffer<A> {
 /// Downloads `A` values widened to f32 (exact).
 fn down_as<A: Act>(dev: &Device, v: View<'_, A>) -> Vec<f32> {
     A::widen(&dev.download(v).unwrap()).into_owned()
+}
+
+/// The kernel families of one forward + backward run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Kernels {
+    fwd: AttnForwardKernel,
+    bwd: AttnBackwardKernel,
+}
+
+/// Scalar forward and backward (every head size and element type).
+const SCALAR: Kernels = Kernels {
+    fwd: AttnForwardKernel::Scalar,
+    bwd: AttnBackwardKernel::Scalar,
+};
+/// The tensor-core forward, then the scalar backward.
+const TC_FWD: Kernels = Kernels {
+    fwd: AttnForwardKernel::TensorCore,
+    bwd: AttnBackwardKernel::Scalar,
+};
+/// Tensor cores both ways: what the launchers run by default for bf16 at hd 64 and 128.
+const TC: Kernels = Kernels {
+    fwd: AttnForwardKernel::TensorCore,
+    bwd: AttnBackwardKernel::TensorCore,
+};
+
+impl Kernels {
+    /// The `TOLERANCES` rows of lse, out and dqkv for this pair.
+    fn names(self) -> [&'static str; 3] {
+        let (lse, out) = match self.fwd {
+            AttnForwardKernel::Scalar => ("attention.lse", "attention.out"),
+            AttnForwardKernel::TensorCore => ("attention_tc.lse", "attention_tc.out"),
+        };
+        let dqkv = match (self.fwd, self.bwd) {
+            (_, AttnBackwardKernel::TensorCore) => "attention_tc_bwd.dqkv",
+            (AttnForwardKernel::TensorCore, _) => "attention_tc.dqkv",
+            _ => "attention.dqkv",
+        };
+        [lse, out, dqkv]
+    }
 }
 
 /// One attention problem with its inputs.
@@ -153,10 +196,10 @@ impl Case {
         Outputs { out, lse, dqkv }
     }
 
-    /// Forward (by the kernels `fwd`) then backward on `dev` with activations stored as `A`, every
+    /// Forward then backward (by the kernels `k`) on `dev` with activations stored as `A`, every
     /// output buffer oversized by [`TAIL`] sentinels and pre-filled with NaN (they are `=`: every
     /// element must be written). Returns the outputs widened to f32.
-    fn run<A: Act>(&self, dev: &Device, fwd: AttnForwardKernel) -> Outputs {
+    fn run<A: Act>(&self, dev: &Device, k: Kernels) -> Outputs {
         let s = self.s;
         let (n_out, n_lse, n_qkv) = (s.b * s.l * s.c, s.b * s.nh * s.l, s.b * s.l * 3 * s.c);
         let with_tail = |n: usize| {
@@ -175,7 +218,7 @@ impl Case {
             .unwrap();
         ka::attention_forward_using(
             dev,
-            fwd,
+            k.fwd,
             out.view_mut(),
             lse.view_mut(),
             qkv.view(),
@@ -184,8 +227,9 @@ impl Case {
             s,
         )
         .unwrap();
-        ka::attention_backward(
+        ka::attention_backward_using(
             dev,
+            k.bwd,
             dqkv.view_mut(),
             dout.view(),
             qkv.view(),
@@ -220,11 +264,10 @@ impl Case {
         }
     }
 
-    /// Compare with the reference at precision `prec`, with the tolerances of the forward kernels
-    /// `fwd` (`attention.*` or `attention_tc.*`). Rows with no visible key: lse exactly +inf, out
-    /// exactly 0.
-    fn check(&self, prec: Precision, fwd: AttnForwardKernel, got: &Outputs, want: &Outputs) {
-        let ctx = format!("{prec} {fwd:?} {}", self.ctx());
+    /// Compare with the reference at precision `prec`, with the tolerances of the kernels `k`
+    /// ([`Kernels::names`]). Rows with no visible key: lse exactly +inf, out exactly 0.
+    fn check(&self, prec: Precision, k: Kernels, got: &Outputs, want: &Outputs) {
+        let ctx = format!("{prec} {:?}/{:?} {}", k.fwd, k.bwd, self.ctx());
         let s = self.s;
         let (mut lse_g, mut lse_w) = (Vec::new(), Vec::new());
         for (i, (&g, &w)) in got.lse.iter().zip(&want.lse).enumerate() {
@@ -243,12 +286,7 @@ impl Case {
                 lse_w.push(w);
             }
         }
-        let names = match fwd {
-            AttnForwardKernel::Scalar => ["attention.lse", "attention.out", "attention.dqkv"],
-            AttnForwardKernel::TensorCore => {
-                ["attention_tc.lse", "attention_tc.out", "attention_tc.dqkv"]
-            }
-        };
+        let names = k.names();
         for (name, g, w) in [
             (names[0], &lse_g, &lse_w),
             (names[1], &got.out, &want.out),
@@ -276,17 +314,17 @@ fn tolerance_share(prec: Precision, name: &str, actual: &[f32], expected: &[f32]
 /// The head sizes the tests cover: all three kernel variants, channels not a multiple of 32.
 const HDS: &[usize] = &[8, 16, 24, 40, 64, 128];
 
-/// The head sizes of [`HDS`] (with their index) that the kernels `fwd` take for `A`.
-fn hds_for<A: Act>(fwd: AttnForwardKernel) -> impl Iterator<Item = (usize, usize)> {
+/// The head sizes of [`HDS`] (with their index) that the kernels `k` take for `A`.
+fn hds_for<A: Act>(k: Kernels) -> impl Iterator<Item = (usize, usize)> {
     HDS.iter().copied().enumerate().filter(move |&(_, hd)| {
-        fwd == AttnForwardKernel::Scalar || AttnForwardKernel::default_for::<A>(hd) == fwd
+        k == SCALAR || AttnForwardKernel::default_for::<A>(hd) == AttnForwardKernel::TensorCore
     })
 }
 
 /// Small cases for every head size the kernels `fwd` take: odd L around the 16-row block and
 /// 32-key tile boundaries, with the mask and dropout switched on in turn.
-fn small_cases_match_reference<A: Act>(dev: &Device, fwd: AttnForwardKernel) {
-    for (k, hd) in hds_for::<A>(fwd) {
+fn small_cases_match_reference<A: Act>(dev: &Device, kern: Kernels) {
+    for (k, hd) in hds_for::<A>(kern) {
         for (i, &(l, padded, dropout)) in [
             (1, false, false),
             (5, true, true),
@@ -299,8 +337,8 @@ fn small_cases_match_reference<A: Act>(dev: &Device, fwd: AttnForwardKernel) {
             let case = Case::new(2, l, 2, hd, padded, dropout, (10 * k + i) as u64).rounded::<A>();
             case.check(
                 A::PRECISION,
-                fwd,
-                &case.run::<A>(dev, fwd),
+                kern,
+                &case.run::<A>(dev, kern),
                 &case.reference::<A>(),
             );
         }
@@ -308,8 +346,8 @@ fn small_cases_match_reference<A: Act>(dev: &Device, fwd: AttnForwardKernel) {
 }
 
 /// One long sequence per head size (L = 300: ten key tiles, causal skipping, long online softmax).
-fn long_cases_match_reference<A: Act>(dev: &Device, fwd: AttnForwardKernel) {
-    for (k, hd) in hds_for::<A>(fwd) {
+fn long_cases_match_reference<A: Act>(dev: &Device, kern: Kernels) {
+    for (k, hd) in hds_for::<A>(kern) {
         // alternate padding and dropout so that both meet a long sequence
         let case = Case::new(
             1,
@@ -323,8 +361,8 @@ fn long_cases_match_reference<A: Act>(dev: &Device, fwd: AttnForwardKernel) {
         .rounded::<A>();
         case.check(
             A::PRECISION,
-            fwd,
-            &case.run::<A>(dev, fwd),
+            kern,
+            &case.run::<A>(dev, kern),
             &case.reference::<A>(),
         );
     }
@@ -336,12 +374,12 @@ fn backward_is_bitwise_deterministic<A: Act>(
     dev: &Device,
     shuffled: &Device,
     case: &Case,
-    fwd: AttnForwardKernel,
+    k: Kernels,
 ) {
     let want = case.reference::<A>();
-    let first = case.run::<A>(dev, fwd);
-    let second = case.run::<A>(dev, fwd);
-    let third = case.run::<A>(shuffled, fwd);
+    let first = case.run::<A>(dev, k);
+    let second = case.run::<A>(dev, k);
+    let third = case.run::<A>(shuffled, k);
     for (name, a, b, c) in [
         ("out", &first.out, &second.out, &third.out),
         ("lse", &first.lse, &second.lse, &third.lse),
@@ -355,7 +393,7 @@ fn backward_is_bitwise_deterministic<A: Act>(
             c,
         );
     }
-    case.check(A::PRECISION, fwd, &first, &want);
+    case.check(A::PRECISION, k, &first, &want);
 }
 
 /// Decoding: prefill `n0` positions, then one at a time up to `l`; every step's output must be the
@@ -468,39 +506,104 @@ use AttnForwardKernel::{Scalar, TensorCore};
 
 #[test]
 fn attention_matches_reference_for_every_head_size_small_l() {
-    small_cases_match_reference::<f32>(&emu(), Scalar);
+    small_cases_match_reference::<f32>(&emu(), SCALAR);
 }
 
 #[test]
 fn attention_bf16_matches_reference_for_every_head_size_small_l() {
-    small_cases_match_reference::<bf16>(&emu(), Scalar);
+    small_cases_match_reference::<bf16>(&emu(), SCALAR);
 }
 
 #[test]
 fn attention_tc_bf16_matches_reference_small_l() {
-    let dev = emu();
-    small_cases_match_reference::<bf16>(&dev, TensorCore);
-    // two 64-row query blocks, the second partial; padded keys and dropout
-    for (hd, seed) in [(64, 60), (128, 61)] {
-        let case = Case::new(2, 70, 1, hd, true, true, seed).rounded::<bf16>();
-        let got = case.run::<bf16>(&dev, TensorCore);
-        case.check(Bf16, TensorCore, &got, &case.reference::<bf16>());
+    small_cases_match_reference::<bf16>(&emu(), TC);
+}
+
+/// The tensor-core forward and backward at odd L around their tiles (64-row blocks; 32-key/query
+/// tiles at hd 64, 16 at hd 128): 1, 17, 33, 70 (a partial second block), 130 (three blocks),
+/// both head sizes, each with two of the four mask/dropout combinations (all four over the L).
+fn tc_odd_l_cases_match_reference(dev: &Device) {
+    for (i, l) in [1, 17, 33, 70, 130].into_iter().enumerate() {
+        for (k, hd) in [64, 128].into_iter().enumerate() {
+            let combos = if i % 2 == 0 {
+                [(false, false), (true, true)]
+            } else {
+                [(true, false), (false, true)]
+            };
+            for (m, (padded, dropout)) in combos.into_iter().enumerate() {
+                let seed = (200 + 10 * i + 2 * k + m) as u64;
+                let case = Case::new(2, l, 2, hd, padded, dropout, seed).rounded::<bf16>();
+                case.check(
+                    Bf16,
+                    TC,
+                    &case.run::<bf16>(dev, TC),
+                    &case.reference::<bf16>(),
+                );
+            }
+        }
     }
 }
 
 #[test]
+fn attention_tc_bf16_matches_reference_at_odd_l() {
+    tc_odd_l_cases_match_reference(&emu());
+}
+
+/// The tensor-core and the scalar backward after the same (tensor-core) forward: both close to the
+/// reference, within `attention_tc_bwd.dqkv` of each other, and not the same bits (the tensor-core
+/// kernels round P r and dS to bf16).
+fn tc_backward_agrees_with_scalar_backward(dev: &Device) {
+    for (i, (b, l, hd)) in [(2, 33, 64), (2, 70, 128), (1, 130, 64)]
+        .into_iter()
+        .enumerate()
+    {
+        let case = Case::new(b, l, 2, hd, true, true, 300 + i as u64).rounded::<bf16>();
+        let want = case.reference::<bf16>();
+        let (tc, scalar) = (case.run::<bf16>(dev, TC), case.run::<bf16>(dev, TC_FWD));
+        let ctx = case.ctx();
+        assert_bits_eq(
+            &format!("{ctx}: out, the same forward"),
+            &tc.out,
+            &scalar.out,
+        );
+        case.check(Bf16, TC, &tc, &want);
+        case.check(Bf16, TC_FWD, &scalar, &want);
+        eprintln!(
+            "{ctx} tensor-core vs scalar dqkv: {:.3} of attention_tc_bwd.dqkv",
+            tolerance_share(Bf16, "attention_tc_bwd.dqkv", &tc.dqkv, &scalar.dqkv)
+        );
+        assert_close_at(
+            Bf16,
+            "attention_tc_bwd.dqkv",
+            &format!("{ctx}: tensor-core vs scalar backward"),
+            &tc.dqkv,
+            &scalar.dqkv,
+        );
+        assert!(
+            tc.dqkv.iter().zip(&scalar.dqkv).any(|(a, b)| a != b),
+            "{ctx}: the tensor-core and scalar backward should round differently somewhere"
+        );
+    }
+}
+
+#[test]
+fn attention_tc_backward_agrees_with_the_scalar_backward() {
+    tc_backward_agrees_with_scalar_backward(&emu());
+}
+
+#[test]
 fn attention_matches_reference_at_l300() {
-    long_cases_match_reference::<f32>(&emu(), Scalar);
+    long_cases_match_reference::<f32>(&emu(), SCALAR);
 }
 
 #[test]
 fn attention_bf16_matches_reference_at_l300() {
-    long_cases_match_reference::<bf16>(&emu(), Scalar);
+    long_cases_match_reference::<bf16>(&emu(), SCALAR);
 }
 
 #[test]
 fn attention_tc_bf16_matches_reference_at_l300() {
-    long_cases_match_reference::<bf16>(&emu(), TensorCore);
+    long_cases_match_reference::<bf16>(&emu(), TC);
 }
 
 /// The emulated device in shuffle mode: random block order, and a random runnable thread picked
@@ -517,24 +620,27 @@ fn emu_shuffled(seed: u64) -> Device {
 fn attention_is_bitwise_deterministic_across_runs_and_schedules() {
     // 70 positions: three query/key tiles; padded keys and dropout on; hd 40 (partial lanes).
     let case = Case::new(2, 70, 2, 40, true, true, 77);
-    backward_is_bitwise_deterministic::<f32>(&emu(), &emu_shuffled(4242), &case, Scalar);
+    backward_is_bitwise_deterministic::<f32>(&emu(), &emu_shuffled(4242), &case, SCALAR);
 }
 
 #[test]
 fn attention_bf16_is_bitwise_deterministic_across_runs_and_schedules() {
     let case = Case::new(2, 70, 2, 40, true, true, 77).rounded::<bf16>();
-    backward_is_bitwise_deterministic::<bf16>(&emu(), &emu_shuffled(4243), &case, Scalar);
+    backward_is_bitwise_deterministic::<bf16>(&emu(), &emu_shuffled(4243), &case, SCALAR);
 }
 
 #[test]
 fn attention_tc_bf16_is_bitwise_deterministic_across_runs_and_schedules() {
     // two 64-row query blocks and three key tiles; padded keys and dropout on
     let case = Case::new(2, 70, 2, 64, true, true, 79).rounded::<bf16>();
-    backward_is_bitwise_deterministic::<bf16>(&emu(), &emu_shuffled(4244), &case, TensorCore);
+    backward_is_bitwise_deterministic::<bf16>(&emu(), &emu_shuffled(4244), &case, TC);
+    // hd 128 (16-row tiles in the backward): three key blocks, the last partial
+    let case = Case::new(1, 130, 2, 128, true, true, 81).rounded::<bf16>();
+    backward_is_bitwise_deterministic::<bf16>(&emu(), &emu_shuffled(4245), &case, TC);
 }
 
 #[test]
-fn attention_defaults_to_tensor_cores_for_bf16_at_hd64_and_hd128() {
+fn attention_defaults_to_tensor_cores_for_bf16_at_hd64_and_hd128_both_ways() {
     for hd in 1..=ka::ATTN_MAX_HD {
         let tc = matches!(hd, 64 | 128);
         assert_eq!(
@@ -546,6 +652,16 @@ fn attention_defaults_to_tensor_cores_for_bf16_at_hd64_and_hd128() {
             AttnForwardKernel::default_for::<bf16>(hd) == TensorCore,
             tc,
             "bf16 hd={hd}"
+        );
+        assert_eq!(
+            AttnBackwardKernel::default_for::<f32>(hd),
+            AttnBackwardKernel::Scalar,
+            "backward f32 hd={hd}"
+        );
+        assert_eq!(
+            AttnBackwardKernel::default_for::<bf16>(hd) == AttnBackwardKernel::TensorCore,
+            tc,
+            "backward bf16 hd={hd}"
         );
     }
     // the plain launcher runs exactly the tensor-core kernel's bits
@@ -580,6 +696,40 @@ fn attention_defaults_to_tensor_cores_for_bf16_at_hd64_and_hd128() {
     assert!(
         default.0.iter().zip(&scalar.0).any(|(a, b)| a != b),
         "the tensor-core and scalar kernels should round P differently somewhere"
+    );
+    // and the plain backward launcher exactly the tensor-core backward's
+    let (out, lse) = (up_as::<bf16>(&dev, &default.0), up(&dev, &default.1));
+    let dout = up_as::<bf16>(&dev, &case.dout);
+    let backward = |which: Option<AttnBackwardKernel>| {
+        let mut dqkv = dev.alloc::<bf16>(s.b * s.l * 3 * s.c).unwrap();
+        let mut scratch = dev
+            .alloc::<f32>(ka::attention_backward_scratch_len(s).unwrap())
+            .unwrap();
+        let (d, g, q, o, l, m, sc) = (
+            dqkv.view_mut(),
+            dout.view(),
+            qkv.view(),
+            out.view(),
+            lse.view(),
+            Some(mask.view()),
+            scratch.view_mut(),
+        );
+        match which {
+            None => ka::attention_backward(&dev, d, g, q, o, l, m, None, s, sc),
+            Some(w) => ka::attention_backward_using(&dev, w, d, g, q, o, l, m, None, s, sc),
+        }
+        .unwrap();
+        down_as(&dev, dqkv.view())
+    };
+    let (default, tc, scalar) = (
+        backward(None),
+        backward(Some(AttnBackwardKernel::TensorCore)),
+        backward(Some(AttnBackwardKernel::Scalar)),
+    );
+    assert_bits_eq("default vs tensor-core dqkv", &default, &tc);
+    assert!(
+        default.iter().zip(&scalar).any(|(a, b)| a != b),
+        "the tensor-core and scalar backward should round P r and dS differently somewhere"
     );
 }
 
@@ -638,8 +788,16 @@ fn attention_shared_memory_fits_48_kib_for_every_head_size() {
     for hd in [64, 128] {
         let bytes = ka::attention_tc_smem_bytes(hd).unwrap();
         assert!(bytes <= MAX_DYN_SMEM, "tensor-core hd={hd}: {bytes} bytes");
+        for which in [ka::AttnKernel::BackwardDq, ka::AttnKernel::BackwardDkv] {
+            let bytes = ka::attention_tc_backward_smem_bytes(which, hd).unwrap();
+            assert!(
+                bytes <= MAX_DYN_SMEM,
+                "tensor-core {which:?} hd={hd}: {bytes} bytes"
+            );
+        }
     }
     assert!(ka::attention_tc_smem_bytes(96).is_err());
+    assert!(ka::attention_tc_backward_smem_bytes(ka::AttnKernel::BackwardDkv, 96).is_err());
 }
 
 #[test]
@@ -854,6 +1012,44 @@ fn attention_launchers_reject_bad_sizes() {
         e.contains("attention_cached_forward: attention tensor-core forward: head size 8 is not supported (64 or 128)"),
         "{e}"
     );
+    let e = err(ka::attention_backward_using(
+        &dev,
+        AttnBackwardKernel::TensorCore,
+        dqkv.view_mut(),
+        out.view(),
+        qkv.view(),
+        out.view(),
+        lse.view(),
+        None,
+        None,
+        s64,
+        scratch.view_mut(),
+    ));
+    assert!(
+        e.contains(
+            "attention_backward_dq: the tensor-core kernels take bf16 activations, not fp32"
+        ),
+        "{e}"
+    );
+    let s1 = AttnShape { b: 1, ..s };
+    let mut dqkv16 = dev.alloc::<bf16>(5 * 48).unwrap();
+    let e = err(ka::attention_backward_using(
+        &dev,
+        AttnBackwardKernel::TensorCore,
+        dqkv16.view_mut(),
+        out16.view(),
+        qkv16.view(),
+        out16.view(),
+        lse.view(),
+        None,
+        None,
+        s1,
+        scratch.view_mut(),
+    ));
+    assert!(
+        e.contains("attention_backward_dq: attention tensor-core backward: head size 8 is not supported (64 or 128)"),
+        "{e}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -863,36 +1059,39 @@ fn attention_launchers_reject_bad_sizes() {
 #[ignore = "needs a CUDA GPU"]
 fn attention_matches_reference_for_every_head_size_on_cuda() {
     let dev = gpu();
-    small_cases_match_reference::<f32>(&dev, Scalar);
-    long_cases_match_reference::<f32>(&dev, Scalar);
-    pepler_shape_matches_reference::<f32>(&dev, Scalar);
+    small_cases_match_reference::<f32>(&dev, SCALAR);
+    long_cases_match_reference::<f32>(&dev, SCALAR);
+    pepler_shape_matches_reference::<f32>(&dev, SCALAR);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_bf16_matches_reference_for_every_head_size_on_cuda() {
     let dev = gpu();
-    small_cases_match_reference::<bf16>(&dev, Scalar);
-    long_cases_match_reference::<bf16>(&dev, Scalar);
-    pepler_shape_matches_reference::<bf16>(&dev, Scalar);
+    small_cases_match_reference::<bf16>(&dev, SCALAR);
+    long_cases_match_reference::<bf16>(&dev, SCALAR);
+    pepler_shape_matches_reference::<bf16>(&dev, SCALAR);
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_tc_bf16_matches_reference_on_cuda() {
     let dev = gpu();
-    small_cases_match_reference::<bf16>(&dev, TensorCore);
-    long_cases_match_reference::<bf16>(&dev, TensorCore);
-    pepler_shape_matches_reference::<bf16>(&dev, TensorCore);
+    small_cases_match_reference::<bf16>(&dev, TC);
+    long_cases_match_reference::<bf16>(&dev, TC);
+    pepler_shape_matches_reference::<bf16>(&dev, TC);
+    pepler_shape_matches_reference::<bf16>(&dev, TC_FWD);
+    tc_odd_l_cases_match_reference(&dev);
+    tc_backward_agrees_with_scalar_backward(&dev);
 }
 
 /// PEPLER's shape: GPT-2 small heads, a padded batch, dropout on.
-fn pepler_shape_matches_reference<A: Act>(dev: &Device, fwd: AttnForwardKernel) {
+fn pepler_shape_matches_reference<A: Act>(dev: &Device, k: Kernels) {
     let case = Case::new(16, 26, 12, 64, true, true, 9).rounded::<A>();
     case.check(
         A::PRECISION,
-        fwd,
-        &case.run::<A>(dev, fwd),
+        k,
+        &case.run::<A>(dev, k),
         &case.reference::<A>(),
     );
 }
@@ -904,10 +1103,13 @@ fn attention_is_bitwise_deterministic_on_cuda() {
     // on a GPU the second device handle stands in for a different schedule: blocks run
     // concurrently in whatever order the hardware picks
     let case = Case::new(8, 300, 4, 64, true, true, 78);
-    backward_is_bitwise_deterministic::<f32>(&dev, &gpu(), &case, Scalar);
+    backward_is_bitwise_deterministic::<f32>(&dev, &gpu(), &case, SCALAR);
     let case = case.rounded::<bf16>();
-    backward_is_bitwise_deterministic::<bf16>(&dev, &gpu(), &case, Scalar);
-    backward_is_bitwise_deterministic::<bf16>(&dev, &gpu(), &case, TensorCore);
+    backward_is_bitwise_deterministic::<bf16>(&dev, &gpu(), &case, SCALAR);
+    backward_is_bitwise_deterministic::<bf16>(&dev, &gpu(), &case, TC_FWD);
+    backward_is_bitwise_deterministic::<bf16>(&dev, &gpu(), &case, TC);
+    let case = Case::new(4, 300, 4, 128, true, true, 82).rounded::<bf16>();
+    backward_is_bitwise_deterministic::<bf16>(&dev, &gpu(), &case, TC);
 }
 
 #[test]

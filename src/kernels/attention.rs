@@ -15,7 +15,10 @@
 //! Tensor cores ([`AttnForwardKernel`]): for bf16 with head size 64 or 128, the forward and the
 //! cached forward default to `attention_{,cached_}forward_tc_hdN_bf16` (QK^T and PV on
 //! `mma.m16n8k16`, P rounded to bf16 for PV as FlashAttention does); the `_using` wrappers pick a
-//! kernel family explicitly. The backward has no tensor-core version.
+//! kernel family explicitly. The backward likewise ([`AttnBackwardKernel`]): for bf16 at hd 64 or
+//! 128, dq and dk/dv default to `attention_backward_{dq,dkv}_tc_hdN_bf16` (S, dP, dQ, dK, dV on
+//! `mma.m16n8k16`, P r and dS rounded to bf16 as their A operands); the row term D stays the
+//! scalar `attention_backward_rowdot`.
 
 use anyhow::{bail, Result};
 
@@ -167,6 +170,100 @@ fn forward_config<A: Act>(
     }
 }
 
+/// Which kernels compute dq and dk/dv in [`attention_backward`] (the row term D is always
+/// `attention_backward_rowdot`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnBackwardKernel {
+    /// `attention_backward_{dq,dkv}_hdN[_bf16]`: every head size and element type, f32 P and dS.
+    Scalar,
+    /// `attention_backward_{dq,dkv}_tc_hdN_bf16`: bf16 with head size 64 or 128 only; every
+    /// product on tensor cores, P r and dS rounded to bf16 as mma operands.
+    TensorCore,
+}
+
+impl AttnBackwardKernel {
+    /// What [`attention_backward`] uses for element type `A` and head size `hd`: tensor cores
+    /// where a kernel exists (the same rule as [`AttnForwardKernel::default_for`]), the scalar
+    /// kernels otherwise.
+    pub fn default_for<A: Act>(hd: usize) -> AttnBackwardKernel {
+        match AttnForwardKernel::default_for::<A>(hd) {
+            AttnForwardKernel::TensorCore => AttnBackwardKernel::TensorCore,
+            AttnForwardKernel::Scalar => AttnBackwardKernel::Scalar,
+        }
+    }
+}
+
+/// Rows per block of the tensor-core backward (`ATTN_TCB_BM`: 4 warps of 16 keys for dkv, of 16
+/// queries for dq).
+const TCB_ROWS: usize = 64;
+
+/// Rows of the other side per staged tile of the tensor-core backward (`AttnTcb<HD>::BN`): queries
+/// for dkv, keys for dq; 16 at hd 128 keeps shared memory under 48 KiB.
+fn tc_backward_tile(hd: usize) -> usize {
+    if hd == 64 {
+        32
+    } else {
+        16
+    }
+}
+
+/// Dynamic shared memory in bytes of a tensor-core kernel for head size `hd` (64 or 128), rows of
+/// bf16 padded to hd + 8 elements: the forward as [`attention_tc_smem_bytes`]; dq: Q and dout (64
+/// rows each), K and V (a tile each); dkv: K and V (64 rows each), Q and dout (a tile each) and the
+/// tile's lse and D (f32). hd 64: 27 KiB; hd 128: 42.5 KiB.
+pub fn attention_tc_backward_smem_bytes(which: AttnKernel, hd: usize) -> Result<u32> {
+    if which == AttnKernel::Forward {
+        return attention_tc_smem_bytes(hd);
+    }
+    if !matches!(hd, 64 | 128) {
+        bail!("attention tensor-core backward: head size {hd} is not supported (64 or 128)");
+    }
+    let tile = tc_backward_tile(hd);
+    let rows = 2 * TCB_ROWS + 2 * tile;
+    let bytes = match which {
+        AttnKernel::Forward => unreachable!("returned above"),
+        AttnKernel::BackwardDq => rows * (hd + 8) * 2,
+        AttnKernel::BackwardDkv => rows * (hd + 8) * 2 + 2 * tile * 4,
+    } as u32;
+    debug_assert!(
+        bytes <= MAX_DYN_SMEM,
+        "attention tc backward smem {bytes} for hd {hd}"
+    );
+    Ok(bytes)
+}
+
+/// Kernel name and launch shape of a backward kernel (`kernel` = "attention_backward_dq" or
+/// "attention_backward_dkv", `which` the matching [`AttnKernel`]) for element type `A` and kernel
+/// family `family`.
+fn backward_config<A: Act>(
+    kernel: &str,
+    which: AttnKernel,
+    family: AttnBackwardKernel,
+    s: &AttnShape,
+) -> Result<(String, LaunchConfig)> {
+    match family {
+        AttnBackwardKernel::Scalar => tiled_config::<A>(kernel, which, s, s.l),
+        AttnBackwardKernel::TensorCore => {
+            let hd = s.hd();
+            if A::PRECISION != Precision::Bf16 {
+                bail!(
+                    "{kernel}: the tensor-core kernels take bf16 activations, not {}",
+                    A::PRECISION
+                );
+            }
+            let smem = attention_tc_backward_smem_bytes(which, hd)
+                .map_err(|e| anyhow::anyhow!("{kernel}: {e}"))?;
+            let blocks =
+                s.l.div_ceil(TCB_ROWS)
+                    .checked_mul(s.nh)
+                    .and_then(|x| x.checked_mul(s.b))
+                    .ok_or_else(|| anyhow::anyhow!("{kernel}: grid size overflows"))?;
+            let cfg = LaunchConfig::linear(grid_for(kernel, blocks, 1)?, (WARPS * 32) as u32, smem);
+            Ok((A::kernel(&format!("{kernel}_tc_hd{hd}")), cfg))
+        }
+    }
+}
+
 /// Kernel name and launch shape of the forward for activation type `A` (the default kernel).
 pub fn attention_forward_config<A: Act>(s: &AttnShape) -> Result<(String, LaunchConfig)> {
     let which = AttnForwardKernel::default_for::<A>(s.hd());
@@ -310,9 +407,32 @@ pub fn attention_forward_using<A: Act>(
 /// out), then dq, then dk/dv; each output element is summed by one thread in a fixed order, so
 /// `dqkv` is bit-reproducible. `dqkv`, `dout`, `qkv`, `out` are `A`, `lse` and `scratch` f32; for
 /// bf16, D is dout . out of the stored (rounded) `out`, and dqkv is rounded once when stored.
+/// Runs [`AttnBackwardKernel::default_for`] (tensor cores for bf16 with hd 64 or 128).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<A: Act>(
     dev: &Device,
+    dqkv: ViewMut<'_, A>,
+    dout: View<'_, A>,
+    qkv: View<'_, A>,
+    out: View<'_, A>,
+    lse: View<'_, f32>,
+    key_mask: Option<View<'_, i32>>,
+    dropout: Option<DropoutSite>,
+    s: AttnShape,
+    scratch: ViewMut<'_, f32>,
+) -> Result<()> {
+    let which = AttnBackwardKernel::default_for::<A>(s.hd());
+    attention_backward_using(
+        dev, which, dqkv, dout, qkv, out, lse, key_mask, dropout, s, scratch,
+    )
+}
+
+/// [`attention_backward`] with the dq and dk/dv kernel family chosen by the caller (an error where
+/// `which` has no kernel for `A` and this head size).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_using<A: Act>(
+    dev: &Device,
+    which: AttnBackwardKernel,
     mut dqkv: ViewMut<'_, A>,
     dout: View<'_, A>,
     qkv: View<'_, A>,
@@ -338,6 +458,10 @@ pub fn attention_backward<A: Act>(
     )?;
     let mask = mask_arg(K, key_mask, n_mask)?;
     let [d_on, d_seed, d_step, d_step_at, d_site, d_p] = dropout_args(dev, K, dropout)?;
+    let launches = [
+        backward_config::<A>("attention_backward_dq", AttnKernel::BackwardDq, which, &s)?,
+        backward_config::<A>("attention_backward_dkv", AttnKernel::BackwardDkv, which, &s)?,
+    ];
     if n_out == 0 {
         return Ok(());
     }
@@ -369,11 +493,7 @@ pub fn attention_backward<A: Act>(
     // int, int)`; D holds B*NH*L (one warp per row, rows past the end return), dout/out B*L*C.
     unsafe { dev.launch(&A::kernel("attention_backward_rowdot"), &cfg, &args)? };
 
-    for (kernel, which) in [
-        ("attention_backward_dq", AttnKernel::BackwardDq),
-        ("attention_backward_dkv", AttnKernel::BackwardDkv),
-    ] {
-        let (name, cfg) = tiled_config::<A>(kernel, which, &s, s.l)?;
+    for (name, cfg) in launches {
         let args = [
             KernelArg::from(&dqkv),
             dout.into(),
@@ -391,7 +511,7 @@ pub fn attention_backward<A: Act>(
             d_site,
             d_p,
         ];
-        // SAFETY: args match `attention_backward_{dq,dkv}_hdN[_bf16](A*, const A* x2, const float*
+        // SAFETY: args match `attention_backward_{dq,dkv}_[tc_]hdN[_bf16](A*, const A* x2, const float*
         // x2, const int*, int, int, int, int, unsigned long long, unsigned long long, const unsigned
         // long long* (NULL or the step scalar), unsigned int, float)` with A the element type of dqkv, dout and qkv; dqkv
         // and qkv hold B*L*3C, dout B*L*C, lse and D B*NH*L (D written by the launch above, in
