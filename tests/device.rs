@@ -337,13 +337,13 @@ fn gemm_bf16_output_is_initialised_and_errors_are_errors() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn cuda_gemm_bf16_matches_f64_reference_for_all_transposes_ld_and_batches() {
+fn gemm_bf16_matches_f64_reference_for_all_transposes_ld_and_batches_on_cuda() {
     check_gemm_bf16_cases(&gpu());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn cuda_gemm_bf16_at_odd_offsets() {
+fn gemm_bf16_at_odd_offsets_on_cuda() {
     gemm_bf16_at_odd_offsets(&gpu());
 }
 
@@ -578,13 +578,13 @@ fn gpu() -> Device {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn cuda_gemm_matches_naive_for_all_transposes_ld_and_batches() {
+fn gemm_matches_naive_for_all_transposes_ld_and_batches_on_cuda() {
     check_gemm_cases(&gpu());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn cuda_memory_roundtrips_and_rejects_bad_ld() {
+fn memory_roundtrips_and_rejects_bad_ld_on_cuda() {
     let dev = gpu();
     let f = rand_vec(1001, 9);
     let mut buf = dev.upload(&f).unwrap();
@@ -973,13 +973,13 @@ fn emu_graph_capture_failures_are_errors() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn cuda_graph_replay_matches_direct_run() {
+fn graph_replay_matches_direct_run_on_cuda() {
     graph_replay_matches_direct_run(&gpu());
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn cuda_graph_capture_failures_are_errors() {
+fn graph_capture_failures_are_errors_on_cuda() {
     graph_capture_failures_are_errors(&gpu());
 }
 
