@@ -6,18 +6,15 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::train::{DataArgs, PromptArg, RecArg};
-use crate::backend::AdamWVariant;
+use super::train::{DataArgs, RecArg, RunOptions};
 use crate::experiment::aggregate::aggregate;
 use crate::experiment::report::{shell_line, write_report};
 use crate::experiment::{
     collect, grid, run_grid, splits_under, Axes, GridControl, Kind, RunStatus, SizeSpec,
     SplitSource, Variant,
 };
-use crate::model::config::{PromptKind, RecKind};
-use crate::model::sizes::ModelSize;
 use crate::train::config::{DataSource, TrainConfig};
-use crate::train::strategy::{Stage1Wte, Strategy};
+use crate::train::strategy::Strategy;
 
 /// A Table 5 row, as `--variants` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -76,67 +73,10 @@ pub struct ExperimentCommon {
     /// jobs); the same command resumes that run where it stopped.
     #[arg(long, value_name = "EPOCHS")]
     pub stop_after: Option<u32>,
-    /// A Hugging Face GPT-2 directory (config.json + model.safetensors [+ tokenizer.json]) for
-    /// every run. Without it: the built-in tiny GPT-2 (or --size), randomly initialised.
-    #[arg(long, value_name = "DIR")]
-    pub model: Option<PathBuf>,
-    /// Without --model: a built-in GPT-2 shape, randomly initialised (tiny, small, medium, large,
-    /// xl); default: tiny. (The `sizes` experiment sets this per run.)
-    #[arg(long, value_name = "SIZE", conflicts_with = "model")]
-    pub size: Option<ModelSize>,
-    /// A tokenizer.json (GPT-2 BPE) instead of the model directory's or the built-in one.
-    #[arg(long, value_name = "FILE")]
-    pub tokenizer: Option<PathBuf>,
-    /// Prompt kind of every run (the `splits` variants set their own).
-    #[arg(long, value_enum, default_value_t = PromptArg::Continuous)]
-    pub prompt: PromptArg,
-    /// Training strategy of every run where the experiment does not sweep or fix it: sequential,
-    /// prompt-only or full (default: sequential; the λ sweep and the rating-head variants use full,
-    /// as the original reg.py).
-    #[arg(long, value_enum)]
-    pub strategy: Option<Strategy>,
-    /// Whether the word-embedding table trains in the prompt stage (`train`: as the original
-    /// code; `freeze`: as the paper).
-    #[arg(long, value_enum, default_value_t = Stage1Wte::Train)]
-    pub stage1_wte: Stage1Wte,
-    /// Rating head of every run where the experiment does not set it.
-    #[arg(long, value_enum, default_value_t = RecArg::None)]
-    pub rec: RecArg,
-    /// Weight of the rating loss where the experiment does not sweep it.
-    #[arg(long = "lambda", default_value_t = 0.01)]
-    pub rec_lambda: f32,
-    /// Learning rate where the experiment does not sweep it (default: 1e-3; 1e-4 for the
-    /// discrete prompt).
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// AdamW formula: `torch` (torch.optim.AdamW) or `hf` (transformers.AdamW, as the original).
-    #[arg(long, value_enum, default_value_t = AdamWVariant::Torch)]
-    pub adamw: AdamWVariant,
-    /// AdamW weight decay (decoupled).
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    /// Batch size.
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
-    /// Maximum epochs per stage (early stopping usually ends a stage first).
-    #[arg(long, default_value_t = 100)]
-    pub epochs: u32,
-    /// Early stopping: a stage ends after this many epochs without a new best validation loss.
-    #[arg(long, default_value_t = 5)]
-    pub endure: u32,
-    /// Explanations are cut to this many BPE tokens; generation stops after as many.
-    #[arg(long, default_value_t = 20)]
-    pub max_words: usize,
-    /// Dropout probability during training.
-    #[arg(long, default_value_t = 0.1)]
-    pub dropout: f32,
-    /// Seed of every run (initialisation, batch order, dropout): same seed, same bits.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Keep GPT-2's full 50260-token vocabulary in built-in models (default: only the tokens in
-    /// the data).
-    #[arg(long)]
-    pub full_vocab: bool,
+    /// The model and training options of every run (where the experiment does not sweep or fix
+    /// them).
+    #[command(flatten)]
+    pub run: RunOptions,
 }
 
 /// Which experiment, with its own grid options.
@@ -204,39 +144,10 @@ impl ExperimentCommon {
     /// The configuration every run starts from; the grid overrides what it sweeps. Built from
     /// `TrainConfig::defaults` so fields added later keep their defaults.
     pub fn base_config(&self, kind: Kind) -> TrainConfig {
-        let prompt = match self.prompt {
-            PromptArg::Continuous => PromptKind::Continuous,
-            PromptArg::Discrete => PromptKind::Discrete,
-        };
-        let mut c = TrainConfig::defaults(prompt);
-        c.data = self.data.source();
-        c.model_dir = self.model.as_deref().map(absolute);
-        c.model_size = self.size;
-        c.tokenizer = self.tokenizer.as_deref().map(absolute);
-        if let Some(s) = self.strategy {
-            c.strategy = s;
-        } else if kind == Kind::Lambda {
+        let mut c = self.run.config(self.data.source());
+        if self.run.strategy.is_none() && kind == Kind::Lambda {
             c.strategy = Strategy::Full;
         }
-        c.stage1_wte = self.stage1_wte;
-        c.rec = match self.rec {
-            RecArg::None => RecKind::None,
-            RecArg::Mf => RecKind::Mf,
-            RecArg::Mlp => RecKind::Mlp,
-        };
-        c.rec_lambda = self.rec_lambda;
-        if let Some(lr) = self.lr {
-            c.lr = lr;
-        }
-        c.adamw = self.adamw;
-        c.weight_decay = self.weight_decay;
-        c.batch_size = self.batch_size;
-        c.epochs = self.epochs;
-        c.endure = self.endure;
-        c.max_words = self.max_words;
-        c.dropout = self.dropout;
-        c.seed = self.seed;
-        c.full_vocab = self.full_vocab;
         c
     }
 
@@ -283,14 +194,7 @@ pub fn run(args: &ExperimentArgs) -> Result<i32> {
         } => (
             common,
             Axes::Lambda {
-                recs: recs
-                    .iter()
-                    .map(|r| match r {
-                        RecArg::None => RecKind::None,
-                        RecArg::Mf => RecKind::Mf,
-                        RecArg::Mlp => RecKind::Mlp,
-                    })
-                    .collect(),
+                recs: recs.iter().map(|&r| r.into()).collect(),
                 lambdas: lambdas.clone(),
             },
         ),
@@ -312,13 +216,13 @@ pub fn run(args: &ExperimentArgs) -> Result<i32> {
     }
     // Options the grid would silently override are errors that point at the grid's own option.
     match &axes {
-        Axes::Sizes { .. } if common.model.is_some() || common.size.is_some() => {
+        Axes::Sizes { .. } if common.run.model.is_some() || common.run.size.is_some() => {
             bail!("experiment sizes sets the model per run: use --sizes NAME[=DIR], not --model/--size")
         }
-        Axes::Strategies { .. } if common.strategy.is_some() || common.lr.is_some() => {
+        Axes::Strategies { .. } if common.run.strategy.is_some() || common.run.lr.is_some() => {
             bail!("experiment strategies sweeps --strategies and --lrs; drop --strategy/--lr")
         }
-        Axes::Lambda { .. } if common.rec != RecArg::None => {
+        Axes::Lambda { .. } if common.run.rec != RecArg::None => {
             bail!("experiment lambda sets the rating head per run: use --recs, not --rec")
         }
         _ => {}
@@ -327,7 +231,7 @@ pub fn run(args: &ExperimentArgs) -> Result<i32> {
     let kind = axes.kind();
     let base = common.base_config(kind);
     let splits = common.split_sources(&base)?;
-    let runs = grid(&axes, &base, &splits, common.lr.is_some())?;
+    let runs = grid(&axes, &base, &splits, common.run.lr.is_some())?;
     let out = common
         .out
         .clone()

@@ -37,6 +37,16 @@ pub enum RecArg {
     Mlp,
 }
 
+impl From<RecArg> for RecKind {
+    fn from(r: RecArg) -> RecKind {
+        match r {
+            RecArg::None => RecKind::None,
+            RecArg::Mf => RecKind::Mf,
+            RecArg::Mlp => RecKind::Mlp,
+        }
+    }
+}
+
 /// Where to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
@@ -98,15 +108,10 @@ impl DataArgs {
     }
 }
 
-/// Train PEPLER (sequential tuning by default), keep the best model by validation loss, then
-/// generate explanations for the test split and print the paper's metrics table.
-///
-/// With no options: the built-in synthetic dataset and a built-in tiny GPT-2 (random init).
+/// The model and training options of a run: `train`'s, and every run of an `experiment` grid
+/// where the experiment does not sweep or fix them.
 #[derive(Clone, Debug, Args)]
-#[command(allow_negative_numbers = true)]
-pub struct TrainArgs {
-    #[command(flatten)]
-    pub data: DataArgs,
+pub struct RunOptions {
     /// A Hugging Face GPT-2 directory (config.json + model.safetensors [+ tokenizer.json]), e.g.
     /// a download of `gpt2`. Without it: a built-in tiny GPT-2 (64 wide, 2 layers), randomly
     /// initialised.
@@ -123,7 +128,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = PromptArg::Continuous)]
     pub prompt: PromptArg,
     /// Training strategy: sequential (prompts first with the LM frozen, then everything),
-    /// prompt-only, or full. Default: sequential (continuous), full (discrete).
+    /// prompt-only, or full. Default: sequential (continuous), full (discrete); the experiments'
+    /// λ sweep and rating-head variants default to full, as the original reg.py.
     #[arg(long, value_enum)]
     pub strategy: Option<Strategy>,
     /// Whether the word-embedding table trains in the prompt stage: `train` reproduces the
@@ -166,6 +172,58 @@ pub struct TrainArgs {
     /// Seed for initialisation, batch order and dropout: same seed, same bits.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Keep GPT-2's full 50260-token vocabulary in the built-in models (default: only the tokens
+    /// that occur in the data, renumbered densely — much faster, same tokenizer).
+    #[arg(long)]
+    pub full_vocab: bool,
+}
+
+impl RunOptions {
+    /// The run configuration these options describe, on `data` (`TrainConfig::defaults` of the
+    /// prompt kind for what is not given, so fields added later keep their defaults).
+    pub fn config(&self, data: DataSource) -> TrainConfig {
+        let prompt = match self.prompt {
+            PromptArg::Continuous => PromptKind::Continuous,
+            PromptArg::Discrete => PromptKind::Discrete,
+        };
+        let mut c = TrainConfig::defaults(prompt);
+        c.data = data;
+        c.model_dir = self.model.as_deref().map(absolute);
+        c.model_size = self.size;
+        c.tokenizer = self.tokenizer.as_deref().map(absolute);
+        if let Some(s) = self.strategy {
+            c.strategy = s;
+        }
+        c.stage1_wte = self.stage1_wte;
+        c.rec = self.rec.into();
+        c.rec_lambda = self.rec_lambda;
+        if let Some(lr) = self.lr {
+            c.lr = lr;
+        }
+        c.adamw = self.adamw;
+        c.weight_decay = self.weight_decay;
+        c.batch_size = self.batch_size;
+        c.epochs = self.epochs;
+        c.endure = self.endure;
+        c.max_words = self.max_words;
+        c.dropout = self.dropout;
+        c.seed = self.seed;
+        c.full_vocab = self.full_vocab;
+        c
+    }
+}
+
+/// Train PEPLER (sequential tuning by default), keep the best model by validation loss, then
+/// generate explanations for the test split and print the paper's metrics table.
+///
+/// With no options: the built-in synthetic dataset and a built-in tiny GPT-2 (random init).
+#[derive(Clone, Debug, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub run: RunOptions,
     /// Clip the global gradient norm to this value before each optimizer step (torch's
     /// clip_grad_norm_; computed and applied on the device). Default: no clipping, as the original.
     #[arg(long, value_name = "MAX_NORM")]
@@ -174,10 +232,6 @@ pub struct TrainArgs {
     /// the prompts contribute.
     #[arg(long)]
     pub zero_prompts: bool,
-    /// Keep GPT-2's full 50260-token vocabulary in the built-in tiny model (default: only the
-    /// tokens that occur in the data, renumbered densely — much faster, same tokenizer).
-    #[arg(long)]
-    pub full_vocab: bool,
     /// Output directory: checkpoints, metrics.jsonl, loss_curve.svg, generated.jsonl, metrics.json.
     #[arg(long, default_value = "runs/pepler", value_name = "DIR")]
     pub out: PathBuf,
@@ -211,37 +265,10 @@ pub enum Toggle {
 impl TrainArgs {
     /// The run configuration these options describe.
     pub fn config(&self) -> TrainConfig {
-        let prompt = match self.prompt {
-            PromptArg::Continuous => PromptKind::Continuous,
-            PromptArg::Discrete => PromptKind::Discrete,
-        };
-        let d = TrainConfig::defaults(prompt.clone());
         TrainConfig {
-            data: self.data.source(),
-            model_dir: self.model.as_deref().map(absolute),
-            tokenizer: self.tokenizer.as_deref().map(absolute),
-            prompt,
-            strategy: self.strategy.unwrap_or(d.strategy),
-            stage1_wte: self.stage1_wte,
-            rec: match self.rec {
-                RecArg::None => RecKind::None,
-                RecArg::Mf => RecKind::Mf,
-                RecArg::Mlp => RecKind::Mlp,
-            },
-            rec_lambda: self.rec_lambda,
-            lr: self.lr.unwrap_or(d.lr),
-            weight_decay: self.weight_decay,
-            batch_size: self.batch_size,
-            epochs: self.epochs,
-            endure: self.endure,
-            max_words: self.max_words,
-            dropout: self.dropout,
-            seed: self.seed,
             zero_prompts: self.zero_prompts,
-            full_vocab: self.full_vocab,
-            adamw: self.adamw,
-            model_size: self.size,
             clip_grad_norm: self.clip_grad_norm,
+            ..self.run.config(self.data.source())
         }
     }
 }
