@@ -22,6 +22,7 @@ use pepler_cuda::ops;
 use pepler_cuda::ops::dropout::DropoutSite;
 use pepler_cuda::ops::embedding::EmbedShape;
 use pepler_cuda::ops::matmul::WeightLayout;
+use pepler_cuda::precision::Act;
 
 /// GPT-2 small's width, a small batch of rows.
 const ROWS: usize = 64;
@@ -690,8 +691,6 @@ fn attention(c: &mut Criterion) {
     let qkv = data(s.b * s.l * 3 * s.c, 4);
     let dout = data(s.b * s.l * s.c, 5);
     let (fwd_flops, bwd_flops) = (attention_flops(2), attention_flops(5));
-    let tflops =
-        |flops: u64, d: Duration, iters: u64| flops as f64 * iters as f64 / d.as_secs_f64() / 1e12;
     {
         let mut out = vec![0.0; s.b * s.l * s.c];
         let mut att = vec![0.0; s.b * s.nh * s.l * s.l];
@@ -729,37 +728,68 @@ fn attention(c: &mut Criterion) {
             return;
         }
     };
-    let dqkv_in = dev.upload(&qkv).unwrap();
-    let ddout = dev.upload(&dout).unwrap();
-    let mut out = dev.alloc::<f32>(s.b * s.l * s.c).unwrap();
+    use ka::{AttnBackwardKernel as Bwd, AttnForwardKernel as Fwd};
+    let flops = (fwd_flops, bwd_flops);
+    attention_on_cuda::<f32>(
+        c,
+        &dev,
+        &qkv,
+        &dout,
+        flops,
+        &[("cuda", Fwd::Scalar, Bwd::Scalar)],
+    );
+    // bf16 at hd 64: the tensor-core kernels (the default) and the CUDA-core ones, side by side
+    let kernels = [
+        ("cuda/tc", Fwd::TensorCore, Bwd::TensorCore),
+        ("cuda/scalar", Fwd::Scalar, Bwd::Scalar),
+    ];
+    attention_on_cuda::<half::bf16>(c, &dev, &qkv, &dout, flops, &kernels);
+}
+
+/// The `cuda` rows of the attention groups (`attention_forward[_bf16]`,
+/// `attention_backward[_bf16]`) in element type `A`, one row per `(label, forward, backward)`
+/// kernel family.
+fn attention_on_cuda<A: Act>(
+    c: &mut Criterion,
+    dev: &Device,
+    qkv: &[f32],
+    dout: &[f32],
+    (fwd_flops, bwd_flops): (u64, u64),
+    kernels: &[(
+        &str,
+        pepler_cuda::kernels::attention::AttnForwardKernel,
+        pepler_cuda::kernels::attention::AttnBackwardKernel,
+    )],
+) {
+    use pepler_cuda::kernels::attention as ka;
+    let s = ATT;
+    let up = |v: &[f32]| {
+        let mut n = vec![A::default(); v.len()];
+        A::narrow_into(&mut n, v);
+        dev.upload(&n).unwrap()
+    };
+    let (qkv_in, dout_in) = (up(qkv), up(dout));
+    let mut out = dev.alloc::<A>(s.b * s.l * s.c).unwrap();
     let mut lse = dev.alloc::<f32>(s.b * s.nh * s.l).unwrap();
-    let mut dqkv = dev.alloc::<f32>(s.b * s.l * 3 * s.c).unwrap();
+    let mut dqkv = dev.alloc::<A>(s.b * s.l * 3 * s.c).unwrap();
     let mut scratch = dev
         .alloc::<f32>(ka::attention_backward_scratch_len(s).unwrap())
         .unwrap();
-    let fwd = |out: &mut pepler_cuda::device::DeviceBuffer<f32>,
-               lse: &mut pepler_cuda::device::DeviceBuffer<f32>| {
-        ka::attention_forward(
-            &dev,
-            out.view_mut(),
-            lse.view_mut(),
-            dqkv_in.view(),
-            None,
-            None,
-            s,
-        )
-        .unwrap()
+    let fwd = |which, out: &mut DeviceBuffer<A>, lse: &mut DeviceBuffer<f32>| {
+        let (o, l) = (out.view_mut(), lse.view_mut());
+        ka::attention_forward_using(dev, which, o, l, qkv_in.view(), None, None, s).unwrap()
     };
-    fwd(&mut out, &mut lse);
-    let bwd = |dqkv: &mut pepler_cuda::device::DeviceBuffer<f32>,
-               out: &pepler_cuda::device::DeviceBuffer<f32>,
-               lse: &pepler_cuda::device::DeviceBuffer<f32>,
-               scratch: &mut pepler_cuda::device::DeviceBuffer<f32>| {
-        ka::attention_backward(
-            &dev,
+    let bwd = |which,
+               dqkv: &mut DeviceBuffer<A>,
+               out: &DeviceBuffer<A>,
+               lse: &DeviceBuffer<f32>,
+               scratch: &mut DeviceBuffer<f32>| {
+        ka::attention_backward_using(
+            dev,
+            which,
             dqkv.view_mut(),
-            ddout.view(),
-            dqkv_in.view(),
+            dout_in.view(),
+            qkv_in.view(),
             out.view(),
             lse.view(),
             None,
@@ -769,43 +799,47 @@ fn attention(c: &mut Criterion) {
         )
         .unwrap()
     };
-    for group in ["attention_forward", "attention_backward"] {
-        let flops = if group == "attention_forward" {
-            fwd_flops
-        } else {
-            bwd_flops
-        };
-        let mut g = c.benchmark_group(group);
+    let tflops =
+        |flops: u64, d: Duration, iters: u64| flops as f64 * iters as f64 / d.as_secs_f64() / 1e12;
+    for (base, flops) in [
+        ("attention_forward", fwd_flops),
+        ("attention_backward", bwd_flops),
+    ] {
+        let group = A::kernel(base);
+        let mut g = c.benchmark_group(group.as_str());
         g.throughput(Throughput::Elements(flops));
         g.sample_size(20)
             .warm_up_time(Duration::from_secs(1))
             .measurement_time(Duration::from_secs(3));
-        let mut best = f64::MAX;
-        g.bench_function(format!("cuda/{group}"), |bch| {
-            bch.iter_custom(|iters| {
-                let d = device_time(&dev, &mut || {
-                    for _ in 0..iters {
-                        if group == "attention_forward" {
-                            fwd(&mut out, &mut lse);
-                        } else {
-                            bwd(&mut dqkv, &out, &lse, &mut scratch);
+        for &(label, fk, bk) in kernels {
+            fwd(fk, &mut out, &mut lse);
+            let mut best = f64::MAX;
+            g.bench_function(format!("{label}/{group}"), |bch| {
+                bch.iter_custom(|iters| {
+                    let d = device_time(dev, &mut || {
+                        for _ in 0..iters {
+                            if base == "attention_forward" {
+                                fwd(fk, &mut out, &mut lse);
+                            } else {
+                                bwd(bk, &mut dqkv, &out, &lse, &mut scratch);
+                            }
                         }
-                    }
-                });
-                best = best.min(d.as_secs_f64() / iters as f64);
-                d
-            })
-        });
+                    });
+                    best = best.min(d.as_secs_f64() / iters as f64);
+                    d
+                })
+            });
+            eprintln!(
+                "{label}/{group} B={} L={} C={} NH={}: best {:.1} us/launch, {:.3} TFLOP/s",
+                s.b,
+                s.l,
+                s.c,
+                s.nh,
+                best * 1e6,
+                tflops(flops, Duration::from_secs_f64(best), 1)
+            );
+        }
         g.finish();
-        eprintln!(
-            "cuda/{group} B={} L={} C={} NH={}: best {:.1} us/launch, {:.3} TFLOP/s",
-            s.b,
-            s.l,
-            s.c,
-            s.nh,
-            best * 1e6,
-            tflops(flops, Duration::from_secs_f64(best), 1)
-        );
     }
 }
 

@@ -216,6 +216,12 @@ pub(crate) struct Pass {
 }
 
 impl Pass {
+    /// The text loss's gradient scale, 1 / the target count: `crossentropy_forward`'s dscale and
+    /// the step scalar a captured step reads in its place (one expression, so the same bits).
+    pub fn dscale(&self) -> f32 {
+        1.0 / self.n as f32
+    }
+
     /// `n_ids` ids per sequence at positions `offset..` of the `l`-long input (encoder segments).
     pub fn seg(&self, n_ids: usize, offset: usize) -> EmbedShape {
         EmbedShape {

@@ -142,7 +142,7 @@ pub(crate) fn lm_head_forward<B: Backend, A: Act>(
         WeightLayout::OutIn,
     )?;
     // the mean over the real targets (padding rows have target -1: loss 0, dlogits 0)
-    let dscale = train.then_some(1.0 / pass.n as f32);
+    let dscale = train.then(|| pass.dscale());
     be.crossentropy_forward(&mut a.losses, &mut a.logits, &a.targets, n, v, dscale)?;
     be.crossentropy_mean(&mut a.scalars, 0, &a.losses, &a.targets, n)?;
     Ok(logits)

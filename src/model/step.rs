@@ -154,7 +154,7 @@ impl<B: Backend, A: Act> Pepler<B, A> {
         self.be.set_step_values(&StepValues {
             dropout_step: s.step,
             adamw: Some((s.hp, s.adam_step)),
-            dscale: 1.0 / pass.n as f32,
+            dscale: pass.dscale(),
         })?;
         let norm = s.want_grad_norm || s.clip_grad_norm.is_some();
         let key = StepKey {
